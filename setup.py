@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="spt_dist",
+    version="0.1.0",
+    description="Distributed visual prompt tuning (VPT / SPT) of frozen Vision Transformers",
+    packages=find_packages(include=["spt_dist", "spt_dist.*"]),
+    package_data={"spt_dist": ["assets/*"]},
+    python_requires=">=3.10",
+    # torch is left unpinned on purpose: the registry's current torch/torchvision pair
+    # is the one that works together (see README, "Install").
+    install_requires=[
+        "torch",
+        "torchvision",
+        "timm>=1.0",
+        "deepspeed>=0.15",
+        "webdataset>=0.2.86",
+        "submitit>=1.5",
+        "einops",
+        "omegaconf>=2.3",
+        "tqdm",
+        "safetensors",
+        "tensorboard",
+        "matplotlib",
+        "numpy",
+        "pillow",
+        "scikit-learn",
+        "ninja",
+    ],
+    extras_require={"dev": ["pytest", "pytest-timeout"]},
+    entry_points={"console_scripts": ["spt=spt_dist.cli:main"]},
+)

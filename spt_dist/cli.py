@@ -1,0 +1,42 @@
+"""`spt`: one console command; each pipeline stage contributes its own subcommands.
+
+A stage's `cli.py` exposes `register(subparsers)`; it adds its subcommands with
+`set_defaults(func=...)`, and `func(args)` returns the exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+STAGES = ("config", "data", "prompt_init", "engine", "study")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spt", description="Distributed visual prompt tuning of frozen ViTs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage in STAGES:
+        try:
+            module = importlib.import_module(f"spt_dist.{stage}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"spt_dist.{stage}.cli":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from spt_dist.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"spt: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

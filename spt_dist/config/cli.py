@@ -1,0 +1,26 @@
+"""`spt config show CONFIG [key=value ...]`."""
+from __future__ import annotations
+
+import argparse
+
+from .load import load_config, to_yaml
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The CONFIG + overrides arguments every run-taking subcommand shares."""
+    parser.add_argument("config", help="YAML run file (composes its `defaults`)")
+    parser.add_argument("overrides", nargs="*", help="dot-list overrides, e.g. method.prompt_length=20")
+
+
+def _show(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides, check_files=args.check_files)
+    print(to_yaml(cfg), end="")
+    return 0
+
+
+def register(sub) -> None:
+    config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
+    show = config.add_parser("show", help="print the resolved, validated config")
+    add_config_arguments(show)
+    show.add_argument("--check-files", action="store_true", help="also check that data and weights exist")
+    show.set_defaults(func=_show)

@@ -1,0 +1,115 @@
+"""Compose a run config: schema defaults <- `defaults` files <- the file <- dot-list overrides."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .errors import ConfigError
+from .schema import Config
+from .validate import validate
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _config_roots(path: Path) -> List[Path]:
+    roots = [path.parent]
+    env = os.environ.get("SPT_CONFIG_ROOT")
+    if env:
+        roots.append(Path(env))
+    roots.append(CONFIG_ROOT)
+    return roots
+
+
+def _resolve(name: str, relative_to: Optional[Path]) -> Path:
+    candidates = [Path(name)]
+    if not name.endswith((".yaml", ".yml")):
+        candidates.append(Path(name + ".yaml"))
+    roots = _config_roots(relative_to) if relative_to else [Path.cwd(), CONFIG_ROOT]
+    for cand in candidates:
+        if cand.is_absolute() and cand.is_file():
+            return cand
+        for root in roots:
+            if (root / cand).is_file():
+                return (root / cand).resolve()
+    raise ConfigError(f"config file '{name}' not found (looked in: {', '.join(str(r) for r in roots)})")
+
+
+def _explain(exc: OmegaConfBaseException, origin: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or "?"
+    if isinstance(exc, ConfigKeyError):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.structured(Config)
+        allowed = list(OmegaConf.select(node, parent).keys()) if parent else list(node.keys())
+        where = f"'{parent}'" if parent else "the top level"
+        return ConfigError(f"{origin}: unknown config key '{key}'; allowed keys under {where}: "
+                           f"{', '.join(str(a) for a in allowed)}")
+    if isinstance(exc, ValidationError):
+        msg = str(exc).splitlines()[0]
+        return ConfigError(f"{origin}: config key '{key}' has a wrong type or value: {msg}")
+    return ConfigError(f"{origin}: config key '{key}': {str(exc).splitlines()[0]}")
+
+
+def _merge(base: DictConfig, other, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, origin) from None
+
+
+def _compose_file(base: DictConfig, path: Path, seen: List[Path]) -> DictConfig:
+    if path in seen:
+        raise ConfigError(f"config file '{path}' includes itself through 'defaults'")
+    seen.append(path)
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as exc:  # yaml syntax errors
+        raise ConfigError(f"{path}: cannot parse YAML: {exc}") from None
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections")
+    includes = raw.pop("defaults", [])
+    for name in includes:
+        base = _compose_file(base, _resolve(str(name), path), seen)
+    return _merge(base, raw, str(path))
+
+
+def compose(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Merged but not yet validated config tree (for tools that only print it)."""
+    cfg = OmegaConf.structured(Config)
+    files: List[Path] = []
+    if path:
+        cfg = _compose_file(cfg, _resolve(path, None), files)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. method.prompt_length=20)")
+    for item in overrides:
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    cfg.defaults = [str(f) for f in files]
+    return cfg
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
+                check_files: bool = False) -> Config:
+    """Load, compose and validate a run config; raises ConfigError naming the bad key."""
+    tree = compose(path, list(overrides))
+    try:
+        cfg: Config = OmegaConf.to_object(tree)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, "config") from None
+    validate(cfg, check_files=check_files)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config; self-contained (no `defaults`), so it reloads as it ran."""
+    tree = OmegaConf.structured(cfg)
+    tree.defaults = []
+    return OmegaConf.to_yaml(tree)
+
+
+def from_yaml_file(path: str) -> Config:
+    """Read back a resolved config written into a run folder."""
+    return load_config(path)

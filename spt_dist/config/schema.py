@@ -1,0 +1,145 @@
+"""The one config schema of a run.
+
+Every field carries its constraint in ``metadata``: ``choices`` (allowed values) or
+``range`` (lo, hi, lo_open, hi_open). :func:`spt_dist.config.validate.validate` walks
+them, so adding a setting here is the only place its rule is written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+INF = float("inf")
+
+
+def choice(default: Any, *choices: Any, help: str = "") -> Any:
+    return field(default=default, metadata={"choices": list(choices), "help": help})
+
+
+def bounded(default: Any, lo: float = -INF, hi: float = INF, lo_open: bool = False,
+            hi_open: bool = False, help: str = "") -> Any:
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open), "help": help})
+
+
+METHODS = ("linear", "full", "vpt", "spt")
+INITS = ("vpt", "random_sample", "mean_pool", "max_pool", "kmeans")
+POOLS = ("auto", "token", "mean", "mean_with_prompts")
+CHECKPOINT_FORMATS = ("auto", "timm", "npz", "mae", "mocov3")
+PRESETS = ("vtab", "fgvc", "small")
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(default="vit_tiny_p7_28", metadata={"help": "backbone registry name (spt backbones)"})
+    checkpoint: Optional[str] = field(default=None, metadata={"help": "local weights file; never downloaded"})
+    checkpoint_format: str = choice("auto", *CHECKPOINT_FORMATS)
+    img_size: Optional[int] = bounded(None, 1, help="input size; default: the registry's")
+    in_chans: Optional[int] = bounded(None, 1, help="input channels; default: the registry's")
+    pool: str = choice("auto", *POOLS, help="auto: token for cls backbones, mean for MAE")
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class MethodConfig:
+    name: str = choice("spt", *METHODS, help="linear probe, full fine-tuning, VPT or SPT")
+    prompt_length: int = bounded(10, 0)
+    deep: bool = False
+    prompt_dropout: float = bounded(0.0, 0.0, 1.0, hi_open=True)
+    init: str = choice("kmeans", *INITS, help="prompt initialisation; vpt = uniform")
+    init_images: int = bounded(0, 0, help="images used for prototypes; 0 = whole training split")
+    init_candidates: int = bounded(4096, 1, help="per-layer candidate tokens kept per rank")
+    init_batch_size: int = bounded(64, 1)
+    kmeans_iters: int = bounded(30, 1)
+    kmeans_tol: float = bounded(1e-4, 0.0)
+    cache_dir: str = "~/.cache/spt_dist/prototypes"
+    track_alignment: bool = True
+
+
+@dataclass
+class DataConfig:
+    root: str = field(default="data/fmnist_tune", metadata={"help": "shard folder holding index.json"})
+    train_split: str = "train"
+    val_split: Optional[str] = "val"
+    test_split: str = "test"
+    fraction: float = bounded(1.0, 0.0, 1.0, lo_open=True, help="class-stratified, nested subset")
+    fraction_seed: int = 0
+    preset: str = choice("small", *PRESETS, help="transform protocol")
+    batch_size: int = bounded(32, 1, help="per-rank micro batch")
+    eval_batch_size: int = bounded(128, 1)
+    num_workers: int = bounded(0, 0)
+    shuffle_buffer: int = bounded(1000, 0)
+    on_bad_sample: str = choice("error", "error", "skip")
+
+
+@dataclass
+class OptimConfig:
+    name: str = choice("adamw", "sgd", "adamw")
+    lr: float = bounded(1e-3, 0.0, lo_open=True, help="base lr; see lr_scaling")
+    lr_scaling: str = choice("none", "none", "linear", help="linear: lr * global_batch / 256 (VPT)")
+    momentum: float = bounded(0.9, 0.0, 1.0, hi_open=True)
+    weight_decay: float = bounded(0.0, 0.0, help="head (and backbone) weights")
+    prompt_weight_decay: float = bounded(0.0, 0.0)
+    epochs: int = bounded(10, 1)
+    warmup_epochs: float = bounded(1.0, 0.0)
+    min_lr: float = bounded(0.0, 0.0)
+    grad_clip: float = bounded(0.0, 0.0, help="0 = off")
+    grad_accum: int = bounded(1, 1)
+    label_smoothing: float = bounded(0.0, 0.0, 1.0, hi_open=True)
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: str = choice("fp32", "fp32", "bf16")
+
+
+@dataclass
+class DistributedConfig:
+    zero_stage: int = choice(0, 0, 1, 2, 3)
+    backend: str = choice("auto", "auto", "gloo", "nccl")
+    timeout_s: int = bounded(300, 1, help="collective timeout: a dead rank ends the run after this")
+    deepspeed_json: Optional[str] = field(default=None, metadata={"help": "raw DeepSpeed JSON merged last"})
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs"
+    name: str = field(default="", metadata={"help": "run folder name; default: derived from the config"})
+    seed: int = 0
+    checkpoint_every: int = bounded(50, 1, help="steps between checkpoints")
+    keep_checkpoints: int = bounded(2, 1)
+    eval_every: int = bounded(1, 1, help="epochs between validation passes")
+    log_every: int = bounded(10, 1, help="steps between metric lines")
+    progress: bool = True
+
+
+@dataclass
+class LaunchConfig:
+    cluster: str = choice("auto", "auto", "slurm", "local", "debug")
+    folder: str = "jobs"
+    nodes: int = bounded(1, 1)
+    gpus_per_node: int = bounded(0, 0)
+    tasks_per_node: int = bounded(1, 1)
+    cpus_per_task: int = bounded(2, 1)
+    mem_gb: int = bounded(0, 0, help="0 = cluster default")
+    timeout_min: int = bounded(60, 1)
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    max_requeues: int = bounded(3, 0)
+    signal_delay_s: int = bounded(120, 0)
+    array_parallelism: int = bounded(16, 1)
+    sbatch_extra: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    defaults: List[str] = field(default_factory=list, metadata={"help": "files composed before this one"})

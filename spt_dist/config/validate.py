@@ -1,0 +1,97 @@
+"""Value checks the schema's types cannot express: choices, ranges, combinations."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, List
+
+from .errors import ConfigError
+from .schema import Config
+
+
+def _check_field(key: str, value: Any, meta: dict) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"config key '{key}' = {value!r} is not allowed; "
+                          f"allowed values: {', '.join(repr(c) for c in meta['choices'])}")
+    if "range" in meta:
+        lo, hi, lo_open, hi_open = meta["range"]
+        too_low = value <= lo if lo_open else value < lo
+        too_high = value >= hi if hi_open else value > hi
+        if too_low or too_high:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            raise ConfigError(f"config key '{key}' = {value!r} is out of range; "
+                              f"allowed: {left}{lo}, {hi}{right}")
+
+
+def _walk(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _walk(value, key + ".")
+        else:
+            _check_field(key, value, dict(f.metadata))
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _check_combinations(cfg: Config) -> None:
+    m, o = cfg.method, cfg.optim
+    if m.name in ("linear", "full"):
+        _require(m.prompt_length == 0, "method.prompt_length",
+                 f"method={m.name} takes no prompts; set method.prompt_length=0 (got {m.prompt_length})")
+        _require(not m.deep, "method.deep", f"deep prompts need method=vpt or method=spt, not {m.name}")
+    else:
+        _require(m.prompt_length >= 1, "method.prompt_length",
+                 f"method={m.name} needs at least one prompt token (got {m.prompt_length})")
+    if m.name == "spt":
+        _require(m.init != "vpt", "method.init",
+                 "method=spt initialises from prototypes: one of random_sample, mean_pool, max_pool, kmeans")
+    elif m.prompt_length:
+        _require(m.init == "vpt", "method.init",
+                 f"prototype initialisation '{m.init}' is SPT's; use method=spt or method.init=vpt")
+    if cfg.model.pool == "mean_with_prompts":
+        _require(m.prompt_length > 0, "model.pool", "mean_with_prompts needs prompts (method.prompt_length > 0)")
+    _require(o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
+             f"must not exceed optim.epochs={o.epochs} (got {o.warmup_epochs})")
+    _require(o.min_lr <= o.lr, "optim.min_lr", f"must not exceed optim.lr={o.lr}")
+    la = cfg.launch
+    if la.gpus_per_node > 0:
+        _require(la.tasks_per_node == la.gpus_per_node, "launch.tasks_per_node",
+                 f"one task per GPU: must equal launch.gpus_per_node={la.gpus_per_node}")
+    for split in ("train_split", "test_split"):
+        _require(bool(getattr(cfg.data, split)), f"data.{split}", "must name a split")
+    _require(cfg.data.val_split != cfg.data.test_split, "data.val_split",
+             "model selection on the test split is not allowed; use a validation split or null")
+
+
+def _check_registry(cfg: Config) -> None:
+    from spt_dist.model.registry import BACKBONES  # plain data, no torch import
+
+    _require(cfg.model.name in BACKBONES, "model.name",
+             f"unknown backbone '{cfg.model.name}'; allowed: {', '.join(sorted(BACKBONES))}")
+
+
+def _check_files(cfg: Config) -> None:
+    paths: List[tuple] = [("data.root", os.path.join(os.path.expanduser(cfg.data.root), "index.json"))]
+    if cfg.model.checkpoint:
+        paths.append(("model.checkpoint", os.path.expanduser(cfg.model.checkpoint)))
+    if cfg.distributed.deepspeed_json:
+        paths.append(("distributed.deepspeed_json", os.path.expanduser(cfg.distributed.deepspeed_json)))
+    for key, path in paths:
+        _require(os.path.isfile(path), key, f"file not found: {path}")
+
+
+def validate(cfg: Config, check_files: bool = False) -> None:
+    """Raise ConfigError on the first bad value; `check_files` also checks paths exist."""
+    _walk(cfg, "")
+    _check_combinations(cfg)
+    _check_registry(cfg)
+    if check_files:
+        _check_files(cfg)
