@@ -87,7 +87,7 @@ def compose(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictCo
         raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. method.prompt_length=20)")
     for item in overrides:
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
-    cfg.defaults = [str(f) for f in files]
+    cfg.defaults = []  # composed away: the result is self-contained
     return cfg
 
 
@@ -104,12 +104,5 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
 
 
 def to_yaml(cfg: Config) -> str:
-    """The resolved config; self-contained (no `defaults`), so it reloads as it ran."""
-    tree = OmegaConf.structured(cfg)
-    tree.defaults = []
-    return OmegaConf.to_yaml(tree)
-
-
-def from_yaml_file(path: str) -> Config:
-    """Read back a resolved config written into a run folder."""
-    return load_config(path)
+    """The resolved config; self-contained (`defaults` composed away), so it reloads as it ran."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

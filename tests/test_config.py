@@ -1,0 +1,108 @@
+"""Config composition, overrides and rejection of bad values (each message names the key)."""
+from pathlib import Path
+
+import pytest
+
+from spt_dist.config import ConfigError, compose, load_config, to_yaml
+from spt_dist.config.load import CONFIG_ROOT
+
+DEMO = str(CONFIG_ROOT / "demo.yaml")
+
+
+def test_demo_composes_base_model_method_data():
+    cfg = load_config(DEMO)
+    assert cfg.model.name == "vit_tiny_p7_28"          # from model/vit_tiny_p7_28.yaml
+    assert cfg.method.name == "spt" and cfg.method.deep  # from method/spt_deep.yaml
+    assert cfg.method.prompt_length == 8                 # the run file wins over the method file
+    assert cfg.data.root == "data/fmnist_tune"           # from data/fmnist_tune.yaml
+    assert cfg.run.checkpoint_every == 50                # from base.yaml
+    assert cfg.optim.name == "adamw"
+
+
+def test_overrides_win_and_are_typed():
+    cfg = load_config(DEMO, ["method.prompt_length=20", "optim.lr=0.5", "data.fraction=0.25"])
+    assert cfg.method.prompt_length == 20
+    assert cfg.optim.lr == 0.5 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.fraction == 0.25
+
+
+def test_later_defaults_override_earlier(tmp_path: Path):
+    run = tmp_path / "run.yaml"
+    run.write_text("defaults: [method/vpt_deep, method/spt_shallow]\n")
+    cfg = load_config(str(run))
+    assert cfg.method.name == "spt" and not cfg.method.deep and cfg.method.prompt_length == 100
+
+
+def test_defaults_relative_to_the_file(tmp_path: Path):
+    (tmp_path / "mine.yaml").write_text("optim:\n  epochs: 7\n")
+    run = tmp_path / "run.yaml"
+    run.write_text("defaults: [mine, method/linear]\n")
+    cfg = load_config(str(run))
+    assert cfg.optim.epochs == 7 and cfg.method.name == "linear"
+
+
+def test_resolved_yaml_reloads_identically(tmp_path: Path):
+    cfg = load_config(DEMO, ["method.init=mean_pool"])
+    out = tmp_path / "config.yaml"
+    out.write_text(to_yaml(cfg))
+    assert load_config(str(out)) == cfg
+
+
+@pytest.mark.parametrize("overrides, key, allowed", [
+    (["model.nope=1"], "model.nope", "allowed keys under 'model'"),
+    (["nope.x=1"], "nope", "allowed keys under the top level"),
+    (["optim.lr=fast"], "optim.lr", "could not be converted"),
+    (["method.deep=maybe"], "method.deep", "wrong type"),
+    (["data.fraction=0"], "data.fraction", "(0.0, 1.0]"),
+    (["data.fraction=1.01"], "data.fraction", "(0.0, 1.0]"),
+    (["method.init=random"], "method.init", "'kmeans'"),
+    (["distributed.zero_stage=4"], "distributed.zero_stage", "0, 1, 2, 3"),
+    (["method.name=linear", "method.prompt_length=0"], "method.deep", "need method=vpt or method=spt"),
+    (["method.name=vpt"], "method.init", "SPT's"),
+    (["method.prompt_length=0"], "method.prompt_length", "at least one prompt"),
+    (["optim.warmup_epochs=20", "optim.epochs=5"], "optim.warmup_epochs", "must not exceed"),
+    (["model.name=vit_giant"], "model.name", "vit_b16"),
+    (["launch.gpus_per_node=4", "launch.tasks_per_node=1"], "launch.tasks_per_node", "one task per GPU"),
+    (["data.val_split=test"], "data.val_split", "test split"),
+    (["optim.lr=-1"], "optim.lr", "out of range"),
+    (["method.prompt_length"], "method.prompt_length", "key=value"),
+])
+def test_bad_values_name_the_key(overrides, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO, overrides)
+    message = str(err.value)
+    assert f"'{key}'" in message and allowed in message, message
+
+
+def test_missing_files_reported_when_checked(tmp_path: Path):
+    cfg_args = [f"data.root={tmp_path}/nowhere", "model.checkpoint=/nonexistent/w.safetensors"]
+    load_config(DEMO, cfg_args)  # fine on paper
+    with pytest.raises(ConfigError, match="data.root"):
+        load_config(DEMO, cfg_args, check_files=True)
+
+
+def test_unknown_config_file_and_bad_yaml(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(str(bad))
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("defaults: [loop]\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        compose(str(loop))
+
+
+def test_every_shipped_config_is_valid():
+    for path in sorted(CONFIG_ROOT.rglob("*.yaml")):
+        load_config(str(path))
+
+
+def test_cli_show_prints_resolved_config_and_rejects_bad(capsys):
+    from spt_dist.cli import main
+
+    assert main(["config", "show", DEMO, "method.prompt_length=33"]) == 0
+    assert "prompt_length: 33" in capsys.readouterr().out
+    assert main(["config", "show", DEMO, "method.pool=token"]) == 2
+    assert "method.pool" in capsys.readouterr().err
