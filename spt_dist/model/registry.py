@@ -3,7 +3,7 @@ so configs can be validated on a login node in milliseconds."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,3 +47,28 @@ BACKBONES: Dict[str, BackboneSpec] = _specs(
     BackboneSpec("vit_l16", patch_size=16, embed_dim=1024, depth=24, num_heads=16),
     BackboneSpec("vit_h14", patch_size=14, embed_dim=1280, depth=32, num_heads=16),
 )
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registry entry of `name`; a ValueError lists the known names otherwise."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone '{name}'; known backbones: {', '.join(sorted(BACKBONES))}") from None
+
+
+# MAE and MoCo v3 were pretrained on ImageNet-1k with torchvision's statistics, whatever the
+# registry's default (Google's ImageNet-21k ViTs use 0.5 / 0.5).
+_FORMAT_NORMALIZATION = {"mae": (IMAGENET_MEAN, IMAGENET_STD), "mocov3": (IMAGENET_MEAN, IMAGENET_STD)}
+
+
+def normalization(name: str, checkpoint_format: Optional[str] = None
+                  ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(mean, std) of the input normalisation the backbone was pretrained with.
+
+    `checkpoint_format` ("mae", "mocov3") overrides the registry's statistics with those
+    the self-supervised recipes used; "timm", "npz", "auto" or None keep the registry's.
+    """
+    spec = backbone_spec(name)
+    mean, std = _FORMAT_NORMALIZATION.get(checkpoint_format or "", (spec.mean, spec.std))
+    return tuple(mean), tuple(std)

@@ -1,0 +1,258 @@
+"""Backbone weights from local files: timm / ImageNet-21k (.safetensors, .pth, .bin, .npz),
+MAE and MoCo v3. Loads are strict: a missing or unexpected tensor is a CheckpointError that
+lists the names, never a silent partial load. Nothing is ever downloaded."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+from torch import nn
+
+FORMATS = ("timm", "npz", "mae", "mocov3")
+PathLike = Union[str, os.PathLike]
+
+# Keys a backbone never has: classifier heads, MAE's decoder and mask token, MoCo v3's
+# projection/prediction MLPs (they live under head.* / predictor.*).
+_DROP_PREFIXES = ("head.", "decoder_", "decoder.", "mask_token", "predictor.", "pre_logits.")
+_MOCO_PREFIXES = ("module.base_encoder.", "module.")
+_WRAPPERS = ("model", "state_dict", "module")
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be loaded into the backbone; the message names the file and keys."""
+
+
+@dataclass
+class Checkpoint:
+    """A weights file read once: its format and (for state-dict formats) the backbone tensors."""
+    path: str
+    fmt: str
+    state: Dict[str, torch.Tensor] = field(default_factory=dict)  # empty for npz (read by timm)
+
+    @property
+    def uses_fc_norm(self) -> bool:
+        """MAE with global pooling (and timm's avg-pool ViTs) keep the final norm as fc_norm."""
+        return "fc_norm.weight" in self.state and "norm.weight" not in self.state
+
+
+def _torch_load(path: str) -> object:
+    # weights_only: a checkpoint is data, not code. MAE's training checkpoints also pickle
+    # their argparse.Namespace, which is allowed explicitly.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: holds pickled objects other than tensors and plain containers, which are not "
+            f"loaded for safety ({str(exc).splitlines()[0]}); re-save its state dict with "
+            f"torch.save(state_dict, ...) or as .safetensors") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {exc}") from None
+
+
+def _unwrap(obj: object, path: str) -> Dict[str, torch.Tensor]:
+    """Descend into {'model': ...} (MAE, DeiT) / {'state_dict': ...} (MoCo v3, timm train)."""
+    while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            raise CheckpointError(f"{path}: no state dict found; top-level keys: {', '.join(map(str, obj))} "
+                                  f"(expected tensors, or one of {', '.join(_WRAPPERS)})")
+        obj = inner
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def _raw_state(path: str) -> tuple:
+    """(wrapper key or None, flat state dict) of a .safetensors / torch file."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return None, load_file(path)
+    obj = _torch_load(path)
+    wrapper = next((k for k in _WRAPPERS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+    return wrapper, _unwrap(obj, path)
+
+
+def _classify(wrapper: Optional[str], state: Dict[str, torch.Tensor]) -> str:
+    keys = list(state)
+    if any(k.startswith("module.") for k in keys):
+        return "mocov3"
+    if wrapper == "model":
+        mae_marks = any(k.startswith(("decoder", "mask_token", "fc_norm")) for k in keys)
+        has_head = any(k.startswith("head.") for k in keys)
+        # MAE's pretrain files hold no head; a supervised {'model': ...} file (DeiT) does.
+        return "mae" if mae_marks or not has_head else "timm"
+    return "timm"
+
+
+def detect_format(path: PathLike) -> str:
+    """One of FORMATS, from the file name and the key layout inside it.
+
+    .npz -> npz; `module.`-prefixed keys -> mocov3; a {'model': ...} dict with MAE's decoder,
+    mask token or fc_norm, or without a head -> mae; anything else -> timm.
+    """
+    return read_checkpoint(path).fmt
+
+
+def _strip_prefix(state: Dict[str, torch.Tensor], path: str) -> Dict[str, torch.Tensor]:
+    for prefix in _MOCO_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            # Only the base encoder: momentum encoder and predictor keys fall away here.
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    raise CheckpointError(f"{path}: MoCo v3 checkpoint without 'module.base_encoder.' or 'module.' keys")
+
+
+def read_checkpoint(path: PathLike, fmt: str = "auto") -> Checkpoint:
+    """Read a weights file once: resolve its format and the backbone tensors (heads dropped)."""
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if fmt not in FORMATS + ("auto",):
+        raise CheckpointError(f"{path}: unknown checkpoint format '{fmt}'; allowed: auto, {', '.join(FORMATS)}")
+    if path.endswith(".npz") or fmt == "npz":
+        if fmt not in ("auto", "npz"):
+            raise CheckpointError(f"{path}: a .npz file is format 'npz', not '{fmt}'")
+        return Checkpoint(path, "npz")
+    wrapper, state = _raw_state(path)
+    resolved = _classify(wrapper, state) if fmt == "auto" else fmt
+    if any(k.startswith("module.") for k in state):
+        state = _strip_prefix(state, path)
+    state = {k: v for k, v in state.items() if not k.startswith(_DROP_PREFIXES)}
+    return Checkpoint(path, resolved, state)
+
+
+def _adapt(model: nn.Module, key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Resample position embeddings to the model's grid; adapt the patch conv's input channels."""
+    from timm.layers import resample_abs_pos_embed
+    from timm.models import adapt_input_conv
+
+    if key == "pos_embed" and value.shape != target.shape and value.ndim == 3:
+        prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+        return resample_abs_pos_embed(value, new_size=list(model.patch_embed.grid_size),
+                                      num_prefix_tokens=prefix)
+    if key == "patch_embed.proj.weight" and value.ndim == 4 and value.shape[1] != target.shape[1]:
+        return adapt_input_conv(target.shape[1], value)
+    return value
+
+
+def _describe(names: List[str], limit: int = 20) -> str:
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _load_state(model: nn.Module, ckpt: Checkpoint) -> None:
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    missing = sorted(set(expected) - set(ckpt.state))
+    unexpected = sorted(set(ckpt.state) - set(expected))
+    if missing or unexpected:
+        hint = ""
+        if {"norm.weight", "fc_norm.weight"} & set(missing + unexpected):
+            hint = (" (the final norm sits in 'norm' or 'fc_norm' depending on the pretraining; "
+                    "build_backbone(..., checkpoint=...) picks the layout from the file)")
+        raise CheckpointError(
+            f"{ckpt.path} (format {ckpt.fmt}) does not match the backbone: "
+            f"missing keys: [{_describe(missing)}]; unexpected keys: [{_describe(unexpected)}]{hint}")
+    state = {}
+    for key, value in ckpt.state.items():
+        value = _adapt(model, key, value, expected[key])
+        if value.shape != expected[key].shape:
+            raise CheckpointError(f"{ckpt.path}: tensor '{key}' has shape {tuple(value.shape)}, "
+                                  f"the backbone expects {tuple(expected[key].shape)}")
+        state[key] = value
+    model.load_state_dict(state, strict=False)  # head.* excluded above; everything else checked
+
+
+_NPZ_TOP = {"embedding/kernel", "embedding/bias", "cls", "pos_embedding",
+            "Transformer/posembed_input/pos_embedding",
+            "Transformer/encoder_norm/scale", "Transformer/encoder_norm/bias"}
+_NPZ_IGNORED = ("head/", "pre_logits/")
+_NPZ_PREFIXES = ("", "opt/target/", "params/", "params/img/")
+
+
+def _npz_unexpected(files: List[str], depth: int) -> List[str]:
+    prefix = next((p for p in _NPZ_PREFIXES if f"{p}embedding/kernel" in files), "")
+    out = []
+    for name in files:
+        if not name.startswith(prefix):
+            continue  # optimizer state next to opt/target/
+        key = name[len(prefix):]
+        block = re.match(r"Transformer/encoderblock_(\d+)/", key)
+        if key in _NPZ_TOP or key.startswith(_NPZ_IGNORED) or key.startswith("Transformer/encoderblock/"):
+            continue
+        if block is None or int(block.group(1)) >= depth:
+            out.append(name)
+    return out
+
+
+def _load_npz(model: nn.Module, ckpt: Checkpoint) -> None:
+    import numpy as np
+    from timm.models.vision_transformer import _load_weights
+
+    with np.load(ckpt.path) as npz:
+        unexpected = _npz_unexpected(list(npz.files), len(model.blocks))
+    if unexpected:
+        raise CheckpointError(f"{ckpt.path} (format npz) does not match the backbone: "
+                              f"unexpected keys: [{_describe(unexpected)}]")
+    params = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    with torch.no_grad():
+        # timm's reader copies what it knows and skips the rest; NaN marks what it never wrote.
+        for value in params.values():
+            value.fill_(float("nan"))
+        try:
+            _load_weights(model, ckpt.path)
+        except KeyError as exc:
+            raise CheckpointError(f"{ckpt.path} (format npz): missing key {exc}") from None
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{ckpt.path} (format npz) does not match the backbone: {exc}") from None
+    unwritten = sorted(k for k, v in params.items() if torch.isnan(v).any())
+    if unwritten:
+        raise CheckpointError(f"{ckpt.path} (format npz) has no weights for: [{_describe(unwritten)}]")
+
+
+def load_backbone_weights(model: nn.Module, path: Union[PathLike, Checkpoint], fmt: str = "auto") -> str:
+    """Load a local weights file into a timm VisionTransformer; returns the resolved format."""
+    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path, fmt)
+    if ckpt.fmt == "npz":
+        _load_npz(model, ckpt)
+    else:
+        _load_state(model, ckpt)
+    return ckpt.fmt
+
+
+def _backbone_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    backbone = getattr(model, "backbone", model)  # a PromptedViT or the bare backbone
+    return {k: v for k, v in backbone.state_dict().items() if not k.startswith("head.")}
+
+
+def weights_hash(model: nn.Module) -> str:
+    """sha256 over sorted names, dtypes, shapes and bytes of the backbone's tensors.
+
+    Deterministic across processes; computed on the weights as they are (hash before any
+    bf16 cast if the hash must match an fp32 run).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(_backbone_state(model).items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_backbone_weights(model: nn.Module, path: PathLike, metadata: Optional[Dict[str, str]] = None) -> str:
+    """Write the backbone (head excluded) as .safetensors, atomically; returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(os.path.expanduser(str(path)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in _backbone_state(model).items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "timm", **(metadata or {})})
+    os.replace(tmp, path)
+    return str(path)
