@@ -1,0 +1,199 @@
+"""TrainData / EvalData: shards in, equal batches on every rank out.
+
+Stages (see plan.py for who reads what): shard list shuffled with a shared per-epoch
+seed -> split by rank -> split by DataLoader worker -> read tar -> seeded shuffle buffer
+-> decode + transform -> batch. Every rank yields exactly `batches_per_epoch` batches.
+
+Bad samples (data.on_bad_sample=skip) keep their position: in training a bad sample is
+replaced by a repeat of a good sample of the same batch, so batch counts and resume
+points stay exact; a batch with no good sample at all is an error. In evaluation bad
+samples are dropped (and counted).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..config.schema import DataConfig
+from .fraction import select_fraction
+from .index import DataError, ShardIndex
+from .plan import Segment, eval_parts, mix, train_parts
+from .reader import BadSampleError, RawSample, decode_sample, read_segment
+from .transforms import ImageTransform, build_transform
+
+Batch = Tuple[torch.Tensor, torch.Tensor, List[str]]
+
+
+def _raw_stream(index: ShardIndex, segs: Sequence[Segment]) -> Iterator[RawSample]:
+    for shard, keys in segs:
+        yield from read_segment(index.shard_path(shard), keys)
+
+
+def _shuffle_buffer(items: Iterator[RawSample], size: int, rng: random.Random) -> Iterator[RawSample]:
+    """Seeded reservoir shuffle over undecoded samples: the order depends on positions only."""
+    if size <= 1:
+        yield from items
+        return
+    buf: List[RawSample] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        yield buf[i]
+        buf[i] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _worker() -> Tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+class _Decoder:
+    """Decode a list of raw samples into tensors; bad ones raise or are reported."""
+
+    def __init__(self, transform: ImageTransform, num_classes: int, skip: bool):
+        self.transform, self.num_classes, self.skip = transform, num_classes, skip
+
+    def __call__(self, raws: Sequence[RawSample], seeds: Optional[Sequence[int]] = None):
+        good, bad = [], 0
+        for i, raw in enumerate(raws):
+            rng = random.Random(seeds[i]) if seeds is not None else None
+            try:
+                image, label = decode_sample(raw, self.transform, self.num_classes, rng)
+            except BadSampleError as exc:
+                if not self.skip:
+                    raise BadSampleError(f"{exc}; set data.on_bad_sample=skip to skip such samples") from None
+                bad += 1
+                continue
+            good.append((image, label, raw.key))
+        return good, bad
+
+
+def _stack(good) -> Batch:
+    return (torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good], dtype=torch.int64),
+            [g[2] for g in good])
+
+
+class _TrainStream(IterableDataset):
+    def __init__(self, index: ShardIndex, parts, batch_size: int, buffer: int, decoder: _Decoder,
+                 seed: int, epoch: int, rank: int):
+        self.index, self.parts, self.batch_size, self.buffer = index, parts, batch_size, buffer
+        self.decoder, self.seed, self.epoch, self.rank = decoder, seed, epoch, rank
+
+    def __iter__(self):
+        part = self.parts[_worker()[0]]
+        rng = random.Random(mix("buffer", self.seed, self.epoch, self.rank, part.worker))
+        stream = _shuffle_buffer(_raw_stream(self.index, part.segments), self.buffer, rng)
+        for b in range(part.num_batches):
+            raws = list(itertools.islice(stream, self.batch_size))
+            if b < part.skip_batches:
+                continue  # resume: consumed in order, never decoded
+            # Augmentation seed per (seed, epoch, sample key): a key is read once per epoch.
+            good, bad = self.decoder(raws, [mix("aug", self.seed, self.epoch, r.key) for r in raws])
+            if not good:
+                raise BadSampleError(f"rank {self.rank}: every sample of a training batch is bad "
+                                     f"(first: shard {raws[0].shard}, key '{raws[0].key}'); cannot pad it")
+            # Pad in place with this batch's own good samples: counts and resume stay exact.
+            good = [good[i % len(good)] for i in range(len(raws))]
+            yield _stack(good) + (bad,)
+
+
+class _EvalStream(IterableDataset):
+    def __init__(self, index: ShardIndex, parts, decoder: _Decoder):
+        self.index, self.parts, self.decoder = index, parts, decoder
+
+    def __iter__(self):
+        w, _ = _worker()
+        segs, sizes = self.parts[w]
+        stream = _raw_stream(self.index, segs)
+        for size in sizes:
+            good, bad = self.decoder(list(itertools.islice(stream, size)))
+            yield (_stack(good) if good else (None, None, [])) + (bad,)
+
+
+def _loader(dataset: IterableDataset, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+
+def _check_keys(index: ShardIndex, split: str, keys: Sequence[str]) -> set:
+    known = set(index.split(split).keys())
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise DataError(f"{index.root}: {len(unknown)} key(s) not in split '{split}', first: '{unknown[0]}'")
+    return set(keys)
+
+
+class TrainData:
+    """The training split for one rank; see the module docstring for the stages."""
+
+    def __init__(self, data_cfg: DataConfig, index: ShardIndex, img_size: int, mean: Sequence[float],
+                 std: Sequence[float], rank: int, world_size: int, seed: int):
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside world_size {world_size}")
+        self.cfg, self.index, self.rank, self.world_size, self.seed = data_cfg, index, rank, world_size, seed
+        self.split = index.split(data_cfg.train_split)
+        if data_cfg.fraction < 1.0:
+            self.selected_keys = select_fraction(index, data_cfg.train_split, data_cfg.fraction,
+                                                 data_cfg.fraction_seed)
+            self._selected: Optional[set] = set(self.selected_keys)
+        else:
+            self.selected_keys, self._selected = self.split.keys(), None
+        self.num_samples = len(self.selected_keys)
+        need = world_size * data_cfg.batch_size
+        if self.num_samples < need:
+            raise DataError(f"{index.root}: split '{data_cfg.train_split}' has {self.num_samples} samples "
+                            f"(data.fraction={data_cfg.fraction}) but world_size {world_size} x "
+                            f"data.batch_size {data_cfg.batch_size} = {need} are needed for one batch per rank; "
+                            f"lower data.batch_size or use fewer ranks")
+        self.batches_per_epoch = self.num_samples // need
+        self.bad_samples = 0
+        transform = build_transform(data_cfg.preset, img_size, mean, std, train=True)
+        self._decoder = _Decoder(transform, index.num_classes, data_cfg.on_bad_sample == "skip")
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
+        """This rank's batches of `epoch`; `skip_batches=k` yields exactly batches k, k+1, ..."""
+        if not 0 <= skip_batches <= self.batches_per_epoch:
+            raise DataError(f"skip_batches={skip_batches} outside 0..{self.batches_per_epoch}")
+        workers = max(1, self.cfg.num_workers)
+        parts = train_parts(self.split.shards, self._selected, self.seed, epoch, self.rank, self.world_size,
+                            self.cfg.batch_size, workers, skip_batches)
+        stream = _TrainStream(self.index, parts, self.cfg.batch_size, self.cfg.shuffle_buffer,
+                              self._decoder, self.seed, epoch, self.rank)
+        for images, labels, keys, bad in _loader(stream, self.cfg.num_workers):
+            self.bad_samples += bad
+            yield images, labels, keys
+
+
+class EvalData:
+    """Every sample of `split` (or of `keys`) exactly once across ranks, in index order."""
+
+    def __init__(self, data_cfg: DataConfig, index: ShardIndex, split: str, img_size: int,
+                 mean: Sequence[float], std: Sequence[float], rank: int, world_size: int,
+                 keys: Optional[Sequence[str]] = None):
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside world_size {world_size}")
+        self.cfg, self.index, self.split_name = data_cfg, index, split
+        self.rank, self.world_size = rank, world_size
+        self._selected = _check_keys(index, split, keys) if keys is not None else None
+        self.num_samples = len(self._selected) if keys is not None else index.split(split).num_samples
+        self.bad_samples = 0
+        transform = build_transform(data_cfg.preset, img_size, mean, std, train=False)
+        self._decoder = _Decoder(transform, index.num_classes, data_cfg.on_bad_sample == "skip")
+
+    def __iter__(self) -> Iterator[Batch]:
+        workers = max(1, self.cfg.num_workers)
+        parts = eval_parts(self.index.split(self.split_name).shards, self._selected, self.rank,
+                           self.world_size, self.cfg.eval_batch_size, workers)
+        for images, labels, keys, bad in _loader(_EvalStream(self.index, parts, self._decoder),
+                                                 self.cfg.num_workers):
+            self.bad_samples += bad
+            if keys:
+                yield images, labels, keys

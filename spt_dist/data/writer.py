@@ -1,0 +1,124 @@
+"""Write a Source as webdataset tar shards (`<key>.jpg|png` + `<key>.cls`) plus index.json.
+
+Shards are encoded in worker processes, one shard per task, so the output does not
+depend on the worker count. Each tar is written to a temporary name and renamed when
+complete: an interrupted build never leaves a truncated shard under a final name.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing as mp
+import os
+import tarfile
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .index import DataError, ShardIndex, ShardInfo, SplitInfo
+from .sources.common import Sample, Source, cap_per_class, check_labels
+
+PASS_THROUGH = {"JPEG": "jpg", "PNG": "png"}
+
+
+def encode(sample: Sample) -> Tuple[bytes, str]:
+    """Image bytes and extension; JPEG/PNG files are kept byte-exact, the rest become PNG."""
+    if sample.array is not None:
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(sample.array)).save(buf, format="PNG")
+        return buf.getvalue(), "png"
+    try:
+        data = Path(sample.path).read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+            img.load()  # decodes fully: a truncated file fails here, not in training
+            if fmt in PASS_THROUGH:
+                return data, PASS_THROUGH[fmt]
+            buf = io.BytesIO()
+            img.convert("RGB").save(buf, format="PNG")
+            return buf.getvalue(), "png"
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot decode image {sample.path}: {exc}") from None
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o444  # fixed metadata: reproducible hashes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_tar(path: Path, records: List[Tuple[str, bytes, str, bytes]]) -> str:
+    """Atomically write (key, image bytes, ext, cls bytes) records; returns the tar's sha256."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, img, ext, cls in records:
+            _add(tar, f"{key}.{ext}", img)
+            _add(tar, f"{key}.cls", cls)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    os.replace(tmp, path)
+    return digest
+
+
+def _write_shard(job: Tuple[Path, str, List[Sample], bool]) -> Tuple[str, ShardInfo, List[str]]:
+    path, split, samples, skip_bad = job
+    records, bad = [], []
+    for s in samples:
+        try:
+            img, ext = encode(s)
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            bad.append(str(exc))
+            continue
+        records.append((s.key, img, ext, str(s.label).encode()))
+    info = ShardInfo(path.name, [r[0] for r in records], [int(r[3]) for r in records])
+    if records:
+        info.sha256 = write_tar(path, records)
+    return split, info, bad
+
+
+def _jobs(out: Path, source: Source, shard_size: int, skip_bad: bool) -> Iterator[Tuple[Path, str, List[Sample], bool]]:
+    for split, samples in source.splits.items():
+        for i, start in enumerate(range(0, len(samples), shard_size)):
+            yield out / f"{split}-{i:06d}.tar", split, samples[start:start + shard_size], skip_bad
+
+
+def write_shards(source: Source, out_dir: str, shard_size: int = 1000, workers: int = 1,
+                 skip_bad: bool = False, max_per_class: int = 0, seed: int = 0,
+                 progress: bool = True, log: Callable[[str], None] = print) -> ShardIndex:
+    """Write every split of `source` into `out_dir`; returns the saved index."""
+    if shard_size < 1:
+        raise DataError(f"shard size must be at least 1, got {shard_size}")
+    check_labels(source)
+    if max_per_class:
+        source.splits = {s: cap_per_class(v, max_per_class, seed) for s, v in source.splits.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = list(_jobs(out, source, shard_size, skip_bad))
+    shards: Dict[str, Dict[str, ShardInfo]] = {s: {} for s in source.splits}
+    bad: List[str] = []
+    bar = tqdm(total=sum(len(j[2]) for j in jobs), unit="img", desc=f"shards {out.name}", disable=not progress)
+    pool: Optional[mp.pool.Pool] = mp.get_context("fork").Pool(workers) if workers > 1 and len(jobs) > 1 else None
+    try:
+        results = pool.imap_unordered(_write_shard, jobs) if pool else map(_write_shard, jobs)
+        for split, info, shard_bad in results:
+            shards[split][info.name] = info
+            bad.extend(shard_bad)
+            bar.update(info.num_samples + len(shard_bad))
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    for msg in bad:
+        log(f"skipped: {msg}")
+    splits = {s: SplitInfo(s, [v[n] for n in sorted(v) if v[n].num_samples]) for s, v in shards.items()}
+    empty = [s for s, sp in splits.items() if not sp.num_samples]
+    if empty:
+        raise DataError(f"split '{empty[0]}' has no readable images left")
+    args = dict(source.args, shard_size=shard_size, max_per_class=max_per_class, skipped=len(bad))
+    index = ShardIndex(out, source.classes, splits, {"kind": source.kind, **args})
+    index.save()
+    return index
