@@ -1,0 +1,197 @@
+"""`initialize_prompts`: SPT's prototype init of a model's prompts, as one distributed step.
+
+Flow: check inputs (every rank agrees before anything heavy) -> cache lookup (rank 0 reads,
+broadcast) -> on a miss, one streaming un-prompted pass over this rank's share of the
+selected training images -> global candidates -> prototypes -> cache write (rank 0) ->
+prompts copied into `model.prompts` (dtype kept). With method.track_alignment the k-means
+prototypes are also computed (from the same pass) as the reference of the alignment analysis.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from spt_dist.config.schema import Config
+
+from .cache import cache_path, keys_digest, load_prototypes, save_prototypes
+from .collective import Comm, PromptInitError
+from .extract import stream_candidates
+from .plan import STRATEGY_KINDS, InitPlan
+from .prototypes import Prototypes, combine
+
+REFERENCE_STRATEGY = "kmeans"
+
+
+@dataclass
+class InitResult:
+    prompts: Optional[torch.Tensor]     # (layers, p, d) float32 as written into model.prompts; None for init=vpt
+    reference: Optional[torch.Tensor]   # (layers, p, d) k-means prototypes for alignment_metrics, or None
+    stats: List[Dict[str, float]] = field(default_factory=list)  # per layer, of prompts (else reference)
+    cache_hit: bool = False             # True: nothing was computed, no forward pass ran
+    seconds: float = 0.0
+    images: int = 0                     # images the prototypes come from (all ranks)
+    strategy: str = "vpt"
+
+
+def input_spec(cfg: Config) -> tuple:
+    """(img_size, mean, std) the backbone expects."""
+    from spt_dist.model import backbone_spec, normalization
+    from spt_dist.model.build import _checkpoint_format
+
+    img_size = cfg.model.img_size or backbone_spec(cfg.model.name).img_size
+    mean, std = normalization(cfg.model.name, _checkpoint_format(cfg))
+    return img_size, tuple(mean), tuple(std)
+
+
+def select_init_keys(cfg: Config, index: Any) -> List[str]:
+    """The training keys prototypes come from: the run's fraction subset, then, with
+    method.init_images = n > 0, n of them chosen deterministically (class-stratified when
+    the whole split is used)."""
+    from spt_dist.data import select_count, select_fraction
+    from spt_dist.data.fraction import hashed_order
+
+    split, d, n = cfg.data.train_split, cfg.data, cfg.method.init_images
+    keys = (select_fraction(index, split, d.fraction, d.fraction_seed) if d.fraction < 1.0
+            else index.split(split).keys())
+    if 0 < n < len(keys):
+        if d.fraction < 1.0:
+            chosen = set(hashed_order(keys, d.fraction_seed)[:n])
+            keys = [k for k in keys if k in chosen]
+        else:
+            keys = select_count(index, split, n, d.fraction_seed)
+    return keys
+
+
+def _check_model(model: torch.nn.Module, cfg: Config, plan: InitPlan, n_keys: int, world_size: int) -> None:
+    m = cfg.method
+    backbone = getattr(model, "backbone", None)
+    if not (hasattr(model, "layer_tokens") and hasattr(backbone, "patch_embed") and hasattr(backbone, "blocks")):
+        raise ValueError("prototype init needs a PromptedViT (layer_tokens) around a timm VisionTransformer "
+                         "backbone (patch_embed, blocks)")
+    prompts = model.prompts
+    if prompts is None:
+        raise ValueError("the model has no prompts (method.prompt_length=0); nothing to initialise")
+    depth = len(backbone.blocks)
+    layers = depth if m.deep else 1
+    if tuple(prompts.shape) != (layers, m.prompt_length, model.embed_dim):
+        raise ValueError(f"model.prompts has shape {tuple(prompts.shape)} but method.deep={m.deep}, "
+                         f"method.prompt_length={m.prompt_length} on a {depth}-block, width-{model.embed_dim} "
+                         f"backbone expect {(layers, m.prompt_length, model.embed_dim)}")
+    if m.init_candidates < m.prompt_length:
+        raise ValueError(f"method.init_candidates={m.init_candidates} is fewer than "
+                         f"method.prompt_length={m.prompt_length} prompts")
+    patches = int(backbone.patch_embed.num_patches)
+    pooled = [s for s in plan.strategies if STRATEGY_KINDS[s] != "tokens"]
+    if pooled and patches < m.prompt_length:
+        raise ValueError(f"{pooled[0]} cuts each image's {patches} patch tokens into method.prompt_length="
+                         f"{m.prompt_length} windows; use prompt_length <= {patches} or init=kmeans")
+    if n_keys < world_size:
+        raise ValueError(f"{n_keys} image(s) selected for prototype init but {world_size} ranks: every rank "
+                         f"needs at least one (raise method.init_images / data.fraction or use fewer ranks)")
+    per_image = patches if not pooled else m.prompt_length
+    if n_keys * per_image < m.prompt_length:
+        raise ValueError(f"{n_keys} image(s) x {per_image} tokens give fewer candidate tokens than "
+                         f"method.prompt_length={m.prompt_length}")
+
+
+def _agree_on(comm: Comm, fn, *args) -> Any:
+    """Run fn on every rank; if it fails on any, raise the same PromptInitError everywhere."""
+    result, failure = None, None
+    try:
+        result = fn(*args)
+    except Exception as exc:  # reported to every rank, re-raised below
+        failure = exc
+    try:
+        comm.agree(None if failure is None else f"{type(failure).__name__}: {failure}")
+    except PromptInitError as err:
+        raise err from failure
+    return result
+
+
+def _cache_fields(model: torch.nn.Module, cfg: Config, index: Any, keys: Sequence[str], plan: InitPlan,
+                  inputs: tuple) -> Dict[str, Dict[str, Any]]:
+    """Per strategy, everything its prototypes depend on (the cache key)."""
+    from spt_dist.model import weights_hash
+
+    m = cfg.method
+    common = {"backbone": weights_hash(model.backbone), "data": index.content_hash,
+              "split": cfg.data.train_split, "keys": keys_digest(keys), "fraction": cfg.data.fraction,
+              "init_images": m.init_images, "preset": cfg.data.preset, "inputs": list(map(str, inputs)),
+              "layers": plan.layers, "prompt_length": plan.prompt_length, "seed": plan.seed,
+              "candidates": plan.capacity}
+    kmeans = {"kmeans_iters": plan.kmeans_iters, "kmeans_tol": plan.kmeans_tol}
+    return {s: dict(common, strategy=s, **(kmeans if s == "kmeans" else {})) for s in plan.strategies}
+
+
+def _compute(model: torch.nn.Module, cfg: Config, index: Any, keys: List[str], plan: InitPlan,
+             comm: Comm, device: torch.device | str, inputs: tuple) -> Dict[str, Prototypes]:
+    from spt_dist.data import EvalData
+
+    data_cfg = dataclasses.replace(cfg.data, eval_batch_size=cfg.method.init_batch_size)
+    data = EvalData(data_cfg, index, cfg.data.train_split, *inputs, comm.rank, comm.world_size, keys=keys)
+    total = math.ceil(len(keys) / comm.world_size / cfg.method.init_batch_size)
+    progress = comm.rank == 0 and cfg.run.progress
+    pools, seen = _agree_on(comm, stream_candidates, model, data, plan, device, progress, total)
+    comm.agree(None if seen else f"no images reached rank {comm.rank} ({len(keys)} images over "
+                                 f"{comm.world_size} ranks); use fewer ranks or more images")
+    return combine(pools, plan, comm)
+
+
+def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: Any,
+                       device: torch.device | str) -> InitResult:
+    """Prototype-initialise `model.prompts` per cfg.method (every rank calls it; `dist` has
+    .rank and .world_size); returns identical results on every rank."""
+    start = time.perf_counter()
+    comm = Comm(dist.rank, dist.world_size)
+    m = cfg.method
+    wanted = ([m.init] if m.init != "vpt" else []) + ([REFERENCE_STRATEGY] if m.track_alignment else [])
+    wanted = list(dict.fromkeys(wanted))
+    if not wanted:
+        return InitResult(None, None, strategy=m.init, seconds=time.perf_counter() - start)
+
+    def prepare():
+        keys = select_init_keys(cfg, index)
+        layers = model.prompts.shape[0] if getattr(model, "prompts", None) is not None else 0
+        plan = InitPlan(tuple(wanted), layers, m.prompt_length, m.init_candidates, cfg.run.seed,
+                        m.kmeans_iters, m.kmeans_tol)
+        _check_model(model, cfg, plan, len(keys), comm.world_size)
+        return keys, plan, input_spec(cfg)
+
+    keys, plan, inputs = _agree_on(comm, prepare)
+
+    # Cache: rank 0 looks up and reads, everyone receives the same answer.
+    fields: Dict[str, Dict[str, Any]] = {}
+    if comm.rank == 0 and m.cache_dir:  # hashing the weights is rank 0's job alone
+        fields = _cache_fields(model, cfg, index, keys, plan, inputs)
+    found: Dict[str, Prototypes] = {}
+    if fields:
+        for s in wanted:
+            hit = load_prototypes(cache_path(m.cache_dir, s, fields[s]), fields[s])
+            if hit is not None and tuple(hit.tensor.shape) == tuple(model.prompts.shape):
+                found[s] = hit
+    found = comm.broadcast_object(found)
+    misses = [s for s in wanted if s not in found]
+    if misses:
+        plan = dataclasses.replace(plan, strategies=tuple(misses))
+        computed = _compute(model, cfg, index, keys, plan, comm, device, inputs)
+        found.update(computed)
+        if fields:
+            for s in misses:
+                try:
+                    save_prototypes(cache_path(m.cache_dir, s, fields[s]), computed[s], fields[s])
+                except OSError as exc:  # a read-only cache costs time, not correctness
+                    warnings.warn(f"prototype cache not written ({exc})")
+
+    prompts = found[m.init].tensor if m.init != "vpt" else None
+    if prompts is not None:
+        with torch.no_grad():
+            model.prompts.copy_(prompts.to(device=model.prompts.device, dtype=model.prompts.dtype))
+    reference = found[REFERENCE_STRATEGY].tensor if m.track_alignment else None
+    return InitResult(prompts=prompts, reference=reference, stats=found[wanted[0]].stats, cache_hit=not misses,
+                      seconds=time.perf_counter() - start, images=len(keys), strategy=m.init)
