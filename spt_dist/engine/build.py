@@ -1,0 +1,108 @@
+"""Everything a run needs before its first step: data, model (+ prompt init), optimizer, engine."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from spt_dist.config import Config
+
+from .distributed import DistInfo
+from .ds_engine import build_engine, deepspeed_config, model_dtype
+from .optim import build_optimizer, build_scheduler, effective_lr, param_groups
+
+
+@dataclass
+class Parts:
+    index: Any
+    train_data: Any
+    val_data: Optional[Any]
+    test_data: Any
+    model: Any
+    engine: Any
+    identity: Dict[str, Any]          # what a checkpoint must match to be resumed here
+    counts: Dict[str, int]
+    peak_lr: float
+    global_batch: int
+    dtype: torch.dtype
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    img_size: int
+    prompt_init: Optional[Any] = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _checkpoint_format(cfg: Config) -> Optional[str]:
+    if not cfg.model.checkpoint:
+        return None
+    if cfg.model.checkpoint_format != "auto":
+        return cfg.model.checkpoint_format
+    from spt_dist.model import detect_format
+
+    return detect_format(os.path.expanduser(cfg.model.checkpoint))
+
+
+def _prompt_init(model: Any, cfg: Config, index: Any, dist: DistInfo, resuming: bool) -> Optional[Any]:
+    """SPT's prototype init (skipped on resume unless the alignment analysis needs the reference)."""
+    if cfg.method.name != "spt" or (resuming and not cfg.method.track_alignment):
+        return None
+    try:
+        from spt_dist.prompt_init import initialize_prompts
+    except ImportError as exc:
+        raise RuntimeError(f"method=spt needs spt_dist.prompt_init.initialize_prompts ({exc})") from None
+    return initialize_prompts(model, cfg, index, dist, dist.device)
+
+
+def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> Parts:
+    from spt_dist.data import EvalData, ShardIndex, TrainData
+    from spt_dist.model import backbone_spec, build_model, normalization, weights_hash
+
+    index = ShardIndex.load(os.path.expanduser(cfg.data.root))
+    img_size = cfg.model.img_size or backbone_spec(cfg.model.name).img_size
+    mean, std = normalization(cfg.model.name, _checkpoint_format(cfg))
+    data_args = (img_size, mean, std, dist.rank, dist.world_size)
+    train_data = TrainData(cfg.data, index, *data_args, seed=cfg.run.seed)
+    val_data = EvalData(cfg.data, index, cfg.data.val_split, *data_args) if cfg.data.val_split else None
+    test_data = EvalData(cfg.data, index, cfg.data.test_split, *data_args)
+
+    seed_everything(cfg.run.seed)  # same head / prompt init on every rank
+    model = build_model(cfg, index.num_classes).to(dist.device)
+    identity = {"backbone": cfg.model.name, "weights_hash": weights_hash(model.backbone),
+                "prompt_shape": list(model.prompts.shape) if model.prompts is not None else None,
+                "num_classes": index.num_classes, "method": cfg.method.name, "world_size": dist.world_size}
+    init = _prompt_init(model, cfg, index, dist, resuming)
+    seed_everything(cfg.run.seed + 1000003 * (dist.rank + 1))  # per-rank streams (prompt dropout)
+
+    global_batch = cfg.data.batch_size * cfg.optim.grad_accum * dist.world_size
+    peak_lr, final_lr = effective_lr(cfg.optim, global_batch)
+    optimizer = build_optimizer(param_groups(model.named_parameters(), cfg.optim), cfg.optim, peak_lr)
+    steps_per_epoch = train_data.batches_per_epoch / cfg.optim.grad_accum
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, peak_lr, final_lr)
+    engine, _, _ = build_engine(model, optimizer, scheduler, deepspeed_config(cfg, dist.world_size))
+    counts = model.param_counts()
+    return Parts(index, train_data, val_data, test_data, model, engine, identity, counts, peak_lr,
+                 global_batch, model_dtype(cfg), tuple(mean), tuple(std), img_size, init)
+
+
+def full_trainable_state(parts: Parts) -> Dict[str, torch.Tensor]:
+    """fp32 values of every trainable tensor (the optimizer's master copy under bf16 / ZeRO).
+
+    Collective under ZeRO: every rank must call it.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out = {}
+    for name, p in parts.model.named_trainable_parameters():
+        full = safe_get_full_fp32_param(p)
+        out[name] = (p.detach() if full is None else full).float().cpu().clone()
+    return out

@@ -1,0 +1,167 @@
+"""Checkpoints of the trainable state only, written atomically and verified before use.
+
+Layout of `checkpoints/step_<N>/`:
+  ds/state/...         DeepSpeed's files (trainable tensors, optimizer incl. ZeRO partitions,
+                       lr scheduler), saved with exclude_frozen_parameters=True
+  rng_rank<r>.pt       torch / numpy / python RNG states of rank r
+  meta.json            training position and the identity of what was trained
+  manifest.json        size and sha256 of every file above; written last
+
+All ranks write into `.tmp_step_<N>/`, rank 0 writes the manifest and renames the folder, so
+a crash mid-write leaves the previous checkpoint as the newest complete one. On load the
+manifest is checked: a truncated or corrupt newest checkpoint is reported and the one before
+it is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .distributed import DistInfo, barrier, broadcast_int
+
+TAG = "state"
+PREFIX = "step_"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that belongs to a different backbone, prompt shape or world size."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rng_state() -> Dict[str, Any]:
+    """RNG states as tensors and plain containers (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in internal.tolist()), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def verify(folder: Path) -> Optional[str]:
+    """None if every file the manifest lists is there with its size and hash; else why not."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for rel, (size, digest) in manifest["files"].items():
+            path = folder / rel
+            if not path.is_file():
+                return f"missing file {rel}"
+            if path.stat().st_size != size:
+                return f"{rel} has {path.stat().st_size} bytes, the manifest says {size}"
+            if _sha256(path) != digest:
+                return f"{rel} does not match its sha256"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unreadable manifest ({exc})"
+    return None
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+class Checkpointer:
+    """Save / find / load the trainable state of a DeepSpeed engine in `root`."""
+
+    def __init__(self, root: Path, keep: int, dist: DistInfo) -> None:
+        self.root, self.keep, self.dist = Path(root), keep, dist
+
+    def _steps(self) -> List[Tuple[int, Path]]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in self.root.iterdir():
+            if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit():
+                found.append((int(p.name[len(PREFIX):]), p))
+        return sorted(found)
+
+    def save(self, engine: Any, step: int, meta: Dict[str, Any]) -> Path:
+        """Collective: every rank must call it at the same step."""
+        final = self.root / f"{PREFIX}{step:08d}"
+        tmp = self.root / f".tmp_{PREFIX}{step:08d}"
+        if self.dist.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # left over by a crash mid-write
+        barrier()
+        engine.save_checkpoint(str(tmp / "ds"), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
+        torch.save(rng_state(), tmp / f"rng_rank{self.dist.rank}.pt")
+        barrier()
+        if self.dist.is_main:
+            _write_json(tmp / "meta.json", meta)
+            files = {str(p.relative_to(tmp)): [p.stat().st_size, _sha256(p)] for p in _files(tmp)}
+            _write_json(tmp / "manifest.json", {"step": step, "files": files})
+            if final.exists():  # the same step saved again (e.g. stop right after a periodic save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for _, old in self._steps()[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
+        return final
+
+    def newest_valid(self) -> Optional[Path]:
+        """Rank 0 checks manifests newest first and reports bad ones; all ranks get its choice."""
+        chosen = -1
+        if self.dist.is_main:
+            for step, path in reversed(self._steps()):
+                problem = verify(path)
+                if problem is None:
+                    chosen = step
+                    break
+                print(f"spt: checkpoint {path} is corrupt or incomplete ({problem}); "
+                      f"trying the previous one", file=sys.stderr, flush=True)
+        chosen = broadcast_int(chosen)
+        return None if chosen < 0 else self.root / f"{PREFIX}{chosen:08d}"
+
+    def load(self, engine: Any, path: Path, expect: Dict[str, Any]) -> Dict[str, Any]:
+        """Refuse a checkpoint of something else, then restore engine state and RNG; returns meta."""
+        meta = json.loads((path / "meta.json").read_text())
+        for key, want in expect.items():
+            have = meta.get("identity", {}).get(key)
+            if have != want:
+                raise CheckpointMismatchError(
+                    f"checkpoint {path} was written for {key}={have!r}, but this run has {key}={want!r}; "
+                    f"it cannot be resumed with this config (use a new run.name or the original config)")
+        load_path, _ = engine.load_checkpoint(str(path / "ds"), tag=TAG, load_module_strict=False,
+                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / 'ds'}")
+        set_rng_state(torch.load(path / f"rng_rank{self.dist.rank}.pt", weights_only=True))
+        return meta

@@ -1,0 +1,105 @@
+"""`spt train`, `spt predict`, `spt pretrain`.
+
+Exit codes of `spt train`: 0 when the run finished OR was interrupted by SIGTERM/SIGUSR2
+after saving a checkpoint (run `spt train RUN_DIR` to resume); 2 for a config error;
+1 for any other failure. With several ranks a failing rank exits at once (os._exit), so
+torchrun / srun end the others instead of leaving them in a collective.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def _load(config: str, overrides):
+    from spt_dist.config import ConfigError, load_config
+
+    folder = Path(config)
+    if folder.is_dir():
+        if overrides:
+            raise ConfigError(f"{folder} is a run folder: it resumes with its own config.yaml; "
+                              f"overrides ({' '.join(overrides)}) are not allowed")
+        if not (folder / "config.yaml").is_file():
+            raise ConfigError(f"{folder} is a folder without config.yaml: not a run folder")
+        return load_config(str(folder / "config.yaml")), str(folder)
+    return load_config(config, overrides, check_files=True), None
+
+
+def _train(args: argparse.Namespace) -> int:
+    from spt_dist.config import ConfigError
+
+    from .train import train
+
+    multi = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
+    try:
+        cfg, run_dir = _load(args.config, args.overrides)
+        results = train(cfg, run_dir=run_dir)
+    except ConfigError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
+        if isinstance(exc, SystemExit) and not exc.code:
+            raise
+        traceback.print_exc()
+        print(f"spt train: error on rank {os.environ.get('RANK', '0')}: {exc}", file=sys.stderr, flush=True)
+        if multi:
+            os._exit(1)  # no atexit / process-group teardown that could wait on dead peers
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(results, indent=1, sort_keys=True))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .export import PackMismatchError, load_prompt_pack, predict_images, predict_shards
+
+    try:
+        model, meta = load_prompt_pack(args.pack, args.backbone_checkpoint)
+    except PackMismatchError as exc:
+        print(f"spt predict: error: {exc}", file=sys.stderr)
+        return 2
+    inputs = args.inputs
+    if len(inputs) == 1 and (Path(inputs[0]) / "index.json").is_file():
+        res = predict_shards(model, meta, inputs[0], args.split)
+        print(json.dumps({"split": args.split, **res}, sort_keys=True))
+        return 0
+    for path, idx, name in predict_images(model, meta, inputs):
+        print(f"{path}\t{idx}\t{name}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import pretrain
+
+    result = pretrain(args.shards, args.out, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, seed=args.seed, backbone=args.backbone)
+    print(json.dumps(result, indent=1, sort_keys=True))
+    return 0
+
+
+def register(sub) -> None:
+    from spt_dist.config.cli import add_config_arguments
+
+    p = sub.add_parser("train", help="train one run (CONFIG file, or a run folder to resume)")
+    add_config_arguments(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="apply a prompt pack to images or a shard folder")
+    p.add_argument("pack", help="prompt_pack.safetensors of a run")
+    p.add_argument("--backbone-checkpoint", required=True, help="the backbone weights the run used")
+    p.add_argument("--split", default="test", help="split to score when INPUT is a shard folder")
+    p.add_argument("inputs", nargs="+", help="image files, or one shard folder (with index.json)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("pretrain", help="pretrain a small backbone (the embedded demo's)")
+    p.add_argument("--shards", required=True, help="shard folder of the pretraining classes")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--backbone", default="vit_tiny_p7_28")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_pretrain)

@@ -1,0 +1,68 @@
+"""The DeepSpeed config from the typed config, and the engine over the trainable parameters only."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import nn
+
+from spt_dist.config.schema import Config
+
+
+def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> Dict[str, Any]:
+    """ZeRO stage, precision, accumulation and clipping; distributed.deepspeed_json merged last."""
+    ds: Dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.optim.grad_accum,
+        "train_batch_size": cfg.data.batch_size * cfg.optim.grad_accum * world_size,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.distributed.zero_stage},
+        "bf16": {"enabled": cfg.precision.dtype == "bf16"},
+        "steps_per_print": 10 ** 9,  # our own metrics.jsonl is the log
+        "wall_clock_breakdown": False,
+    }
+    if cfg.distributed.zero_stage == 3:
+        # Small trainable tensors: keep them gathered; no parameter offload by default.
+        ds["zero_optimization"].update(stage3_param_persistence_threshold=0)
+    if cfg.distributed.deepspeed_json:
+        with open(os.path.expanduser(cfg.distributed.deepspeed_json)) as f:
+            ds = _merge(ds, json.load(f))
+    return ds
+
+
+def model_dtype(cfg: Config) -> torch.dtype:
+    return torch.bfloat16 if cfg.precision.dtype == "bf16" else torch.float32
+
+
+def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 ds_config: Dict[str, Any]) -> Tuple[Any, Any, Any]:
+    """deepspeed.initialize with only trainable tensors as model_parameters (frozen ones get
+    neither gradient buffers nor optimizer state)."""
+    import deepspeed
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
+        model=model, model_parameters=trainable, optimizer=optimizer, lr_scheduler=scheduler,
+        config=ds_config, dist_init_required=False)
+    return engine, ds_optimizer, ds_scheduler
+
+
+def optimizer_state_bytes(engine: Any) -> Dict[str, int]:
+    """Bytes this rank holds in optimizer moments and in fp32 master copies of the weights."""
+    opt = engine.optimizer
+    base = getattr(opt, "optimizer", opt)  # ZeRO / bf16 wrappers hold the torch optimizer
+    moments = sum(t.numel() * t.element_size() for st in base.state.values()
+                  for t in st.values() if torch.is_tensor(t) and t.ndim > 0)
+    model_ptrs = {p.data_ptr() for p in engine.module.parameters()}
+    master = sum(p.numel() * p.element_size() for g in base.param_groups for p in g["params"]
+                 if p.data_ptr() not in model_ptrs)
+    return {"moments": moments, "master": master}

@@ -1,0 +1,98 @@
+"""The prompt pack: a run's trainable tensors plus what is needed to apply them to the backbone.
+
+`prompt_pack.safetensors` holds `prompts` (depth|1, p, d) when the method has prompts, the
+head (`head.weight`, `head.bias`) and, for method=full, the tuned backbone. Metadata names
+the backbone and the sha256 of its weights: `spt predict` refuses any other backbone file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
+
+from spt_dist.config import Config
+
+
+class PackMismatchError(ValueError):
+    """A backbone file whose weights are not the ones the pack was trained on."""
+
+
+def export_prompt_pack(path: Path, parts: Any, cfg: Config, trainable: Dict[str, torch.Tensor]) -> Path:
+    from safetensors.torch import save_file
+
+    meta = {
+        "backbone": cfg.model.name, "weights_hash": parts.identity["weights_hash"],
+        "method": cfg.method.name, "pool": parts.model.pool, "prompt_length": str(cfg.method.prompt_length),
+        "deep": json.dumps(cfg.method.deep), "classes": json.dumps(list(parts.index.classes)),
+        "img_size": str(parts.img_size), "in_chans": str(cfg.model.in_chans or 0),
+        "mean": json.dumps(list(parts.mean)), "std": json.dumps(list(parts.std)),
+        "preset": cfg.data.preset,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_prompt_pack(pack: str, backbone_checkpoint: str) -> Tuple[Any, Dict[str, Any]]:
+    """(PromptedViT in eval mode, metadata); raises PackMismatchError on a different backbone."""
+    from safetensors import safe_open
+
+    from spt_dist.model import PromptedViT, build_backbone, weights_hash
+
+    with safe_open(pack, framework="pt") as f:
+        raw = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if "weights_hash" not in raw:
+        raise PackMismatchError(f"{pack} is not a prompt pack (no backbone metadata)")
+    meta = dict(raw, prompt_length=int(raw["prompt_length"]), deep=json.loads(raw["deep"]),
+                classes=json.loads(raw["classes"]), img_size=int(raw["img_size"]),
+                mean=json.loads(raw["mean"]), std=json.loads(raw["std"]))
+    backbone = build_backbone(meta["backbone"], img_size=meta["img_size"],
+                              in_chans=int(raw.get("in_chans", "0")) or None, checkpoint=backbone_checkpoint)
+    have = weights_hash(backbone)
+    if have != meta["weights_hash"]:
+        raise PackMismatchError(f"{backbone_checkpoint} is not the backbone {pack} was trained on: weights "
+                                f"sha256 {have[:16]}... != {meta['weights_hash'][:16]}... (backbone "
+                                f"'{meta['backbone']}')")
+    model = PromptedViT(backbone, num_classes=len(meta["classes"]), prompt_length=meta["prompt_length"],
+                        deep=meta["deep"], pool=meta["pool"], train_backbone=meta["method"] == "full")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    wanted = {n for n, _ in model.named_trainable_parameters()}
+    if unexpected or wanted & set(missing):
+        raise PackMismatchError(f"{pack}: tensors do not fit the model: missing {sorted(wanted & set(missing))}, "
+                                f"unexpected {sorted(unexpected)}")
+    return model.eval(), meta
+
+
+@torch.no_grad()
+def predict_images(model: Any, meta: Dict[str, Any], images: Iterable[str], batch: int = 64) -> List[Tuple[str, int, str]]:
+    """(path, class index, class name) for image files."""
+    from spt_dist.data import build_transform
+
+    transform = build_transform(meta.get("preset", "small"), meta["img_size"], meta["mean"], meta["std"], train=False)
+    paths, out = list(images), []
+    for i in range(0, len(paths), batch):
+        chunk = paths[i:i + batch]
+        x = torch.stack([transform(Path(p).read_bytes()) for p in chunk])
+        for p, c in zip(chunk, model(x).argmax(dim=1).tolist()):
+            out.append((p, c, meta["classes"][c]))
+    return out
+
+
+def predict_shards(model: Any, meta: Dict[str, Any], root: str, split: str,
+                   eval_batch_size: int = 128) -> Dict[str, Any]:
+    """Top-1 of the pack on one split of a shard folder (single process)."""
+    from spt_dist.config.schema import DataConfig
+    from spt_dist.data import EvalData, ShardIndex
+
+    from .evaluate import evaluate
+
+    index = ShardIndex.load(root)
+    if list(index.classes) != list(meta["classes"]):
+        raise PackMismatchError(f"{root} has classes {index.classes}, the pack was trained on {meta['classes']}")
+    data_cfg = DataConfig(root=root, preset=meta.get("preset", "small"), eval_batch_size=eval_batch_size)
+    data = EvalData(data_cfg, index, split, meta["img_size"], meta["mean"], meta["std"], 0, 1)
+    return evaluate(model, data, torch.device("cpu"), torch.float32)

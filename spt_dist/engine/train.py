@@ -1,0 +1,197 @@
+"""`train(cfg, run_dir)`: the training job of one run, on any number of ranks.
+
+Fixed epochs; the lr schedule steps per optimizer step; validation every run.eval_every
+epochs (selection only on it); the test split is evaluated at the last epoch, which is the
+reported `top1` (VPT's protocol). Checkpoints every run.checkpoint_every steps; a run folder
+with checkpoints resumes from the newest valid one, exactly.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from spt_dist.config import Config, to_yaml
+
+from .build import Parts, build_parts, full_trainable_state
+from .checkpoint import Checkpointer, folder_bytes
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .ds_engine import optimizer_state_bytes
+from .evaluate import evaluate
+from .export import export_prompt_pack
+from .optim import expected_state_bytes
+from .runlog import MetricsLog, read_results, run_dir_for, write_json_atomic
+from .stop import StopFlag
+
+
+def _prepare_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> None:
+    """Rank 0 writes config.yaml; an existing run folder must hold the same config."""
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path, text = run_dir / "config.yaml", to_yaml(cfg)
+        if path.is_file() and path.read_text() != text:
+            from spt_dist.config import ConfigError
+
+            raise ConfigError(f"{run_dir} already holds a run with a different config ({path}); "
+                              f"resume it with `spt train {run_dir}` or choose another run.name")
+        path.write_text(text)
+    barrier()
+
+
+def _check_state_bytes(cfg: Config, parts: Parts, measured: Dict[str, int]) -> None:
+    """Frozen weights must have no optimizer state: the bytes must fit the trainable count."""
+    trainable = parts.counts["trainable"]
+    want = expected_state_bytes(cfg.optim, trainable)
+    slack = want // 100 + 16384  # ZeRO pads its flat partitions by a few elements
+    master_ok = measured["master"] in (0,) or abs(measured["master"] - 4 * trainable) <= 4 * trainable // 100 + 16384
+    if abs(measured["moments"] - want) > slack or not master_ok:
+        raise RuntimeError(f"optimizer state does not match the {trainable} trainable parameters: "
+                           f"{measured['moments']} bytes of moments (expected {want}) and "
+                           f"{measured['master']} bytes of master weights; frozen weights leaked into the optimizer?")
+
+
+def _results(cfg: Config, parts: Parts, dist: DistInfo, state: Dict[str, Any], status: str,
+             extra: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "status": status, "method": cfg.method.name, "backbone": cfg.model.name,
+        "prompt_length": cfg.method.prompt_length, "deep": cfg.method.deep,
+        "data_fraction": cfg.data.fraction, "train_samples": parts.train_data.num_samples,
+        "trainable_params": parts.counts["trainable"], "backbone_params": parts.counts["backbone"],
+        "world_size": dist.world_size, "zero_stage": cfg.distributed.zero_stage,
+        "dtype": cfg.precision.dtype, "global_batch": parts.global_batch, "lr": parts.peak_lr,
+        "step": state["step"], "epoch": state["epoch"], "seed": cfg.run.seed,
+        "top1": state.get("test_top1"), "val_top1": state.get("val_top1"),
+        "best_val_epoch": state.get("best_val_epoch"), "best_val_top1": state.get("best_val_top1"),
+        "bad_samples": parts.train_data.bad_samples, **extra,
+    }
+
+
+def _run_evals(parts: Parts, state: Dict[str, Any], epoch: int, last: bool, log: MetricsLog,
+               lockstep: bool, eval_every: int) -> None:
+    if parts.val_data is not None and ((epoch + 1) % eval_every == 0 or last):
+        val = evaluate(parts.engine, parts.val_data, parts.engine.device, parts.dtype, lockstep)
+        state["val_top1"] = val["top1"]
+        if state.get("best_val_top1") is None or val["top1"] > state["best_val_top1"]:
+            state["best_val_top1"], state["best_val_epoch"] = val["top1"], epoch + 1
+        log.log("val", state["step"], epoch=epoch + 1, **val)
+    if last:
+        test = evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep)
+        state["test_top1"] = test["top1"]
+        log.log("test", state["step"], epoch=epoch + 1, **test)
+
+
+def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] = None) -> Dict[str, Any]:
+    """Train one run; returns its results (`status`: finished | interrupted).
+
+    `max_steps` stops after that many optimizer steps exactly like a preemption would
+    (checkpoint, status interrupted); a later call resumes.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
+    done = read_results(run_dir)
+    if done and done.get("status") == "finished":
+        return done
+    dist = init_distributed(cfg)
+    _prepare_run_dir(cfg, run_dir, dist)
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.run.keep_checkpoints, dist)
+    resume_from = ckpt.newest_valid()
+    parts = build_parts(cfg, dist, resuming=resume_from is not None)
+    engine, data, accum = parts.engine, parts.train_data, cfg.optim.grad_accum
+    state: Dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0}
+    if resume_from is not None:
+        state = ckpt.load(engine, resume_from, parts.identity)["state"]
+    log = MetricsLog(run_dir, enabled=dist.is_main)
+    log.log("start", state["step"], resumed_from=str(resume_from) if resume_from else None,
+            world_size=dist.world_size, **parts.counts)
+    if dist.is_main:
+        from spt_dist.data import write_selected_keys
+
+        write_selected_keys(run_dir, data.selected_keys)
+
+    bpe, epochs = data.batches_per_epoch, cfg.optim.epochs
+    total_micro = epochs * bpe
+    bar = tqdm(total=total_micro // accum, initial=state["step"], desc=run_dir.name, unit="step",
+               disable=not (dist.is_main and cfg.run.progress), dynamic_ncols=True)
+    stop, status, lockstep = StopFlag().install(), "finished", cfg.distributed.zero_stage == 3
+    window = torch.zeros(3, dtype=torch.float64)  # summed loss, micro batches, stop flag
+    train_s, steps_timed, t_step = 0.0, 0, time.perf_counter()
+
+    def save() -> None:
+        meta = {"state": state, "identity": parts.identity, "config": to_yaml(cfg)}
+        ckpt.save(engine, state["step"], meta)
+
+    try:
+        engine.train()
+        while state["epoch"] < epochs and status == "finished":
+            epoch = state["epoch"]
+            for images, labels, _ in data.epoch(epoch, skip_batches=state["batch"]):
+                logits = engine(images.to(engine.device, parts.dtype))
+                loss = F.cross_entropy(logits.float(), labels.to(engine.device),
+                                       label_smoothing=cfg.optim.label_smoothing)
+                engine.backward(loss)
+                engine.step()
+                state["batch"] += 1
+                window[0] += loss.item()
+                window[1] += 1
+                if (epoch * bpe + state["batch"]) % accum:
+                    continue  # inside an accumulation window: no optimizer step yet
+                state["step"] += 1
+                window[2] = float(stop.requested or (max_steps is not None and state["step"] >= max_steps))
+                loss_sum, n, stop_votes = all_reduce_sum(window.clone()).tolist()
+                window.zero_()
+                now = time.perf_counter()
+                train_s, steps_timed, t_step = train_s + now - t_step, steps_timed + 1, now
+                bar.update(1)
+                if state["step"] % cfg.run.log_every == 0 or stop_votes:
+                    lr = engine.get_lr()[0]
+                    log.log("train", state["step"], epoch=epoch, loss=loss_sum / n, lr=lr,
+                            samples_per_s=steps_timed * parts.global_batch / max(train_s, 1e-9),
+                            bad_samples=data.bad_samples)
+                    bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.2e}")
+                if stop_votes:
+                    status = "interrupted"
+                    save()
+                    log.log("interrupted", state["step"], signal=stop.signal_name or "max_steps")
+                    break
+                if state["step"] % cfg.run.checkpoint_every == 0:
+                    save()
+                    t_step = time.perf_counter()  # checkpoint time is not training throughput
+            if status != "finished":
+                break
+            _run_evals(parts, state, epoch, epoch + 1 == epochs, log, lockstep, cfg.run.eval_every)
+            state["epoch"], state["batch"] = epoch + 1, 0
+            t_step = time.perf_counter()
+    finally:
+        stop.restore()
+        bar.close()
+
+    measured = {k: int(v) for k, v in zip(("moments", "master"), all_reduce_sum(
+        torch.tensor(list(optimizer_state_bytes(engine).values()), dtype=torch.float64)).tolist())}
+    if state["step"] > 0:
+        _check_state_bytes(cfg, parts, measured)
+    newest = ckpt.newest_valid()
+    extra = {"optimizer_state_bytes": measured["moments"] + measured["master"],
+             "optimizer_moment_bytes": measured["moments"], "optimizer_master_bytes": measured["master"],
+             "checkpoint_bytes": folder_bytes(newest) if newest else 0,
+             "train_s": round(train_s, 3),
+             "samples_per_s": round(steps_timed * parts.global_batch / train_s, 3) if train_s else None,
+             "signal": stop.signal_name or None}
+    trainable = full_trainable_state(parts)
+    if status == "finished":
+        if dist.is_main:
+            export_prompt_pack(run_dir / "prompt_pack.safetensors", parts, cfg, trainable)
+    results = _results(cfg, parts, dist, state, status, extra)
+    results["wall_s"] = round(time.perf_counter() - t0, 3)
+    if dist.is_main:
+        write_json_atomic(run_dir / "results.json", results)
+        log.log("end", state["step"], **{k: v for k, v in results.items() if k != "step"})
+        log.close()
+        print(f"spt: run {run_dir} {status}: top1={results['top1']} val_top1={results['val_top1']} "
+              f"step={state['step']}", file=sys.stderr, flush=True)
+    barrier()
+    return results
