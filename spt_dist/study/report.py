@@ -1,0 +1,177 @@
+"""Study report: every results.json under a folder -> a markdown table, a CSV and a plot of
+top-1 against model capacity and against data fraction, one line per method.
+
+Reads only the files each run writes (results.json and its config.yaml), never logs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from spt_dist.config import ConfigError
+
+# Short names for grouping columns; any other dotted config key works as well.
+ALIASES = {
+    "backbone": "model.name",
+    "data_fraction": "data.fraction",
+    "prompt_length": "method.prompt_length",
+    "lr": "optim.lr",
+    "seed": "run.seed",
+}
+METRIC_FALLBACKS = ("test.top1", "test_top1", "top1", "test.acc1")
+
+
+@dataclass
+class RunRecord:
+    run_dir: Path
+    values: Dict[str, Any]  # flattened config.yaml (dotted keys) plus "method", "params_m"
+    metric: Optional[float]
+    status: str
+
+
+def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(tree, dict):
+        out: Dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def backbone_params_m(name: str) -> Optional[float]:
+    """Millions of backbone parameters from the registry (attention + MLP + embeddings)."""
+    from spt_dist.model.registry import BACKBONES
+
+    spec = BACKBONES.get(name)
+    if spec is None:
+        return None
+    d = spec.embed_dim
+    block = 4 * d * d + 4 * d + 2 * spec.mlp_ratio * d * d + (spec.mlp_ratio + 1) * d + 4 * d
+    tokens = (spec.img_size // spec.patch_size) ** 2 + int(spec.class_token) + spec.reg_tokens
+    embed = spec.patch_size ** 2 * spec.in_chans * d + d + tokens * d
+    return (spec.depth * block + embed + 2 * d) / 1e6
+
+
+def _metric(results: Dict[str, Any], key: Optional[str]) -> Optional[float]:
+    flat = _flatten(results)
+    for k in ([key] if key else METRIC_FALLBACKS):
+        if isinstance(flat.get(k), (int, float)):
+            return float(flat[k])
+    return None
+
+
+def collect(runs_dir: str, metric: Optional[str] = None) -> List[RunRecord]:
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise ConfigError(f"runs folder '{runs_dir}' does not exist")
+    records = []
+    for path in sorted(root.rglob("results.json")):
+        try:
+            results = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        cfg_file = path.parent / "config.yaml"
+        values = _flatten(OmegaConf.to_container(OmegaConf.load(cfg_file))) if cfg_file.is_file() else {}
+        values.update({f"results.{k}": v for k, v in _flatten(results).items()})
+        deep = "-deep" if values.get("method.deep") else ""
+        values["method"] = f"{values.get('method.name', '?')}{deep}"
+        values["params_m"] = backbone_params_m(str(values.get("model.name")))
+        records.append(RunRecord(path.parent, values, _metric(results, metric),
+                                 str(results.get("status", "finished"))))
+    return records
+
+
+def _key(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def table(records: Sequence[RunRecord], by: Sequence[str]) -> List[Dict[str, Any]]:
+    """One row per group: mean and std of the metric over its finished runs (e.g. seeds)."""
+    groups: Dict[tuple, List[float]] = {}
+    for r in records:
+        if r.status != "finished" or r.metric is None:
+            continue
+        groups.setdefault(tuple(r.values.get(_key(b)) for b in by), []).append(r.metric)
+    rows = []
+    for key in sorted(groups, key=lambda t: tuple(str(x) for x in t)):
+        vals = groups[key]
+        row = dict(zip(by, key))
+        row.update(top1=round(statistics.fmean(vals), 3),
+                   std=round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0, runs=len(vals))
+        rows.append(row)
+    return rows
+
+
+def write_table(rows: List[Dict[str, Any]], out: Path, by: Sequence[str]) -> None:
+    cols = list(by) + ["top1", "std", "runs"]
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> Dict[str, List[tuple]]:
+    """Per method: (x, mean metric) at the largest value of `fixed_key` each method has."""
+    done = [r for r in records if r.status == "finished" and r.metric is not None
+            and r.values.get(x_key) is not None]
+    out: Dict[str, List[tuple]] = {}
+    for method in sorted({r.values["method"] for r in done}):
+        mine = [r for r in done if r.values["method"] == method]
+        fixed = max(r.values.get(fixed_key) or 0 for r in mine)
+        by_x: Dict[float, List[float]] = {}
+        for r in mine:
+            if (r.values.get(fixed_key) or 0) == fixed:
+                by_x.setdefault(float(r.values[x_key]), []).append(r.metric)
+        out[method] = sorted((x, statistics.fmean(v)) for x, v in by_x.items())
+    return out
+
+
+def plot(records: Sequence[RunRecord], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = [(axes[0], "params_m", "data.fraction", "backbone parameters (M)", "full data"),
+              (axes[1], "data.fraction", "params_m", "training data fraction", "largest backbone")]
+    for ax, x_key, fixed_key, xlabel, note in panels:
+        for method, pts in _series(records, x_key, fixed_key).items():
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"top-1 vs {xlabel.split(' (')[0]} ({note})")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    path = out / "scaling.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(runs_dir: str, out_dir: str, by: Sequence[str] = ("method", "backbone", "data_fraction"),
+                 metric: Optional[str] = None) -> Dict[str, Any]:
+    """Writes report.md, report.csv and scaling.png into `out_dir`; returns a summary."""
+    records = collect(runs_dir, metric)
+    if not records:
+        raise ConfigError(f"no results.json under '{runs_dir}'")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table(records, by)
+    write_table(rows, out, by)
+    plot(records, out)
+    skipped = [str(r.run_dir) for r in records if r.status != "finished" or r.metric is None]
+    return {"runs": len(records), "rows": len(rows), "skipped": skipped, "out": str(out)}

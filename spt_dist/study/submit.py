@@ -1,0 +1,95 @@
+"""Validate locally, then submit one run or a whole sweep (one job array).
+
+Every job folder (`launch.folder/<job id>/`) gets a `job.json` next to submitit's files, so
+`spt status` and `spt cancel` need nothing but the folder.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+import submitit
+
+from spt_dist.config import ConfigError, load_config
+from spt_dist.config.schema import Config
+
+from .executor import make_executor, resolve_cluster
+from .task import TRAIN_FN, TrainTask, run_dir_of
+
+
+@dataclass
+class Submitted:
+    job: submitit.Job
+    cfg: Config
+    run_dir: Path
+    job_folder: Path
+    cluster: str
+
+
+def prepare(path: Optional[str], overrides: Sequence[str] = (), name_suffix: str = "") -> Config:
+    """Load and validate (files included) before anything is submitted; fix the run folder."""
+    cfg = load_config(path, list(overrides), check_files=True)
+    # The engine's own naming, so `spt train` and `spt submit` of one config share a run folder.
+    from spt_dist.engine.runlog import default_run_name
+
+    name = (cfg.run.name or default_run_name(cfg)) + name_suffix
+    out_dir = str(Path(cfg.run.out_dir).expanduser().resolve())  # jobs may start elsewhere
+    cfg = replace(cfg, run=replace(cfg.run, name=name, out_dir=out_dir))
+    return cfg
+
+
+def _record(sub: Submitted, config_path: Optional[str]) -> None:
+    info = {
+        "job_id": sub.job.job_id,
+        "cluster": sub.cluster,
+        "run_dir": str(sub.run_dir),
+        "run_name": sub.cfg.run.name,
+        "config": config_path,
+        "tasks": sub.cfg.launch.nodes * sub.cfg.launch.tasks_per_node,
+        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    sub.job_folder.mkdir(parents=True, exist_ok=True)
+    (sub.job_folder / "job.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _job_folder(job: submitit.Job) -> Path:
+    return Path(job.paths.folder)
+
+
+def submit_run(cfg: Config, config_path: Optional[str] = None, train_fn: str = TRAIN_FN) -> Submitted:
+    """Submit one prepared run; returns at once (the job runs on the cluster)."""
+    cluster = resolve_cluster(cfg.launch.cluster)
+    executor = make_executor(cfg.launch, job_name=f"spt-{cfg.run.name}")
+    job = executor.submit(TrainTask(cfg, train_fn))
+    sub = Submitted(job, cfg, run_dir_of(cfg), _job_folder(job), cluster)
+    if cluster != "debug":
+        _record(sub, config_path)
+    return sub
+
+
+def submit_study(cfgs: List[Config], config_paths: Iterable[Optional[str]] = (),
+                 train_fn: str = TRAIN_FN) -> List[Submitted]:
+    """Submit many prepared runs as ONE job array (launch settings of the first config)."""
+    if not cfgs:
+        raise ConfigError("the sweep expands to no runs")
+    names = [c.run.name for c in cfgs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"two runs of the sweep share a run folder: {', '.join(twice)} "
+                          "(give each a different run.name)")
+    launch = cfgs[0].launch
+    cluster = resolve_cluster(launch.cluster)
+    executor = make_executor(launch, job_name="spt-sweep")
+    with executor.batch():
+        jobs = [executor.submit(TrainTask(c, train_fn)) for c in cfgs]
+    paths = list(config_paths) or [None] * len(cfgs)
+    subs = []
+    for job, cfg, path in zip(jobs, cfgs, paths):
+        sub = Submitted(job, cfg, run_dir_of(cfg), _job_folder(job), cluster)
+        if cluster != "debug":
+            _record(sub, path)
+        subs.append(sub)
+    return subs

@@ -1,0 +1,99 @@
+"""The submitit task that runs one training run, and how it is requeued.
+
+Order of events on preemption or an approaching time limit (SLURM sends SIGUSR2 to every
+task, `signal_delay_s` before the end):
+
+1. submitit installs its own SIGUSR2 handler when the job starts; `train()` replaces it with
+   the engine's, which only sets a flag. The training loop sees the flag at the next step
+   boundary, saves a checkpoint collectively on all ranks and returns "interrupted".
+2. Only then does this task hand over to submitit's handler, on rank 0: it calls
+   `checkpoint()` (which only resubmits this task), counts the requeue against
+   `launch.max_requeues` and runs `scontrol requeue`. The other ranks leave without a result,
+   so no client mistakes an interrupted rank for a finished one.
+3. The requeued job runs this task again; `train()` resumes from the newest checkpoint in
+   the run folder, and a run whose results.json says "finished" is not trained again.
+
+A signal that arrives before `train()` installs its handler reaches submitit's handler
+directly: rank 0 requeues at once, nothing is lost but start-up time.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import submitit
+from submitit.core.job_environment import SignalHandler
+
+from spt_dist.config.schema import Config
+
+TRAIN_FN = "spt_dist.engine.train:train"
+
+
+def run_dir_of(cfg: Config) -> Path:
+    """The run folder: cfg.run.out_dir/cfg.run.name (the name is fixed at submit time)."""
+    return Path(cfg.run.out_dir).expanduser() / cfg.run.name
+
+
+def read_results(run_dir: Path) -> Optional[Dict[str, Any]]:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # being written; the engine writes it atomically, so this is transient
+
+
+def _load(spec: str) -> Callable[..., Dict[str, Any]]:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _preemption_handler() -> Optional[Callable[[int, Any], None]]:
+    """submitit's SIGUSR2 handler, when this process runs under a requeueing executor."""
+    handler = signal.getsignal(submitit.JobEnvironment._usr_sig())
+    if isinstance(getattr(handler, "__self__", None), SignalHandler):
+        return handler
+    return None
+
+
+class TrainTask:
+    """Callable submitted to submitit: `TrainTask(cfg)()` trains the run `cfg` describes."""
+
+    def __init__(self, cfg: Config, train_fn: str = TRAIN_FN) -> None:
+        self.cfg = cfg
+        self.train_fn = train_fn  # "module:function"; the engine's train by default
+
+    def __call__(self) -> Dict[str, Any]:
+        done = read_results(run_dir_of(self.cfg))
+        if done and done.get("status") == "finished":
+            return done
+        executor = os.environ.get("SUBMITIT_EXECUTOR", "")
+        if executor in ("slurm", "local"):
+            # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch.distributed (and DeepSpeed).
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        requeue = _preemption_handler()
+        results = _load(self.train_fn)(self.cfg, str(run_dir_of(self.cfg)))
+        if results.get("status") == "interrupted" and requeue is not None:
+            self._requeue(requeue)
+        return results
+
+    def _requeue(self, handler: Callable[[int, Any], None]) -> None:
+        """After the engine saved: rank 0 requeues (or raises when out of requeues)."""
+        rank = submitit.JobEnvironment().global_rank
+        if rank == 0:
+            print(f"run interrupted and checkpointed in {run_dir_of(self.cfg)}; requeueing", flush=True)
+            handler(submitit.JobEnvironment._usr_sig(), None)  # exits, or raises UncompletedJobError
+            return
+        # Exit code 0 and no result file: the step is not killed early (KillOnBadExit) and the
+        # job's result stays pending until the requeued run ends.
+        sys.exit(0)
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on preemption/timeout: only resubmit; the engine saved already."""
+        return submitit.helpers.DelayedSubmission(TrainTask(self.cfg, self.train_fn))
