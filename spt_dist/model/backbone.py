@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from .checkpoints import Checkpoint, PathLike, load_backbone_weights, read_checkpoint
@@ -24,7 +25,7 @@ def build_backbone(name: str, img_size: Optional[int] = None, in_chans: Optional
     ckpt = None
     if checkpoint is not None:
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint, checkpoint_format)
-    model = VisionTransformer(
+    kwargs = dict(
         img_size=img_size or spec.img_size,
         patch_size=spec.patch_size,
         in_chans=in_chans or spec.in_chans,
@@ -40,10 +41,18 @@ def build_backbone(name: str, img_size: Optional[int] = None, in_chans: Optional
         fc_norm=bool(ckpt is not None and ckpt.uses_fc_norm),
         drop_rate=0.0, pos_drop_rate=0.0, patch_drop_rate=0.0, proj_drop_rate=0.0,
         attn_drop_rate=0.0, drop_path_rate=0.0,
-        # A checkpoint overwrites every tensor (strictly checked), so skip timm's init pass.
-        weight_init="skip" if ckpt is not None else "",
-        **spec.extra,
     )
+    kwargs.update(spec.extra)
+    # Built on the meta device, then given memory once: constructing ViT-H/14 directly runs
+    # every layer's default init and takes ~12 s before the real init or load even starts.
+    with torch.device("meta"):
+        model = VisionTransformer(**kwargs)
+    if any(True for _ in model.buffers()):  # to_empty would leave buffers uninitialised
+        model = VisionTransformer(**kwargs)
+    else:
+        model.to_empty(device="cpu")
+        if ckpt is None:
+            model.init_weights(needs_reset=True)  # timm's init: trunc-normal linears, unit norms
     if ckpt is not None:
-        load_backbone_weights(model, ckpt)
+        load_backbone_weights(model, ckpt)  # writes every tensor, or raises naming the missing ones
     return model.eval()
