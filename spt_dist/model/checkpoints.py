@@ -47,7 +47,14 @@ def _torch_load(path: str) -> object:
     # their argparse.Namespace, which is allowed explicitly.
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                # mmap: tensors are read when copied into the model, so detecting the format
+                # of a 2.5 GB ViT-H file costs almost nothing.
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # pre-1.6 file layout
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: holds pickled objects other than tensors and plain containers, which are not "
@@ -98,6 +105,11 @@ def detect_format(path: PathLike) -> str:
     .npz -> npz; `module.`-prefixed keys -> mocov3; a {'model': ...} dict with MAE's decoder,
     mask token or fc_norm, or without a head -> mae; anything else -> timm.
     """
+    path = os.path.expanduser(str(path))
+    if path.endswith(".safetensors") and os.path.isfile(path):
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:  # keys only, no tensor is read
+            return _classify(None, dict.fromkeys(f.keys()))
     return read_checkpoint(path).fmt
 
 
