@@ -78,10 +78,10 @@ def job_status(folder: Path) -> JobStatus:
     run_dir = Path(info["run_dir"]) if info.get("run_dir") else None
     outcomes = _task_outcomes(Path(folder), job_id)
     errors = [trace for _, (kind, trace) in sorted(outcomes.items()) if kind == "error"]
-    if cluster == "slurm":
+    if len(outcomes) >= int(info.get("tasks", 1)) or (outcomes and cluster != "slurm"):
+        state = "FAILED" if errors else "COMPLETED"  # the job's own word; sacct may lag behind
+    elif cluster == "slurm":
         state = sacct_state(job_id)
-    elif outcomes:
-        state = "FAILED" if errors else "COMPLETED"
     else:
         state = "RUNNING" if job_id.isdigit() and _pid_alive(int(job_id)) else "ENDED_WITHOUT_RESULT"
     results = read_results(run_dir) if run_dir else None

@@ -41,7 +41,7 @@ def parse_grid(items: Sequence[str]) -> Dict[str, List[str]]:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-")
 
 
 def expand(configs: Sequence[Optional[str]], grid: Dict[str, List[str]],

@@ -1,0 +1,196 @@
+"""The launcher against a real single-node SLURM cluster (launch/slurm_up.sh) and the real
+training engine: 2-rank jobs, job arrays, preemption with requeue and exact resume, failed
+jobs, and configs rejected before submission.
+
+Skips with the reason when the cluster cannot be brought up, unless SPT_REQUIRE_SLURM=1.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPT = [sys.executable, "-m", "spt_dist.cli"]
+JOB_TIMEOUT_S = 300
+STEPS = 128  # 2 x 128 train samples, 2 ranks x 4 per batch, 4 epochs
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("SPT_REQUIRE_SLURM") == "1":
+        pytest.fail(f"SLURM required (SPT_REQUIRE_SLURM=1) but unavailable: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """Bring the development cluster up (a no-op when it is up) and point clients at it."""
+    if os.geteuid() != 0:
+        _unavailable("the development SLURM cluster needs root")
+    state = os.environ.get("SPT_SLURM_DIR", "/tmp/spt-slurm")
+    try:
+        proc = subprocess.run(["bash", str(ROOT / "launch" / "slurm_up.sh")], capture_output=True, text=True,
+                              timeout=900)  # may apt-get install the packages first
+    except subprocess.TimeoutExpired:
+        _unavailable("launch/slurm_up.sh did not finish in 900 s")
+    if proc.returncode != 0:
+        _unavailable(f"launch/slurm_up.sh failed:\n{proc.stdout}\n{proc.stderr}")
+    os.environ["SLURM_CONF"] = f"{state}/etc/slurm.conf"
+    os.environ["PATH"] = "/usr/sbin:/usr/bin:" + os.environ.get("PATH", "")
+    return state
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Tiny shards and a run file for vit_micro_p4_16 (random backbone weights, VPT-deep)."""
+    from spt_dist.data.synthetic import tiny_shards
+
+    root = tmp_path_factory.mktemp("slurm_study")
+    tiny_shards(root / "data", {"train": [128, 128], "val": [16, 16], "test": [16, 16]}, num_classes=3, size=16)
+    (root / "run.yaml").write_text(f"""
+model: {{name: vit_micro_p4_16, checkpoint: null}}
+method: {{name: vpt, prompt_length: 4, deep: true, init: vpt}}
+data: {{root: {root / 'data'}, batch_size: 4, eval_batch_size: 16, shuffle_buffer: 16}}
+optim: {{name: sgd, lr: 0.05, epochs: 4, warmup_epochs: 1}}
+run: {{out_dir: {root / 'runs'}, checkpoint_every: 1000, log_every: 1, progress: false}}
+launch: {{cluster: slurm, folder: {root / 'jobs'}, tasks_per_node: 2, cpus_per_task: 1, timeout_min: 20,
+          signal_delay_s: 60, max_requeues: 3}}
+""")
+    return root
+
+
+def wait_done(job, timeout_s: float = JOB_TIMEOUT_S) -> None:
+    deadline = time.time() + timeout_s
+    while not job.done():
+        if time.time() > deadline:
+            job.cancel(check=False)
+            pytest.fail(f"job {job.job_id} not done after {timeout_s}s (state {job.state});\n{job.stderr()}")
+        time.sleep(1)
+
+
+def submit(study, *overrides, name: str):
+    from spt_dist.study import prepare, submit_run
+
+    cfg = prepare(str(study / "run.yaml"), [f"run.name={name}", *overrides])
+    return submit_run(cfg, config_path=str(study / "run.yaml"))
+
+
+def events(run_dir: Path, kind: str) -> list:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == kind]
+
+
+def pack(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "prompt_pack.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(slurm, study):
+    """An uninterrupted 2-rank run; submitted once, shared by the tests that compare to it."""
+    sub = submit(study, name="reference")
+    wait_done(sub.job)
+    return sub
+
+
+def test_two_task_job_trains_on_two_ranks(reference):
+    results = reference.job.results()
+    assert len(results) == 2 and all(r["status"] == "finished" for r in results)
+    assert results[0]["world_size"] == 2 and results[0]["step"] == STEPS
+    on_disk = json.loads((reference.run_dir / "results.json").read_text())
+    assert on_disk["status"] == "finished" and on_disk["top1"] is not None
+    assert (reference.job_folder / "job.json").is_file() and reference.job_folder.name == reference.job.job_id
+
+
+def test_status_of_finished_job(reference, capsys):
+    from spt_dist.cli import main
+
+    assert main(["status", str(reference.job_folder)]) == 0
+    out = capsys.readouterr().out
+    assert "COMPLETED" in out and '"status": "finished"' in out
+
+
+def test_preemption_requeues_and_resumes_exactly(reference, study):
+    sub = submit(study, name="preempted")
+    deadline = time.time() + JOB_TIMEOUT_S
+    while len(events(sub.run_dir, "train")) < 5:  # in the middle of training
+        if time.time() > deadline or sub.job.done():
+            sub.job.cancel(check=False)
+            pytest.fail(f"training never started: {sub.job.stderr()}")
+        time.sleep(0.1)
+    subprocess.run(["scancel", "--signal=USR2", sub.job.job_id], check=True, timeout=30)
+    wait_done(sub.job)
+    results = sub.job.results()
+    assert [r["status"] for r in results] == ["finished", "finished"]
+    interrupted = events(sub.run_dir, "interrupted")
+    starts = events(sub.run_dir, "start")
+    assert len(interrupted) == 1 and interrupted[0]["signal"] == "SIGUSR2" and interrupted[0]["step"] < STEPS
+    assert len(starts) == 2 and starts[1]["resumed_from"] and starts[1]["step"] == interrupted[0]["step"]
+    assert "Requeued job" in sub.job.paths.stdout.read_text()
+    want, got = pack(reference.run_dir), pack(sub.run_dir)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert (want[key] == got[key]).all(), f"{key} differs after preemption and resume"
+
+
+def test_finished_run_is_not_rerun(reference, study):
+    sub = submit(study, name="reference")  # same run folder as the finished reference
+    wait_done(sub.job)
+    assert sub.job.results()[0]["wall_s"] == json.loads((reference.run_dir / "results.json").read_text())["wall_s"]
+    assert len(events(reference.run_dir, "start")) == 1
+
+
+def test_job_array_of_a_sweep(slurm, study):
+    from spt_dist.study import prepare, submit_study
+    from spt_dist.study.sweep import expand, parse_grid
+
+    points = expand([str(study / "run.yaml")], parse_grid(["method.prompt_length=2,3,5"]),
+                    ["run.name=sweep", "optim.epochs=1", "launch.tasks_per_node=1"])
+    subs = submit_study([prepare(p.config, p.overrides, name_suffix=p.suffix) for p in points])
+    array_ids = {s.job.job_id.split("_")[0] for s in subs}
+    assert len(array_ids) == 1 and [s.job.job_id.split("_")[1] for s in subs] == ["0", "1", "2"]
+    for sub in subs:
+        wait_done(sub.job)
+    for sub, length in zip(subs, (2, 3, 5)):
+        results = json.loads((sub.run_dir / "results.json").read_text())
+        assert results["status"] == "finished" and results["prompt_length"] == length
+        assert sub.run_dir.name == f"sweep__prompt_length-{length}"
+
+
+def test_failed_job_reports_its_traceback(slurm, study, capsys):
+    from spt_dist.cli import main
+
+    bad = study / "corrupt.safetensors"
+    bad.write_bytes(b"not a weights file")  # passes the file check on the login node, fails in the job
+    sub = submit(study, f"model.checkpoint={bad}", "launch.tasks_per_node=1", name="failing")
+    wait_done(sub.job)
+    with pytest.raises(Exception) as err:
+        sub.job.results()
+    assert "Traceback" in str(err.value) and "corrupt.safetensors" in str(err.value)
+    assert main(["status", str(sub.job_folder)]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "Traceback" in captured.err
+
+
+def _job_ids() -> set:
+    out = subprocess.run(["sacct", "-a", "-X", "-n", "-P", "-o", "JobID", "-S", "now-1days"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout
+    return set(out.split()) | set(queued.split())
+
+
+@pytest.mark.parametrize("override, key", [("optim.lr=-1", "optim.lr"), ("data.root=/nonexistent", "data.root"),
+                                           ("launch.tasks_per_node=0", "launch.tasks_per_node")])
+def test_bad_config_is_rejected_before_submission(slurm, study, override, key):
+    before = _job_ids()
+    jobs = study / "jobs_rejected"
+    proc = subprocess.run([*SPT, "submit", str(study / "run.yaml"), override, "--folder", str(jobs)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and key in proc.stderr, proc.stderr
+    assert _job_ids() == before and not jobs.exists()
