@@ -165,7 +165,8 @@ def _load_state(model: nn.Module, ckpt: Checkpoint) -> None:
     unexpected = sorted(set(ckpt.state) - set(expected))
     if missing or unexpected:
         hint = ""
-        if {"norm.weight", "fc_norm.weight"} & set(missing + unexpected):
+        swapped = {("norm.weight", "fc_norm.weight"), ("fc_norm.weight", "norm.weight")}
+        if any(m in missing and u in unexpected for m, u in swapped):
             hint = (" (the final norm sits in 'norm' or 'fc_norm' depending on the pretraining; "
                     "build_backbone(..., checkpoint=...) picks the layout from the file)")
         raise CheckpointError(
@@ -207,8 +208,11 @@ def _load_npz(model: nn.Module, ckpt: Checkpoint) -> None:
     import numpy as np
     from timm.models.vision_transformer import _load_weights
 
-    with np.load(ckpt.path) as npz:
-        unexpected = _npz_unexpected(list(npz.files), len(model.blocks))
+    try:
+        with np.load(ckpt.path, allow_pickle=False) as npz:
+            unexpected = _npz_unexpected(list(npz.files), len(model.blocks))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{ckpt.path}: not a readable .npz archive: {exc}") from None
     if unexpected:
         raise CheckpointError(f"{ckpt.path} (format npz) does not match the backbone: "
                               f"unexpected keys: [{_describe(unexpected)}]")
