@@ -16,9 +16,20 @@ def _format_stats(result) -> str:
     return "\n".join(lines)
 
 
+def _save(result, path: str) -> str:
+    from safetensors.torch import save_file
+
+    tensors = {name: t.detach().cpu().contiguous() for name, t in
+               (("prompts", result.prompts), ("reference", result.reference)) if t is not None}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(tensors, path, metadata={"strategy": result.strategy, "images": str(result.images)})
+    return path
+
+
 def _init(args: argparse.Namespace) -> int:
     from spt_dist.config import load_config
     from spt_dist.data import ShardIndex
+    from spt_dist.engine.build import seed_everything
     from spt_dist.engine.distributed import init_distributed
     from spt_dist.model import build_model
 
@@ -28,10 +39,13 @@ def _init(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     dist = init_distributed(cfg)
     index = ShardIndex.load(os.path.expanduser(cfg.data.root))
+    seed_everything(cfg.run.seed)  # as in training: the same model (random backbone included)
     model = build_model(cfg, index.num_classes).to(dist.device)
     result = initialize_prompts(model, cfg, index, dist, dist.device)
     if dist.rank == 0:
         print(_format_stats(result))
+        if args.save:
+            print(f"  saved: {_save(result, args.save)}")
         if result.prompts is not None and result.reference is not None:
             align = alignment_metrics(result.prompts, result.reference)
             print("  alignment of the initial prompts: " + " ".join(f"{k}={v:.3f}" for k, v in align.items()))
@@ -48,6 +62,7 @@ def _plot(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     init = sub.add_parser("init", help="SPT prototype init only (single process or under torchrun)")
     add_config_arguments(init)
+    init.add_argument("--save", metavar="FILE", help="also write prompts (and reference) as .safetensors")
     init.set_defaults(func=_init)
     plot = sub.add_parser("plot-alignment", help="plot prompt-to-prototype alignment over training")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders holding metrics.jsonl")

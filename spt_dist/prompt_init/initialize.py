@@ -192,6 +192,6 @@ def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: An
     if prompts is not None:
         with torch.no_grad():
             model.prompts.copy_(prompts.to(device=model.prompts.device, dtype=model.prompts.dtype))
-    reference = found[REFERENCE_STRATEGY].tensor if m.track_alignment else None
+    reference = found[REFERENCE_STRATEGY].tensor.clone() if m.track_alignment else None
     return InitResult(prompts=prompts, reference=reference, stats=found[wanted[0]].stats, cache_hit=not misses,
                       seconds=time.perf_counter() - start, images=len(keys), strategy=m.init)
