@@ -20,8 +20,9 @@ import os
 import random
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -55,11 +56,30 @@ def _write_json(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def rng_state() -> Dict[str, Any]:
+class TrainRng:
+    """The torch RNG stream of the training forward passes (prompt dropout), kept apart from
+    the global one: DataLoader iterators draw a seed from the global RNG when they are
+    created, which would shift every later dropout mask after a mid-epoch resume."""
+
+    def __init__(self) -> None:
+        self.state = torch.get_rng_state()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.state)
+        try:
+            yield
+        finally:
+            self.state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+
+def rng_state(torch_state: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     """RNG states as tensors and plain containers (loadable with weights_only=True)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
+    state = {"torch": torch.get_rng_state() if torch_state is None else torch_state,
              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
              "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
     if torch.cuda.is_available():
@@ -67,8 +87,11 @@ def rng_state() -> Dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: Dict[str, Any], train_rng: Optional[TrainRng] = None) -> None:
+    if train_rng is not None:
+        train_rng.state = state["torch"]
+    else:
+        torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
@@ -113,7 +136,7 @@ class Checkpointer:
                 found.append((int(p.name[len(PREFIX):]), p))
         return sorted(found)
 
-    def save(self, engine: Any, step: int, meta: Dict[str, Any]) -> Path:
+    def save(self, engine: Any, step: int, meta: Dict[str, Any], train_rng: Optional[TrainRng] = None) -> Path:
         """Collective: every rank must call it at the same step."""
         final = self.root / f"{PREFIX}{step:08d}"
         tmp = self.root / f".tmp_{PREFIX}{step:08d}"
@@ -122,7 +145,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)  # left over by a crash mid-write
         barrier()
         engine.save_checkpoint(str(tmp / "ds"), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
-        torch.save(rng_state(), tmp / f"rng_rank{self.dist.rank}.pt")
+        torch.save(rng_state(train_rng.state if train_rng else None), tmp / f"rng_rank{self.dist.rank}.pt")
         barrier()
         if self.dist.is_main:
             _write_json(tmp / "meta.json", meta)
@@ -150,7 +173,8 @@ class Checkpointer:
         chosen = broadcast_int(chosen)
         return None if chosen < 0 else self.root / f"{PREFIX}{chosen:08d}"
 
-    def load(self, engine: Any, path: Path, expect: Dict[str, Any]) -> Dict[str, Any]:
+    def load(self, engine: Any, path: Path, expect: Dict[str, Any],
+             train_rng: Optional[TrainRng] = None) -> Dict[str, Any]:
         """Refuse a checkpoint of something else, then restore engine state and RNG; returns meta."""
         meta = json.loads((path / "meta.json").read_text())
         for key, want in expect.items():
@@ -163,5 +187,5 @@ class Checkpointer:
                                               load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / 'ds'}")
-        set_rng_state(torch.load(path / f"rng_rank{self.dist.rank}.pt", weights_only=True))
+        set_rng_state(torch.load(path / f"rng_rank{self.dist.rank}.pt", weights_only=True), train_rng)
         return meta

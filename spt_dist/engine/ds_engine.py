@@ -10,6 +10,8 @@ from torch import nn
 
 from spt_dist.config.schema import Config
 
+from .optim import expected_state_bytes
+
 
 def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
     out = dict(base)
@@ -66,3 +68,27 @@ def optimizer_state_bytes(engine: Any) -> Dict[str, int]:
     master = sum(p.numel() * p.element_size() for g in base.param_groups for p in g["params"]
                  if p.data_ptr() not in model_ptrs)
     return {"moments": moments, "master": master}
+
+
+def check_optimizer_state(cfg: Config, measured: Dict[str, int], trainable: int, world_size: int,
+                          groups: int) -> Dict[str, int]:
+    """Compare the job's optimizer bytes (summed over ranks) with what the trainable count implies.
+
+    ZeRO 0 replicates state on every rank, ZeRO >= 1 partitions it. A fp32 master copy exists
+    under bf16 and under ZeRO >= 1 (its flat fp32 partitions). ZeRO pads each group's flat
+    buffer by a few elements per rank; anything beyond that means frozen tensors got state.
+    """
+    replicas = world_size if cfg.distributed.zero_stage == 0 else 1
+    has_master = cfg.precision.dtype == "bf16" or cfg.distributed.zero_stage >= 1
+    want = {"moments": replicas * expected_state_bytes(cfg.optim, trainable),
+            "master": replicas * 4 * trainable if has_master else 0}
+    pad = 4 * 64 * world_size * groups  # bytes of padding per kind of state
+    kinds = 2 if cfg.optim.name == "adamw" else 1
+    for key, slack in (("moments", kinds * pad), ("master", pad)):
+        if not 0 <= measured[key] - want[key] <= slack:
+            raise RuntimeError(
+                f"optimizer {key}: {measured[key]} bytes over {world_size} rank(s), but {trainable} trainable "
+                f"parameters need {want[key]} (+ at most {slack} of ZeRO padding) with optim.name="
+                f"{cfg.optim.name}, zero_stage={cfg.distributed.zero_stage}, dtype={cfg.precision.dtype}; "
+                f"frozen weights in the optimizer?")
+    return want

@@ -19,12 +19,11 @@ from tqdm import tqdm
 from spt_dist.config import Config, to_yaml
 
 from .build import Parts, build_parts, full_trainable_state
-from .checkpoint import Checkpointer, folder_bytes
+from .checkpoint import Checkpointer, TrainRng, folder_bytes
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from .ds_engine import optimizer_state_bytes
+from .ds_engine import check_optimizer_state, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack
-from .optim import expected_state_bytes
 from .runlog import MetricsLog, read_results, run_dir_for, write_json_atomic
 from .stop import StopFlag
 
@@ -41,18 +40,6 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> None:
                               f"resume it with `spt train {run_dir}` or choose another run.name")
         path.write_text(text)
     barrier()
-
-
-def _check_state_bytes(cfg: Config, parts: Parts, measured: Dict[str, int]) -> None:
-    """Frozen weights must have no optimizer state: the bytes must fit the trainable count."""
-    trainable = parts.counts["trainable"]
-    want = expected_state_bytes(cfg.optim, trainable)
-    slack = want // 100 + 16384  # ZeRO pads its flat partitions by a few elements
-    master_ok = measured["master"] in (0,) or abs(measured["master"] - 4 * trainable) <= 4 * trainable // 100 + 16384
-    if abs(measured["moments"] - want) > slack or not master_ok:
-        raise RuntimeError(f"optimizer state does not match the {trainable} trainable parameters: "
-                           f"{measured['moments']} bytes of moments (expected {want}) and "
-                           f"{measured['master']} bytes of master weights; frozen weights leaked into the optimizer?")
 
 
 def _results(cfg: Config, parts: Parts, dist: DistInfo, state: Dict[str, Any], status: str,
@@ -103,8 +90,9 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     parts = build_parts(cfg, dist, resuming=resume_from is not None)
     engine, data, accum = parts.engine, parts.train_data, cfg.optim.grad_accum
     state: Dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0}
+    rng = TrainRng()
     if resume_from is not None:
-        state = ckpt.load(engine, resume_from, parts.identity)["state"]
+        state = ckpt.load(engine, resume_from, parts.identity, rng)["state"]
     log = MetricsLog(run_dir, enabled=dist.is_main)
     log.log("start", state["step"], resumed_from=str(resume_from) if resume_from else None,
             world_size=dist.world_size, **parts.counts)
@@ -123,14 +111,15 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
 
     def save() -> None:
         meta = {"state": state, "identity": parts.identity, "config": to_yaml(cfg)}
-        ckpt.save(engine, state["step"], meta)
+        ckpt.save(engine, state["step"], meta, rng)
 
     try:
         engine.train()
         while state["epoch"] < epochs and status == "finished":
             epoch = state["epoch"]
             for images, labels, _ in data.epoch(epoch, skip_batches=state["batch"]):
-                logits = engine(images.to(engine.device, parts.dtype))
+                with rng.active():
+                    logits = engine(images.to(engine.device, parts.dtype))
                 loss = F.cross_entropy(logits.float(), labels.to(engine.device),
                                        label_smoothing=cfg.optim.label_smoothing)
                 engine.backward(loss)
@@ -172,8 +161,9 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
 
     measured = {k: int(v) for k, v in zip(("moments", "master"), all_reduce_sum(
         torch.tensor(list(optimizer_state_bytes(engine).values()), dtype=torch.float64)).tolist())}
-    if state["step"] > 0:
-        _check_state_bytes(cfg, parts, measured)
+    if state["step"] > 0:  # moments exist from the first optimizer step on
+        check_optimizer_state(cfg, measured, parts.counts["trainable"], dist.world_size,
+                              len(engine.optimizer.param_groups))
     newest = ckpt.newest_valid()
     extra = {"optimizer_state_bytes": measured["moments"] + measured["master"],
              "optimizer_moment_bytes": measured["moments"], "optimizer_master_bytes": measured["master"],

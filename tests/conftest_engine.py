@@ -1,0 +1,160 @@
+"""Shared pieces of the engine tests: tiny shards + backbone file, configs, torchrun launching.
+
+Run as a script under torchrun it is the multi-rank worker of tests/test_engine_distributed.py
+(`python -m torch.distributed.run --nproc_per_node 2 tests/conftest_engine.py MODE OUT CONFIG`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+CONFIG = """\
+defaults: [base, model/vit_micro_p4_16, method/vpt_deep]
+model: {{checkpoint: {backbone}}}
+method: {{prompt_length: 4, prompt_dropout: 0.1}}
+data: {{root: {shards}, batch_size: 8, eval_batch_size: 16, shuffle_buffer: 16}}
+optim: {{name: adamw, lr: 0.01, lr_scaling: none, epochs: {epochs}, warmup_epochs: 0.5, weight_decay: 0.01}}
+run: {{out_dir: {out}, checkpoint_every: {every}, log_every: 1, progress: false}}
+distributed: {{timeout_s: 60}}
+"""
+
+
+def make_assets(folder: Path) -> Dict[str, Path]:
+    """Tiny 16x16 shards (3 classes) and a vit_micro_p4_16 weights file; built once per folder."""
+    shards, backbone = folder / "shards", folder / "vit_micro_p4_16.safetensors"
+    if not (shards / "index.json").is_file():
+        import torch
+
+        from spt_dist.data.synthetic import tiny_shards
+        from spt_dist.model import build_backbone, save_backbone_weights
+
+        tiny_shards(shards, {"train": [64, 64], "val": [12, 12], "test": [15, 15]}, num_classes=3, size=16)
+        torch.manual_seed(0)
+        save_backbone_weights(build_backbone("vit_micro_p4_16"), backbone)
+    return {"shards": shards, "backbone": backbone}
+
+
+def write_config(path: Path, assets: Dict[str, Path], out: Path, epochs: int = 2, every: int = 5) -> Path:
+    path.write_text(CONFIG.format(backbone=assets["backbone"], shards=assets["shards"], out=out,
+                                  epochs=epochs, every=every))
+    return path
+
+
+def env() -> Dict[str, str]:
+    e = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
+    e.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    return e
+
+
+def torchrun(args: List[str], nproc: int = 2) -> List[str]:
+    return [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(_free_port()), *args]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: List[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Block until metrics.jsonl shows a train event at `step` (fails if the process ends first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early (rc={proc.returncode}):\n{proc.stdout.read()[-4000:]}")
+        if metrics.is_file():
+            for line in metrics.read_text().splitlines():
+                rec = json.loads(line)
+                if rec["event"] == "train" and rec["step"] >= step:
+                    return
+        time.sleep(0.2)
+    raise AssertionError(f"no train step {step} in {metrics} after {timeout} s")
+
+
+def losses(run_dir: Path) -> List[float]:
+    return [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if json.loads(l)["event"] == "train"]
+
+
+def checkpoint_tensors(step_dir: Path) -> Dict[str, Dict[str, int]]:
+    """Per file: tensor name -> element count, over everything DeepSpeed wrote (incl. optimizer)."""
+    import torch
+
+    out: Dict[str, Dict[str, int]] = {}
+
+    def walk(obj, prefix: str, into: Dict[str, int]) -> None:
+        if torch.is_tensor(obj):
+            into[prefix] = obj.numel() * obj.element_size()
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k), into)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{prefix}.{i}", into)
+
+    for f in sorted((step_dir / "ds").rglob("*.pt")):
+        into: Dict[str, int] = {}
+        walk(torch.load(f, map_location="cpu", weights_only=False), "", into)
+        out[str(f.relative_to(step_dir))] = into
+    return out
+
+
+# ---- the torchrun worker -------------------------------------------------------------------
+
+def _load_pack(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _worker(mode: str, out: Path, config: Path, extra: List[str]) -> None:
+    import torch.distributed as dist
+
+    from spt_dist.config import load_config
+    from spt_dist.engine.train import train
+
+    report: Dict[str, object] = {}
+    if mode == "matrix":
+        for zero in (0, 1, 2):
+            for dtype in ("fp32", "bf16"):
+                name = f"z{zero}_{dtype}"
+                cfg = load_config(str(config), [f"distributed.zero_stage={zero}", f"precision.dtype={dtype}",
+                                                f"run.name={name}", *extra])
+                report[name] = train(cfg)
+    elif mode == "resume":
+        stop_at = int(extra[0])
+        overrides = extra[1:]
+        full = train(load_config(str(config), ["run.name=full", *overrides]))
+        cut_cfg = load_config(str(config), ["run.name=cut", *overrides])
+        first = train(cut_cfg, max_steps=stop_at)
+        resumed = train(cut_cfg)
+        report = {"full": full, "first": first, "resumed": resumed}
+        if dist.get_rank() == 0:
+            a = _load_pack(out / "full" / "prompt_pack.safetensors")
+            b = _load_pack(out / "cut" / "prompt_pack.safetensors")
+            report["identical"] = {k: bool((a[k] == b[k]).all()) and a[k].dtype == b[k].dtype for k in a}
+            report["max_abs_diff"] = {k: float((a[k] - b[k]).abs().max()) for k in a}
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    if dist.get_rank() == 0:
+        (out / f"{mode}.json").write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    _worker(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])
