@@ -12,6 +12,7 @@ samples are dropped (and counted).
 from __future__ import annotations
 
 import itertools
+import multiprocessing as mp
 import random
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -119,7 +120,10 @@ class _EvalStream(IterableDataset):
 
 
 def _loader(dataset: IterableDataset, num_workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers,
+    # Fork even where the default is spawn (inside mp.spawn ranks): spawned workers would
+    # re-import torch for every epoch. Workers only decode on the CPU, never touch CUDA.
+    context = "fork" if num_workers and "fork" in mp.get_all_start_methods() else None
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, multiprocessing_context=context,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
 

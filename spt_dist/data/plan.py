@@ -25,19 +25,26 @@ def mix(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-def sequence(shards: Sequence[ShardInfo], selected: Optional[Set[str]]) -> List[Tuple[int, str]]:
-    """(shard position, key) for every selected sample, shards end to end."""
-    return [(i, k) for i, s in enumerate(shards) for k in s.keys if selected is None or k in selected]
+Entry = Tuple[int, int, str]  # (shard position, position inside the shard, key)
 
 
-def segments(shards: Sequence[ShardInfo], seq: Sequence[Tuple[int, str]]) -> List[Segment]:
-    """Group consecutive entries of `seq` by shard, so each run is read in one pass."""
+def sequence(shards: Sequence[ShardInfo], selected: Optional[Set[str]]) -> List[Entry]:
+    """Every selected sample, shards end to end."""
+    return [(i, j, k) for i, s in enumerate(shards) for j, k in enumerate(s.keys)
+            if selected is None or k in selected]
+
+
+def segments(shards: Sequence[ShardInfo], seq: Sequence[Entry]) -> List[Segment]:
+    """Group runs of `seq` that go forward through one shard, so each run is one read pass
+    (a slice that wraps around the rotated sequence may re-enter a shard from its start)."""
     out: List[Segment] = []
-    for pos, key in seq:
-        if out and out[-1][0] is shards[pos]:
+    last = (-1, -1)
+    for pos, j, key in seq:
+        if out and last[0] == pos and j > last[1]:
             out[-1][1].append(key)
         else:
             out.append((shards[pos], [key]))
+        last = (pos, j)
     return out
 
 
