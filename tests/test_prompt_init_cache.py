@@ -1,0 +1,109 @@
+"""Prototype cache (hit skips the forward pass; any change of key misses) and single-process errors."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from spt_dist.config import load_config
+from spt_dist.data import ShardIndex, write_shards
+from spt_dist.data.sources.builtin import digits_source
+from spt_dist.model import build_model
+from spt_dist.prompt_init import PromptInitError, initialize_prompts
+
+ONE = SimpleNamespace(rank=0, world_size=1)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("digits") / "shards"
+    write_shards(digits_source(), str(root), shard_size=50, max_per_class=8, progress=False)
+    return str(root)
+
+
+def _setup(shards: str, cache: Path, *overrides: str, dtype=torch.float32):
+    cfg = load_config(None, [f"data.root={shards}", "model.name=vit_micro_p4_16", "method.name=spt",
+                             "method.prompt_length=4", "method.deep=true", "method.init=mean_pool",
+                             "method.track_alignment=true", "method.init_candidates=32",
+                             f"method.cache_dir={cache}", "run.progress=false", *overrides])
+    index = ShardIndex.load(shards)
+    torch.manual_seed(0)
+    model = build_model(cfg, index.num_classes).to(dtype)
+    calls = []
+    model.backbone.patch_embed.register_forward_hook(lambda *a: calls.append(1))
+    return cfg, index, model, calls
+
+
+def test_cache_hit_skips_the_forward_pass_and_gives_the_same_prompts(shards, tmp_path):
+    cfg, index, model, calls = _setup(shards, tmp_path)
+    first = initialize_prompts(model, cfg, index, ONE, "cpu")
+    assert not first.cache_hit and len(calls) > 0
+    assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.safetensors")) == ["kmeans", "mean_pool"]
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary file
+
+    cfg, index, model2, calls2 = _setup(shards, tmp_path)
+    second = initialize_prompts(model2, cfg, index, ONE, "cpu")
+    assert second.cache_hit and calls2 == []
+    assert torch.equal(second.prompts, first.prompts) and torch.equal(second.reference, first.reference)
+    assert torch.equal(model2.prompts.detach(), first.prompts)
+    assert second.stats == first.stats and second.images == first.images
+
+    # The kmeans entry serves a later VPT run's alignment reference: no pass either.
+    cfg, index, vpt, calls3 = _setup(shards, tmp_path, "method.name=vpt", "method.init=vpt")
+    before = vpt.prompts.detach().clone()
+    third = initialize_prompts(vpt, cfg, index, ONE, "cpu")
+    assert third.cache_hit and calls3 == [] and third.prompts is None
+    assert torch.equal(vpt.prompts.detach(), before)  # VPT's uniform init is left alone
+    assert torch.equal(third.reference, first.reference)
+
+
+@pytest.mark.parametrize("change", ["run.seed=1", "method.init_candidates=40", "method.init_images=30",
+                                    "data.fraction=0.5", "method.kmeans_iters=5"])
+def test_any_change_of_key_is_a_miss(shards, tmp_path, change):
+    cfg, index, model, _ = _setup(shards, tmp_path)
+    initialize_prompts(model, cfg, index, ONE, "cpu")
+    cfg, index, model, calls = _setup(shards, tmp_path, change)
+    res = initialize_prompts(model, cfg, index, ONE, "cpu")
+    assert not res.cache_hit and calls
+
+
+def test_corrupt_cache_file_is_recomputed(shards, tmp_path):
+    cfg, index, model, _ = _setup(shards, tmp_path)
+    first = initialize_prompts(model, cfg, index, ONE, "cpu")
+    for f in tmp_path.glob("*.safetensors"):
+        f.write_bytes(f.read_bytes()[:100])
+    cfg, index, model, calls = _setup(shards, tmp_path)
+    again = initialize_prompts(model, cfg, index, ONE, "cpu")
+    assert not again.cache_hit and calls and torch.equal(again.prompts, first.prompts)
+
+
+def test_prompt_dtype_is_kept(shards, tmp_path):
+    cfg, index, model, _ = _setup(shards, tmp_path, dtype=torch.bfloat16)
+    res = initialize_prompts(model, cfg, index, ONE, "cpu")
+    assert model.prompts.dtype == torch.bfloat16 and res.prompts.dtype == torch.float32
+    assert torch.equal(model.prompts.detach(), res.prompts.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["method.init=max_pool", "method.prompt_length=20"], "16 patch tokens into method.prompt_length=20 windows"),
+    (["method.init_candidates=3"], "method.init_candidates=3 is fewer than method.prompt_length=4"),
+    (["data.train_split=nope"], "no split 'nope'"),
+])
+def test_bad_settings_fail_before_any_forward_pass(shards, tmp_path, overrides, message):
+    cfg, index, model, calls = _setup(shards, tmp_path, *overrides)
+    with pytest.raises(PromptInitError, match=message):
+        initialize_prompts(model, cfg, index, ONE, "cpu")
+    assert calls == []
+
+
+def test_model_that_does_not_match_the_method_is_refused(shards, tmp_path):
+    cfg, index, model, calls = _setup(shards, tmp_path)
+    shallow, *_ = _setup(shards, tmp_path, "method.deep=false")
+    with pytest.raises(PromptInitError, match=r"shape \(3, 4, 32\) .* expect \(1, 4, 32\)"):
+        initialize_prompts(model, shallow, index, ONE, "cpu")
+    with pytest.raises(PromptInitError, match="PromptedViT"):
+        initialize_prompts(model.backbone, cfg, index, ONE, "cpu")
+    linear, index, no_prompts, _ = _setup(shards, tmp_path, "method.name=linear", "method.prompt_length=0",
+                                          "method.deep=false", "method.init=vpt", "method.track_alignment=false")
+    assert initialize_prompts(no_prompts, linear, index, ONE, "cpu").prompts is None
+    assert calls == []
