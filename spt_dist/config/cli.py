@@ -18,7 +18,19 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backbones(args: argparse.Namespace) -> int:
+    from spt_dist.model.registry import BACKBONES
+
+    print(f"{'name':26} {'patch':>5} {'width':>5} {'depth':>5} {'heads':>5} {'img':>4} {'prefix':>6}")
+    for name in sorted(BACKBONES):
+        s = BACKBONES[name]
+        prefix = int(s.class_token) + s.reg_tokens
+        print(f"{name:26} {s.patch_size:5d} {s.embed_dim:5d} {s.depth:5d} {s.num_heads:5d} {s.img_size:4d} {prefix:6d}")
+    return 0
+
+
 def register(sub) -> None:
+    sub.add_parser("backbones", help="list the backbone registry").set_defaults(func=_backbones)
     config = sub.add_parser("config", help="inspect configs").add_subparsers(dest="action", required=True)
     show = config.add_parser("show", help="print the resolved, validated config")
     add_config_arguments(show)
