@@ -1,0 +1,89 @@
+"""Epoch order: shared shard shuffle per epoch, repeatable per seed, exact resume by skip_batches."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spt_dist.config.schema import DataConfig
+from spt_dist.data import DataError, EvalData, TrainData
+from spt_dist.data.synthetic import tiny_shards
+
+MEAN, STD = [0.5] * 3, [0.25] * 3
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    return tiny_shards(tmp_path_factory.mktemp("ep"), {"train": [6, 6, 6, 6, 6, 6, 5], "test": [7]}, size=12)
+
+
+def _data(index, rank=0, world=2, seed=0, **kw):
+    cfg = DataConfig(**{"batch_size": 4, "shuffle_buffer": 6, "num_workers": 0, **kw})
+    return TrainData(cfg, index, 10, MEAN, STD, rank, world, seed)
+
+
+def _keys(data, epoch, skip=0):
+    return [keys for _, _, keys in data.epoch(epoch, skip_batches=skip)]
+
+
+def _shard_order(index, batches):
+    shard_of = {k: s.name for s in index.split("train").shards for k in s.keys}
+    seen = []
+    for k in (k for b in batches for k in b):
+        if shard_of[k] not in seen:
+            seen.append(shard_of[k])
+    return seen
+
+
+def test_epochs_differ_and_seed_repeats(index):
+    for rank in range(2):
+        data = _data(index, rank=rank, shuffle_buffer=0)
+        e0, e1 = _keys(data, 0), _keys(data, 1)
+        assert _shard_order(index, e0) != _shard_order(index, e1)
+        assert _keys(_data(index, rank=rank, shuffle_buffer=0), 0) == e0  # same seed, same order
+        assert _keys(_data(index, rank=rank, seed=1, shuffle_buffer=0), 0) != e0
+
+
+def test_shuffle_buffer_mixes_within_rank(index):
+    plain, mixed = _keys(_data(index, shuffle_buffer=0), 0), _keys(_data(index, shuffle_buffer=6), 0)
+    flat = lambda b: [k for x in b for k in x]  # noqa: E731
+    assert sorted(flat(plain)) == sorted(flat(mixed)) and flat(plain) != flat(mixed)
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_skip_batches_gives_exact_tail(index, workers):
+    data = _data(index, num_workers=workers, preset="fgvc")  # fgvc: random crops and flips
+    full = list(data.epoch(1))
+    assert len(full) == data.batches_per_epoch == 41 // 8
+    for k in range(data.batches_per_epoch + 1):
+        tail = list(data.epoch(1, skip_batches=k))
+        assert [b[2] for b in tail] == [b[2] for b in full[k:]]
+        for (img_a, lab_a, _), (img_b, lab_b, _) in zip(tail, full[k:]):
+            assert torch.equal(img_a, img_b) and torch.equal(lab_a, lab_b)  # same augmentation
+
+
+def test_batches_are_float_images_and_int_labels(index):
+    images, labels, keys = next(iter(_data(index).epoch(0)))
+    assert images.shape == (4, 3, 10, 10) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64 and len(keys) == 4
+    labels_of = index.split("train").labels()
+    assert labels.tolist() == [labels_of[k] for k in keys]
+
+
+def test_too_few_samples_is_a_clear_error(index):
+    with pytest.raises(DataError, match="world_size 8 x data.batch_size 8"):
+        _data(index, world=8, rank=0, batch_size=8)
+    with pytest.raises(DataError, match="skip_batches=9"):
+        list(_data(index).epoch(0, skip_batches=9))
+
+
+def test_eval_keys_subset_and_short_last_batch(index):
+    cfg = DataConfig(eval_batch_size=3)
+    keys = ["test-0000001", "test-0000004", "test-0000006"]
+    got = [k for _, _, ks in EvalData(cfg, index, "test", 10, MEAN, STD, 0, 1, keys=keys) for k in ks]
+    assert got == keys
+    sizes = [len(k) for _, _, k in EvalData(cfg, index, "test", 10, MEAN, STD, 0, 1)]
+    assert sizes == [3, 3, 1]
+    with pytest.raises(DataError, match="not in split 'test'"):
+        EvalData(cfg, index, "test", 10, MEAN, STD, 0, 1, keys=["train-0000000"])
+    with pytest.raises(DataError, match="no split 'nope'"):
+        EvalData(cfg, index, "nope", 10, MEAN, STD, 0, 1)
