@@ -42,6 +42,9 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> None:
     barrier()
 
 
+STOP_REASONS = ("SIGTERM", "SIGUSR2", "max_steps")
+
+
 def _results(cfg: Config, parts: Parts, dist: DistInfo, state: Dict[str, Any], status: str,
              extra: Dict[str, Any]) -> Dict[str, Any]:
     return {
@@ -106,7 +109,10 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     bar = tqdm(total=total_micro // accum, initial=state["step"], desc=run_dir.name, unit="step",
                disable=not (dist.is_main and cfg.run.progress), dynamic_ncols=True)
     stop, status, lockstep = StopFlag().install(), "finished", cfg.distributed.zero_stage == 3
-    window = torch.zeros(3, dtype=torch.float64)  # summed loss, micro batches, stop flag
+    # One all-reduce per optimizer step: summed loss, micro batches, and per stop reason the
+    # number of ranks that saw it (SIGTERM, SIGUSR2, max_steps), so all ranks stop together.
+    window = torch.zeros(5, dtype=torch.float64)
+    stop_reason = None
     train_s, steps_timed, t_step = 0.0, 0, time.perf_counter()
 
     def save() -> None:
@@ -130,8 +136,10 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
                 if (epoch * bpe + state["batch"]) % accum:
                     continue  # inside an accumulation window: no optimizer step yet
                 state["step"] += 1
-                window[2] = float(stop.requested or (max_steps is not None and state["step"] >= max_steps))
-                loss_sum, n, stop_votes = all_reduce_sum(window.clone()).tolist()
+                window[2:] = torch.tensor([stop.signal_name == "SIGTERM", stop.signal_name == "SIGUSR2",
+                                           max_steps is not None and state["step"] >= max_steps])
+                loss_sum, n, *votes = all_reduce_sum(window.clone()).tolist()
+                stop_votes = any(votes)
                 window.zero_()
                 now = time.perf_counter()
                 train_s, steps_timed, t_step = train_s + now - t_step, steps_timed + 1, now
@@ -144,8 +152,9 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
                     bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.2e}")
                 if stop_votes:
                     status = "interrupted"
+                    stop_reason = next(r for r, v in zip(STOP_REASONS, votes) if v)
                     save()
-                    log.log("interrupted", state["step"], signal=stop.signal_name or "max_steps")
+                    log.log("interrupted", state["step"], signal=stop_reason)
                     break
                 if state["step"] % cfg.run.checkpoint_every == 0:
                     save()
@@ -170,7 +179,7 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
              "checkpoint_bytes": folder_bytes(newest) if newest else 0,
              "train_s": round(train_s, 3),
              "samples_per_s": round(steps_timed * parts.global_batch / train_s, 3) if train_s else None,
-             "signal": stop.signal_name or None}
+             "signal": stop_reason}
     trainable = full_trainable_state(parts)
     if status == "finished":
         if dist.is_main:

@@ -1,0 +1,134 @@
+"""Real 2-rank CPU training (torchrun + gloo + DeepSpeed's CPU accelerator)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest_engine import (ROOT, checkpoint_tensors, env, losses, make_assets, run, torchrun, wait_for_step,
+                             write_config)
+
+WORKER = str(ROOT / "tests" / "conftest_engine.py")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.getbasetemp() / "engine_assets")
+
+
+def _worker(mode: str, out: Path, config: Path, *extra: str) -> dict:
+    proc = run(torchrun([WORKER, mode, str(out), str(config), *extra]), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads((out / f"{mode}.json").read_text())
+
+
+def test_zero_stages_and_precisions_learn_and_save_only_trainable_tensors(tmp_path, assets):
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "cfg.yaml", assets, out, epochs=1, every=4)
+    report = _worker("matrix", out, cfg)
+    assert set(report) == {f"z{z}_{d}" for z in (0, 1, 2) for d in ("fp32", "bf16")}
+    for name, res in report.items():
+        assert res["status"] == "finished" and res["world_size"] == 2, name
+        curve = losses(out / name)
+        assert len(curve) == res["step"] == 8
+        assert sum(curve[-3:]) / 3 < 0.8 * sum(curve[:3]) / 3, (name, curve)  # it learns
+        trainable = res["trainable_params"]
+        assert trainable == 3 * 4 * 32 + 32 * 3 + 3  # deep prompts + head; the backbone is frozen
+        # Checkpoint: module tensors are exactly the trainable ones; all tensors together fit
+        # weights + fp32 master + two Adam moments (+ ZeRO padding), far below the backbone.
+        step_dir = sorted((out / name / "checkpoints").glob("step_*"))[-1]
+        tensors = checkpoint_tensors(step_dir)
+        model_file = tensors["ds/state/mp_rank_00_model_states.pt"]
+        assert sorted(k for k in model_file if k.startswith("module.")) == \
+            ["module.head.bias", "module.head.weight", "module.prompts"], name
+        total = sum(sum(v.values()) for v in tensors.values())
+        assert total <= 4 * trainable * 4 + 4096, (name, total)
+        assert total < res["backbone_params"], name  # i.e. under a quarter of the frozen bytes
+        assert res["checkpoint_bytes"] > 0 and res["optimizer_moment_bytes"] >= 2 * 4 * trainable
+
+
+@pytest.mark.parametrize("overrides", [
+    ["distributed.zero_stage=0", "precision.dtype=fp32", "optim.name=sgd", "optim.lr=0.05"],
+    ["distributed.zero_stage=2", "precision.dtype=bf16", "optim.grad_accum=2", "optim.grad_clip=1.0"],
+], ids=["zero0-fp32-sgd", "zero2-bf16-accum-clip"])
+def test_resume_mid_epoch_is_bit_identical(tmp_path, assets, overrides):
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "cfg.yaml", assets, out, epochs=2, every=3)
+    # 8 batches per epoch: step 11 = epoch 1, batch 3; with accumulation 2, step 5 = epoch 1, batch 2.
+    stop_at = 5 if "optim.grad_accum=2" in overrides else 11
+    report = _worker("resume", out, cfg, str(stop_at), *overrides)
+    assert report["first"]["status"] == "interrupted" and report["first"]["step"] == stop_at
+    assert report["resumed"]["status"] == "finished"
+    assert report["resumed"]["step"] == report["full"]["step"]
+    assert all(report["identical"].values()), report["max_abs_diff"]
+    events = [json.loads(l) for l in (out / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["resumed_from"] is not None for e in events if e["event"] == "start"] == [False, True]
+
+
+def _popen_train(config: Path) -> subprocess.Popen:
+    cmd = torchrun(["-m", "spt_dist.cli", "train", str(config)])
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _ranks(proc: subprocess.Popen) -> list:
+    """PIDs of the rank processes (torchrun's children)."""
+    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def test_sigusr2_mid_epoch_checkpoints_and_exits_cleanly(tmp_path, assets):
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "cfg.yaml", assets, out, epochs=50, every=1000)
+    proc = _popen_train(cfg)
+    try:
+        run_dir = None
+        deadline = time.time() + 120
+        while run_dir is None and time.time() < deadline:
+            found = list(out.glob("*/metrics.jsonl")) if out.is_dir() else []
+            run_dir = found[0].parent if found else None
+            time.sleep(0.2)
+        assert run_dir is not None, "the run folder never appeared"
+        wait_for_step(run_dir / "metrics.jsonl", 3, proc)
+        ranks = _ranks(proc)
+        assert len(ranks) == 2
+        os.kill(ranks[1], signal.SIGUSR2)  # one rank is told; both must stop at the same step
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = proc.stdout.read()
+    assert rc == 0, log[-4000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "interrupted" and res["signal"] == "SIGUSR2"
+    assert 3 <= res["step"] < 50 * 8
+    steps = sorted(run_dir.glob("checkpoints/step_*"))
+    assert steps and int(steps[-1].name.split("_")[1]) == res["step"]
+    meta = json.loads((steps[-1] / "meta.json").read_text())
+    assert meta["state"]["step"] == res["step"] and meta["state"]["epoch"] == res["epoch"]
+    assert not (run_dir / "prompt_pack.safetensors").exists()  # nothing else is written
+
+
+def test_killed_rank_ends_the_run_nonzero_in_bounded_time(tmp_path, assets):
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "cfg.yaml", assets, out, epochs=50, every=1000)
+    proc = _popen_train(cfg)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("*/metrics.jsonl")) and time.time() < deadline:
+            time.sleep(0.2)
+        wait_for_step(next(out.glob("*/metrics.jsonl")), 2, proc)
+        ranks = _ranks(proc)
+        os.kill(ranks[1], signal.SIGKILL)
+        t0 = time.time()
+        rc = proc.wait(timeout=90)
+        assert rc != 0
+        assert time.time() - t0 < 90
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
