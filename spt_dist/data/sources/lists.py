@@ -58,7 +58,7 @@ def fgvc_source(root: str, image_root: Optional[str] = None) -> Source:
             raise DataError(f"{f}: not valid JSON ({exc})") from None
         if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
             raise DataError(f"{f}: expected a JSON object mapping image path -> integer label")
-        rows = [(label, str(images / path)) for path, label in sorted(mapping.items())]
+        rows = [(label, str(images / path)) for path, label in mapping.items()]  # file order
         _check_exists(f, rows)
         parsed[f.stem] = rows
     return _remapped("fgvc", parsed, {"root": str(base.resolve()), "image_root": str(images)})

@@ -1,0 +1,118 @@
+"""Shard writers on tiny real data: folder tree, VTAB lists, FGVC JSON, digits, Fashion-MNIST."""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spt_dist.cli import main as spt
+from spt_dist.config.schema import DataConfig
+from spt_dist.data import DataError, EvalData, ShardIndex, write_shards
+from spt_dist.data.sources import digits_source, fmnist_source, folder_source
+from spt_dist.data.sources.builtin import FMNIST_DIR
+
+
+def _jpeg(path: Path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((10, 12, 3), value, np.uint8)).save(path, format="JPEG")
+
+
+def _tree(root: Path, classes=("cat", "dog"), per_class=5) -> None:
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            _jpeg(root / name / f"{i}.jpg", 50 + 100 * c)
+
+
+def _read_all(index: ShardIndex, split: str):
+    data = EvalData(DataConfig(preset="small"), index, split, 6, [0.5] * 3, [0.5] * 3, 0, 1)
+    return [(k, int(y)) for _, labels, keys in data for k, y in zip(keys, labels)]
+
+
+def test_folder_tree_deterministic_split(tmp_path):
+    _tree(tmp_path / "src", per_class=10)
+    index = write_shards(folder_source(str(tmp_path / "src"), 0.2, 0.1), str(tmp_path / "out"),
+                         shard_size=4, workers=2, progress=False)
+    assert index.classes == ["cat", "dog"]
+    assert {s: index.split(s).num_samples for s in index.splits} == {"train": 14, "val": 4, "test": 2}
+    again = write_shards(folder_source(str(tmp_path / "src"), 0.2, 0.1), str(tmp_path / "again"),
+                         shard_size=4, workers=1, progress=False)
+    assert again.content_hash == index.content_hash  # independent of worker count and run
+    loaded = ShardIndex.load(tmp_path / "out")
+    assert loaded.content_hash == index.content_hash and loaded.split("train").keys() == index.split("train").keys()
+    assert sorted(y for _, y in _read_all(loaded, "test")) == [0, 1]
+    assert not list((tmp_path / "out").glob(".*tmp*"))  # atomic writes leave no temporaries
+    with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
+        assert tar.getnames()[:2] == ["train-0000000.jpg", "train-0000000.cls"]
+
+
+def test_folder_tree_with_split_folders_and_bad_image(tmp_path):
+    src = tmp_path / "src"
+    _tree(src / "train")
+    _tree(src / "val", per_class=2)
+    (src / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(DataError, match="broken.jpg"):
+        write_shards(folder_source(str(src)), str(tmp_path / "out"), progress=False)
+    logged = []
+    index = write_shards(folder_source(str(src)), str(tmp_path / "out"), skip_bad=True, progress=False,
+                         log=logged.append)
+    assert {s: index.split(s).num_samples for s in index.splits} == {"train": 10, "val": 4}
+    assert len(logged) == 1 and "broken.jpg" in logged[0]
+
+
+def test_vtab_lists_cli(tmp_path):
+    src = tmp_path / "caltech101"
+    for i in range(6):
+        _jpeg(src / "images" / f"{i}.jpg", 30 * i)
+    (src / "train800.txt").write_text("images/0.jpg 0\nimages/1.jpg 1\nimages/2.jpg 2\n")
+    (src / "val200.txt").write_text("images/3.jpg 1\n")
+    (src / "train800val200.txt").write_text("images/0.jpg 0\nimages/1.jpg 1\nimages/2.jpg 2\nimages/3.jpg 1\n")
+    (src / "test.txt").write_text("images/4.jpg 0\nimages/5.jpg 2\n")
+    assert spt(["shards", "build", "vtab", str(src), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    index = ShardIndex.load(tmp_path / "out")
+    assert sorted(index.splits) == ["test", "train800", "train800val200", "val200"]
+    assert index.classes == ["0", "1", "2"] and index.source["kind"] == "vtab"
+    assert [y for _, y in _read_all(index, "train800val200")] == [0, 1, 2, 1]
+    (src / "test.txt").write_text("images/missing.jpg 0\n")
+    assert spt(["shards", "build", "vtab", str(src), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+def test_fgvc_json(tmp_path):
+    src = tmp_path / "CUB"
+    for i in range(5):
+        _jpeg(src / "images" / f"00{i % 2 + 1}.bird" / f"{i}.jpg", 40 * i)
+    names = [f"00{i % 2 + 1}.bird/{i}.jpg" for i in range(5)]
+    # VPT's files use the dataset's own ids (1-based here); they become 0..C-1.
+    (src / "train.json").write_text(json.dumps({n: i % 2 + 1 for i, n in enumerate(names[:3])}))
+    (src / "val.json").write_text(json.dumps({names[3]: 2}))
+    (src / "test.json").write_text(json.dumps({names[4]: 1}))
+    assert spt(["shards", "build", "fgvc", str(src), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    index = ShardIndex.load(tmp_path / "out")
+    assert index.classes == ["1", "2"] and sorted(index.splits) == ["test", "train", "val"]
+    assert [y for _, y in _read_all(index, "train")] == [0, 1, 0] and _read_all(index, "val")[0][1] == 1
+
+
+def test_digits_class_subset(tmp_path):
+    index = write_shards(digits_source(classes=[3, 5], val_fraction=0.1, test_fraction=0.2),
+                         str(tmp_path / "d"), shard_size=100, max_per_class=20, progress=False)
+    assert index.classes == ["3", "5"]
+    assert [index.split(s).num_samples for s in ("train", "val", "test")] == [40, 36, 40]  # val: 10% of ~180 per class
+    images = next(iter(EvalData(DataConfig(), index, "test", 8, [0.5] * 3, [0.5] * 3, 0, 1)))[0]
+    assert images.shape[1:] == (3, 8, 8) and images.std() > 0.1  # real strokes, not blank
+
+
+@pytest.mark.skipif(not Path(FMNIST_DIR).is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_fmnist_class_subset_cli(tmp_path):
+    out = tmp_path / "fm"
+    assert spt(["shards", "build", "fmnist", "--classes", "5,6,7,8,9", "--max-per-class", "6", "--out", str(out),
+                "--no-progress", "--workers", "2", "--shard-size", "8"]) == 0
+    index = ShardIndex.load(out)
+    assert index.classes == ["sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+    assert [index.split(s).num_samples for s in ("train", "val", "test")] == [30, 30, 30]
+    train, val = set(index.split("train").keys()), set(index.split("val").keys())
+    assert not train & val and sorted({y for _, y in _read_all(index, "test")}) == [0, 1, 2, 3, 4]
+    with pytest.raises(DataError, match="--classes: 10 is not allowed"):
+        fmnist_source(classes=[10])
