@@ -195,3 +195,17 @@ def test_bad_config_is_rejected_before_submission(slurm, study, override, key):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and key in proc.stderr, proc.stderr
     assert _job_ids() == before and not jobs.exists()
+
+
+def test_cancel_ends_the_job_without_hanging(slurm, study, capsys):
+    from spt_dist.cli import main
+    from spt_dist.study.status import sacct_state
+
+    sub = submit(study, "optim.epochs=50", "launch.tasks_per_node=1", name="cancelled")
+    assert main(["cancel", sub.job.job_id, "--jobs-dir", str(study / "jobs")]) == 0
+    assert f"scancel {sub.job.job_id}" in capsys.readouterr().out
+    wait_done(sub.job, timeout_s=120)  # accounting tells submitit the job is over
+    with pytest.raises(Exception, match="has not produced any output|CANCELLED"):
+        sub.job.results()
+    assert sacct_state(sub.job.job_id) == "CANCELLED"
+    assert main(["status", str(sub.job_folder)]) == 0 and "CANCELLED" in capsys.readouterr().out

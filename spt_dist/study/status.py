@@ -46,11 +46,12 @@ def find_job_folder(ref: str, jobs_dir: str = "jobs") -> Path:
 def sacct_state(job_id: str, timeout_s: float = 30) -> str:
     """SLURM's state of a job (first line: the allocation), or UNKNOWN without accounting."""
     try:
-        out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"], capture_output=True,
-                             text=True, timeout=timeout_s).stdout.split()
+        lines = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"], capture_output=True,
+                               text=True, timeout=timeout_s).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
         return "UNKNOWN"
-    return out[-1].split()[0] if out else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+    lines = [line for line in lines if line.strip()]
+    return lines[-1].split()[0] if lines else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
 
 
 def _pid_alive(pid: int) -> bool:
