@@ -19,7 +19,7 @@ PYTHON = sys.executable
 CONFIG = """\
 defaults: [base, model/vit_micro_p4_16, method/vpt_deep]
 model: {{checkpoint: {backbone}}}
-method: {{prompt_length: 4, prompt_dropout: 0.1}}
+method: {{prompt_length: 4, prompt_dropout: 0.1, track_alignment: false}}
 data: {{root: {shards}, batch_size: 8, eval_batch_size: 16, shuffle_buffer: 16}}
 optim: {{name: adamw, lr: 0.01, lr_scaling: none, epochs: {epochs}, warmup_epochs: 0.5, weight_decay: 0.01}}
 run: {{out_dir: {out}, checkpoint_every: {every}, log_every: 1, progress: false}}

@@ -61,6 +61,9 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path, assets, overrides):
     cfg = write_config(tmp_path / "cfg.yaml", assets, out, epochs=2, every=3)
     # 8 batches per epoch: step 11 = epoch 1, batch 3; with accumulation 2, step 5 = epoch 1, batch 2.
     stop_at = 5 if "optim.grad_accum=2" in overrides else 11
+    if "distributed.zero_stage=2" in overrides:  # SPT: k-means init, alignment reference rebuilt on resume
+        overrides = [*overrides, "method.name=spt", "method.init=kmeans", "method.track_alignment=true",
+                     f"method.cache_dir={tmp_path / 'cache'}"]
     report = _worker("resume", out, cfg, str(stop_at), *overrides)
     assert report["first"]["status"] == "interrupted" and report["first"]["step"] == stop_at
     assert report["resumed"]["status"] == "finished"
@@ -68,6 +71,10 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path, assets, overrides):
     assert all(report["identical"].values()), report["max_abs_diff"]
     events = [json.loads(l) for l in (out / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [e["resumed_from"] is not None for e in events if e["event"] == "start"] == [False, True]
+    if "method.name=spt" in overrides:
+        align = [e for e in events if e["event"] == "alignment"]
+        assert align[0]["step"] == 0 and align[0]["align/mean"] == pytest.approx(1.0)  # prompts = prototypes
+        assert [e["step"] for e in align[1:]] == [8 // 2, 16 // 2]  # each epoch end, across the resume
 
 
 def _popen_train(config: Path) -> subprocess.Popen:

@@ -53,13 +53,20 @@ def _checkpoint_format(cfg: Config) -> Optional[str]:
 
 
 def _prompt_init(model: Any, cfg: Config, index: Any, dist: DistInfo, resuming: bool) -> Optional[Any]:
-    """SPT's prototype init (skipped on resume unless the alignment analysis needs the reference)."""
-    if cfg.method.name != "spt" or (resuming and not cfg.method.track_alignment):
+    """SPT's prototype init and/or the alignment reference (spt_dist.prompt_init).
+
+    On resume the prompts come from the checkpoint, so it only runs for the reference (its
+    cache makes that cheap). Without the prompt_init stage vpt/linear/full still train.
+    """
+    m = cfg.method
+    if not m.prompt_length or not (m.name == "spt" or m.track_alignment) or (resuming and not m.track_alignment):
         return None
     try:
         from spt_dist.prompt_init import initialize_prompts
     except ImportError as exc:
-        raise RuntimeError(f"method=spt needs spt_dist.prompt_init.initialize_prompts ({exc})") from None
+        if m.name == "spt":
+            raise RuntimeError(f"method=spt needs spt_dist.prompt_init.initialize_prompts ({exc})") from None
+        return None
     return initialize_prompts(model, cfg, index, dist, dist.device)
 
 
@@ -106,3 +113,14 @@ def full_trainable_state(parts: Parts) -> Dict[str, torch.Tensor]:
         full = safe_get_full_fp32_param(p)
         out[name] = (p.detach() if full is None else full).float().cpu().clone()
     return out
+
+
+def full_prompts(parts: Parts) -> Optional[torch.Tensor]:
+    """fp32 prompts (collective under ZeRO, like full_trainable_state)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    p = parts.model.prompts
+    if p is None:
+        return None
+    full = safe_get_full_fp32_param(p)
+    return (p.detach() if full is None else full).float().cpu()

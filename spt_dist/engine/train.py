@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from spt_dist.config import Config, to_yaml
 
-from .build import Parts, build_parts, full_trainable_state
+from .build import Parts, build_parts, full_prompts, full_trainable_state
 from .checkpoint import Checkpointer, TrainRng, folder_bytes
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .ds_engine import check_optimizer_state, optimizer_state_bytes
@@ -61,6 +61,17 @@ def _results(cfg: Config, parts: Parts, dist: DistInfo, state: Dict[str, Any], s
     }
 
 
+def _log_alignment(parts: Parts, step: int, log: MetricsLog) -> None:
+    """Prompt-to-prototype alignment (SPT's analysis); every rank joins the gather."""
+    init = parts.prompt_init
+    if init is None or getattr(init, "reference", None) is None:
+        return
+    from spt_dist.prompt_init import alignment_metrics
+
+    prompts = full_prompts(parts)
+    log.log("alignment", step, **alignment_metrics(prompts, init.reference))
+
+
 def _run_evals(parts: Parts, state: Dict[str, Any], epoch: int, last: bool, log: MetricsLog,
                lockstep: bool, eval_every: int) -> None:
     if parts.val_data is not None and ((epoch + 1) % eval_every == 0 or last):
@@ -99,6 +110,13 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     log = MetricsLog(run_dir, enabled=dist.is_main)
     log.log("start", state["step"], resumed_from=str(resume_from) if resume_from else None,
             world_size=dist.world_size, **parts.counts)
+    if parts.prompt_init is not None:
+        pi = parts.prompt_init
+        log.log("prompt_init", state["step"], strategy=getattr(pi, "strategy", None),
+                seconds=getattr(pi, "seconds", None), images=getattr(pi, "images", None),
+                cache_hit=getattr(pi, "cache_hit", None))
+    if resume_from is None:
+        _log_alignment(parts, 0, log)
     if dist.is_main:
         from spt_dist.data import write_selected_keys
 
@@ -162,6 +180,7 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
             if status != "finished":
                 break
             _run_evals(parts, state, epoch, epoch + 1 == epochs, log, lockstep, cfg.run.eval_every)
+            _log_alignment(parts, state["step"], log)
             state["epoch"], state["batch"] = epoch + 1, 0
             t_step = time.perf_counter()
     finally:

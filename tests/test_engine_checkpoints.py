@@ -1,0 +1,129 @@
+"""Single-process runs in this process: checkpoint integrity, refusal, resume from a run folder,
+the prompt pack round trip through `spt predict`, and the optimisation protocol's maths."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest_engine import make_assets, write_config
+from spt_dist.cli import main as spt
+from spt_dist.config import load_config
+from spt_dist.config.schema import OptimConfig
+from spt_dist.engine.checkpoint import CheckpointMismatchError, verify
+from spt_dist.engine.optim import effective_lr, lr_factor, param_groups
+from spt_dist.engine.train import train
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.getbasetemp() / "engine_assets")
+
+
+def _cfg(tmp_path: Path, assets, *overrides: str, epochs: int = 1, every: int = 3):
+    path = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=epochs, every=every)
+    return load_config(str(path), ["data.batch_size=16", "run.name=r", *overrides])
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, assets, capfd):
+    cfg = _cfg(tmp_path, assets, epochs=2)
+    first = train(cfg, max_steps=7)  # 8 batches/epoch: checkpoints at 3, 6 and the stop at 7
+    assert first["status"] == "interrupted"
+    ckpts = sorted((tmp_path / "runs" / "r" / "checkpoints").glob("step_*"))
+    assert [c.name for c in ckpts] == ["step_00000006", "step_00000007"]  # keep_checkpoints=2
+    victim = next(ckpts[-1].rglob("*optim_states.pt"), None) or next(ckpts[-1].rglob("*model_states.pt"))
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # truncated
+    assert "does not" in verify(ckpts[-1]) or "bytes" in verify(ckpts[-1])
+    capfd.readouterr()
+    res = train(cfg)
+    err = capfd.readouterr().err
+    assert "step_00000007 is corrupt or incomplete" in err
+    assert res["status"] == "finished" and res["step"] == 16
+    starts = [json.loads(l) for l in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()
+              if '"start"' in l]
+    assert starts[-1]["resumed_from"].endswith("step_00000006")
+
+
+def test_unfinished_tmp_folder_is_ignored_and_finished_run_is_not_rerun(tmp_path, assets):
+    cfg = _cfg(tmp_path, assets)
+    train(cfg, max_steps=3)
+    ckpts = tmp_path / "runs" / "r" / "checkpoints"
+    shutil.copytree(ckpts / "step_00000003", ckpts / ".tmp_step_00000005")  # a crash mid-write
+    (ckpts / ".tmp_step_00000005" / "manifest.json").unlink()
+    res = train(cfg)
+    assert res["status"] == "finished" and res["step"] == 8
+    mtime = (tmp_path / "runs" / "r" / "results.json").stat().st_mtime
+    assert train(cfg)["top1"] == res["top1"]  # read back, not rerun
+    assert (tmp_path / "runs" / "r" / "results.json").stat().st_mtime == mtime
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path, assets):
+    cfg = _cfg(tmp_path, assets)
+    train(cfg, max_steps=2)
+    run_dir = tmp_path / "runs" / "r"
+    meta_path = next(run_dir.glob("checkpoints/step_*")) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["identity"]["weights_hash"] = "0" * 64  # as if written for other backbone weights
+    meta_path.write_text(json.dumps(meta))
+    # keep the manifest consistent so the refusal comes from the identity check, not integrity
+    man_path = meta_path.parent / "manifest.json"
+    man = json.loads(man_path.read_text())
+    import hashlib
+
+    man["files"]["meta.json"] = [meta_path.stat().st_size, hashlib.sha256(meta_path.read_bytes()).hexdigest()]
+    man_path.write_text(json.dumps(man))
+    with pytest.raises(CheckpointMismatchError, match="weights_hash"):
+        train(cfg)
+    # A different prompt shape under the same run folder is refused before anything trains.
+    with pytest.raises(Exception, match="different config"):
+        train(_cfg(tmp_path, assets, "method.prompt_length=5"))
+
+
+def test_prompt_pack_predict_reproduces_test_accuracy(tmp_path, assets, capsys):
+    cfg = _cfg(tmp_path, assets, "method.name=vpt", "method.deep=false")
+    res = train(cfg)
+    pack = tmp_path / "runs" / "r" / "prompt_pack.safetensors"
+    assert res["status"] == "finished" and pack.is_file()
+    capsys.readouterr()
+    assert spt(["predict", str(pack), "--backbone-checkpoint", str(assets["backbone"]),
+                str(assets["shards"])]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["total"] == 30 and out["top1"] == pytest.approx(res["top1"])
+    # Another backbone file is refused.
+    from spt_dist.model import build_backbone, save_backbone_weights
+
+    torch.manual_seed(1)
+    other = save_backbone_weights(build_backbone("vit_micro_p4_16"), tmp_path / "other.safetensors")
+    assert spt(["predict", str(pack), "--backbone-checkpoint", other, str(assets["shards"])]) == 2
+    # Resuming a finished run folder from the CLI prints its results again.
+    capsys.readouterr()
+    assert spt(["train", str(tmp_path / "runs" / "r")]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == res["top1"]
+
+
+def test_lr_schedule_warmup_cosine_and_vpt_scaling():
+    total, warm = 100, 10
+    f = [lr_factor(s, total, warm, 0.1) for s in range(total + 1)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # linear warmup, per step
+    assert f[10] == pytest.approx(1.0) and f[100] == pytest.approx(0.1)
+    assert f[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    cfg = OptimConfig(name="sgd", lr=0.5, min_lr=0.01, lr_scaling="linear")
+    assert effective_lr(cfg, 512) == (1.0, 0.02)
+    assert effective_lr(OptimConfig(lr=0.5), 512) == (0.5, 0.0)
+
+
+def test_param_groups_follow_each_protocol():
+    model = torch.nn.Module()
+    model.prompts = torch.nn.Parameter(torch.zeros(2, 3, 4))
+    model.head = torch.nn.Linear(4, 2)
+    model.frozen = torch.nn.Linear(4, 4).requires_grad_(False)
+    adamw = OptimConfig(name="adamw", weight_decay=0.05, prompt_weight_decay=0.001)
+    groups = {g["group"]: (g["weight_decay"], len(g["params"])) for g in param_groups(model.named_parameters(), adamw)}
+    assert groups == {"prompts": (0.001, 1), "decay": (0.05, 1), "no_decay": (0.0, 1)}
+    sgd = param_groups(model.named_parameters(), OptimConfig(name="sgd", weight_decay=1e-4))
+    assert len(sgd) == 1 and sgd[0]["weight_decay"] == 1e-4 and len(sgd[0]["params"]) == 3
