@@ -16,6 +16,7 @@ import multiprocessing as mp
 import random
 from typing import Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -77,8 +78,9 @@ class _Decoder:
         return good, bad
 
 
-def _stack(good) -> Batch:
-    return (torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good], dtype=torch.int64),
+def _stack(good, transform: ImageTransform) -> Batch:
+    pixels = torch.from_numpy(np.stack([g[0] for g in good]))
+    return (transform.normalize(pixels), torch.tensor([g[1] for g in good], dtype=torch.int64),
             [g[2] for g in good])
 
 
@@ -103,7 +105,7 @@ class _TrainStream(IterableDataset):
                                      f"(first: shard {raws[0].shard}, key '{raws[0].key}'); cannot pad it")
             # Pad in place with this batch's own good samples: counts and resume stay exact.
             good = [good[i % len(good)] for i in range(len(raws))]
-            yield _stack(good) + (bad,)
+            yield _stack(good, self.decoder.transform) + (bad,)
 
 
 class _EvalStream(IterableDataset):
@@ -116,7 +118,7 @@ class _EvalStream(IterableDataset):
         stream = _raw_stream(self.index, segs)
         for size in sizes:
             good, bad = self.decoder(list(itertools.islice(stream, size)))
-            yield (_stack(good) if good else (None, None, [])) + (bad,)
+            yield (_stack(good, self.decoder.transform) if good else (None, None, [])) + (bad,)
 
 
 def _loader(dataset: IterableDataset, num_workers: int) -> DataLoader:

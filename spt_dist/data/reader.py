@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import torch
+import numpy as np
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .index import DataError
@@ -63,8 +63,8 @@ def read_segment(path: Path, keys: List[str]) -> Iterator[RawSample]:
 
 
 def decode_sample(raw: RawSample, transform: ImageTransform, num_classes: int,
-                  rng: Optional[random.Random]) -> Tuple[torch.Tensor, int]:
-    """Image tensor and label, or BadSampleError naming the shard and key."""
+                  rng: Optional[random.Random]) -> Tuple[np.ndarray, int]:
+    """uint8 (H, W, 3) pixels and label, or BadSampleError naming the shard and key."""
     def bad(why: str) -> BadSampleError:
         return BadSampleError(f"bad sample in shard {raw.shard}, key '{raw.key}': {why}")
 
@@ -82,6 +82,6 @@ def decode_sample(raw: RawSample, transform: ImageTransform, num_classes: int,
     if not 0 <= label < num_classes:
         raise bad(f"label {label} outside the class range 0..{num_classes - 1}")
     try:
-        return transform(image, rng), label
+        return transform.pixels(image, rng), label
     except (OSError, ValueError, SyntaxError) as exc:
         raise bad(f"image cannot be decoded ({type(exc).__name__}: {exc})") from None

@@ -47,14 +47,27 @@ class ImageTransform:
     def random(self) -> bool:
         return self.train and self.preset == "fgvc"
 
-    def __call__(self, data: Union[bytes, Image.Image], rng: Optional[random.Random] = None) -> torch.Tensor:
+    def pixels(self, data: Union[bytes, Image.Image], rng: Optional[random.Random] = None) -> np.ndarray:
+        """Decoded, resized (and for fgvc cropped) image as uint8 (H, W, 3)."""
         img = data.convert("RGB") if isinstance(data, Image.Image) else decode_image(data, draft=self.resize)
         if img.size != (self.resize, self.resize):
             img = img.resize((self.resize, self.resize), self.filter)
         if self.preset == "fgvc":
             img = self._crop(img, rng)
-        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return arr.float().mul_(self.scale).sub_(self.shift)
+        return np.asarray(img, dtype=np.uint8)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W).
+
+        Done once per batch, not per image: the uint8 stack moves 4x fewer bytes and the
+        layout change and scaling are single vectorised passes.
+        """
+        out = torch.empty((batch.shape[0], 3, batch.shape[1], batch.shape[2]), dtype=torch.float32)
+        out.copy_(batch.permute(0, 3, 1, 2))
+        return out.mul_(self.scale).sub_(self.shift)
+
+    def __call__(self, data: Union[bytes, Image.Image], rng: Optional[random.Random] = None) -> torch.Tensor:
+        return self.normalize(torch.from_numpy(self.pixels(data, rng).copy())[None])[0]
 
     def _crop(self, img: Image.Image, rng: Optional[random.Random]) -> Image.Image:
         s, r = self.img_size, self.resize
