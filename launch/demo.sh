@@ -15,4 +15,4 @@ if [ ! -f data/fmnist_tune/index.json ]; then
 fi
 
 .venv/bin/python -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
-  -m spt_dist.cli train configs/demo.yaml "$@" | tee /tmp/spt_demo_result.json
+  -m spt_dist.cli train configs/demo.yaml "$@"

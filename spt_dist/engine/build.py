@@ -95,8 +95,8 @@ def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> Parts:
     optimizer = build_optimizer(param_groups(model.named_parameters(), cfg.optim), cfg.optim, peak_lr)
     steps_per_epoch = train_data.batches_per_epoch / cfg.optim.grad_accum
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, peak_lr, final_lr)
+    counts = model.param_counts()  # before ZeRO-3 partitions the tensors (numel 0 afterwards)
     engine, _, _ = build_engine(model, optimizer, scheduler, deepspeed_config(cfg, dist.world_size))
-    counts = model.param_counts()
     return Parts(index, train_data, val_data, test_data, model, engine, identity, counts, peak_lr,
                  global_batch, model_dtype(cfg), tuple(mean), tuple(std), img_size, init)
 

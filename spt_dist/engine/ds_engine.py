@@ -85,7 +85,8 @@ def check_optimizer_state(cfg: Config, measured: Dict[str, int], trainable: int,
     pad = 4 * 64 * world_size * groups  # bytes of padding per kind of state
     kinds = 2 if cfg.optim.name == "adamw" else 1
     for key, slack in (("moments", kinds * pad), ("master", pad)):
-        if not 0 <= measured[key] - want[key] <= slack:
+        low = 0 if key == "master" and cfg.distributed.zero_stage == 3 else want[key]  # ZeRO-3 may alias it
+        if not low <= measured[key] <= want[key] + slack:
             raise RuntimeError(
                 f"optimizer {key}: {measured[key]} bytes over {world_size} rank(s), but {trainable} trainable "
                 f"parameters need {want[key]} (+ at most {slack} of ZeRO padding) with optim.name="
