@@ -129,6 +129,20 @@ def _cache_fields(model: torch.nn.Module, cfg: Config, index: Any, keys: Sequenc
     return {s: dict(common, strategy=s, **(kmeans if s == "kmeans" else {})) for s in plan.strategies}
 
 
+def _lookup(model: torch.nn.Module, cfg: Config, index: Any, keys: Sequence[str], plan: InitPlan,
+            inputs: tuple, is_reader: bool) -> tuple:
+    """(cache key fields, cached prototypes) per strategy; empty unless `is_reader` and a cache is set."""
+    if not (is_reader and cfg.method.cache_dir):
+        return {}, {}
+    fields = _cache_fields(model, cfg, index, keys, plan, inputs)
+    found: Dict[str, Prototypes] = {}
+    for s, f in fields.items():
+        hit = load_prototypes(cache_path(cfg.method.cache_dir, s, f), f)
+        if hit is not None and tuple(hit.tensor.shape) == tuple(model.prompts.shape):
+            found[s] = hit
+    return fields, found
+
+
 def _compute(model: torch.nn.Module, cfg: Config, index: Any, keys: List[str], plan: InitPlan,
              comm: Comm, device: torch.device | str, inputs: tuple) -> Dict[str, Prototypes]:
     from spt_dist.data import EvalData
@@ -165,16 +179,8 @@ def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: An
 
     keys, plan, inputs = _agree_on(comm, prepare)
 
-    # Cache: rank 0 looks up and reads, everyone receives the same answer.
-    fields: Dict[str, Dict[str, Any]] = {}
-    if comm.rank == 0 and m.cache_dir:  # hashing the weights is rank 0's job alone
-        fields = _cache_fields(model, cfg, index, keys, plan, inputs)
-    found: Dict[str, Prototypes] = {}
-    if fields:
-        for s in wanted:
-            hit = load_prototypes(cache_path(m.cache_dir, s, fields[s]), fields[s])
-            if hit is not None and tuple(hit.tensor.shape) == tuple(model.prompts.shape):
-                found[s] = hit
+    # Cache: rank 0 hashes the weights, looks up and reads; everyone receives the same answer.
+    fields, found = _agree_on(comm, _lookup, model, cfg, index, keys, plan, inputs, comm.rank == 0)
     found = comm.broadcast_object(found)
     misses = [s for s in wanted if s not in found]
     if misses:
