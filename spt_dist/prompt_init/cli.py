@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from spt_dist.config.cli import add_config_arguments
 
@@ -34,6 +35,7 @@ def _init(args: argparse.Namespace) -> int:
     from spt_dist.model import build_model
 
     from .alignment import alignment_metrics
+    from .collective import PromptInitError
     from .initialize import initialize_prompts
 
     cfg = load_config(args.config, args.overrides)
@@ -41,7 +43,12 @@ def _init(args: argparse.Namespace) -> int:
     index = ShardIndex.load(os.path.expanduser(cfg.data.root))
     seed_everything(cfg.run.seed)  # as in training: the same model (random backbone included)
     model = build_model(cfg, index.num_classes).to(dist.device)
-    result = initialize_prompts(model, cfg, index, dist, dist.device)
+    try:
+        result = initialize_prompts(model, cfg, index, dist, dist.device)
+    except PromptInitError as exc:  # raised on every rank alike: one clean line, from rank 0
+        if dist.rank == 0:
+            print(f"spt init: error: {exc}", file=sys.stderr)
+        return 2
     if dist.rank == 0:
         print(_format_stats(result))
         if args.save:

@@ -108,7 +108,10 @@ def _agree_on(comm: Comm, fn, *args) -> Any:
     except Exception as exc:  # reported to every rank, re-raised below
         failure = exc
     try:
-        comm.agree(None if failure is None else f"{type(failure).__name__}: {failure}")
+        # Bad input (ValueError, DataError) speaks for itself; anything else names its type.
+        message = None if failure is None else (
+            str(failure) if isinstance(failure, ValueError) else f"{type(failure).__name__}: {failure}")
+        comm.agree(message)
     except PromptInitError as err:
         raise err from failure
     return result
