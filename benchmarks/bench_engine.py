@@ -27,21 +27,28 @@ from spt_dist.model import PromptedViT, build_backbone
 OUT = Path(__file__).resolve().parent / "results" / "engine.json"
 
 
-def step_time(backbone: str, mode: str, batch: int = 8, steps: int = 3, p: int = 50) -> float:
+def _setup(backbone: str, mode: str, p: int = 50):
     torch.manual_seed(0)
     model = PromptedViT(build_backbone(backbone), num_classes=200, prompt_length=0 if mode == "full" else p,
                         deep=mode == "deep", train_backbone=mode == "full").train()
-    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
+    return model, torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
+
+
+def step_times(backbone: str, batch: int = 8, rounds: int = 5) -> dict:
+    """Min seconds per step per mode; the modes take turns so that load from other processes
+    on a shared machine hits them alike."""
+    setups = {mode: _setup(backbone, mode) for mode in ("full", "shallow", "deep")}
     x, y = torch.randn(batch, 3, 224, 224), torch.randint(0, 200, (batch,))
-    times = []
-    for i in range(steps + 1):  # the first step warms allocators up and is not counted
-        t = time.perf_counter()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i:
-            times.append(time.perf_counter() - t)
-    return min(times)
+    times = {mode: [] for mode in setups}
+    for r in range(rounds + 1):  # round 0 warms allocators up and is not counted
+        for mode, (model, opt) in setups.items():
+            t = time.perf_counter()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if r:
+                times[mode].append(time.perf_counter() - t)
+    return {mode: min(v) for mode, v in times.items()}
 
 
 def adamw_bytes_per_param(n: int = 1_000_000) -> dict:
@@ -76,7 +83,7 @@ def capacities(bpp: dict, p: int = 50, classes: int = 200) -> dict:
 
 def main() -> None:
     backbone = os.environ.get("BENCH_BACKBONE", "vit_s16")
-    times = {mode: step_time(backbone, mode) for mode in ("full", "shallow", "deep")}
+    times = step_times(backbone)
     bpp = adamw_bytes_per_param()
     result = {
         "machine": f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
