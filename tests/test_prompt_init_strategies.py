@@ -134,3 +134,17 @@ def test_candidate_pool_is_the_global_lowest_k_of_a_stream():
     got_p, got_f = pool.sorted()
     assert len(pool) == 50 and pool.seen == 740
     assert torch.equal(got_p, all_p[order]) and torch.equal(got_f, all_f[order])
+
+
+def test_kmeans_handles_duplicates_and_empty_clusters_deterministically():
+    from spt_dist.prompt_init.kmeans import kmeans
+
+    a, b, c = torch.tensor([1.0, 0, 0]), torch.tensor([0, 5.0, 0]), torch.tensor([0, 0, -3.0])
+    points = torch.stack([a] * 10 + [b] * 10 + [c])
+    res = kmeans(points, 3, iters=20, tol=0.0, seed=0, comm=Comm(0, 1))
+    assert sorted(map(tuple, res.centroids.tolist())) == sorted(map(tuple, torch.stack([a, b, c]).tolist()))
+    assert res.inertia == 0.0
+    # More clusters than distinct points: empty clusters are reseeded, results stay finite and repeatable.
+    first = kmeans(points, 5, iters=10, tol=0.0, seed=0, comm=Comm(0, 1))
+    again = kmeans(points, 5, iters=10, tol=0.0, seed=0, comm=Comm(0, 1))
+    assert torch.isfinite(first.centroids).all() and torch.equal(first.centroids, again.centroids)

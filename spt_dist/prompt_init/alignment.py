@@ -69,17 +69,16 @@ def plot_alignment(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
                    key=lambda k: (k == f"{PREFIX}mean", len(k), k))
     cols = min(4, len(names))
     rows_n = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.6 * rows_n), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.6 * rows_n), squeeze=False)
     for ax, metric in zip(axes.flat, names):
         for run, rows in runs.items():
             pts = [(s, v[metric]) for s, v in rows if metric in v]
             ax.plot([s for s, _ in pts], [y for _, y in pts], marker=".", label=run)
         ax.set_title(metric[len(PREFIX):], fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("step")
     axes[0][0].set_ylabel("cosine to nearest prototype")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
