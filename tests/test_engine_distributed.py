@@ -73,7 +73,7 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path, assets, overrides):
     assert [e["resumed_from"] is not None for e in events if e["event"] == "start"] == [False, True]
     if "method.name=spt" in overrides:
         align = [e for e in events if e["event"] == "alignment"]
-        assert align[0]["step"] == 0 and align[0]["align/mean"] == pytest.approx(1.0)  # prompts = prototypes
+        assert align[0]["step"] == 0 and align[0]["align/mean"] == pytest.approx(1.0, abs=1e-4)  # prompts = prototypes
         assert [e["step"] for e in align[1:]] == [8 // 2, 16 // 2]  # each epoch end, across the resume
 
 
