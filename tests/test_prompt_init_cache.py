@@ -107,3 +107,17 @@ def test_model_that_does_not_match_the_method_is_refused(shards, tmp_path):
                                           "method.deep=false", "method.init=vpt", "method.track_alignment=false")
     assert initialize_prompts(no_prompts, linear, index, ONE, "cpu").prompts is None
     assert calls == []
+
+
+def test_init_images_are_drawn_from_the_training_fraction(shards, tmp_path):
+    from spt_dist.data import select_fraction
+    from spt_dist.prompt_init import select_init_keys
+
+    cfg, index, _, _ = _setup(shards, tmp_path, "data.fraction=0.5", "method.init_images=10")
+    keys = select_init_keys(cfg, index)
+    assert len(keys) == 10 and set(keys) <= set(select_fraction(index, "train", 0.5, 0))
+    assert keys == select_init_keys(cfg, index)
+    cfg, index, _, _ = _setup(shards, tmp_path, "method.init_images=10")
+    assert len(select_init_keys(cfg, index)) == 10
+    cfg, index, _, _ = _setup(shards, tmp_path, "method.init_images=0")
+    assert select_init_keys(cfg, index) == index.split("train").keys()
