@@ -130,7 +130,7 @@ def _worker(mode: str, out: Path, config: Path, extra: List[str]) -> None:
 
     report: Dict[str, object] = {}
     if mode == "matrix":
-        for zero in (0, 1, 2):
+        for zero in (0, 1, 2, 3):
             for dtype in ("fp32", "bf16"):
                 name = f"z{zero}_{dtype}"
                 cfg = load_config(str(config), [f"distributed.zero_stage={zero}", f"precision.dtype={dtype}",
