@@ -56,10 +56,10 @@ def env() -> Dict[str, str]:
 
 def torchrun(args: List[str], nproc: int = 2) -> List[str]:
     return [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-            str(_free_port()), *args]
+            str(free_port()), *args]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest_engine import (ROOT, checkpoint_tensors, env, losses, make_assets, run, torchrun, wait_for_step,
-                             write_config)
+from conftest_engine import (PYTHON, ROOT, free_port, checkpoint_tensors, env, losses, make_assets, run, torchrun,
+                             wait_for_step, write_config)
 
 WORKER = str(ROOT / "tests" / "conftest_engine.py")
 
@@ -141,3 +141,33 @@ def test_killed_rank_ends_the_run_nonzero_in_bounded_time(tmp_path, assets):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_without_a_launcher_a_dead_peer_ends_the_other_rank(tmp_path, assets):
+    """Two ranks started like srun tasks (SLURM_PROCID/SLURM_NTASKS, no torchrun to kill the
+    rest): when one dies, the other fails within the collective timeout instead of hanging."""
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "cfg.yaml", assets, out, epochs=50, every=1000)
+    port = str(free_port())
+    procs = []
+    for rank in (0, 1):
+        e = env()
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            e.pop(key, None)
+        e.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), SLURM_JOB_ID="1",
+                 MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "train",
+                                       str(cfg), "distributed.timeout_s=20"], cwd=ROOT, env=e,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("*/metrics.jsonl")) and time.time() < deadline:
+            time.sleep(0.2)
+        wait_for_step(next(out.glob("*/metrics.jsonl")), 2, procs[0])
+        procs[1].kill()
+        rc = procs[0].wait(timeout=60)  # timeout_s=20 plus teardown
+        assert rc != 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
