@@ -20,7 +20,7 @@ from spt_dist.config import Config, to_yaml
 
 from .build import Parts, build_parts, full_prompts, full_trainable_state
 from .checkpoint import Checkpointer, TrainRng, folder_bytes
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_int, init_distributed
 from .ds_engine import check_optimizer_state, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack
@@ -29,17 +29,25 @@ from .stop import StopFlag
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> None:
-    """Rank 0 writes config.yaml; an existing run folder must hold the same config."""
+    """Rank 0 writes config.yaml; an existing run folder must hold the same config.
+
+    Rank 0 decides and tells everyone, so all ranks raise together instead of waiting.
+    """
+    path, text, clash = run_dir / "config.yaml", to_yaml(cfg), 0
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        path, text = run_dir / "config.yaml", to_yaml(cfg)
-        if path.is_file() and path.read_text() != text:
-            from spt_dist.config import ConfigError
+        clash = int(path.is_file() and path.read_text() != text)
+        if not clash:
+            path.write_text(text)
+    if broadcast_int(clash):
+        raise _clash(run_dir)
 
-            raise ConfigError(f"{run_dir} already holds a run with a different config ({path}); "
-                              f"resume it with `spt train {run_dir}` or choose another run.name")
-        path.write_text(text)
-    barrier()
+
+def _clash(run_dir: Path) -> Exception:
+    from spt_dist.config import ConfigError
+
+    return ConfigError(f"{run_dir} already holds a run with a different config ({run_dir / 'config.yaml'}); "
+                       f"resume it with `spt train {run_dir}` or choose another run.name")
 
 
 STOP_REASONS = ("SIGTERM", "SIGUSR2", "max_steps")
@@ -96,6 +104,9 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
     done = read_results(run_dir)
     if done and done.get("status") == "finished":
+        written = run_dir / "config.yaml"
+        if written.is_file() and written.read_text() != to_yaml(cfg):
+            raise _clash(run_dir)
         return done
     dist = init_distributed(cfg)
     _prepare_run_dir(cfg, run_dir, dist)
@@ -199,8 +210,8 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
              "train_s": round(train_s, 3),
              "samples_per_s": round(steps_timed * parts.global_batch / train_s, 3) if train_s else None,
              "signal": stop_reason}
-    trainable = full_trainable_state(parts)
     if status == "finished":
+        trainable = full_trainable_state(parts)  # collective under ZeRO
         if dist.is_main:
             export_prompt_pack(run_dir / "prompt_pack.safetensors", parts, cfg, trainable)
     results = _results(cfg, parts, dist, state, status, extra)
