@@ -56,6 +56,10 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .export import PackMismatchError, load_prompt_pack, predict_images, predict_shards
 
+    missing = [p for p in (args.pack, args.backbone_checkpoint, *args.inputs) if not Path(p).exists()]
+    if missing:
+        print(f"spt predict: error: not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
     try:
         model, meta = load_prompt_pack(args.pack, args.backbone_checkpoint)
     except PackMismatchError as exc:
