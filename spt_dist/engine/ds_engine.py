@@ -93,3 +93,10 @@ def check_optimizer_state(cfg: Config, measured: Dict[str, int], trainable: int,
                 f"{cfg.optim.name}, zero_stage={cfg.distributed.zero_stage}, dtype={cfg.precision.dtype}; "
                 f"frozen weights in the optimizer?")
     return want
+
+
+def check_frozen_untouched(model: nn.Module) -> None:
+    """Frozen tensors must never have received a gradient buffer."""
+    leaked = [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
+    if leaked:
+        raise RuntimeError(f"{len(leaked)} frozen tensors hold gradients (first: {leaked[0]})")

@@ -21,7 +21,7 @@ from spt_dist.config import Config, to_yaml
 from .build import Parts, build_parts, full_prompts, full_trainable_state
 from .checkpoint import Checkpointer, TrainRng, folder_bytes
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_int, init_distributed
-from .ds_engine import check_optimizer_state, optimizer_state_bytes
+from .ds_engine import check_frozen_untouched, check_optimizer_state, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack
 from .runlog import MetricsLog, read_results, run_dir_for, write_json_atomic
@@ -200,6 +200,7 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
 
     measured = {k: int(v) for k, v in zip(("moments", "master"), all_reduce_sum(
         torch.tensor(list(optimizer_state_bytes(engine).values()), dtype=torch.float64)).tolist())}
+    check_frozen_untouched(parts.model)
     if state["step"] > 0:  # moments exist from the first optimizer step on
         check_optimizer_state(cfg, measured, parts.counts["trainable"], dist.world_size,
                               len(engine.optimizer.param_groups))
