@@ -105,26 +105,39 @@ def init_distributed(cfg: Config) -> DistInfo:
     return DistInfo(tdist.get_rank(), tdist.get_world_size(), local_rank, device, backend)
 
 
+def _comm_device() -> torch.device:
+    # NCCL only reduces CUDA tensors; gloo takes CPU tensors.
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _multi() -> bool:
+    return tdist.is_initialized() and tdist.get_world_size() > 1
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a small CPU tensor over ranks (gloo and nccl both accept it on its device)."""
-    if tdist.is_initialized() and tdist.get_world_size() > 1:
-        tdist.all_reduce(values, op=tdist.ReduceOp.SUM)
-    return values
+    """Sum a small tensor over ranks; returned on the device it came from."""
+    if not _multi():
+        return values
+    t = values.to(_comm_device())
+    tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return t.to(values.device)
 
 
-def any_rank(flag: bool, device: Optional[torch.device] = None) -> bool:
-    """True on every rank if it is True on any rank (the collective stop decision)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device or "cpu")
-    return bool(all_reduce_sum(t).item() > 0)
+def any_rank(flag: bool) -> bool:
+    """True on every rank if it is True on any rank (a collective decision)."""
+    return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
 
 
 def barrier() -> None:
-    if tdist.is_initialized() and tdist.get_world_size() > 1:
+    if _multi():
         tdist.barrier()
 
 
-def broadcast_int(value: int, src: int = 0, device: Optional[torch.device] = None) -> int:
-    t = torch.tensor([value], dtype=torch.long, device=device or "cpu")
-    if tdist.is_initialized() and tdist.get_world_size() > 1:
-        tdist.broadcast(t, src=src)
+def broadcast_int(value: int, src: int = 0) -> int:
+    if not _multi():
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=_comm_device())
+    tdist.broadcast(t, src=src)
     return int(t.item())
