@@ -69,6 +69,22 @@ def _results(cfg: Config, parts: Parts, dist: DistInfo, state: Dict[str, Any], s
     }
 
 
+def _resource_report(cfg: Config, parts: Parts, dist: DistInfo, ckpt: Checkpointer,
+                     stepped: bool) -> Dict[str, Any]:
+    """Optimizer bytes over all ranks (checked against the trainable count) and checkpoint bytes."""
+    engine = parts.engine
+    per_rank = torch.tensor(list(optimizer_state_bytes(engine).values()), dtype=torch.float64)
+    measured = {k: int(v) for k, v in zip(("moments", "master"), all_reduce_sum(per_rank).tolist())}
+    check_frozen_untouched(parts.model)
+    if stepped:  # AdamW / momentum state exists from the first optimizer step on
+        check_optimizer_state(cfg, measured, parts.counts["trainable"], dist.world_size,
+                              len(engine.optimizer.param_groups))
+    newest = ckpt.newest_valid()
+    return {"optimizer_state_bytes": measured["moments"] + measured["master"],
+            "optimizer_moment_bytes": measured["moments"], "optimizer_master_bytes": measured["master"],
+            "checkpoint_bytes": folder_bytes(newest) if newest else 0}
+
+
 def _log_alignment(parts: Parts, step: int, log: MetricsLog) -> None:
     """Prompt-to-prototype alignment (SPT's analysis); every rank joins the gather."""
     init = parts.prompt_init
@@ -198,19 +214,9 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
         stop.restore()
         bar.close()
 
-    measured = {k: int(v) for k, v in zip(("moments", "master"), all_reduce_sum(
-        torch.tensor(list(optimizer_state_bytes(engine).values()), dtype=torch.float64)).tolist())}
-    check_frozen_untouched(parts.model)
-    if state["step"] > 0:  # moments exist from the first optimizer step on
-        check_optimizer_state(cfg, measured, parts.counts["trainable"], dist.world_size,
-                              len(engine.optimizer.param_groups))
-    newest = ckpt.newest_valid()
-    extra = {"optimizer_state_bytes": measured["moments"] + measured["master"],
-             "optimizer_moment_bytes": measured["moments"], "optimizer_master_bytes": measured["master"],
-             "checkpoint_bytes": folder_bytes(newest) if newest else 0,
-             "train_s": round(train_s, 3),
-             "samples_per_s": round(steps_timed * parts.global_batch / train_s, 3) if train_s else None,
-             "signal": stop_reason}
+    extra = _resource_report(cfg, parts, dist, ckpt, stepped=state["step"] > 0)
+    extra.update(train_s=round(train_s, 3), signal=stop_reason,
+                 samples_per_s=round(steps_timed * parts.global_batch / train_s, 3) if train_s else None)
     if status == "finished":
         trainable = full_trainable_state(parts)  # collective under ZeRO
         if dist.is_main:
