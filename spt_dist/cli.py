@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -15,6 +16,8 @@ STAGES = ("config", "data", "prompt_init", "engine", "study")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spt", description="Distributed visual prompt tuning of frozen ViTs")
+    # The deepspeed launcher passes --local_rank=N before the subcommand; LOCAL_RANK carries it too.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in STAGES:
         try:
@@ -28,12 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from spt_dist.config import ConfigError
+    from spt_dist.errors import SptError
 
     args = build_parser().parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except SptError as exc:  # the user's to fix: one line, no traceback
         print(f"spt: error: {exc}", file=sys.stderr)
         return 2
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -59,6 +60,15 @@ def test_unfinished_tmp_folder_is_ignored_and_finished_run_is_not_rerun(tmp_path
     mtime = (tmp_path / "runs" / "r" / "results.json").stat().st_mtime
     assert train(cfg)["top1"] == res["top1"]  # read back, not rerun
     assert (tmp_path / "runs" / "r" / "results.json").stat().st_mtime == mtime
+
+
+def test_single_process_run_leaves_no_rendezvous_in_the_environment(tmp_path, assets, monkeypatch):
+    # Processes started afterwards (a submitted job, a subprocess) inherit os.environ; a
+    # MASTER_PORT left there would point them at this process's store.
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    train(_cfg(tmp_path, assets), max_steps=1)
+    assert not {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"} & set(os.environ)
 
 
 def test_mismatched_checkpoint_is_refused(tmp_path, assets):

@@ -51,7 +51,8 @@ class MethodConfig:
     init_batch_size: int = bounded(64, 1)
     kmeans_iters: int = bounded(30, 1)
     kmeans_tol: float = bounded(1e-4, 0.0)
-    cache_dir: str = "~/.cache/spt_dist/prototypes"
+    cache_dir: str = field(default="~/.cache/spt_dist/prototypes",
+                           metadata={"help": "prototype cache; empty string = no cache"})
     track_alignment: bool = True
 
 

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
+from spt_dist.errors import SptError
+
 INDEX_NAME = "index.json"
 FORMAT = 1
 
 
-class DataError(ValueError):
+class DataError(SptError, ValueError):
     """Data that cannot be used as asked; the message names the file, shard, key or split."""
 
 

@@ -124,9 +124,12 @@ class _EvalStream(IterableDataset):
 def _loader(dataset: IterableDataset, num_workers: int) -> DataLoader:
     # Fork even where the default is spawn (inside mp.spawn ranks): spawned workers would
     # re-import torch for every epoch. Workers only decode on the CPU, never touch CUDA.
+    # Its own generator: the workers seed themselves from (seed, epoch, key), and starting an
+    # epoch must not draw from the global torch RNG that training uses (exact resume).
     context = "fork" if num_workers and "fork" in mp.get_all_start_methods() else None
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, multiprocessing_context=context,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def _check_keys(index: ShardIndex, split: str, keys: Sequence[str]) -> set:

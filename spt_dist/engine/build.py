@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -42,16 +41,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _checkpoint_format(cfg: Config) -> Optional[str]:
-    if not cfg.model.checkpoint:
-        return None
-    if cfg.model.checkpoint_format != "auto":
-        return cfg.model.checkpoint_format
-    from spt_dist.model import detect_format
-
-    return detect_format(os.path.expanduser(cfg.model.checkpoint))
-
-
 def _prompt_init(model: Any, cfg: Config, index: Any, dist: DistInfo, resuming: bool) -> Optional[Any]:
     """SPT's prototype init and/or the alignment reference (spt_dist.prompt_init).
 
@@ -72,11 +61,10 @@ def _prompt_init(model: Any, cfg: Config, index: Any, dist: DistInfo, resuming: 
 
 def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> Parts:
     from spt_dist.data import EvalData, ShardIndex, TrainData
-    from spt_dist.model import backbone_spec, build_model, normalization, weights_hash
+    from spt_dist.model import build_model, input_spec, weights_hash
 
     index = ShardIndex.load(os.path.expanduser(cfg.data.root))
-    img_size = cfg.model.img_size or backbone_spec(cfg.model.name).img_size
-    mean, std = normalization(cfg.model.name, _checkpoint_format(cfg))
+    img_size, mean, std = input_spec(cfg)
     data_args = (img_size, mean, std, dist.rank, dist.world_size)
     train_data = TrainData(cfg.data, index, *data_args, seed=cfg.run.seed)
     val_data = EvalData(cfg.data, index, cfg.data.val_split, *data_args) if cfg.data.val_split else None

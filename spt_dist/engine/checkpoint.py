@@ -27,13 +27,15 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from spt_dist.errors import SptError
+
 from .distributed import DistInfo, barrier, broadcast_int
 
 TAG = "state"
 PREFIX = "step_"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(SptError, ValueError):
     """A checkpoint that belongs to a different backbone, prompt shape or world size."""
 
 

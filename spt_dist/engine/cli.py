@@ -1,7 +1,8 @@
 """`spt train`, `spt predict`, `spt pretrain`.
 
 Exit codes of `spt train`: 0 when the run finished OR was interrupted by SIGTERM/SIGUSR2
-after saving a checkpoint (run `spt train RUN_DIR` to resume); 2 for a config error;
+after saving a checkpoint (run `spt train RUN_DIR` to resume); 2 for an input error (config,
+data, checkpoint: spt_dist.errors.SptError);
 1 for any other failure. With several ranks a failing rank exits at once (os._exit), so
 torchrun / srun end the others instead of leaving them in a collective.
 """
@@ -30,7 +31,7 @@ def _load(config: str, overrides):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from spt_dist.config import ConfigError
+    from spt_dist.errors import SptError
 
     from .train import train
 
@@ -38,8 +39,11 @@ def _train(args: argparse.Namespace) -> int:
     try:
         cfg, run_dir = _load(args.config, args.overrides)
         results = train(cfg, run_dir=run_dir)
-    except ConfigError:
-        raise
+    except SptError as exc:
+        if not multi:
+            raise  # one line from `spt`, exit code 2
+        print(f"spt train: error on rank {os.environ.get('RANK', '0')}: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
         if isinstance(exc, SystemExit) and not exc.code:
             raise

@@ -50,8 +50,13 @@ def _slurm_master() -> str:
         return nodes.split(",")[0]
 
 
-def _export_env() -> None:
-    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whichever launcher started us."""
+def _export_env() -> Optional[str]:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whichever launcher started us.
+
+    Returns the init_method for a plain single process, which gets a private TCP store
+    instead of MASTER_* variables: those would leak into every process it starts (a
+    submitted job, a subprocess) and point them at this process's port.
+    """
     env = os.environ
     if "RANK" not in env and "SLURM_PROCID" in env:
         env["RANK"] = env["SLURM_PROCID"]
@@ -60,12 +65,11 @@ def _export_env() -> None:
         env.setdefault("MASTER_ADDR", _slurm_master())
         # Derive the port from the job id so every task of a job agrees without talking.
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
-    if "RANK" not in env:  # a plain single process
-        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
-    env.setdefault("LOCAL_RANK", "0")
+    env.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it
+    if "RANK" not in env:
+        return f"tcp://127.0.0.1:{_free_port()}"
     env.setdefault("MASTER_ADDR", "127.0.0.1")
+    return None
 
 
 def _skip_shm_compile() -> None:
@@ -81,8 +85,8 @@ def _skip_shm_compile() -> None:
 
 def init_distributed(cfg: Config) -> DistInfo:
     """Join (or create) the process group and DeepSpeed's comm layer; idempotent."""
-    _export_env()
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    single = _export_env()
+    rank, world = (0, 1) if single else (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     local_rank = int(os.environ["LOCAL_RANK"])
     cuda = torch.cuda.is_available()
     backend = cfg.distributed.backend
@@ -96,7 +100,7 @@ def init_distributed(cfg: Config) -> DistInfo:
     else:
         _skip_shm_compile()
     if not tdist.is_initialized():
-        tdist.init_process_group(backend=backend, rank=rank, world_size=world,
+        tdist.init_process_group(backend=backend, rank=rank, world_size=world, init_method=single,
                                  timeout=timedelta(seconds=cfg.distributed.timeout_s))
     import deepspeed
 

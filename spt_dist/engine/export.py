@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 import torch
 
 from spt_dist.config import Config
+from spt_dist.errors import SptError
 
 
-class PackMismatchError(ValueError):
+class PackMismatchError(SptError, ValueError):
     """A backbone file whose weights are not the ones the pack was trained on."""
 
 

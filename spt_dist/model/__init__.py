@@ -13,7 +13,7 @@ _EXPORTS = {
     "read_checkpoint": "checkpoints", "load_backbone_weights": "checkpoints",
     "weights_hash": "checkpoints", "save_backbone_weights": "checkpoints",
     "PromptedViT": "prompted_vit", "vpt_uniform_bound": "prompted_vit",
-    "build_model": "build", "resolve_pool": "build",
+    "build_model": "build", "resolve_pool": "build", "checkpoint_format": "build", "input_spec": "build",
 }
 __all__ = sorted(_EXPORTS)
 

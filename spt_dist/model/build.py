@@ -1,32 +1,41 @@
 """Config -> PromptedViT: the one place that maps method settings onto the model wrapper."""
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Optional, Tuple
 
 from spt_dist.config import Config
 
 from .backbone import build_backbone
-from .checkpoints import Checkpoint, read_checkpoint
+from .checkpoints import Checkpoint, detect_format, read_checkpoint
 from .prompted_vit import PromptedViT
-from .registry import backbone_spec
+from .registry import backbone_spec, normalization
 
 
-def _checkpoint_format(cfg: Config) -> Optional[str]:
+def checkpoint_format(cfg: Config) -> Optional[str]:
+    """The weight file's format (None without one); "auto" reads only the file's keys."""
     if not cfg.model.checkpoint:
         return None
     if cfg.model.checkpoint_format != "auto":
         return cfg.model.checkpoint_format
-    return read_checkpoint(cfg.model.checkpoint).fmt
+    return detect_format(os.path.expanduser(cfg.model.checkpoint))
 
 
-def resolve_pool(cfg: Config, checkpoint_format: Optional[str] = None) -> str:
+def input_spec(cfg: Config) -> Tuple[int, Tuple[float, ...], Tuple[float, ...]]:
+    """(img_size, mean, std) the run's backbone expects: what the data stage feeds it."""
+    img_size = cfg.model.img_size or backbone_spec(cfg.model.name).img_size
+    mean, std = normalization(cfg.model.name, checkpoint_format(cfg))
+    return img_size, tuple(mean), tuple(std)
+
+
+def resolve_pool(cfg: Config, fmt: Optional[str] = None) -> str:
     """model.pool, with "auto" -> "token" for class-token backbones not from MAE, else "mean".
 
-    `checkpoint_format` saves re-reading the file when the caller already resolved it.
+    `fmt` (the checkpoint's format) saves looking at the file when the caller already knows it.
     """
     if cfg.model.pool != "auto":
         return cfg.model.pool
-    fmt = checkpoint_format if checkpoint_format is not None else _checkpoint_format(cfg)
+    fmt = fmt if fmt is not None else checkpoint_format(cfg)
     return "token" if backbone_spec(cfg.model.name).class_token and fmt != "mae" else "mean"
 
 

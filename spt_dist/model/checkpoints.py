@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import nn
 
+from spt_dist.errors import SptError
+
 FORMATS = ("timm", "npz", "mae", "mocov3")
 PathLike = Union[str, os.PathLike]
 
@@ -25,7 +27,7 @@ _MOCO_PREFIXES = ("module.base_encoder.", "module.")
 _WRAPPERS = ("model", "state_dict", "module")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SptError, ValueError):
     """A weights file that cannot be loaded into the backbone; the message names the file and keys."""
 
 

@@ -10,8 +10,10 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 
+from spt_dist.errors import SptError
 
-class PromptInitError(RuntimeError):
+
+class PromptInitError(SptError, RuntimeError):
     """Prototype init cannot run; raised on every rank with the same message."""
 
 

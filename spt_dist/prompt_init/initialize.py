@@ -39,16 +39,6 @@ class InitResult:
     strategy: str = "vpt"
 
 
-def input_spec(cfg: Config) -> tuple:
-    """(img_size, mean, std) the backbone expects."""
-    from spt_dist.model import backbone_spec, normalization
-    from spt_dist.model.build import _checkpoint_format
-
-    img_size = cfg.model.img_size or backbone_spec(cfg.model.name).img_size
-    mean, std = normalization(cfg.model.name, _checkpoint_format(cfg))
-    return img_size, tuple(mean), tuple(std)
-
-
 def select_init_keys(cfg: Config, index: Any) -> List[str]:
     """The training keys prototypes come from: the run's fraction subset, then, with
     method.init_images = n > 0, n of them chosen deterministically (class-stratified when
@@ -173,6 +163,8 @@ def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: An
         return InitResult(None, None, strategy=m.init, seconds=time.perf_counter() - start)
 
     def prepare():
+        from spt_dist.model import input_spec
+
         keys = select_init_keys(cfg, index)
         layers = model.prompts.shape[0] if getattr(model, "prompts", None) is not None else 0
         plan = InitPlan(tuple(wanted), layers, m.prompt_length, m.init_candidates, cfg.run.seed,

@@ -32,6 +32,7 @@ from submitit.core.job_environment import SignalHandler
 from spt_dist.config.schema import Config
 
 TRAIN_FN = "spt_dist.engine.train:train"
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
 def run_dir_of(cfg: Config) -> Path:
@@ -76,6 +77,10 @@ class TrainTask:
         executor = os.environ.get("SUBMITIT_EXECUTOR", "")
         if executor in ("slurm", "local"):
             # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch.distributed (and DeepSpeed).
+            # The job inherits the submitting shell's environment: drop any of these left there
+            # (say, by a torchrun session), they describe another process group.
+            for name in DIST_ENV:
+                os.environ.pop(name, None)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         requeue = _preemption_handler()
         results = _load(self.train_fn)(self.cfg, str(run_dir_of(self.cfg)))
