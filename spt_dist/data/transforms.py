@@ -43,10 +43,6 @@ class ImageTransform:
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_t
 
-    @property
-    def random(self) -> bool:
-        return self.train and self.preset == "fgvc"
-
     def pixels(self, data: Union[bytes, Image.Image], rng: Optional[random.Random] = None) -> np.ndarray:
         """Decoded, resized (and for fgvc cropped) image as uint8 (H, W, 3)."""
         img = data.convert("RGB") if isinstance(data, Image.Image) else decode_image(data, draft=self.resize)

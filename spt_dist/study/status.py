@@ -16,8 +16,7 @@ from typing import Any, Dict, List, Optional
 from submitit.core.utils import pickle_load
 
 from spt_dist.config import ConfigError
-
-from .task import read_results
+from spt_dist.engine.runlog import read_results
 
 
 @dataclass

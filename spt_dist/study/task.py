@@ -19,7 +19,6 @@ directly: rank 0 requeues at once, nothing is lost but start-up time.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import signal
 import sys
@@ -30,6 +29,7 @@ import submitit
 from submitit.core.job_environment import SignalHandler
 
 from spt_dist.config.schema import Config
+from spt_dist.engine.runlog import read_results, run_dir_for  # torch-free
 
 TRAIN_FN = "spt_dist.engine.train:train"
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -37,17 +37,7 @@ DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "L
 
 def run_dir_of(cfg: Config) -> Path:
     """The run folder: cfg.run.out_dir/cfg.run.name (the name is fixed at submit time)."""
-    return Path(cfg.run.out_dir).expanduser() / cfg.run.name
-
-
-def read_results(run_dir: Path) -> Optional[Dict[str, Any]]:
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # being written; the engine writes it atomically, so this is transient
+    return run_dir_for(cfg)
 
 
 def _load(spec: str) -> Callable[..., Dict[str, Any]]:
