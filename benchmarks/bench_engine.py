@@ -1,9 +1,9 @@
 """Engine figures: step time of prompt tuning vs full fine-tuning, and state / checkpoint bytes.
 
 1. Seconds per training step (forward + backward + AdamW step, batch 8, 224 px) of VPT
-   shallow and deep (p=50) and of full fine-tuning on the same ViT-S/16, single process,
-   OMP_NUM_THREADS threads. Prompt tuning skips the weight gradients of the frozen layers
-   (about 1/3 of the FLOPs of a step) but adds p tokens.
+   shallow and deep (p=10 and p=50), of the linear probe and of full fine-tuning on the same
+   ViT-S/16, single process, OMP_NUM_THREADS threads. Prompt tuning skips the weight
+   gradients of the frozen layers (about 1/3 of the FLOPs of a step) but adds p tokens.
 2. Optimizer state and checkpoint bytes of VPT-deep (p=50, 200 classes) versus full
    fine-tuning for ViT-B/16, ViT-L/16, ViT-H/14: parameter counts from the registry
    (models built on the meta device), bytes per parameter from a real torch.save of a
@@ -27,17 +27,24 @@ from spt_dist.model import PromptedViT, build_backbone
 OUT = Path(__file__).resolve().parent / "results" / "engine.json"
 
 
-def _setup(backbone: str, mode: str, p: int = 50):
+# mode -> (prompt_length, deep, train_backbone)
+MODES = {"full": (0, False, True), "linear": (0, False, False),
+         "shallow_p10": (10, False, False), "deep_p10": (10, True, False),
+         "shallow_p50": (50, False, False), "deep_p50": (50, True, False)}
+
+
+def _setup(backbone: str, mode: str):
     torch.manual_seed(0)
-    model = PromptedViT(build_backbone(backbone), num_classes=200, prompt_length=0 if mode == "full" else p,
-                        deep=mode == "deep", train_backbone=mode == "full").train()
+    p, deep, full = MODES[mode]
+    model = PromptedViT(build_backbone(backbone), num_classes=200, prompt_length=p, deep=deep,
+                        train_backbone=full).train()
     return model, torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
 
 
 def step_times(backbone: str, batch: int = 8, rounds: int = 5) -> dict:
     """Min seconds per step per mode; the modes take turns so that load from other processes
     on a shared machine hits them alike."""
-    setups = {mode: _setup(backbone, mode) for mode in ("full", "shallow", "deep")}
+    setups = {mode: _setup(backbone, mode) for mode in MODES}
     x, y = torch.randn(batch, 3, 224, 224), torch.randint(0, 200, (batch,))
     times = {mode: [] for mode in setups}
     for r in range(rounds + 1):  # round 0 warms allocators up and is not counted
@@ -87,10 +94,9 @@ def main() -> None:
     bpp = adamw_bytes_per_param()
     result = {
         "machine": f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
-        "step_time": {"backbone": backbone, "batch": 8, "img_size": 224, "prompt_length": 50,
+        "step_time": {"backbone": backbone, "batch": 8, "img_size": 224,
                       "seconds_per_step": {k: round(v, 3) for k, v in times.items()},
-                      "shallow_over_full": round(times["shallow"] / times["full"], 3),
-                      "deep_over_full": round(times["deep"] / times["full"], 3)},
+                      "over_full": {k: round(v / times["full"], 3) for k, v in times.items()}},
         "adamw_fp32_bytes_per_param": bpp,
         "capacities_vpt_deep_p50_200_classes": capacities(bpp),
     }
