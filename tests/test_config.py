@@ -95,7 +95,7 @@ def test_unknown_config_file_and_bad_yaml(tmp_path: Path):
 
 
 def test_every_shipped_config_is_valid():
-    for path in sorted(CONFIG_ROOT.rglob("*.yaml")):
+    for path in sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if not p.name.endswith(".sweep.yaml")):
         load_config(str(path))
 
 
@@ -106,3 +106,16 @@ def test_cli_show_prints_resolved_config_and_rejects_bad(capsys):
     assert "prompt_length: 33" in capsys.readouterr().out
     assert main(["config", "show", DEMO, "method.pool=token"]) == 2
     assert "method.pool" in capsys.readouterr().err
+
+
+def test_every_shipped_sweep_expands_to_valid_runs():
+    from spt_dist.study.sweep import expand, load_sweep_file
+
+    sweeps = sorted(CONFIG_ROOT.rglob("*.sweep.yaml"))
+    assert sweeps
+    for sweep in sweeps:
+        configs, grid, overrides = load_sweep_file(str(sweep))
+        points = expand(configs, grid, overrides)
+        assert len({p.suffix for p in points}) == len(points) > 1  # one run folder each
+        for point in points:
+            load_config(point.config, point.overrides)

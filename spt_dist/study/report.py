@@ -140,18 +140,24 @@ def plot(records: Sequence[RunRecord], out: Path) -> Path:
 
     matplotlib.use("Agg")  # no display on cluster nodes
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    panels = [(axes[0], "params_m", "data.fraction", "backbone parameters (M)", "full data"),
+    panels = [(axes[0], "params_m", "data.fraction", "backbone parameters (M)", "largest data fraction"),
               (axes[1], "data.fraction", "params_m", "training data fraction", "largest backbone")]
     for ax, x_key, fixed_key, xlabel, note in panels:
+        xs = set()
         for method, pts in _series(records, x_key, fixed_key).items():
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+                xs.update(p[0] for p in pts)
         ax.set_xscale("log")
+        # Ticks at the values the study ran, written plainly (log-axis minor labels collide).
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xticks(sorted(xs), [f"{x:.3g}" for x in sorted(xs)])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("top-1 (%)")
-        ax.set_title(f"top-1 vs {xlabel.split(' (')[0]} ({note})")
+        ax.set_title(f"top-1 vs {xlabel.split(' (')[0]}\n({note})", fontsize=10)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
