@@ -34,10 +34,12 @@ def test_pool_auto_follows_checkpoint_format(tmp_path):
     assert resolve_pool(cfg) == "token"
     cfg = load_config(overrides=BASE + METHODS["vpt_deep"] + [f"model.checkpoint={tmp_path / 'mae.pth'}",
                                                                "model.grad_checkpointing=true"])
-    assert resolve_pool(cfg) == "mean"
+    assert resolve_pool(cfg) == "mean_with_prompts"  # VPT's MAE code averages prompts too
     model = build_model(cfg, num_classes=3)
-    assert model.pool == "mean" and model.grad_checkpointing
-    assert weights_hash(model) == weights_hash(src)
+    assert model.pool == "mean_with_prompts" and model.grad_checkpointing
+    linear = load_config(overrides=BASE + [f"model.checkpoint={tmp_path / 'mae.pth'}", "method.name=linear",
+                                           "method.prompt_length=0", "method.init=vpt"])
+    assert resolve_pool(linear) == "mean"
     cfg.model.pool = "mean_with_prompts"
     assert resolve_pool(cfg) == "mean_with_prompts"
     assert resolve_pool(load_config(overrides=["model.name=vit_micro_p4_16"])) == "token"

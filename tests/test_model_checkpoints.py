@@ -5,6 +5,7 @@ import argparse
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
@@ -118,11 +119,22 @@ def test_mae_global_pool_checkpoint(tmp_path):
     _same_outputs(src, loaded, pool="mean")
 
 
-def test_mae_pretrain_checkpoint_keeps_its_norm(tmp_path):
+def test_mae_pretrain_checkpoint_pools_then_normalises(tmp_path):
+    # MAE's (and VPT's) protocol: mean over the tokens, then a new LayerNorm; the pretraining's
+    # per-token norm is dropped.
     src = _source()
     torch.save({"model": dict(src.state_dict(), mask_token=torch.zeros(1, 1, 32))}, tmp_path / "mae_pretrain.pth")
     assert detect_format(tmp_path / "mae_pretrain.pth") == "mae"
-    _same_outputs(src, build_backbone(NAME, checkpoint=tmp_path / "mae_pretrain.pth"), pool="mean")
+    loaded = build_backbone(NAME, checkpoint=tmp_path / "mae_pretrain.pth")
+    assert isinstance(loaded.norm, torch.nn.Identity)
+    assert torch.equal(loaded.fc_norm.weight, torch.ones(32)) and torch.equal(loaded.fc_norm.bias, torch.zeros(32))
+    model = PromptedViT(loaded, 4, pool="mean").eval()
+    x = _images()
+    with torch.no_grad():
+        tokens = src.blocks(src.norm_pre(src._pos_embed(src.patch_embed(x))))  # no per-token norm
+        expected = F.layer_norm(tokens[:, src.num_prefix_tokens:].mean(dim=1), (32,), eps=1e-6)
+        torch.testing.assert_close(model.forward_features(x)[:, 1:].mean(dim=1), tokens[:, 1:].mean(dim=1))
+        torch.testing.assert_close(model(x), model.head(expected))
 
 
 @pytest.mark.parametrize("prefix", ["module.base_encoder.", "module."])
@@ -200,8 +212,11 @@ def test_load_into_existing_model_and_explicit_format(tmp_path):
     torch.save({"model": dict(src.state_dict(), **{"head.weight": torch.zeros(3, 32)})}, tmp_path / "deit.pth")
     assert detect_format(tmp_path / "deit.pth") == "timm"  # a supervised {'model': ...} file has a head
     model = build_backbone(NAME)
-    assert load_backbone_weights(model, tmp_path / "deit.pth", fmt="mae") == "mae"
+    assert load_backbone_weights(model, tmp_path / "deit.pth", fmt="timm") == "timm"
     assert weights_hash(model) == weights_hash(src)
+    # Declared MAE, the file gets MAE's pooled norm, which a per-token-norm model does not have.
+    with pytest.raises(CheckpointError, match=r"unexpected keys: \[fc_norm\.bias, fc_norm\.weight\]"):
+        load_backbone_weights(model, tmp_path / "deit.pth", fmt="mae")
     with pytest.raises(CheckpointError, match="unknown checkpoint format 'jax'"):
         load_backbone_weights(model, tmp_path / "deit.pth", fmt="jax")
     with pytest.raises(CheckpointError, match="not found"):

@@ -29,14 +29,18 @@ def input_spec(cfg: Config) -> Tuple[int, Tuple[float, ...], Tuple[float, ...]]:
 
 
 def resolve_pool(cfg: Config, fmt: Optional[str] = None) -> str:
-    """model.pool, with "auto" -> "token" for class-token backbones not from MAE, else "mean".
+    """model.pool; "auto" -> "token" (class token) for supervised and MoCo v3 backbones; for MAE
+    backbones (or without a class token) the mean over tokens, prompts included as in VPT's
+    MAE code ("mean_with_prompts"; "mean" when there are no prompts).
 
     `fmt` (the checkpoint's format) saves looking at the file when the caller already knows it.
     """
     if cfg.model.pool != "auto":
         return cfg.model.pool
     fmt = fmt if fmt is not None else checkpoint_format(cfg)
-    return "token" if backbone_spec(cfg.model.name).class_token and fmt != "mae" else "mean"
+    if backbone_spec(cfg.model.name).class_token and fmt != "mae":
+        return "token"
+    return "mean_with_prompts" if cfg.method.prompt_length else "mean"
 
 
 def build_model(cfg: Config, num_classes: int) -> PromptedViT:

@@ -40,8 +40,8 @@ class Checkpoint:
 
     @property
     def uses_fc_norm(self) -> bool:
-        """MAE with global pooling (and timm's avg-pool ViTs) keep the final norm as fc_norm."""
-        return "fc_norm.weight" in self.state and "norm.weight" not in self.state
+        """MAE (and timm's avg-pool ViTs) normalise the pooled feature (fc_norm), not every token."""
+        return self.fmt == "mae" or ("fc_norm.weight" in self.state and "norm.weight" not in self.state)
 
 
 def _torch_load(path: str) -> object:
@@ -139,7 +139,20 @@ def read_checkpoint(path: PathLike, fmt: str = "auto") -> Checkpoint:
     if any(k.startswith("module.") for k in state):
         state = _strip_prefix(state, path)
     state = {k: v for k, v in state.items() if not k.startswith(_DROP_PREFIXES)}
+    if resolved == "mae" and "norm.weight" in state and "fc_norm.weight" not in state:
+        state = _mae_pretrain_to_global_pool(state)
     return Checkpoint(path, resolved, state)
+
+
+def _mae_pretrain_to_global_pool(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """MAE's fine-tuning protocol, which VPT and SPT follow for MAE backbones: the pooled
+    feature is the mean of the tokens followed by a NEW LayerNorm (`fc_norm`, weight 1, bias 0);
+    the pretraining's per-token `norm` is dropped. Done here, explicitly, so that the strict
+    key check still covers every other tensor."""
+    state = dict(state)
+    weight, bias = state.pop("norm.weight"), state.pop("norm.bias")
+    state["fc_norm.weight"], state["fc_norm.bias"] = torch.ones_like(weight), torch.zeros_like(bias)
+    return state
 
 
 def _adapt(model: nn.Module, key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
