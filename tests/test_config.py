@@ -41,6 +41,23 @@ def test_defaults_relative_to_the_file(tmp_path: Path):
     assert cfg.optim.epochs == 7 and cfg.method.name == "linear"
 
 
+def test_a_file_included_twice_is_not_a_cycle(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("defaults: [base, model/vit_b16]\n")
+    (tmp_path / "run.yaml").write_text("defaults: [a, base]\noptim:\n  epochs: 3\n")
+    cfg = load_config(str(tmp_path / "run.yaml"))
+    assert cfg.model.name == "vit_b16" and cfg.optim.epochs == 3
+    (tmp_path / "one.yaml").write_text("defaults: method/linear\n")  # a single name, not a list
+    assert load_config(str(tmp_path / "one.yaml")).method.name == "linear"
+
+
+def test_normalisation_and_cache_overrides(tmp_path: Path):
+    from spt_dist.model import input_spec
+
+    cfg = load_config(DEMO, ["model.mean=[0.1,0.2,0.3]", "model.std=[1,2,3]", "method.cache_dir="])
+    assert input_spec(cfg) == (28, (0.1, 0.2, 0.3), (1.0, 2.0, 3.0))
+    assert cfg.method.cache_dir is None  # no cache
+
+
 def test_resolved_yaml_reloads_identically(tmp_path: Path):
     cfg = load_config(DEMO, ["method.init=mean_pool"])
     out = tmp_path / "config.yaml"
@@ -66,6 +83,17 @@ def test_resolved_yaml_reloads_identically(tmp_path: Path):
     (["data.val_split=test"], "data.val_split", "test split"),
     (["optim.lr=-1"], "optim.lr", "out of range"),
     (["method.prompt_length"], "method.prompt_length", "key=value"),
+    (["data.fraction=nan"], "data.fraction", "not a finite number"),
+    (["optim.weight_decay=inf"], "optim.weight_decay", "not a finite number"),
+    (["model.in_chans=1"], "model.in_chans", "None, 3"),
+    (["method.init_candidates=4"], "method.init_candidates", "at least method.prompt_length"),
+    (["model.img_size=30"], "model.img_size", "patch size 7"),
+    (["method.init=mean_pool", "method.prompt_length=20", "model.img_size=14"], "method.prompt_length",
+     "at most 4"),
+    (["model.mean=[0.5,0.5,0.5]"], "model.mean", "together"),
+    (["model.mean=[0.5,0.5]", "model.std=[1,1]"], "model.mean", "3 finite values"),
+    (["model.mean=[0.5,0.5,0.5]", "model.std=[1,0,1]"], "model.std", "> 0"),
+    (["method=5"], "method", "is a section"),
 ])
 def test_bad_values_name_the_key(overrides, key, allowed):
     with pytest.raises(ConfigError) as err:

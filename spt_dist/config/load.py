@@ -1,6 +1,7 @@
 """Compose a run config: schema defaults <- `defaults` files <- the file <- dot-list overrides."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
@@ -53,17 +54,26 @@ def _explain(exc: OmegaConfBaseException, origin: str) -> ConfigError:
     return ConfigError(f"{origin}: config key '{key}': {str(exc).splitlines()[0]}")
 
 
+SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "defaults"]
+
+
 def _merge(base: DictConfig, other, origin: str) -> DictConfig:
+    for section in SECTIONS:  # OmegaConf's message for these names no key
+        if section in other and not isinstance(other[section], (DictConfig, dict)):
+            raise ConfigError(f"{origin}: config key '{section}' is a section, not a value; "
+                              f"set its keys, e.g. {section}.<key>=<value> (see `spt config show`)")
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as exc:
         raise _explain(exc, origin) from None
 
 
-def _compose_file(base: DictConfig, path: Path, seen: List[Path]) -> DictConfig:
-    if path in seen:
-        raise ConfigError(f"config file '{path}' includes itself through 'defaults'")
-    seen.append(path)
+def _compose_file(base: DictConfig, path: Path, stack: List[Path]) -> DictConfig:
+    """Merge `path` after its `defaults`; `stack` is the chain of files including it (a cycle
+    is an error; the same file reached twice by different chains is fine)."""
+    if path in stack:
+        raise ConfigError(f"config file '{path}' includes itself through 'defaults' "
+                          f"({' -> '.join(p.name for p in stack + [path])})")
     try:
         raw = OmegaConf.load(path)
     except Exception as exc:  # yaml syntax errors
@@ -71,17 +81,18 @@ def _compose_file(base: DictConfig, path: Path, seen: List[Path]) -> DictConfig:
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path}: a config file must be a mapping of sections")
     includes = raw.pop("defaults", [])
+    if isinstance(includes, str):
+        includes = [includes]
     for name in includes:
-        base = _compose_file(base, _resolve(str(name), path), seen)
+        base = _compose_file(base, _resolve(str(name), path), stack + [path])
     return _merge(base, raw, str(path))
 
 
 def compose(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Merged but not yet validated config tree (for tools that only print it)."""
     cfg = OmegaConf.structured(Config)
-    files: List[Path] = []
     if path:
-        cfg = _compose_file(cfg, _resolve(path, None), files)
+        cfg = _compose_file(cfg, _resolve(path, None), [])
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. method.prompt_length=20)")

@@ -34,7 +34,10 @@ class ModelConfig:
     checkpoint: Optional[str] = field(default=None, metadata={"help": "local weights file; never downloaded"})
     checkpoint_format: str = choice("auto", *CHECKPOINT_FORMATS)
     img_size: Optional[int] = bounded(None, 1, help="input size; default: the registry's")
-    in_chans: Optional[int] = bounded(None, 1, help="input channels; default: the registry's")
+    in_chans: Optional[int] = choice(None, None, 3, help="the data stage feeds RGB images")
+    mean: Optional[List[float]] = field(default=None, metadata={
+        "help": "input normalisation mean (3 values); default: what the checkpoint's recipe used"})
+    std: Optional[List[float]] = field(default=None, metadata={"help": "input normalisation std (3 values)"})
     pool: str = choice("auto", *POOLS, help="auto: token for cls backbones, mean for MAE")
     grad_checkpointing: bool = False
 
@@ -51,8 +54,8 @@ class MethodConfig:
     init_batch_size: int = bounded(64, 1)
     kmeans_iters: int = bounded(30, 1)
     kmeans_tol: float = bounded(1e-4, 0.0)
-    cache_dir: str = field(default="~/.cache/spt_dist/prototypes",
-                           metadata={"help": "prototype cache; empty string = no cache"})
+    cache_dir: Optional[str] = field(default="~/.cache/spt_dist/prototypes",
+                                     metadata={"help": "prototype cache; null or empty = no cache"})
     track_alignment: bool = True
 
 

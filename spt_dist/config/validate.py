@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, List
 
@@ -12,6 +13,8 @@ from .schema import Config
 def _check_field(key: str, value: Any, meta: dict) -> None:
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' = {value!r} is not a finite number")
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"config key '{key}' = {value!r} is not allowed; "
                           f"allowed values: {', '.join(repr(c) for c in meta['choices'])}")
@@ -72,10 +75,37 @@ def _check_combinations(cfg: Config) -> None:
 
 
 def _check_registry(cfg: Config) -> None:
-    from spt_dist.model.registry import BACKBONES  # plain data, no torch import
+    """What the backbone's shape makes impossible (plain data, no torch import)."""
+    from spt_dist.model.registry import BACKBONES
 
-    _require(cfg.model.name in BACKBONES, "model.name",
-             f"unknown backbone '{cfg.model.name}'; allowed: {', '.join(sorted(BACKBONES))}")
+    mc, m = cfg.model, cfg.method
+    _require(mc.name in BACKBONES, "model.name",
+             f"unknown backbone '{mc.name}'; allowed: {', '.join(sorted(BACKBONES))}")
+    spec = BACKBONES[mc.name]
+    size = mc.img_size or spec.img_size
+    _require(size % spec.patch_size == 0, "model.img_size",
+             f"{size} is not a multiple of {mc.name}'s patch size {spec.patch_size}")
+    patches = (size // spec.patch_size) ** 2
+    if m.name == "spt" and m.init in ("mean_pool", "max_pool"):
+        _require(m.prompt_length <= patches, "method.prompt_length",
+                 f"method.init={m.init} cuts each image's {patches} patch tokens into "
+                 f"{m.prompt_length} windows; allowed: at most {patches} at model.img_size={size}")
+    if m.prompt_length and (m.name == "spt" or m.track_alignment):
+        _require(m.init_candidates >= m.prompt_length, "method.init_candidates",
+                 f"{m.init_candidates} candidate tokens cannot give {m.prompt_length} prototypes; "
+                 f"allowed: at least method.prompt_length")
+
+
+def _check_normalization(cfg: Config) -> None:
+    for key in ("mean", "std"):
+        value = getattr(cfg.model, key)
+        if value is not None:
+            _require(len(value) == 3 and all(math.isfinite(v) for v in value), f"model.{key}",
+                     f"needs 3 finite values, one per RGB channel (got {list(value)})")
+    if cfg.model.std is not None:
+        _require(all(v > 0 for v in cfg.model.std), "model.std", "values must be > 0")
+    _require((cfg.model.mean is None) == (cfg.model.std is None), "model.mean",
+             "set model.mean and model.std together")
 
 
 def _check_files(cfg: Config) -> None:
@@ -93,5 +123,6 @@ def validate(cfg: Config, check_files: bool = False) -> None:
     _walk(cfg, "")
     _check_combinations(cfg)
     _check_registry(cfg)
+    _check_normalization(cfg)
     if check_files:
         _check_files(cfg)

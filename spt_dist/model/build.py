@@ -24,6 +24,8 @@ def checkpoint_format(cfg: Config) -> Optional[str]:
 def input_spec(cfg: Config) -> Tuple[int, Tuple[float, ...], Tuple[float, ...]]:
     """(img_size, mean, std) the run's backbone expects: what the data stage feeds it."""
     img_size = cfg.model.img_size or backbone_spec(cfg.model.name).img_size
+    if cfg.model.mean is not None:  # the user knows better than the format's recipe
+        return img_size, tuple(cfg.model.mean), tuple(cfg.model.std)
     mean, std = normalization(cfg.model.name, checkpoint_format(cfg))
     return img_size, tuple(mean), tuple(std)
 
