@@ -75,8 +75,9 @@ def _train(index, mode, workers=0):
     return TrainData(cfg, index, 8, MEAN, STD, 0, 1, seed=0)
 
 
-def _eval(index, mode):
-    return EvalData(DataConfig(eval_batch_size=5, on_bad_sample=mode), index, "train", 8, MEAN, STD, 0, 1)
+def _eval(index, mode, workers=0):
+    cfg = DataConfig(eval_batch_size=5, on_bad_sample=mode, num_workers=workers)
+    return EvalData(cfg, index, "train", 8, MEAN, STD, 0, 1)
 
 
 def test_error_mode_names_shard_and_key(damaged):
@@ -104,3 +105,12 @@ def test_skip_mode_counts_and_keeps_batch_counts(damaged):
     ev = _eval(index, "skip")
     keys = [k for _, _, ks in ev for k in ks]
     assert len(keys) == N - bad and ev.bad_samples == bad
+
+
+def test_eval_bad_samples_count_each_pass(damaged):
+    # The engine logs `bad_samples` with every val/test result: it must be this pass's count.
+    index, message, bad = damaged
+    for workers in (0, 2) if message == "cannot be decoded" else (0,):
+        ev = _eval(index, "skip", workers)
+        for _ in range(2):
+            assert sum(len(keys) for _, _, keys in ev) == N - bad and ev.bad_samples == bad

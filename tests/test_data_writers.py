@@ -116,3 +116,61 @@ def test_fmnist_class_subset_cli(tmp_path):
     assert not train & val and sorted({y for _, y in _read_all(index, "test")}) == [0, 1, 2, 3, 4]
     with pytest.raises(DataError, match="--classes: 10 is not allowed"):
         fmnist_source(classes=[10])
+
+
+def test_folder_class_named_like_a_split_is_a_class(tmp_path):
+    # `test` here is a class (images directly inside), not a split folder.
+    _tree(tmp_path / "src", classes=("cat", "dog", "test"), per_class=10)
+    index = write_shards(folder_source(str(tmp_path / "src"), 0.2, 0.1), str(tmp_path / "out"), progress=False)
+    assert index.classes == ["cat", "dog", "test"]
+    assert {s: index.split(s).num_samples for s in index.splits} == {"train": 21, "val": 6, "test": 3}
+
+
+def test_folder_split_folders_mixed_with_classes_is_an_error(tmp_path):
+    src = tmp_path / "src"
+    _tree(src / "train")
+    _tree(src, classes=("bird",))
+    with pytest.raises(DataError, match=r"mixes split folders .*\(train\) with other top-level folders \(bird\)"):
+        folder_source(str(src))
+    assert spt(["shards", "build", "folder", str(src), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+
+
+def test_folder_skips_dot_files(tmp_path):
+    src = tmp_path / "src"
+    _tree(src, per_class=4)
+    (src / "cat" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")  # macOS AppleDouble
+    (src / "dog" / ".hidden.png").write_bytes(b"not a png")
+    _jpeg(src / "dog" / ".thumbs" / "t.jpg", 0)
+    source = folder_source(str(src), 0.0, 0.0)
+    assert sorted(Path(s.path).name for s in source.splits["train"]) == sorted([f"{i}.jpg" for i in range(4)] * 2)
+    index = write_shards(source, str(tmp_path / "out"), progress=False)  # no bad image to stop the build
+    assert index.split("train").num_samples == 8 and index.source["skipped"] == 0
+
+
+@pytest.mark.parametrize("val, test, option", [
+    (-0.1, 0.1, "--val-fraction"), (0.1, 1.0, "--test-fraction"), (0.6, 0.5, "sum must be below 1"),
+    (float("nan"), 0.1, "--val-fraction")])
+def test_split_fractions_out_of_range(tmp_path, val, test, option):
+    _tree(tmp_path / "src")
+    with pytest.raises(DataError, match=option):
+        folder_source(str(tmp_path / "src"), val, test)
+    with pytest.raises(DataError, match=option):
+        digits_source(val_fraction=val, test_fraction=test)
+    args = ["shards", "build", "folder", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--no-progress",
+            "--val-fraction", str(val), "--test-fraction", str(test)]
+    assert spt(args) == 2 and not (tmp_path / "out").exists()
+
+
+def test_failed_rebuild_leaves_no_index(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    _tree(src, per_class=4)
+    write_shards(folder_source(str(src), 0.0, 0.0), str(out), shard_size=2, progress=False)
+    for i in range(4):
+        _jpeg(src / "cat" / f"{i}.jpg", 7)  # other pixels: the first tar changes
+    (src / "dog" / "3.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # fails in the last shard
+    before = (out / "train-000000.tar").read_bytes()
+    with pytest.raises(DataError, match="3.jpg"):
+        write_shards(folder_source(str(src), 0.0, 0.0), str(out), shard_size=2, workers=1, progress=False)
+    assert (out / "train-000000.tar").read_bytes() != before  # new tars are in place...
+    with pytest.raises(DataError, match="index not found"):  # ...and no old index claims them
+        ShardIndex.load(out)

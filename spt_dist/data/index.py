@@ -5,11 +5,12 @@ Format (version 1)::
     {"format": 1, "source": {"kind": "fmnist", ...}, "classes": ["sandal", ...],
      "content_hash": "<sha256>",
      "splits": {"train": {"num_samples": 900, "shards": [
-         {"name": "train-000000.tar", "num_samples": 512, "sha256": "...",
+         {"name": "train-000000.tar", "num_samples": 512, "sha256": "...", "size": 1234,
           "keys": ["train-0000000", ...], "labels": [3, ...]}, ...]}}}
 
 Keys are listed in tar order; labels mirror each sample's `.cls`, so fractions can be
-stratified from the index alone.
+stratified from the index alone. `size` (bytes) is checked on load: a cheap guard against
+tars replaced or truncated after the index was written (indices without it skip the check).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class ShardInfo:
     keys: List[str]
     labels: List[int]
     sha256: str = ""
+    size: int = 0  # bytes of the tar; 0 = not recorded
 
     @property
     def num_samples(self) -> int:
@@ -92,7 +94,8 @@ class ShardIndex:
                 "content_hash": self.content_hash,
                 "splits": {n: {"num_samples": sp.num_samples,
                                "shards": [{"name": s.name, "num_samples": s.num_samples,
-                                           "sha256": s.sha256, "keys": s.keys, "labels": s.labels}
+                                           "sha256": s.sha256, "size": s.size, "keys": s.keys,
+                                           "labels": s.labels}
                                           for s in sp.shards]}
                            for n, sp in self.splits.items()}}
 
@@ -115,14 +118,59 @@ class ShardIndex:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise DataError(f"{path}: malformed index: expected a JSON object, got {type(raw).__name__}")
         if raw.get("format") != FORMAT:
             raise DataError(f"{path}: index format {raw.get('format')!r} is not supported (expected {FORMAT})")
+        classes = _field(path, raw, "classes", list, "")
         splits = {}
-        for name, sp in raw["splits"].items():
-            shards = [ShardInfo(s["name"], list(s["keys"]), [int(x) for x in s["labels"]], s.get("sha256", ""))
-                      for s in sp["shards"]]
-            for s in shards:
-                if len(s.keys) != len(s.labels):
-                    raise DataError(f"{path}: shard {s.name} lists {len(s.keys)} keys but {len(s.labels)} labels")
+        for name, sp in _field(path, raw, "splits", dict, "").items():
+            where = f"splits.{name}"
+            if not isinstance(sp, dict):
+                raise DataError(f"{path}: malformed index: '{where}' should be an object")
+            shards = [_shard(path, s, f"{where}.shards[{i}]")
+                      for i, s in enumerate(_field(path, sp, "shards", list, where))]
             splits[name] = SplitInfo(name, shards)
-        return cls(path.parent, list(raw["classes"]), splits, raw.get("source", {}), raw.get("content_hash", ""))
+        index = cls(path.parent, [str(c) for c in classes], splits, raw.get("source", {}), raw.get("content_hash", ""))
+        index.check_files()
+        return index
+
+    def check_files(self) -> None:
+        """Every listed shard exists with its recorded size (a stat each, no reading)."""
+        for split in self.splits.values():
+            for s in split.shards:
+                path = self.shard_path(s)
+                if not path.is_file():
+                    raise DataError(f"{self.root / INDEX_NAME}: shard {s.name} (split '{split.name}') "
+                                    f"is missing; rebuild the folder with `spt shards build ...`")
+                actual = path.stat().st_size
+                if s.size and actual != s.size:
+                    raise DataError(f"{path}: shard {s.name} is {actual} bytes but index.json records {s.size}; "
+                                    f"the tar changed after the index was written (a partial rebuild?); "
+                                    f"rebuild the folder with `spt shards build ...`")
+
+
+def _field(path: Path, obj: Dict[str, Any], key: str, kind: type, where: str) -> Any:
+    """obj[key], checked to be a `kind`; a malformed index names the file and the key."""
+    name = f"{where}.{key}" if where else key
+    if key not in obj:
+        raise DataError(f"{path}: malformed index: missing key '{name}'")
+    if not isinstance(obj[key], kind):
+        raise DataError(f"{path}: malformed index: '{name}' should be a {kind.__name__}, "
+                        f"got {type(obj[key]).__name__}")
+    return obj[key]
+
+
+def _shard(path: Path, raw: Any, where: str) -> ShardInfo:
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: malformed index: '{where}' should be an object")
+    name = _field(path, raw, "name", str, where)
+    keys = _field(path, raw, "keys", list, where)
+    try:
+        labels = [int(x) for x in _field(path, raw, "labels", list, where)]
+        size = int(raw.get("size", 0))
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: malformed index: '{where}' has a non-integer label or size") from None
+    if len(keys) != len(labels):
+        raise DataError(f"{path}: shard {name} lists {len(keys)} keys but {len(labels)} labels")
+    return ShardInfo(name, [str(k) for k in keys], labels, str(raw.get("sha256", "")), size)

@@ -182,7 +182,13 @@ class TrainData:
 
 
 class EvalData:
-    """Every sample of `split` (or of `keys`) exactly once across ranks, in index order."""
+    """Every sample of `split` (or of `keys`) exactly once across ranks, in index order.
+
+    `bad_samples`: samples this rank dropped (data.on_bad_sample=skip) in the latest pass.
+    Reset when a pass starts, final once the pass is iterated to the end (dropped samples at
+    the end of the split are counted even when no batch follows them). Per rank: sum it over
+    ranks for the split's total.
+    """
 
     def __init__(self, data_cfg: DataConfig, index: ShardIndex, split: str, img_size: int,
                  mean: Sequence[float], std: Sequence[float], rank: int, world_size: int,
@@ -198,6 +204,8 @@ class EvalData:
         self._decoder = _Decoder(transform, index.num_classes, data_cfg.on_bad_sample == "skip")
 
     def __iter__(self) -> Iterator[Batch]:
+        """This rank's batches; `bad_samples` restarts at 0 with every pass (see the class doc)."""
+        self.bad_samples = 0
         workers = max(1, self.cfg.num_workers)
         parts = eval_parts(self.index.split(self.split_name).shards, self._selected, self.rank,
                            self.world_size, self.cfg.eval_batch_size, workers)

@@ -39,7 +39,7 @@ def tiny_shards(root: str | Path, shard_sizes: Dict[str, Sequence[int]], num_cla
                 n += 1
             name = f"{split}-{i:06d}.tar"
             info = ShardInfo(name, [r[0] for r in records], [int(r[3]) for r in records])
-            info.sha256 = write_tar(root / name, records)
+            info.sha256, info.size = write_tar(root / name, records)
             shards.append(info)
         splits[split] = SplitInfo(split, shards)
     index = ShardIndex(root, [f"class{c}" for c in range(num_classes)], splits, {"kind": "synthetic"})

@@ -2,7 +2,10 @@
 
 Shards are encoded in worker processes, one shard per task, so the output does not
 depend on the worker count. Each tar is written to a temporary name and renamed when
-complete: an interrupted build never leaves a truncated shard under a final name.
+complete: an interrupted build never leaves a truncated shard under a final name. A
+rebuild into an existing folder first removes its index.json, so a rebuild that fails
+half-way leaves a folder without an index (refused by readers), never an old index over
+new tars.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .index import DataError, ShardIndex, ShardInfo, SplitInfo
+from .index import INDEX_NAME, DataError, ShardIndex, ShardInfo, SplitInfo
 from .sources.common import Sample, Source, cap_per_class, check_labels
 
 PASS_THROUGH = {"JPEG": "jpg", "PNG": "png"}
@@ -50,16 +53,16 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_tar(path: Path, records: List[Tuple[str, bytes, str, bytes]]) -> str:
-    """Atomically write (key, image bytes, ext, cls bytes) records; returns the tar's sha256."""
+def write_tar(path: Path, records: List[Tuple[str, bytes, str, bytes]]) -> Tuple[str, int]:
+    """Atomically write (key, image bytes, ext, cls bytes) records; returns the tar's sha256 and size."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
         for key, img, ext, cls in records:
             _add(tar, f"{key}.{ext}", img)
             _add(tar, f"{key}.cls", cls)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    data = tmp.read_bytes()
     os.replace(tmp, path)
-    return digest
+    return hashlib.sha256(data).hexdigest(), len(data)
 
 
 def _write_shard(job: Tuple[Path, str, List[Sample], bool]) -> Tuple[str, ShardInfo, List[str]]:
@@ -76,7 +79,7 @@ def _write_shard(job: Tuple[Path, str, List[Sample], bool]) -> Tuple[str, ShardI
         records.append((s.key, img, ext, str(s.label).encode()))
     info = ShardInfo(path.name, [r[0] for r in records], [int(r[3]) for r in records])
     if records:
-        info.sha256 = write_tar(path, records)
+        info.sha256, info.size = write_tar(path, records)
     return split, info, bad
 
 
@@ -97,6 +100,7 @@ def write_shards(source: Source, out_dir: str, shard_size: int = 1000, workers: 
         source.splits = {s: cap_per_class(v, max_per_class, seed) for s, v in source.splits.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX_NAME).unlink(missing_ok=True)  # before any tar is replaced: see the module docstring
     jobs = list(_jobs(out, source, shard_size, skip_bad))
     shards: Dict[str, Dict[str, ShardInfo]] = {s: {} for s in source.splits}
     bad: List[str] = []

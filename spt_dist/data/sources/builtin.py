@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..index import DataError
-from .common import Source, carve, make_keys
+from .common import Source, carve, check_fractions, make_keys
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
@@ -53,6 +53,7 @@ def _ids(prefix: str, n: int) -> List[str]:
 def fmnist_source(classes: Optional[Sequence[int]] = None, val_fraction: float = 0.1, seed: int = 0,
                   fmnist_dir: str = FMNIST_DIR) -> Source:
     """train (minus a seeded per-class val carve-out), val, test (the official 10k test set)."""
+    check_fractions(val_fraction=val_fraction)
     chosen = _pick_classes(classes, FMNIST_CLASSES)
     d = Path(fmnist_dir)
     train = _subset(_read_idx(d / "train-images-idx3-ubyte.gz"), _read_idx(d / "train-labels-idx1-ubyte.gz"), chosen)
@@ -67,6 +68,7 @@ def digits_source(classes: Optional[Sequence[int]] = None, val_fraction: float =
     """scikit-learn's 1,797 8x8 digits (values 0..16, scaled to 0..255), split per class."""
     from sklearn.datasets import load_digits
 
+    check_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
     chosen = _pick_classes(classes, DIGITS_CLASSES)
     d = load_digits()
     images = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)

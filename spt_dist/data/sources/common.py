@@ -40,6 +40,17 @@ def make_keys(split: str, items: Sequence[Tuple[int, Any]], as_path: bool = True
             for i, (label, x) in enumerate(items)]
 
 
+def check_fractions(**fractions: float) -> None:
+    """Each carve-out fraction in [0, 1) and their sum < 1, so train keeps a share and no
+    sample lands in two splits. Named as the Python argument and the CLI option."""
+    for name, frac in fractions.items():
+        if not 0.0 <= frac < 1.0:  # also refuses NaN
+            raise DataError(f"{name} (--{name.replace('_', '-')}) must be in [0, 1), got {frac}")
+    if sum(fractions.values()) >= 1.0:
+        shown = " + ".join(f"{n} {f}" for n, f in fractions.items())
+        raise DataError(f"{shown} = {sum(fractions.values()):g} leaves no train split; the sum must be below 1")
+
+
 def carve(items: Sequence[Tuple[int, Any]], ids: Sequence[str], fractions: Sequence[float],
           seed: int) -> List[List[Tuple[int, Any]]]:
     """Deterministic per-class split of `items` into len(fractions)+1 parts (the last: the rest).
@@ -47,6 +58,8 @@ def carve(items: Sequence[Tuple[int, Any]], ids: Sequence[str], fractions: Seque
     `ids` name the items stably (a relative path, an array position), so the split does
     not depend on listing order.
     """
+    if any(not 0.0 <= f < 1.0 for f in fractions) or sum(fractions) >= 1.0:
+        raise DataError(f"split fractions {list(fractions)}: each must be in [0, 1) and their sum below 1")
     by_class: Dict[int, List[int]] = defaultdict(list)
     for pos, (label, _) in enumerate(items):
         by_class[label].append(pos)
