@@ -149,6 +149,38 @@ def _worker(mode: str, out: Path, config: Path, extra: List[str]) -> None:
             b = _load_pack(out / "cut" / "prompt_pack.safetensors")
             report["identical"] = {k: bool((a[k] == b[k]).all()) and a[k].dtype == b[k].dtype for k in a}
             report["max_abs_diff"] = {k: float((a[k] - b[k]).abs().max()) for k in a}
+    elif mode == "signal":
+        # One process, no launcher: the signal is raised on this process at a chosen moment
+        # (phase setup: inside build_parts; phase final: inside the prompt pack export).
+        import signal
+
+        import spt_dist.engine.train as engine_train
+
+        phase, overrides = extra[0], extra[1:]
+        sig, target = {"setup": (signal.SIGUSR2, "build_parts"),
+                       "final": (signal.SIGTERM, "export_prompt_pack")}[phase]
+        original, fired = getattr(engine_train, target), []
+
+        def hooked(*args, **kwargs):
+            if not fired:
+                fired.append(sig)
+                os.kill(os.getpid(), sig)
+            return original(*args, **kwargs)
+
+        setattr(engine_train, target, hooked)
+        outer_calls: List[int] = []
+
+        def outer(signum, frame):  # stands in for submitit's handler
+            outer_calls.append(signum)
+
+        signal.signal(signal.SIGUSR2, outer)
+        cfg = load_config(str(config), ["run.name=sig", *overrides])
+        report["first"] = train(cfg)
+        report["handler_restored"] = signal.getsignal(signal.SIGUSR2) is outer
+        report["resumed"] = train(cfg)
+        report["outer_calls"] = outer_calls
+        (out / f"{mode}.json").write_text(json.dumps(report, indent=1, default=str))
+        return
     else:
         raise SystemExit(f"unknown mode {mode}")
     if dist.get_rank() == 0:

@@ -15,7 +15,7 @@ from conftest_engine import make_assets, write_config
 from spt_dist.cli import main as spt
 from spt_dist.config import load_config
 from spt_dist.config.schema import OptimConfig
-from spt_dist.engine.checkpoint import CheckpointMismatchError, verify
+from spt_dist.engine.checkpoint import CheckpointMismatchError, folder_bytes, verify
 from spt_dist.engine.optim import effective_lr, lr_factor, param_groups
 from spt_dist.engine.train import train
 
@@ -30,23 +30,57 @@ def _cfg(tmp_path: Path, assets, *overrides: str, epochs: int = 1, every: int = 
     return load_config(str(path), ["data.batch_size=16", "run.name=r", *overrides])
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, assets, capfd):
+def test_corrupt_newest_checkpoint_falls_back_to_previous_and_is_moved_aside(tmp_path, assets, capfd):
     cfg = _cfg(tmp_path, assets, epochs=2)
     first = train(cfg, max_steps=7)  # 8 batches/epoch: checkpoints at 3, 6 and the stop at 7
     assert first["status"] == "interrupted"
-    ckpts = sorted((tmp_path / "runs" / "r" / "checkpoints").glob("step_*"))
+    root = tmp_path / "runs" / "r" / "checkpoints"
+    ckpts = sorted(root.glob("step_*"))
     assert [c.name for c in ckpts] == ["step_00000006", "step_00000007"]  # keep_checkpoints=2
     victim = next(ckpts[-1].rglob("*optim_states.pt"), None) or next(ckpts[-1].rglob("*model_states.pt"))
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # truncated
     assert "does not" in verify(ckpts[-1]) or "bytes" in verify(ckpts[-1])
     capfd.readouterr()
-    res = train(cfg)
+    res = train(cfg, max_steps=9)
     err = capfd.readouterr().err
-    assert "step_00000007 is corrupt or incomplete" in err
-    assert res["status"] == "finished" and res["step"] == 16
+    assert "step_00000007 is corrupt or incomplete" in err and ".corrupt_step_00000007" in err
+    assert res["status"] == "interrupted" and res["step"] == 9
+    # Rotation kept the valid step 6 next to the new 9; the corrupt 7 is aside, not counted.
+    assert sorted(c.name for c in root.glob("step_*")) == ["step_00000006", "step_00000009"]
+    assert verify(root / ".corrupt_step_00000007") is not None
+    assert train(cfg)["step"] == 16
     starts = [json.loads(l) for l in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()
               if '"start"' in l]
-    assert starts[-1]["resumed_from"].endswith("step_00000006")
+    assert starts[1]["resumed_from"].endswith("step_00000006")
+
+
+def test_totals_in_results_cover_every_invocation(tmp_path, assets):
+    cfg = _cfg(tmp_path, assets, every=1000)
+    first = train(cfg, max_steps=8)  # stopped at the last step: the resume trains nothing
+    resumed = train(cfg)
+    assert first["status"] == "interrupted" and resumed["status"] == "finished" and resumed["step"] == 8
+    assert resumed["train_s"] == pytest.approx(first["train_s"], abs=1e-3) and resumed["train_s"] > 0
+    assert resumed["samples_per_s"] == pytest.approx(first["samples_per_s"], rel=1e-3)
+    assert resumed["wall_s"] > first["wall_s"]
+
+
+def test_deepspeed_json_changing_stage_and_precision_is_what_runs(tmp_path, assets):
+    # The typed config says ZeRO 0 / fp32; the JSON (merged last) says ZeRO 2 / bf16.
+    ds_json = tmp_path / "ds.json"
+    ds_json.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}))
+    cfg = _cfg(tmp_path, assets, "distributed.zero_stage=0", "precision.dtype=fp32",
+               f"distributed.deepspeed_json={ds_json}", every=1000)
+    res = train(cfg)
+    assert res["status"] == "finished" and res["step"] == 8
+    assert res["zero_stage"] == 2 and res["dtype"] == "bf16"
+    assert res["optimizer_master_bytes"] >= 4 * res["trainable_params"]  # ZeRO-2's fp32 partitions
+    # Fewer steps than checkpoint_every: the final state is still saved, and measured.
+    final = tmp_path / "runs" / "r" / "checkpoints" / "step_00000008"
+    assert verify(final) is None and res["checkpoint_bytes"] == folder_bytes(final) > 0
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "runs" / "r" / "prompt_pack.safetensors"), framework="pt") as f:
+        assert f.metadata()["dtype"] == "bf16"
 
 
 def test_unfinished_tmp_folder_is_ignored_and_finished_run_is_not_rerun(tmp_path, assets):
@@ -93,16 +127,23 @@ def test_mismatched_checkpoint_is_refused(tmp_path, assets):
         train(_cfg(tmp_path, assets, "method.prompt_length=5"))
 
 
-def test_prompt_pack_predict_reproduces_test_accuracy(tmp_path, assets, capsys):
-    cfg = _cfg(tmp_path, assets, "method.name=vpt", "method.deep=false")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_prompt_pack_predict_reproduces_test_accuracy(tmp_path, assets, capsys, dtype):
+    cfg = _cfg(tmp_path, assets, "method.name=vpt", "method.deep=false", f"precision.dtype={dtype}")
     res = train(cfg)
     pack = tmp_path / "runs" / "r" / "prompt_pack.safetensors"
-    assert res["status"] == "finished" and pack.is_file()
+    assert res["status"] == "finished" and pack.is_file() and res["dtype"] == dtype
     capsys.readouterr()
     assert spt(["predict", str(pack), "--backbone-checkpoint", str(assets["backbone"]),
                 str(assets["shards"])]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["total"] == 30 and out["top1"] == pytest.approx(res["top1"])
+    # The same logits as the run's test pass: its loss too (fp32 vs bf16 differ far more).
+    test = [json.loads(l) for l in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()
+            if '"test"' in l][-1]
+    assert out["loss"] == pytest.approx(test["loss"], rel=1e-5)
+    if dtype == "bf16":
+        return  # the rest does not depend on the precision
     # Another backbone file is refused.
     from spt_dist.model import build_backbone, save_backbone_weights
 

@@ -12,7 +12,7 @@ import torch
 from spt_dist.config import Config
 
 from .distributed import DistInfo
-from .ds_engine import build_engine, deepspeed_config, model_dtype
+from .ds_engine import build_engine, deepspeed_config, engine_precision
 from .optim import build_optimizer, build_scheduler, effective_lr, param_groups
 
 
@@ -28,7 +28,8 @@ class Parts:
     counts: Dict[str, int]
     peak_lr: float
     global_batch: int
-    dtype: torch.dtype
+    dtype: torch.dtype                # the engine's model dtype (inputs are cast to it)
+    zero_stage: int                   # the engine's ZeRO stage (deepspeed_json may change it)
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
     img_size: int
@@ -85,8 +86,9 @@ def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> Parts:
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, peak_lr, final_lr)
     counts = model.param_counts()  # before ZeRO-3 partitions the tensors (numel 0 afterwards)
     engine, _, _ = build_engine(model, optimizer, scheduler, deepspeed_config(cfg, dist.world_size))
+    zero_stage, dtype = engine_precision(engine)
     return Parts(index, train_data, val_data, test_data, model, engine, identity, counts, peak_lr,
-                 global_batch, model_dtype(cfg), tuple(mean), tuple(std), img_size, init)
+                 global_batch, dtype, zero_stage, tuple(mean), tuple(std), img_size, init)
 
 
 def full_trainable_state(parts: Parts) -> Dict[str, torch.Tensor]:

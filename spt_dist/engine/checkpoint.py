@@ -9,8 +9,9 @@ Layout of `checkpoints/step_<N>/`:
 
 All ranks write into `.tmp_step_<N>/`, rank 0 writes the manifest and renames the folder, so
 a crash mid-write leaves the previous checkpoint as the newest complete one. On load the
-manifest is checked: a truncated or corrupt newest checkpoint is reported and the one before
-it is used.
+manifest is checked: a truncated or corrupt newest checkpoint is reported, renamed aside to
+`.corrupt_step_<N>/` (kept for inspection, never loaded) and the one before it is used, so
+rotation (the newest `keep` step folders) counts only valid checkpoints.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .distributed import DistInfo, barrier, broadcast_int
 
 TAG = "state"
 PREFIX = "step_"
+CORRUPT = ".corrupt_"
 
 
 class CheckpointMismatchError(SptError, ValueError):
@@ -162,7 +164,8 @@ class Checkpointer:
         return final
 
     def newest_valid(self) -> Optional[Path]:
-        """Rank 0 checks manifests newest first and reports bad ones; all ranks get its choice."""
+        """Rank 0 checks manifests newest first, moves bad ones aside and reports them; all
+        ranks get its choice."""
         chosen = -1
         if self.dist.is_main:
             for step, path in reversed(self._steps()):
@@ -170,7 +173,10 @@ class Checkpointer:
                 if problem is None:
                     chosen = step
                     break
-                print(f"spt: checkpoint {path} is corrupt or incomplete ({problem}); "
+                aside = path.with_name(CORRUPT + path.name)
+                shutil.rmtree(aside, ignore_errors=True)  # an older copy of the same step
+                os.replace(path, aside)
+                print(f"spt: checkpoint {path} is corrupt or incomplete ({problem}); moved to {aside.name}, "
                       f"trying the previous one", file=sys.stderr, flush=True)
         chosen = broadcast_int(chosen)
         return None if chosen < 0 else self.root / f"{PREFIX}{chosen:08d}"

@@ -8,7 +8,7 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from spt_dist.config.schema import Config
+from spt_dist.config.schema import Config, OptimConfig
 
 from .optim import expected_state_bytes
 
@@ -41,8 +41,19 @@ def deepspeed_config(cfg: Config, world_size: int) -> Dict[str, Any]:
     return ds
 
 
-def model_dtype(cfg: Config) -> torch.dtype:
-    return torch.bfloat16 if cfg.precision.dtype == "bf16" else torch.float32
+def engine_precision(engine: Any) -> Tuple[int, torch.dtype]:
+    """(ZeRO stage, model dtype) the engine actually runs with.
+
+    distributed.deepspeed_json is merged last and may change either, so after initialize
+    only the engine is asked, never the typed config.
+    """
+    if engine.bfloat16_enabled():
+        dtype = torch.bfloat16
+    elif engine.fp16_enabled():
+        dtype = torch.float16
+    else:
+        dtype = torch.float32
+    return int(engine.zero_optimization_stage()), dtype
 
 
 def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -70,29 +81,34 @@ def optimizer_state_bytes(engine: Any) -> Dict[str, int]:
     return {"moments": moments, "master": master}
 
 
-def check_optimizer_state(cfg: Config, measured: Dict[str, int], trainable: int, world_size: int,
-                          groups: int) -> Dict[str, int]:
+def check_optimizer_state(optim: OptimConfig, zero_stage: int, dtype: torch.dtype, measured: Dict[str, int],
+                          trainable: int, world_size: int, groups: int) -> Dict[str, int]:
     """Compare the job's optimizer bytes (summed over ranks) with what the trainable count implies.
 
-    ZeRO 0 replicates state on every rank, ZeRO >= 1 partitions it. A fp32 master copy exists
-    under bf16 and under ZeRO >= 1 (its flat fp32 partitions). ZeRO pads each group's flat
-    buffer by a few elements per rank; anything beyond that means frozen tensors got state.
+    `zero_stage` and `dtype` are the engine's (engine_precision). ZeRO 0 replicates state on
+    every rank, ZeRO >= 1 partitions it. A fp32 master copy exists under reduced precision
+    and under ZeRO >= 1 (its flat fp32 partitions). ZeRO pads each group's flat buffer by a
+    few elements per rank; anything beyond that means frozen tensors got state.
     """
-    replicas = world_size if cfg.distributed.zero_stage == 0 else 1
-    has_master = cfg.precision.dtype == "bf16" or cfg.distributed.zero_stage >= 1
-    want = {"moments": replicas * expected_state_bytes(cfg.optim, trainable),
+    replicas = world_size if zero_stage == 0 else 1
+    has_master = dtype != torch.float32 or zero_stage >= 1
+    want = {"moments": replicas * expected_state_bytes(optim, trainable),
             "master": replicas * 4 * trainable if has_master else 0}
     pad = 4 * 64 * world_size * groups  # bytes of padding per kind of state
-    kinds = 2 if cfg.optim.name == "adamw" else 1
+    kinds = 2 if optim.name == "adamw" else 1
     for key, slack in (("moments", kinds * pad), ("master", pad)):
-        low = 0 if key == "master" and cfg.distributed.zero_stage == 3 else want[key]  # ZeRO-3 may alias it
+        low = 0 if key == "master" and zero_stage == 3 else want[key]  # ZeRO-3 may alias it
         if not low <= measured[key] <= want[key] + slack:
             raise RuntimeError(
                 f"optimizer {key}: {measured[key]} bytes over {world_size} rank(s), but {trainable} trainable "
                 f"parameters need {want[key]} (+ at most {slack} of ZeRO padding) with optim.name="
-                f"{cfg.optim.name}, zero_stage={cfg.distributed.zero_stage}, dtype={cfg.precision.dtype}; "
-                f"frozen weights in the optimizer?")
+                f"{optim.name}, zero_stage={zero_stage}, dtype={dtype_name(dtype)}; frozen weights in the optimizer?")
     return want
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The config's spelling of a model dtype (fp32 | bf16 | fp16)."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def check_frozen_untouched(model: nn.Module) -> None:

@@ -3,6 +3,9 @@
 `prompt_pack.safetensors` holds `prompts` (depth|1, p, d) when the method has prompts, the
 head (`head.weight`, `head.bias`) and, for method=full, the tuned backbone. Metadata names
 the backbone and the sha256 of its weights: `spt predict` refuses any other backbone file.
+Tensors are the fp32 master values; `dtype` names the precision the run evaluated in
+(fp32 | bf16 | fp16), and `spt predict` casts model and inputs to it, as the run did, so it
+reproduces the run's test top-1. Packs without `dtype` run in fp32.
 """
 from __future__ import annotations
 
@@ -14,6 +17,10 @@ import torch
 
 from spt_dist.config import Config
 from spt_dist.errors import SptError
+
+from .ds_engine import dtype_name
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class PackMismatchError(SptError, ValueError):
@@ -29,7 +36,7 @@ def export_prompt_pack(path: Path, parts: Any, cfg: Config, trainable: Dict[str,
         "deep": json.dumps(cfg.method.deep), "classes": json.dumps(list(parts.index.classes)),
         "img_size": str(parts.img_size), "in_chans": str(cfg.model.in_chans or 0),
         "mean": json.dumps(list(parts.mean)), "std": json.dumps(list(parts.std)),
-        "preset": cfg.data.preset,
+        "preset": cfg.data.preset, "dtype": dtype_name(parts.dtype),
     }
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp), metadata=meta)
@@ -50,7 +57,9 @@ def load_prompt_pack(pack: str, backbone_checkpoint: str) -> Tuple[Any, Dict[str
         raise PackMismatchError(f"{pack} is not a prompt pack (no backbone metadata)")
     meta = dict(raw, prompt_length=int(raw["prompt_length"]), deep=json.loads(raw["deep"]),
                 classes=json.loads(raw["classes"]), img_size=int(raw["img_size"]),
-                mean=json.loads(raw["mean"]), std=json.loads(raw["std"]))
+                mean=json.loads(raw["mean"]), std=json.loads(raw["std"]), dtype=raw.get("dtype", "fp32"))
+    if meta["dtype"] not in DTYPES:
+        raise PackMismatchError(f"{pack}: unknown dtype {meta['dtype']!r} in its metadata")
     backbone = build_backbone(meta["backbone"], img_size=meta["img_size"],
                               in_chans=int(raw.get("in_chans", "0")) or None, checkpoint=backbone_checkpoint)
     have = weights_hash(backbone)
@@ -65,7 +74,9 @@ def load_prompt_pack(pack: str, backbone_checkpoint: str) -> Tuple[Any, Dict[str
     if unexpected or wanted & set(missing):
         raise PackMismatchError(f"{pack}: tensors do not fit the model: missing {sorted(wanted & set(missing))}, "
                                 f"unexpected {sorted(unexpected)}")
-    return model.eval(), meta
+    # The frozen backbone and the tuned tensors in the run's precision (the fp32 masters round
+    # to exactly the weights the run evaluated with).
+    return model.to(DTYPES[meta["dtype"]]).eval(), meta
 
 
 @torch.no_grad()
@@ -77,8 +88,8 @@ def predict_images(model: Any, meta: Dict[str, Any], images: Iterable[str], batc
     paths, out = list(images), []
     for i in range(0, len(paths), batch):
         chunk = paths[i:i + batch]
-        x = torch.stack([transform(Path(p).read_bytes()) for p in chunk])
-        for p, c in zip(chunk, model(x).argmax(dim=1).tolist()):
+        x = torch.stack([transform(Path(p).read_bytes()) for p in chunk]).to(DTYPES[meta.get("dtype", "fp32")])
+        for p, c in zip(chunk, model(x).float().argmax(dim=1).tolist()):
             out.append((p, c, meta["classes"][c]))
     return out
 
@@ -96,4 +107,4 @@ def predict_shards(model: Any, meta: Dict[str, Any], root: str, split: str,
         raise PackMismatchError(f"{root} has classes {index.classes}, the pack was trained on {meta['classes']}")
     data_cfg = DataConfig(root=root, preset=meta.get("preset", "small"), eval_batch_size=eval_batch_size)
     data = EvalData(data_cfg, index, split, meta["img_size"], meta["mean"], meta["std"], 0, 1)
-    return evaluate(model, data, torch.device("cpu"), torch.float32)
+    return evaluate(model, data, torch.device("cpu"), DTYPES[meta.get("dtype", "fp32")])

@@ -2,8 +2,8 @@
 
 Fixed epochs; the lr schedule steps per optimizer step; validation every run.eval_every
 epochs (selection only on it); the test split is evaluated at the last epoch, which is the
-reported `top1` (VPT's protocol). Checkpoints every run.checkpoint_every steps; a run folder
-with checkpoints resumes from the newest valid one, exactly.
+reported `top1` (VPT's protocol). Checkpoints every run.checkpoint_every steps and after the
+last step; a run folder with checkpoints resumes from the newest valid one, exactly.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from spt_dist.config import Config, to_yaml
 from .build import Parts, build_parts, full_prompts, full_trainable_state
 from .checkpoint import Checkpointer, TrainRng, folder_bytes
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_int, init_distributed
-from .ds_engine import check_frozen_untouched, check_optimizer_state, optimizer_state_bytes
+from .ds_engine import check_frozen_untouched, check_optimizer_state, dtype_name, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack
 from .runlog import MetricsLog, read_results, run_dir_for, write_json_atomic
@@ -55,13 +55,14 @@ STOP_REASONS = ("SIGTERM", "SIGUSR2", "max_steps")
 
 def _results(cfg: Config, parts: Parts, dist: DistInfo, state: Dict[str, Any], status: str,
              extra: Dict[str, Any]) -> Dict[str, Any]:
+    """zero_stage and dtype are the engine's (distributed.deepspeed_json may change them)."""
     return {
         "status": status, "method": cfg.method.name, "backbone": cfg.model.name,
         "prompt_length": cfg.method.prompt_length, "deep": cfg.method.deep,
         "data_fraction": cfg.data.fraction, "train_samples": parts.train_data.num_samples,
         "trainable_params": parts.counts["trainable"], "backbone_params": parts.counts["backbone"],
-        "world_size": dist.world_size, "zero_stage": cfg.distributed.zero_stage,
-        "dtype": cfg.precision.dtype, "global_batch": parts.global_batch, "lr": parts.peak_lr,
+        "world_size": dist.world_size, "zero_stage": parts.zero_stage,
+        "dtype": dtype_name(parts.dtype), "global_batch": parts.global_batch, "lr": parts.peak_lr,
         "step": state["step"], "epoch": state["epoch"], "seed": cfg.run.seed,
         "top1": state.get("test_top1"), "val_top1": state.get("val_top1"),
         "best_val_epoch": state.get("best_val_epoch"), "best_val_top1": state.get("best_val_top1"),
@@ -69,16 +70,21 @@ def _results(cfg: Config, parts: Parts, dist: DistInfo, state: Dict[str, Any], s
     }
 
 
-def _resource_report(cfg: Config, parts: Parts, dist: DistInfo, ckpt: Checkpointer,
-                     stepped: bool) -> Dict[str, Any]:
-    """Optimizer bytes over all ranks (checked against the trainable count) and checkpoint bytes."""
+def _optimizer_bytes(cfg: Config, parts: Parts, dist: DistInfo) -> Dict[str, int]:
+    """Optimizer bytes over all ranks (collective), checked against the trainable count."""
     engine = parts.engine
     per_rank = torch.tensor(list(optimizer_state_bytes(engine).values()), dtype=torch.float64)
     measured = {k: int(v) for k, v in zip(("moments", "master"), all_reduce_sum(per_rank).tolist())}
+    check_optimizer_state(cfg.optim, parts.zero_stage, parts.dtype, measured, parts.counts["trainable"],
+                          dist.world_size, len(engine.optimizer.param_groups))
+    return measured
+
+
+def _resource_report(cfg: Config, parts: Parts, dist: DistInfo, ckpt: Checkpointer,
+                     stepped: bool) -> Dict[str, Any]:
+    """Optimizer bytes (AdamW / momentum state exists from the first step on) and checkpoint bytes."""
     check_frozen_untouched(parts.model)
-    if stepped:  # AdamW / momentum state exists from the first optimizer step on
-        check_optimizer_state(cfg, measured, parts.counts["trainable"], dist.world_size,
-                              len(engine.optimizer.param_groups))
+    measured = _optimizer_bytes(cfg, parts, dist) if stepped else {"moments": 0, "master": 0}
     newest = ckpt.newest_valid()
     return {"optimizer_state_bytes": measured["moments"] + measured["master"],
             "optimizer_moment_bytes": measured["moments"], "optimizer_master_bytes": measured["master"],
@@ -97,7 +103,8 @@ def _log_alignment(parts: Parts, step: int, log: MetricsLog) -> None:
 
 
 def _run_evals(parts: Parts, state: Dict[str, Any], epoch: int, last: bool, log: MetricsLog,
-               lockstep: bool, eval_every: int) -> None:
+               eval_every: int) -> None:
+    lockstep = parts.zero_stage == 3
     if parts.val_data is not None and ((epoch + 1) % eval_every == 0 or last):
         val = evaluate(parts.engine, parts.val_data, parts.engine.device, parts.dtype, lockstep)
         state["val_top1"] = val["top1"]
@@ -110,11 +117,20 @@ def _run_evals(parts: Parts, state: Dict[str, Any], epoch: int, last: bool, log:
         log.log("test", state["step"], epoch=epoch + 1, **test)
 
 
+def _samples_per_s(state: Dict[str, Any], global_batch: int) -> Optional[float]:
+    """Training throughput over every invocation of the run (totals kept in `state`)."""
+    return round(state["steps_timed"] * global_batch / state["train_s"], 3) if state["train_s"] else None
+
+
 def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] = None) -> Dict[str, Any]:
     """Train one run; returns its results (`status`: finished | interrupted).
 
     `max_steps` stops after that many optimizer steps exactly like a preemption would
     (checkpoint, status interrupted); a later call resumes.
+
+    SIGTERM / SIGUSR2 only raise a flag from the moment this is called until results.json is
+    written (the previous handlers are back when it returns): a signal during setup stops the
+    run at its first step boundary, one after the last step is noted and the run finishes.
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
@@ -124,6 +140,14 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
         if written.is_file() and written.read_text() != to_yaml(cfg):
             raise _clash(run_dir)
         return done
+    stop = StopFlag().install()
+    try:
+        return _train(cfg, run_dir, max_steps, stop, t0)
+    finally:
+        stop.restore()
+
+
+def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag, t0: float) -> Dict[str, Any]:
     dist = init_distributed(cfg)
     _prepare_run_dir(cfg, run_dir, dist)
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.run.keep_checkpoints, dist)
@@ -134,6 +158,10 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     rng = TrainRng()
     if resume_from is not None:
         state = ckpt.load(engine, resume_from, parts.identity, rng)["state"]
+    # Totals over all invocations of this run (checkpoints older than these fields start at 0).
+    for key in ("wall_s", "train_s", "steps_timed"):
+        state.setdefault(key, 0)
+    wall_before = state["wall_s"]
     log = MetricsLog(run_dir, enabled=dist.is_main)
     log.log("start", state["step"], resumed_from=str(resume_from) if resume_from else None,
             world_size=dist.world_size, **parts.counts)
@@ -153,16 +181,20 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     total_micro = epochs * bpe
     bar = tqdm(total=total_micro // accum, initial=state["step"], desc=run_dir.name, unit="step",
                disable=not (dist.is_main and cfg.run.progress), dynamic_ncols=True)
-    stop, status, lockstep = StopFlag().install(), "finished", cfg.distributed.zero_stage == 3
+    status, stop_reason = "finished", None
     # One all-reduce per optimizer step: summed loss, micro batches, and per stop reason the
     # number of ranks that saw it (SIGTERM, SIGUSR2, max_steps), so all ranks stop together.
+    # A flag raised during setup is voted on at the first step boundary like any other.
     window = torch.zeros(5, dtype=torch.float64)
-    stop_reason = None
-    train_s, steps_timed, t_step = 0.0, 0, time.perf_counter()
+    checked, t_step = False, time.perf_counter()
+    saved_step = state["step"] if resume_from is not None else -1
 
     def save() -> None:
+        nonlocal saved_step
+        state["wall_s"] = round(wall_before + time.perf_counter() - t0, 3)
         meta = {"state": state, "identity": parts.identity, "config": to_yaml(cfg)}
         ckpt.save(engine, state["step"], meta, rng)
+        saved_step = state["step"]
 
     try:
         engine.train()
@@ -187,12 +219,16 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
                 stop_votes = any(votes)
                 window.zero_()
                 now = time.perf_counter()
-                train_s, steps_timed, t_step = train_s + now - t_step, steps_timed + 1, now
+                state["train_s"], state["steps_timed"], t_step = state["train_s"] + now - t_step, \
+                    state["steps_timed"] + 1, now
+                if not checked:  # a wrong optimizer state fails at the first step, not at the end
+                    _optimizer_bytes(cfg, parts, dist)
+                    checked, t_step = True, time.perf_counter()
                 bar.update(1)
                 if state["step"] % cfg.run.log_every == 0 or stop_votes:
                     lr = engine.get_lr()[0]
                     log.log("train", state["step"], epoch=epoch, loss=loss_sum / n, lr=lr,
-                            samples_per_s=steps_timed * parts.global_batch / max(train_s, 1e-9),
+                            samples_per_s=_samples_per_s(state, parts.global_batch),
                             bad_samples=data.bad_samples)
                     bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.2e}")
                 if stop_votes:
@@ -206,28 +242,32 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
                     t_step = time.perf_counter()  # checkpoint time is not training throughput
             if status != "finished":
                 break
-            _run_evals(parts, state, epoch, epoch + 1 == epochs, log, lockstep, cfg.run.eval_every)
+            _run_evals(parts, state, epoch, epoch + 1 == epochs, log, cfg.run.eval_every)
             _log_alignment(parts, state["step"], log)
             state["epoch"], state["batch"] = epoch + 1, 0
             t_step = time.perf_counter()
+        if status == "finished" and state["step"] > 0 and saved_step != state["step"]:
+            save()  # the run folder always holds its final state (trainable tensors only)
     finally:
-        stop.restore()
         bar.close()
 
     extra = _resource_report(cfg, parts, dist, ckpt, stepped=state["step"] > 0)
-    extra.update(train_s=round(train_s, 3), signal=stop_reason,
-                 samples_per_s=round(steps_timed * parts.global_batch / train_s, 3) if train_s else None)
+    extra.update(train_s=round(state["train_s"], 3), signal=stop_reason,
+                 samples_per_s=_samples_per_s(state, parts.global_batch))
     if status == "finished":
         trainable = full_trainable_state(parts)  # collective under ZeRO
         if dist.is_main:
             export_prompt_pack(run_dir / "prompt_pack.safetensors", parts, cfg, trainable)
     results = _results(cfg, parts, dist, state, status, extra)
-    results["wall_s"] = round(time.perf_counter() - t0, 3)
+    results["wall_s"] = round(wall_before + time.perf_counter() - t0, 3)
     if dist.is_main:
         write_json_atomic(run_dir / "results.json", results)
         log.log("end", state["step"], **{k: v for k, v in results.items() if k != "step"})
         log.close()
         print(f"spt: run {run_dir} {status}: top1={results['top1']} val_top1={results['val_top1']} "
               f"step={state['step']}", file=sys.stderr, flush=True)
+        if stop.requested and status == "finished":
+            print(f"spt: {stop.signal_name} arrived after the last step; the run finished anyway",
+                  file=sys.stderr, flush=True)
     barrier()
     return results

@@ -34,7 +34,6 @@ class CandidatePool:
         self.priority = torch.empty(0, dtype=torch.int64, device=device)
         self.features = torch.empty(0, width, dtype=torch.float32, device=device)
         self.seen = 0  # tokens offered, kept or not
-        self.peak_nbytes = 0  # largest transient merge buffer: the pool's real memory bound
 
     def __len__(self) -> int:
         return int(self.priority.numel())
@@ -55,7 +54,6 @@ class CandidatePool:
             return
         merged_p = torch.cat([self.priority, priority])
         merged_f = torch.cat([self.features, features.to(self.features)])
-        self.peak_nbytes = max(self.peak_nbytes, merged_p.numel() * 8 + merged_f.numel() * merged_f.element_size())
         if merged_p.numel() > self.capacity:
             idx = torch.topk(merged_p, self.capacity, largest=False, sorted=False).indices
             merged_p, merged_f = merged_p[idx], merged_f[idx]
