@@ -12,14 +12,16 @@ from .distributed import all_reduce_sum, any_rank
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor, Any]],
              device: torch.device, dtype: torch.dtype, lockstep: bool = False) -> Dict[str, float]:
-    """{'top1': %, 'correct': n, 'total': n, 'loss': mean CE} over all ranks.
+    """{'top1': %, 'correct': n, 'total': n, 'loss': mean CE, 'bad_samples': n} over all ranks.
+
+    bad_samples: samples the reader dropped (data.on_bad_sample=skip); they are not in `total`.
 
     lockstep: ranks advance batch by batch together (ZeRO-3 gathers parameters inside every
     forward, so a rank that ran out of data keeps joining the collectives with an empty batch).
     """
     was_training = model.training
     model.eval()
-    stats = torch.zeros(3, dtype=torch.float64)  # correct, total, summed loss
+    stats = torch.zeros(4, dtype=torch.float64)  # correct, total, summed loss, bad samples
     it = iter(batches)
     last = None
     while True:
@@ -42,7 +44,9 @@ def evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tenso
         stats[1] += labels.numel()
         stats[2] += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
     model.train(was_training)
-    correct, total, loss = all_reduce_sum(stats).tolist()
+    stats[3] = getattr(batches, "bad_samples", 0)  # this rank's, after the pass
+    correct, total, loss, bad = all_reduce_sum(stats).tolist()
     if total == 0:
         raise RuntimeError("the evaluation split is empty on every rank")
-    return {"top1": 100.0 * correct / total, "correct": int(correct), "total": int(total), "loss": loss / total}
+    return {"top1": 100.0 * correct / total, "correct": int(correct), "total": int(total), "loss": loss / total,
+            "bad_samples": int(bad)}

@@ -66,7 +66,8 @@ def _results(cfg: Config, parts: Parts, dist: DistInfo, state: Dict[str, Any], s
         "step": state["step"], "epoch": state["epoch"], "seed": cfg.run.seed,
         "top1": state.get("test_top1"), "val_top1": state.get("val_top1"),
         "best_val_epoch": state.get("best_val_epoch"), "best_val_top1": state.get("best_val_top1"),
-        "bad_samples": parts.train_data.bad_samples, **extra,
+        "bad_samples": state["bad_samples"], "val_bad_samples": state.get("val_bad_samples", 0),
+        "test_bad_samples": state.get("test_bad_samples", 0), **extra,
     }
 
 
@@ -107,13 +108,13 @@ def _run_evals(parts: Parts, state: Dict[str, Any], epoch: int, last: bool, log:
     lockstep = parts.zero_stage == 3
     if parts.val_data is not None and ((epoch + 1) % eval_every == 0 or last):
         val = evaluate(parts.engine, parts.val_data, parts.engine.device, parts.dtype, lockstep)
-        state["val_top1"] = val["top1"]
+        state["val_top1"], state["val_bad_samples"] = val["top1"], val["bad_samples"]
         if state.get("best_val_top1") is None or val["top1"] > state["best_val_top1"]:
             state["best_val_top1"], state["best_val_epoch"] = val["top1"], epoch + 1
         log.log("val", state["step"], epoch=epoch + 1, **val)
     if last:
         test = evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep)
-        state["test_top1"] = test["top1"]
+        state["test_top1"], state["test_bad_samples"] = test["top1"], test["bad_samples"]
         log.log("test", state["step"], epoch=epoch + 1, **test)
 
 
@@ -159,9 +160,9 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
     if resume_from is not None:
         state = ckpt.load(engine, resume_from, parts.identity, rng)["state"]
     # Totals over all invocations of this run (checkpoints older than these fields start at 0).
-    for key in ("wall_s", "train_s", "steps_timed"):
+    for key in ("wall_s", "train_s", "steps_timed", "bad_samples"):
         state.setdefault(key, 0)
-    wall_before = state["wall_s"]
+    wall_before, bad_before = state["wall_s"], state["bad_samples"]
     log = MetricsLog(run_dir, enabled=dist.is_main)
     log.log("start", state["step"], resumed_from=str(resume_from) if resume_from else None,
             world_size=dist.world_size, **parts.counts)
@@ -182,10 +183,11 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
     bar = tqdm(total=total_micro // accum, initial=state["step"], desc=run_dir.name, unit="step",
                disable=not (dist.is_main and cfg.run.progress), dynamic_ncols=True)
     status, stop_reason = "finished", None
-    # One all-reduce per optimizer step: summed loss, micro batches, and per stop reason the
-    # number of ranks that saw it (SIGTERM, SIGUSR2, max_steps), so all ranks stop together.
+    # One all-reduce per optimizer step: summed loss, micro batches, per stop reason the
+    # number of ranks that saw it (SIGTERM, SIGUSR2, max_steps), so all ranks stop together,
+    # and the bad samples every rank skipped so far in this invocation.
     # A flag raised during setup is voted on at the first step boundary like any other.
-    window = torch.zeros(5, dtype=torch.float64)
+    window = torch.zeros(6, dtype=torch.float64)
     checked, t_step = False, time.perf_counter()
     saved_step = state["step"] if resume_from is not None else -1
 
@@ -214,8 +216,10 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
                     continue  # inside an accumulation window: no optimizer step yet
                 state["step"] += 1
                 window[2:] = torch.tensor([stop.signal_name == "SIGTERM", stop.signal_name == "SIGUSR2",
-                                           max_steps is not None and state["step"] >= max_steps])
-                loss_sum, n, *votes = all_reduce_sum(window.clone()).tolist()
+                                           max_steps is not None and state["step"] >= max_steps,
+                                           data.bad_samples])
+                loss_sum, n, *votes, bad = all_reduce_sum(window.clone()).tolist()
+                state["bad_samples"] = bad_before + int(bad)
                 stop_votes = any(votes)
                 window.zero_()
                 now = time.perf_counter()
@@ -229,7 +233,7 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
                     lr = engine.get_lr()[0]
                     log.log("train", state["step"], epoch=epoch, loss=loss_sum / n, lr=lr,
                             samples_per_s=_samples_per_s(state, parts.global_batch),
-                            bad_samples=data.bad_samples)
+                            bad_samples=state["bad_samples"])
                     bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.2e}")
                 if stop_votes:
                     status = "interrupted"
