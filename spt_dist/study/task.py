@@ -15,6 +15,10 @@ task, `signal_delay_s` before the end):
 
 A signal that arrives before `train()` installs its handler reaches submitit's handler
 directly: rank 0 requeues at once, nothing is lost but start-up time.
+
+`scancel` (and `spt cancel`) sends SIGTERM instead: the engine saves and returns
+"interrupted" just the same, but the job then ends without a requeue. The run folder keeps
+its checkpoint; submitting the same config again continues the run.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ from typing import Any, Callable, Dict, Optional
 import submitit
 from submitit.core.job_environment import SignalHandler
 
+from spt_dist.config import ConfigError
 from spt_dist.config.schema import Config
-from spt_dist.engine.runlog import read_results, run_dir_for  # torch-free
+from spt_dist.engine.runlog import config_clash, read_results, run_dir_for  # torch-free
 
 TRAIN_FN = "spt_dist.engine.train:train"
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -61,8 +66,12 @@ class TrainTask:
         self.train_fn = train_fn  # "module:function"; the engine's train by default
 
     def __call__(self) -> Dict[str, Any]:
-        done = read_results(run_dir_of(self.cfg))
+        run_dir = run_dir_of(self.cfg)
+        done = read_results(run_dir)
         if done and done.get("status") == "finished":
+            clash = config_clash(self.cfg, run_dir)  # another config may have finished there since
+            if clash:
+                raise ConfigError(clash)
             return done
         executor = os.environ.get("SUBMITIT_EXECUTOR", "")
         if executor in ("slurm", "local"):
@@ -73,8 +82,9 @@ class TrainTask:
                 os.environ.pop(name, None)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         requeue = _preemption_handler()
-        results = _load(self.train_fn)(self.cfg, str(run_dir_of(self.cfg)))
-        if results.get("status") == "interrupted" and requeue is not None:
+        results = _load(self.train_fn)(self.cfg, str(run_dir))
+        # Only SLURM's SIGUSR2 (time limit or preemption) asks for a requeue; SIGTERM is a cancel.
+        if results.get("status") == "interrupted" and results.get("signal") == "SIGUSR2" and requeue is not None:
             self._requeue(requeue)
         return results
 
