@@ -5,7 +5,9 @@ Every job folder (`launch.folder/<job id>/`) gets a `job.json` next to submitit'
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,9 +17,25 @@ import submitit
 
 from spt_dist.config import ConfigError, load_config
 from spt_dist.config.schema import Config
+from spt_dist.errors import SptError
 
 from .executor import make_executor, resolve_cluster
 from .task import TRAIN_FN, TrainTask, run_dir_of
+
+
+class SubmitError(SptError):
+    """The scheduler refused the job (an sbatch option it does not know, no such partition...)."""
+
+
+@contextlib.contextmanager
+def _refused_as_error(cluster: str):
+    """A refused submission is the user's to fix: one line naming what sbatch said."""
+    try:
+        yield
+    except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
+        said = getattr(exc, "stderr", None) or str(exc)
+        said = "; ".join(line.strip() for line in str(said).splitlines() if line.strip())
+        raise SubmitError(f"submission to {cluster} failed, nothing submitted: {said}") from None
 
 
 @dataclass
@@ -38,6 +56,11 @@ def prepare(path: Optional[str], overrides: Sequence[str] = (), name_suffix: str
     name = (cfg.run.name or default_run_name(cfg)) + name_suffix
     out_dir = str(Path(cfg.run.out_dir).expanduser().resolve())  # jobs may start elsewhere
     cfg = replace(cfg, run=replace(cfg.run, name=name, out_dir=out_dir))
+    from spt_dist.engine.runlog import config_clash
+
+    clash = config_clash(cfg, run_dir_of(cfg))  # a reused run.name with another config
+    if clash:
+        raise ConfigError(clash)
     return cfg
 
 
@@ -63,7 +86,8 @@ def submit_run(cfg: Config, config_path: Optional[str] = None, train_fn: str = T
     """Submit one prepared run; returns at once (the job runs on the cluster)."""
     cluster = resolve_cluster(cfg.launch.cluster)
     executor = make_executor(cfg.launch, job_name=f"spt-{cfg.run.name}")
-    job = executor.submit(TrainTask(cfg, train_fn))
+    with _refused_as_error(cluster):
+        job = executor.submit(TrainTask(cfg, train_fn))
     sub = Submitted(job, cfg, run_dir_of(cfg), _job_folder(job), cluster)
     if cluster != "debug":
         _record(sub, config_path)
@@ -83,7 +107,7 @@ def submit_study(cfgs: List[Config], config_paths: Iterable[Optional[str]] = (),
     launch = cfgs[0].launch
     cluster = resolve_cluster(launch.cluster)
     executor = make_executor(launch, job_name="spt-sweep")
-    with executor.batch():
+    with _refused_as_error(cluster), executor.batch():
         jobs = [executor.submit(TrainTask(c, train_fn)) for c in cfgs]
     paths = list(config_paths) or [None] * len(cfgs)
     subs = []
