@@ -80,7 +80,9 @@ def _sweep(args: argparse.Namespace) -> int:
     points = expand([c for c in configs if c], grid, overrides)
     cfgs = [prepare(p.config, p.overrides, name_suffix=p.suffix) for p in points]  # all validated first
     subs = submit_study(cfgs, [p.config for p in points])
-    print(f"sweep of {len(subs)} runs submitted as one array", flush=True)
+    how = {"slurm": "submitted as one job array", "local": "started at once on this machine (local executor)",
+           "debug": "run one after another in this process"}
+    print(f"sweep of {len(subs)} runs {how.get(subs[0].cluster, 'submitted')}", flush=True)
     for sub in subs:
         _print_submitted(sub)
     return _wait(subs) if args.wait or (subs and subs[0].cluster == "debug") else 0
