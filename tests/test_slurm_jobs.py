@@ -2,7 +2,9 @@
 training engine: 2-rank jobs, job arrays, preemption with requeue and exact resume, failed
 jobs, and configs rejected before submission.
 
-Skips with the reason when the cluster cannot be brought up, unless SPT_REQUIRE_SLURM=1.
+Skips with the reason when the cluster cannot be brought up or SPT_SKIP_SLURM=1, and fails
+instead under SPT_REQUIRE_SLURM=1 (both set is an error). A cluster that was up before is
+left up.
 """
 import json
 import os
@@ -27,7 +29,13 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def slurm():
-    """Bring the development cluster up (a no-op when it is up) and point clients at it."""
+    """Bring the development cluster up (a no-op when it is up), point clients at it, and stop
+    it afterwards only if this fixture started it."""
+    skip, require = os.environ.get("SPT_SKIP_SLURM") == "1", os.environ.get("SPT_REQUIRE_SLURM") == "1"
+    if skip and require:
+        pytest.fail("SPT_SKIP_SLURM=1 and SPT_REQUIRE_SLURM=1 contradict each other; unset one")
+    if skip:
+        pytest.skip("SPT_SKIP_SLURM=1")
     if os.geteuid() != 0:
         _unavailable("the development SLURM cluster needs root")
     state = os.environ.get("SPT_SLURM_DIR", "/tmp/spt-slurm")
@@ -38,9 +46,12 @@ def slurm():
         _unavailable("launch/slurm_up.sh did not finish in 900 s")
     if proc.returncode != 0:
         _unavailable(f"launch/slurm_up.sh failed:\n{proc.stdout}\n{proc.stderr}")
+    started_here = "already up" not in proc.stdout
     os.environ["SLURM_CONF"] = f"{state}/etc/slurm.conf"
     os.environ["PATH"] = "/usr/sbin:/usr/bin:" + os.environ.get("PATH", "")
-    return state
+    yield state
+    if started_here:
+        subprocess.run(["bash", str(ROOT / "launch" / "slurm_down.sh")], capture_output=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
