@@ -94,6 +94,7 @@ def test_resolved_yaml_reloads_identically(tmp_path: Path):
     (["model.mean=[0.5,0.5]", "model.std=[1,1]"], "model.mean", "3 finite values"),
     (["model.mean=[0.5,0.5,0.5]", "model.std=[1,0,1]"], "model.std", "> 0"),
     (["method=5"], "method", "is a section"),
+    (["launch.timeout_min=2", "launch.signal_delay_s=120"], "launch.signal_delay_s", "less than half"),
 ])
 def test_bad_values_name_the_key(overrides, key, allowed):
     with pytest.raises(ConfigError) as err:

@@ -13,7 +13,7 @@ import torch
 
 from conftest_engine import make_assets, write_config
 from spt_dist.cli import main as spt
-from spt_dist.config import load_config
+from spt_dist.config import ConfigError, load_config
 from spt_dist.config.schema import OptimConfig
 from spt_dist.engine.checkpoint import CheckpointMismatchError, folder_bytes, verify
 from spt_dist.engine.optim import effective_lr, lr_factor, param_groups
@@ -178,3 +178,14 @@ def test_param_groups_follow_each_protocol():
     assert groups == {"prompts": (0.001, 1), "decay": (0.05, 1), "no_decay": (0.0, 1)}
     sgd = param_groups(model.named_parameters(), OptimConfig(name="sgd", weight_decay=1e-4))
     assert len(sgd) == 1 and sgd[0]["weight_decay"] == 1e-4 and len(sgd[0]["params"]) == 3
+
+
+def test_same_run_with_other_launch_settings_continues_a_different_one_is_refused(tmp_path, assets):
+    cfg = _cfg(tmp_path, assets)
+    assert train(cfg, max_steps=2)["status"] == "interrupted"
+    # More time and requeues on resubmission: the same run, which continues from step 2.
+    more = _cfg(tmp_path, assets, "launch.max_requeues=9", "launch.timeout_min=600", "run.log_every=3")
+    assert train(more)["step"] == 8
+    assert "max_requeues: 9" in (tmp_path / "runs" / "r" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="different config"):
+        train(_cfg(tmp_path, assets, "optim.lr=0.5"))

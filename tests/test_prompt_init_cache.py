@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from spt_dist.config import load_config
+from spt_dist.config import ConfigError, load_config
 from spt_dist.data import ShardIndex, write_shards
 from spt_dist.data.sources.builtin import digits_source
 from spt_dist.model import build_model
@@ -21,11 +21,13 @@ def shards(tmp_path_factory) -> str:
     return str(root)
 
 
-def _setup(shards: str, cache: Path, *overrides: str, dtype=torch.float32):
+def _setup(shards: str, cache: Path, *overrides: str, dtype=torch.float32, method_changes=None):
     cfg = load_config(None, [f"data.root={shards}", "model.name=vit_micro_p4_16", "method.name=spt",
                              "method.prompt_length=4", "method.deep=true", "method.init=mean_pool",
                              "method.track_alignment=true", "method.init_candidates=32",
                              f"method.cache_dir={cache}", "run.progress=false", *overrides])
+    for key, value in (method_changes or {}).items():  # past the loader's validation
+        setattr(cfg.method, key, value)
     index = ShardIndex.load(shards)
     torch.manual_seed(0)
     model = build_model(cfg, index.num_classes).to(dtype)
@@ -84,13 +86,19 @@ def test_prompt_dtype_is_kept(shards, tmp_path):
     assert torch.equal(model.prompts.detach(), res.prompts.to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["method.init=max_pool", "method.prompt_length=20"], "16 patch tokens into method.prompt_length=20 windows"),
-    (["method.init_candidates=3"], "method.init_candidates=3 is fewer than method.prompt_length=4"),
-    (["data.train_split=nope"], "no split 'nope'"),
+@pytest.mark.parametrize("changes,message", [
+    ({"init": "max_pool", "prompt_length": 20}, "16 patch tokens into method.prompt_length=20 windows"),
+    ({"init_candidates": 3}, "method.init_candidates=3 is fewer than method.prompt_length=4"),
+    ({"data.train_split": "nope"}, "no split 'nope'"),
 ])
-def test_bad_settings_fail_before_any_forward_pass(shards, tmp_path, overrides, message):
-    cfg, index, model, calls = _setup(shards, tmp_path, *overrides)
+def test_bad_settings_fail_before_any_forward_pass(shards, tmp_path, changes, message):
+    overrides = [f"{k}={v}" for k, v in changes.items() if "." in k]
+    method = {k: v for k, v in changes.items() if "." not in k}
+    if method:  # the config loader refuses these on the login node already
+        with pytest.raises(ConfigError):
+            _setup(shards, tmp_path, *[f"method.{k}={v}" for k, v in method.items()])
+    # ... and the init step still refuses them from a Config built past the loader.
+    cfg, index, model, calls = _setup(shards, tmp_path, *overrides, method_changes=method)
     with pytest.raises(PromptInitError, match=message):
         initialize_prompts(model, cfg, index, ONE, "cpu")
     assert calls == []

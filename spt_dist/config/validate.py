@@ -65,6 +65,10 @@ def _check_combinations(cfg: Config) -> None:
              f"must not exceed optim.epochs={o.epochs} (got {o.warmup_epochs})")
     _require(o.min_lr <= o.lr, "optim.min_lr", f"must not exceed optim.lr={o.lr}")
     la = cfg.launch
+    # The pre-timeout signal must leave the job time to train before it asks to be requeued.
+    _require(la.signal_delay_s < la.timeout_min * 60 / 2, "launch.signal_delay_s",
+             f"{la.signal_delay_s} s before the end of a {la.timeout_min}-minute job leaves it no time "
+             f"to train; allowed: less than half of launch.timeout_min ({la.timeout_min * 30} s)")
     if la.gpus_per_node > 0:
         _require(la.tasks_per_node == la.gpus_per_node, "launch.tasks_per_node",
                  f"one task per GPU: must equal launch.gpus_per_node={la.gpus_per_node}")

@@ -30,14 +30,39 @@ def default_run_name(cfg: Config) -> str:
             f"{config_hash(cfg)}")
 
 
+def config_clash(cfg: Config, run_dir: Path) -> Optional[str]:
+    """Why `run_dir` cannot hold the run `cfg` describes, or None (a new folder, or the same run).
+
+    The same run means the same config_hash: launch settings (more time, more requeues) and the
+    folder's own name and paths may change between a submission and its resubmission.
+    """
+    from spt_dist.config import ConfigError, load_config
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        held = load_config(str(path))
+    except ConfigError as exc:
+        return f"{path} cannot be read back ({exc})"
+    if config_hash(held) == config_hash(cfg):
+        return None
+    return (f"{run_dir} already holds a run with a different config ({path}); resume it with "
+            f"`spt train {run_dir}` or choose another run.name")
+
+
 def run_dir_for(cfg: Config) -> Path:
     return Path(os.path.expanduser(cfg.run.out_dir)) / (cfg.run.name or default_run_name(cfg))
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def read_results(run_dir: Path) -> Optional[Dict[str, Any]]:

@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from spt_dist.config import Config, to_yaml
+from spt_dist.config import Config, ConfigError, to_yaml
 
 from .build import Parts, build_parts, full_prompts, full_trainable_state
 from .checkpoint import Checkpointer, TrainRng, folder_bytes
@@ -24,30 +24,22 @@ from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_int, init_
 from .ds_engine import check_frozen_untouched, check_optimizer_state, dtype_name, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack
-from .runlog import MetricsLog, read_results, run_dir_for, write_json_atomic
+from .runlog import MetricsLog, config_clash, read_results, run_dir_for, write_json_atomic, write_text_atomic
 from .stop import StopFlag
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> None:
-    """Rank 0 writes config.yaml; an existing run folder must hold the same config.
-
-    Rank 0 decides and tells everyone, so all ranks raise together instead of waiting.
-    """
-    path, text, clash = run_dir / "config.yaml", to_yaml(cfg), 0
+    """Rank 0 writes config.yaml (the latest launch settings); an existing run folder must hold
+    the same run (runlog.config_clash). Rank 0 decides and tells everyone, so all ranks raise
+    together instead of waiting."""
+    clash = None
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        clash = int(path.is_file() and path.read_text() != text)
-        if not clash:
-            path.write_text(text)
-    if broadcast_int(clash):
-        raise _clash(run_dir)
-
-
-def _clash(run_dir: Path) -> Exception:
-    from spt_dist.config import ConfigError
-
-    return ConfigError(f"{run_dir} already holds a run with a different config ({run_dir / 'config.yaml'}); "
-                       f"resume it with `spt train {run_dir}` or choose another run.name")
+        clash = config_clash(cfg, run_dir)
+        if clash is None:
+            write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    if broadcast_int(int(clash is not None)):
+        raise ConfigError(clash or f"{run_dir} already holds a run with a different config")
 
 
 STOP_REASONS = ("SIGTERM", "SIGUSR2", "max_steps")
@@ -137,9 +129,9 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
     done = read_results(run_dir)
     if done and done.get("status") == "finished":
-        written = run_dir / "config.yaml"
-        if written.is_file() and written.read_text() != to_yaml(cfg):
-            raise _clash(run_dir)
+        clash = config_clash(cfg, run_dir)
+        if clash:
+            raise ConfigError(clash)
         return done
     stop = StopFlag().install()
     try:
