@@ -41,7 +41,8 @@ def test_report_command_writes_table_csv_and_plot(runs, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", str(runs), "--by", "method,backbone", "-o", str(out)]) == 0
     md = (out / "report.md").read_text().splitlines()
-    assert md[0] == "| method | backbone | top1 | std | runs |" and len(md) == 2 + 3
+    assert md[0] == "| method | backbone | top1 | std | runs | differs |" and len(md) == 2 + 3
+    assert "| spt-deep | vit_tiny_p7_28 | 65.0 | 21.213 | 2 | data.fraction |" in md  # pooled: flagged
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
     assert {(r["method"], r["backbone"], float(r["top1"])) for r in rows} >= {("spt-deep", "vit_tiny_p7_28", 65.0)}
@@ -56,3 +57,34 @@ def test_capacity_grows_with_backbone():
 
 def test_empty_folder_is_an_error(tmp_path):
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "out")]) == 2
+
+
+def test_metric_names_the_column(runs, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--by", "method,backbone,data_fraction", "--metric", "seed", "-o", str(out)]) == 0
+    assert (out / "report.md").read_text().splitlines()[0] == "| method | backbone | data_fraction | seed | std | runs |"
+
+
+def test_group_pooling_other_configs_is_flagged(runs, tmp_path, capsys):
+    lr_run = runs / "group0" / "run0" / "config.yaml"  # a vpt-deep seed with another lr
+    lr_run.write_text(lr_run.read_text() + "optim:\n  lr: 0.5\n")
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--by", "method,backbone,data_fraction", "-o", str(out)]) == 0
+    warning = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "method=vpt-deep" in warning[0] and "optim.lr" in warning[0]
+    md = (out / "report.md").read_text().splitlines()
+    assert md[0].endswith("| differs |") and any("vpt-deep" in line and "optim.lr" in line for line in md)
+    assert "run.seed" not in (out / "report.md").read_text()
+
+
+def test_unknown_by_key_is_an_error(runs, tmp_path, capsys):
+    assert main(["report", str(runs), "--by", "method,optim.lr", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr" in err and "available:" in err and "model.name" in err
+
+
+def test_fixed_fraction_is_stated():
+    from spt_dist.study.report import _fixed_note
+
+    assert _fixed_note("data fraction", {"spt-deep": 0.5, "vpt-deep": 0.5}) == "data fraction = 0.5"
+    assert _fixed_note("data fraction", {"spt-deep": 1.0, "vpt-deep": 0.5}) == "data fraction: spt-deep 1, vpt-deep 0.5"

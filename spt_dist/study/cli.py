@@ -117,6 +117,8 @@ def _report(args: argparse.Namespace) -> int:
     by = [b for b in args.by.split(",") if b]
     summary = write_report(args.runs_dir, args.out, by=by, metric=args.metric)
     print(f"{summary['runs']} runs -> {summary['rows']} rows: {summary['out']}/report.md, report.csv, scaling.png")
+    for line in summary["warnings"]:
+        print(f"  warning: {line}")
     for path in summary["skipped"]:
         print(f"  not in the table (unfinished or no metric): {path}")
     return 0

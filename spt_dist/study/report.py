@@ -91,27 +91,57 @@ def _key(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def table(records: Sequence[RunRecord], by: Sequence[str]) -> List[Dict[str, Any]]:
-    """One row per group: mean and std of the metric over its finished runs (e.g. seeds)."""
-    groups: Dict[tuple, List[float]] = {}
+# Keys that may differ between the runs a row averages: the seed (the point of averaging), and
+# what names a run or how it is launched and logged (not what it trains).
+POOLED_KEYS = ("run.seed", "run.name", "run.out_dir", "run.progress", "run.log_every")
+
+
+def check_by(records: Sequence[RunRecord], by: Sequence[str]) -> None:
+    """Every grouping column must name something at least one run has."""
+    have = set().union(*(r.values for r in records)) if records else set()
+    missing = [b for b in by if _key(b) not in have]
+    if missing:
+        config_keys = sorted(k for k in have if not k.startswith("results."))
+        raise ConfigError(f"--by {', '.join(missing)}: no run has {'this key' if len(missing) == 1 else 'these keys'}; "
+                          f"available: {', '.join(list(ALIASES) + config_keys)}")
+
+
+def _differing(group: Sequence[RunRecord], by: Sequence[str]) -> List[str]:
+    """Config keys whose values differ inside a group, apart from the seed and run naming."""
+    skip = set(POOLED_KEYS) | {_key(b) for b in by} | {"params_m"}
+    keys = set().union(*(r.values for r in group))
+    return sorted(k for k in keys if k not in skip and not k.startswith(("results.", "launch."))
+                  and len({repr(r.values.get(k)) for r in group}) > 1)
+
+
+def table(records: Sequence[RunRecord], by: Sequence[str], metric_name: str = "top1") -> List[Dict[str, Any]]:
+    """One row per group: mean and std of the metric over its finished runs (e.g. seeds).
+
+    A group whose runs differ in more than the seed gets those keys in its `differs` column,
+    so a silent average over, say, two learning rates shows up in the table.
+    """
+    groups: Dict[tuple, List[RunRecord]] = {}
     for r in records:
         if r.status != "finished" or r.metric is None:
             continue
-        groups.setdefault(tuple(r.values.get(_key(b)) for b in by), []).append(r.metric)
+        groups.setdefault(tuple(r.values.get(_key(b)) for b in by), []).append(r)
     rows = []
     for key in sorted(groups, key=lambda t: tuple(str(x) for x in t)):
-        vals = groups[key]
+        vals = [r.metric for r in groups[key]]
         row = dict(zip(by, key))
-        row.update(top1=round(statistics.fmean(vals), 3),
-                   std=round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0, runs=len(vals))
+        row.update({metric_name: round(statistics.fmean(vals), 3),
+                    "std": round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0, "runs": len(vals),
+                    "differs": ",".join(_differing(groups[key], by))})
         rows.append(row)
     return rows
 
 
-def write_table(rows: List[Dict[str, Any]], out: Path, by: Sequence[str]) -> None:
-    cols = list(by) + ["top1", "std", "runs"]
+def write_table(rows: List[Dict[str, Any]], out: Path, by: Sequence[str], metric_name: str = "top1") -> None:
+    cols = list(by) + [metric_name, "std", "runs"]
+    if any(r["differs"] for r in rows):
+        cols.append("differs")
     with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols)
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -119,11 +149,13 @@ def write_table(rows: List[Dict[str, Any]], out: Path, by: Sequence[str]) -> Non
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def _series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> Dict[str, List[tuple]]:
-    """Per method: (x, mean metric) at the largest value of `fixed_key` each method has."""
+def _series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> tuple:
+    """Per method: (x, mean metric) at the largest value of `fixed_key` each method has, and
+    that value per method."""
     done = [r for r in records if r.status == "finished" and r.metric is not None
             and r.values.get(x_key) is not None]
     out: Dict[str, List[tuple]] = {}
+    fixed_at: Dict[str, Any] = {}
     for method in sorted({r.values["method"] for r in done}):
         mine = [r for r in done if r.values["method"] == method]
         fixed = max(r.values.get(fixed_key) or 0 for r in mine)
@@ -132,10 +164,20 @@ def _series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> Dict[st
             if (r.values.get(fixed_key) or 0) == fixed:
                 by_x.setdefault(float(r.values[x_key]), []).append(r.metric)
         out[method] = sorted((x, statistics.fmean(v)) for x, v in by_x.items())
-    return out
+        fixed_at[method] = fixed
+    return out, fixed_at
 
 
-def plot(records: Sequence[RunRecord], out: Path) -> Path:
+def _fixed_note(label: str, fixed_at: Dict[str, Any]) -> str:
+    values = {f"{v:.3g}" if isinstance(v, float) else str(v) for v in fixed_at.values()}
+    if len(values) == 1:
+        return f"{label} = {values.pop()}"
+    return f"{label}: " + ", ".join(f"{m} {v:.3g}" if isinstance(v, float) else f"{m} {v}"
+                                     for m, v in fixed_at.items())
+
+
+def plot(records: Sequence[RunRecord], out: Path, metric: Optional[str] = None) -> Path:
+    """Two panels; the y axis is named after `metric` (test top-1 in % by default)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
@@ -143,11 +185,12 @@ def plot(records: Sequence[RunRecord], out: Path) -> Path:
     import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    panels = [(axes[0], "params_m", "data.fraction", "backbone parameters (M)", "largest data fraction"),
-              (axes[1], "data.fraction", "params_m", "training data fraction", "largest backbone")]
-    for ax, x_key, fixed_key, xlabel, note in panels:
+    panels = [(axes[0], "params_m", "data.fraction", "backbone parameters (M)", "data fraction"),
+              (axes[1], "data.fraction", "params_m", "training data fraction", "backbone params (M)")]
+    for ax, x_key, fixed_key, xlabel, fixed_label in panels:
         xs = set()
-        for method, pts in _series(records, x_key, fixed_key).items():
+        series, fixed_at = _series(records, x_key, fixed_key)
+        for method, pts in series.items():
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
                 xs.update(p[0] for p in pts)
@@ -156,8 +199,9 @@ def plot(records: Sequence[RunRecord], out: Path) -> Path:
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xticks(sorted(xs), [f"{x:.3g}" for x in sorted(xs)])
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("top-1 (%)")
-        ax.set_title(f"top-1 vs {xlabel.split(' (')[0]}\n({note})", fontsize=10)
+        ax.set_ylabel(metric or "top-1 (%)")
+        note = _fixed_note(fixed_label, fixed_at) if fixed_at else "no runs"
+        ax.set_title(f"{metric or 'top-1'} vs {xlabel.split(' (')[0]}\n({note})", fontsize=10)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
@@ -170,14 +214,20 @@ def plot(records: Sequence[RunRecord], out: Path) -> Path:
 
 def write_report(runs_dir: str, out_dir: str, by: Sequence[str] = ("method", "backbone", "data_fraction"),
                  metric: Optional[str] = None) -> Dict[str, Any]:
-    """Writes report.md, report.csv and scaling.png into `out_dir`; returns a summary."""
+    """Writes report.md, report.csv and scaling.png into `out_dir`; returns a summary whose
+    `warnings` name the rows that average runs differing in more than the seed."""
     records = collect(runs_dir, metric)
     if not records:
         raise ConfigError(f"no results.json under '{runs_dir}'")
+    check_by(records, by)
+    metric_name = metric or "top1"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = table(records, by)
-    write_table(rows, out, by)
-    plot(records, out)
+    rows = table(records, by, metric_name)
+    write_table(rows, out, by, metric_name)
+    plot(records, out, metric)
     skipped = [str(r.run_dir) for r in records if r.status != "finished" or r.metric is None]
-    return {"runs": len(records), "rows": len(rows), "skipped": skipped, "out": str(out)}
+    warnings = [f"row {', '.join(f'{b}={r[b]}' for b in by)} averages {r['runs']} runs that differ in "
+                f"{r['differs'].replace(',', ', ')} (add them to --by to separate them)"
+                for r in rows if r["differs"]]
+    return {"runs": len(records), "rows": len(rows), "skipped": skipped, "out": str(out), "warnings": warnings}
