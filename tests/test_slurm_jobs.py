@@ -208,15 +208,52 @@ def test_bad_config_is_rejected_before_submission(slurm, study, override, key):
     assert _job_ids() == before and not jobs.exists()
 
 
-def test_cancel_ends_the_job_without_hanging(slurm, study, capsys):
+def test_cancel_of_a_training_job_ends_it_without_requeue(slurm, study, capsys):
     from spt_dist.cli import main
     from spt_dist.study.status import sacct_state
 
     sub = submit(study, "optim.epochs=50", "launch.tasks_per_node=1", name="cancelled")
+    deadline = time.time() + JOB_TIMEOUT_S
+    while not events(sub.run_dir, "train"):  # cancel a job that trains, not one still starting
+        if time.time() > deadline or sub.job.done():
+            sub.job.cancel(check=False)
+            pytest.fail(f"training never started: {sub.job.stderr()}")
+        time.sleep(0.1)
     assert main(["cancel", sub.job.job_id, "--jobs-dir", str(study / "jobs")]) == 0
     assert f"scancel {sub.job.job_id}" in capsys.readouterr().out
     wait_done(sub.job, timeout_s=120)  # accounting tells submitit the job is over
-    with pytest.raises(Exception, match="has not produced any output|CANCELLED"):
-        sub.job.results()
+    time.sleep(5)  # a requeue would show up by now as a pending or running job again
     assert sacct_state(sub.job.job_id) == "CANCELLED"
+    queued = subprocess.run(["squeue", "-h", "-j", sub.job.job_id, "-o", "%T"], capture_output=True, text=True,
+                            timeout=30).stdout.split()
+    assert not queued, f"job {sub.job.job_id} is back in the queue: {queued}"
+    assert "Requeued job" not in sub.job.paths.stdout.read_text()
+    assert len(events(sub.run_dir, "start")) == 1
+    interrupted = events(sub.run_dir, "interrupted")  # the engine saved before the job ended
+    assert [e["signal"] for e in interrupted] == ["SIGTERM"]
     assert main(["status", str(sub.job_folder)]) == 0 and "CANCELLED" in capsys.readouterr().out
+
+
+def test_reused_run_name_with_another_config_is_refused(reference, study):
+    before = _job_ids()
+    jobs = study / "jobs_clash"
+    proc = subprocess.run([*SPT, "submit", str(study / "run.yaml"), "run.name=reference", "optim.lr=0.01",
+                           "--folder", str(jobs)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "different config" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert _job_ids() == before and not jobs.exists()
+
+
+def test_unknown_sbatch_option_is_one_error_line(slurm, study):
+    jobs = study / "jobs_refused"
+    proc = subprocess.run([*SPT, "submit", str(study / "run.yaml"), "run.name=refused", "--folder", str(jobs),
+                           "--sbatch", "no-such-option=1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("spt: error:")][0].count("no-such-option")
+
+
+def test_sbatch_true_is_a_bare_flag(slurm, study):
+    sub = submit(study, "launch.tasks_per_node=1", "optim.epochs=1", "launch.sbatch_extra.exclusive=true",
+                 name="exclusive")
+    assert "#SBATCH --exclusive\n" in sub.job.paths.submission_file.read_text()
+    wait_done(sub.job)
+    assert sub.job.results()[0]["status"] == "finished"

@@ -80,6 +80,10 @@ def job_status(folder: Path) -> JobStatus:
     errors = [trace for _, (kind, trace) in sorted(outcomes.items()) if kind == "error"]
     if len(outcomes) >= int(info.get("tasks", 1)) or (outcomes and cluster != "slurm"):
         state = "FAILED" if errors else "COMPLETED"  # the job's own word; sacct may lag behind
+        first = outcomes.get(0, ("", None))[1]
+        if not errors and isinstance(first, dict) and first.get("status") == "interrupted":
+            # Saved and stopped on a signal without a requeue (a cancel): not a completed run.
+            state = sacct_state(job_id) if cluster == "slurm" else "INTERRUPTED"
     elif cluster == "slurm":
         state = sacct_state(job_id)
     else:
