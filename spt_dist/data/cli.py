@@ -6,7 +6,8 @@ import os
 import sys
 from typing import List, Optional
 
-from .index import DataError, ShardIndex
+# The data package (and torch with it) is imported inside the commands, so that building the
+# `spt` parser on a login node stays fast.
 
 
 def _classes(text: Optional[str]) -> Optional[List[int]]:
@@ -33,6 +34,7 @@ def _source(args: argparse.Namespace):
 
 
 def _build(args: argparse.Namespace) -> int:
+    from .index import DataError
     from .writer import write_shards
 
     try:
@@ -46,7 +48,7 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_info(index: ShardIndex) -> None:
+def _print_info(index) -> None:
     print(f"{index.root}: {index.source.get('kind', '?')}, {index.num_classes} classes, "
           f"content hash {index.content_hash[:16]}")
     for name, split in index.splits.items():
@@ -54,6 +56,8 @@ def _print_info(index: ShardIndex) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from .index import DataError, ShardIndex
+
     try:
         _print_info(ShardIndex.load(args.root))
     except DataError as exc:
