@@ -53,8 +53,6 @@ def test_debug_executor_runs_in_process(run_file):
     assert printed["run_dir"].endswith("/debug1")
 
 
-@pytest.mark.xfail(strict=True, reason="spt_dist/data/__init__.py imports the torch loader eagerly; "
-                                       "data/cli.py no longer does")
 def test_building_the_parser_imports_no_torch():
     code = "import sys, spt_dist.cli; spt_dist.cli.build_parser(); print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,9 +1,21 @@
 """SPT's prototype initialisation of prompts: streaming, distributed, cached; and the
-prompt-to-prototype alignment analysis."""
-from .alignment import alignment_metrics, plot_alignment, read_alignment
-from .collective import PromptInitError
-from .initialize import InitResult, initialize_prompts, select_init_keys
-from .plan import STRATEGIES, InitPlan
+prompt-to-prototype alignment analysis.
 
-__all__ = ["InitPlan", "InitResult", "PromptInitError", "STRATEGIES", "alignment_metrics", "initialize_prompts",
-           "plot_alignment", "read_alignment", "select_init_keys"]
+Names are imported on first use, so that building the `spt` command does not import torch.
+"""
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "alignment_metrics": "alignment", "plot_alignment": "alignment", "read_alignment": "alignment",
+    "PromptInitError": "collective",
+    "InitResult": "initialize", "initialize_prompts": "initialize", "select_init_keys": "initialize",
+    "STRATEGIES": "plan", "InitPlan": "plan",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'spt_dist.prompt_init' has no attribute '{name}'")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
