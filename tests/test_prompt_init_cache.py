@@ -8,7 +8,7 @@ import torch
 from spt_dist.config import ConfigError, load_config
 from spt_dist.data import ShardIndex, write_shards
 from spt_dist.data.sources.builtin import digits_source
-from spt_dist.model import build_model
+from spt_dist.model import build_model, weights_hash
 from spt_dist.prompt_init import PromptInitError, initialize_prompts
 
 ONE = SimpleNamespace(rank=0, world_size=1)
@@ -48,6 +48,10 @@ def test_cache_hit_skips_the_forward_pass_and_gives_the_same_prompts(shards, tmp
     assert second.cache_hit and calls2 == []
     assert torch.equal(second.prompts, first.prompts) and torch.equal(second.reference, first.reference)
     assert torch.equal(model2.prompts.detach(), first.prompts)
+    # The hash a caller already computed (the engine's) names the same cache entry.
+    cfg, index, model3, calls3 = _setup(shards, tmp_path)
+    third = initialize_prompts(model3, cfg, index, ONE, "cpu", backbone_hash=weights_hash(model3.backbone))
+    assert third.cache_hit and calls3 == []
     assert second.stats == first.stats and second.images == first.images
 
     # The kmeans entry serves a later VPT run's alignment reference: no pass either.

@@ -42,22 +42,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prompt_init(model: Any, cfg: Config, index: Any, dist: DistInfo, resuming: bool) -> Optional[Any]:
+def _prompt_init(model: Any, cfg: Config, index: Any, dist: DistInfo, resuming: bool,
+                 backbone_hash: str) -> Optional[Any]:
     """SPT's prototype init and/or the alignment reference (spt_dist.prompt_init).
 
     On resume the prompts come from the checkpoint, so it only runs for the reference (its
-    cache makes that cheap). Without the prompt_init stage vpt/linear/full still train.
+    cache makes that cheap).
     """
+    from spt_dist.prompt_init import initialize_prompts
+
     m = cfg.method
     if not m.prompt_length or not (m.name == "spt" or m.track_alignment) or (resuming and not m.track_alignment):
         return None
-    try:
-        from spt_dist.prompt_init import initialize_prompts
-    except ImportError as exc:
-        if m.name == "spt":
-            raise RuntimeError(f"method=spt needs spt_dist.prompt_init.initialize_prompts ({exc})") from None
-        return None
-    return initialize_prompts(model, cfg, index, dist, dist.device)
+    return initialize_prompts(model, cfg, index, dist, dist.device, backbone_hash=backbone_hash)
 
 
 def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> Parts:
@@ -76,7 +73,7 @@ def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> Parts:
     identity = {"backbone": cfg.model.name, "weights_hash": weights_hash(model.backbone),
                 "prompt_shape": list(model.prompts.shape) if model.prompts is not None else None,
                 "num_classes": index.num_classes, "method": cfg.method.name, "world_size": dist.world_size}
-    init = _prompt_init(model, cfg, index, dist, resuming)
+    init = _prompt_init(model, cfg, index, dist, resuming, identity["weights_hash"])
     seed_everything(cfg.run.seed + 1000003 * (dist.rank + 1))  # per-rank streams (prompt dropout)
 
     global_batch = cfg.data.batch_size * cfg.optim.grad_accum * dist.world_size

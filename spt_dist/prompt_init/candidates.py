@@ -38,10 +38,6 @@ class CandidatePool:
     def __len__(self) -> int:
         return int(self.priority.numel())
 
-    @property
-    def nbytes(self) -> int:
-        return self.priority.numel() * 8 + self.features.numel() * self.features.element_size()
-
     def add(self, priority: torch.Tensor, features: torch.Tensor) -> None:
         """Merge (M,) priorities with their (M, d) features."""
         self.seen += int(priority.numel())

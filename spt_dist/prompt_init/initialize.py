@@ -107,13 +107,11 @@ def _agree_on(comm: Comm, fn, *args) -> Any:
     return result
 
 
-def _cache_fields(model: torch.nn.Module, cfg: Config, index: Any, keys: Sequence[str], plan: InitPlan,
+def _cache_fields(backbone_hash: str, cfg: Config, index: Any, keys: Sequence[str], plan: InitPlan,
                   inputs: tuple) -> Dict[str, Dict[str, Any]]:
     """Per strategy, everything its prototypes depend on (the cache key)."""
-    from spt_dist.model import weights_hash
-
     m = cfg.method
-    common = {"backbone": weights_hash(model.backbone), "data": index.content_hash,
+    common = {"backbone": backbone_hash, "data": index.content_hash,
               "split": cfg.data.train_split, "keys": keys_digest(keys), "fraction": cfg.data.fraction,
               "init_images": m.init_images, "preset": cfg.data.preset, "inputs": list(map(str, inputs)),
               "layers": plan.layers, "prompt_length": plan.prompt_length, "seed": plan.seed,
@@ -122,12 +120,16 @@ def _cache_fields(model: torch.nn.Module, cfg: Config, index: Any, keys: Sequenc
     return {s: dict(common, strategy=s, **(kmeans if s == "kmeans" else {})) for s in plan.strategies}
 
 
-def _lookup(model: torch.nn.Module, cfg: Config, index: Any, keys: Sequence[str], plan: InitPlan,
-            inputs: tuple, is_reader: bool) -> tuple:
+def _lookup(model: torch.nn.Module, backbone_hash: Optional[str], cfg: Config, index: Any,
+            keys: Sequence[str], plan: InitPlan, inputs: tuple, is_reader: bool) -> tuple:
     """(cache key fields, cached prototypes) per strategy; empty unless `is_reader` and a cache is set."""
     if not (is_reader and cfg.method.cache_dir):
         return {}, {}
-    fields = _cache_fields(model, cfg, index, keys, plan, inputs)
+    if backbone_hash is None:
+        from spt_dist.model import weights_hash
+
+        backbone_hash = weights_hash(model.backbone)
+    fields = _cache_fields(backbone_hash, cfg, index, keys, plan, inputs)
     found: Dict[str, Prototypes] = {}
     for s, f in fields.items():
         hit = load_prototypes(cache_path(cfg.method.cache_dir, s, f), f)
@@ -151,9 +153,12 @@ def _compute(model: torch.nn.Module, cfg: Config, index: Any, keys: List[str], p
 
 
 def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: Any,
-                       device: torch.device | str) -> InitResult:
+                       device: torch.device | str, backbone_hash: Optional[str] = None) -> InitResult:
     """Prototype-initialise `model.prompts` per cfg.method (every rank calls it; `dist` has
-    .rank and .world_size); returns identical results on every rank."""
+    .rank and .world_size); returns identical results on every rank.
+
+    `backbone_hash`: the backbone's weights_hash when the caller has it already (hashing a
+    ViT-H reads 2.5 GB); computed here otherwise."""
     start = time.perf_counter()
     comm = Comm(dist.rank, dist.world_size)
     m = cfg.method
@@ -175,7 +180,8 @@ def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: An
     keys, plan, inputs = _agree_on(comm, prepare)
 
     # Cache: rank 0 hashes the weights, looks up and reads; everyone receives the same answer.
-    fields, found = _agree_on(comm, _lookup, model, cfg, index, keys, plan, inputs, comm.rank == 0)
+    fields, found = _agree_on(comm, _lookup, model, backbone_hash, cfg, index, keys, plan, inputs,
+                            comm.rank == 0)
     found = comm.broadcast_object(found)
     misses = [s for s in wanted if s not in found]
     if misses:
