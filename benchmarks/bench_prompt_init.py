@@ -34,11 +34,11 @@ _SOURCE: Dict[str, np.ndarray] = {}
 def _load_source() -> None:
     """The uint8 training images (47 MB), read once before any measurement: they stand for the
     data on disk, not for memory of the init."""
-    from spt_dist.data.sources.builtin import FMNIST_DIR, _read_idx
+    from spt_dist.data.sources.builtin import FMNIST_DIR, read_idx
 
     path = Path(FMNIST_DIR) / "train-images-idx3-ubyte.gz"
     if path.is_file():
-        _SOURCE["fmnist"] = np.ascontiguousarray(_read_idx(path))
+        _SOURCE["fmnist"] = np.ascontiguousarray(read_idx(path))
     else:
         _SOURCE["fmnist"] = np.random.default_rng(0).integers(0, 256, (60000, 28, 28), dtype=np.uint8)
 

@@ -1,4 +1,5 @@
-"""Epoch order: shared shard shuffle per epoch, repeatable per seed, exact resume by skip_batches."""
+"""Epoch order in both modes: repeatable per seed, different per epoch, exact resume by
+skip_batches; stream mode's shared shard shuffle and buffer."""
 from __future__ import annotations
 
 import pytest
@@ -34,24 +35,29 @@ def _shard_order(index, batches):
     return seen
 
 
-def test_epochs_differ_and_seed_repeats(index):
+@pytest.mark.parametrize("mode", ["exact", "stream"])
+def test_epochs_differ_and_seed_repeats(index, mode):
     for rank in range(2):
-        data = _data(index, rank=rank, shuffle_buffer=0)
+        data = _data(index, rank=rank, shuffle_buffer=0, shuffle=mode)
         e0, e1 = _keys(data, 0), _keys(data, 1)
-        assert _shard_order(index, e0) != _shard_order(index, e1)
-        assert _keys(_data(index, rank=rank, shuffle_buffer=0), 0) == e0  # same seed, same order
-        assert _keys(_data(index, rank=rank, seed=1, shuffle_buffer=0), 0) != e0
+        assert e0 != e1
+        if mode == "stream":
+            assert _shard_order(index, e0) != _shard_order(index, e1)
+        assert _keys(_data(index, rank=rank, shuffle_buffer=0, shuffle=mode), 0) == e0  # same seed, same order
+        assert _keys(_data(index, rank=rank, seed=1, shuffle_buffer=0, shuffle=mode), 0) != e0
 
 
 def test_shuffle_buffer_mixes_within_rank(index):
-    plain, mixed = _keys(_data(index, shuffle_buffer=0), 0), _keys(_data(index, shuffle_buffer=6), 0)
+    plain = _keys(_data(index, shuffle_buffer=0, shuffle="stream", stream_shards=1), 0)
+    mixed = _keys(_data(index, shuffle_buffer=6, shuffle="stream", stream_shards=1), 0)
     flat = lambda b: [k for x in b for k in x]  # noqa: E731
     assert sorted(flat(plain)) == sorted(flat(mixed)) and flat(plain) != flat(mixed)
 
 
+@pytest.mark.parametrize("mode", ["exact", "stream"])
 @pytest.mark.parametrize("workers", [0, 2, 3])
-def test_skip_batches_gives_exact_tail(index, workers):
-    data = _data(index, num_workers=workers, preset="fgvc")  # fgvc: random crops and flips
+def test_skip_batches_gives_exact_tail(index, workers, mode):
+    data = _data(index, num_workers=workers, preset="fgvc", shuffle=mode)  # fgvc: random crops and flips
     full = list(data.epoch(1))
     assert len(full) == data.batches_per_epoch == 41 // 8
     for k in range(data.batches_per_epoch + 1):

@@ -7,6 +7,7 @@ import pytest
 
 from spt_dist.cli import main as spt
 from spt_dist.data import DataError, ShardIndex
+from spt_dist.data.index import self_hash
 from spt_dist.data.synthetic import tiny_shards
 
 
@@ -16,9 +17,13 @@ def shards(tmp_path):
     return tmp_path
 
 
-def _edit(root, change) -> None:
+def _edit(root, change, restamp: bool = True) -> None:
+    """Change index.json; `restamp` recomputes its index_hash (a tool that writes a malformed
+    index), otherwise it is a hand edit."""
     raw = json.loads((root / "index.json").read_text())
     change(raw)
+    if restamp:
+        raw["index_hash"] = self_hash(raw)
     (root / "index.json").write_text(json.dumps(raw))
 
 
@@ -52,6 +57,24 @@ def test_shard_size_checked_on_load(shards):
         ShardIndex.load(shards)
 
 
-def test_index_without_sizes_still_loads(shards):
-    _edit(shards, lambda raw: [s.pop("size") for s in raw["splits"]["train"]["shards"]])
-    assert ShardIndex.load(shards).split("train").num_samples == 5
+def test_hand_edited_index_is_refused(shards, capsys):
+    _edit(shards, lambda raw: raw["splits"]["train"]["shards"][0]["labels"].__setitem__(0, 1), restamp=False)
+    with pytest.raises(DataError, match="does not match its own index_hash"):
+        ShardIndex.load(shards)
+    # The way out the message names: re-index from the tars, which hold the true labels.
+    assert spt(["shards", "index", str(shards)]) == 0
+    assert ShardIndex.load(shards).split("train").shards[0].labels[0] == 0
+
+
+def test_shard_listed_twice_and_duplicate_keys_are_refused(shards):
+    def twice(raw):
+        raw["splits"]["val"] = {"shards": [raw["splits"]["train"]["shards"][0]]}
+    _edit(shards, twice)
+    with pytest.raises(DataError, match=r"shard train-000000\.tar is listed 2 times"):
+        ShardIndex.load(shards)
+
+
+def test_old_format_is_refused_with_the_upgrade_command(shards):
+    _edit(shards, lambda raw: raw.update(format=1))
+    with pytest.raises(DataError, match=r"index format 1 is not supported .* `spt shards index "):
+        ShardIndex.load(shards)

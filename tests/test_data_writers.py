@@ -46,7 +46,12 @@ def test_folder_tree_deterministic_split(tmp_path):
     assert sorted(y for _, y in _read_all(loaded, "test")) == [0, 1]
     assert not list((tmp_path / "out").glob(".*tmp*"))  # atomic writes leave no temporaries
     with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
-        assert tar.getnames()[:2] == ["train-0000000.jpg", "train-0000000.cls"]
+        names = tar.getnames()
+    first = index.split("train").shards[0].keys[0]
+    assert names[:2] == [f"{first}.jpg", f"{first}.cls"]  # <key>.jpg then <key>.cls, in index order
+    # Keys name source positions (class by class); the split was permuted before sharding.
+    assert index.split("train").keys() != sorted(index.split("train").keys())
+    assert index.source["shuffle_seed"] == 0
 
 
 def test_folder_tree_with_split_folders_and_bad_image(tmp_path):
@@ -75,7 +80,8 @@ def test_vtab_lists_cli(tmp_path):
     index = ShardIndex.load(tmp_path / "out")
     assert sorted(index.splits) == ["test", "train800", "train800val200", "val200"]
     assert index.classes == ["0", "1", "2"] and index.source["kind"] == "vtab"
-    assert [y for _, y in _read_all(index, "train800val200")] == [0, 1, 2, 1]
+    assert sorted(_read_all(index, "train800val200")) == [(f"train800val200-000000{i}", y)
+                                                          for i, y in enumerate([0, 1, 2, 1])]
     (src / "test.txt").write_text("images/missing.jpg 0\n")
     assert spt(["shards", "build", "vtab", str(src), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
 
@@ -92,7 +98,8 @@ def test_fgvc_json(tmp_path):
     assert spt(["shards", "build", "fgvc", str(src), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     index = ShardIndex.load(tmp_path / "out")
     assert index.classes == ["1", "2"] and sorted(index.splits) == ["test", "train", "val"]
-    assert [y for _, y in _read_all(index, "train")] == [0, 1, 0] and _read_all(index, "val")[0][1] == 1
+    assert sorted(_read_all(index, "train")) == [(f"train-000000{i}", y) for i, y in enumerate([0, 1, 0])]
+    assert _read_all(index, "val")[0][1] == 1
 
 
 def test_digits_class_subset(tmp_path):

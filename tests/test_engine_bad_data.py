@@ -9,11 +9,14 @@ from pathlib import Path
 
 from conftest_engine import make_assets, run, torchrun, write_config
 from spt_dist.data import ShardIndex
+from spt_dist.data.tarscan import scan_shard
 
 
 def _corrupt(index: ShardIndex, split: str, keys: set) -> None:
-    """Rewrite the split's tars with the images of `keys` replaced by bytes no decoder reads."""
-    for shard in index.split(split).shards:
+    """Rewrite the split's tars with the images of `keys` replaced by bytes no decoder reads
+    (and index them again: the index describes the tars as they now are)."""
+    shards = index.split(split).shards
+    for i, shard in enumerate(shards):
         path = Path(index.root) / shard.name
         with tarfile.open(path) as tar:
             members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -23,7 +26,7 @@ def _corrupt(index: ShardIndex, split: str, keys: set) -> None:
                     data = b"not an image" * 4
                 member.size = len(data)
                 tar.addfile(member, io.BytesIO(data))
-        shard.size = path.stat().st_size
+        shards[i] = scan_shard(path)
     index.save()
 
 

@@ -71,7 +71,14 @@ class DataConfig:
     batch_size: int = bounded(32, 1, help="per-rank micro batch")
     eval_batch_size: int = bounded(128, 1)
     num_workers: int = bounded(0, 0)
-    shuffle_buffer: int = bounded(1000, 0)
+    shuffle_buffer: int = bounded(1000, 0, help="stream mode: samples in each worker's shuffle buffer")
+    shuffle: str = choice("exact", "exact", "stream", help="exact: a uniform permutation of the whole split "
+                          "every epoch (random access); stream: sequential shard reads + buffer")
+    stream_shards: int = bounded(4, 1, help="stream mode: shards each worker reads at once, interleaved")
+    mixing_check: str = choice("error", "error", "warn", "off", help="when batches mix classes far worse "
+                               "than a uniform shuffle (see data.min_mixing)")
+    min_mixing: float = bounded(0.9, 0.0, 1.0, help="lowest allowed ratio of distinct classes per batch, "
+                                "planned vs uniform")
     on_bad_sample: str = choice("error", "error", "skip")
 
 

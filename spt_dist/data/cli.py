@@ -1,4 +1,5 @@
-"""`spt shards build SOURCE ... --out DIR` and `spt shards info DIR`."""
+"""`spt shards build SOURCE ... --out DIR`, `spt shards index DIR`, `spt shards verify DIR`,
+`spt shards info DIR`. Input errors propagate to `spt` (one line, exit code 2)."""
 from __future__ import annotations
 
 import argparse
@@ -34,36 +35,68 @@ def _source(args: argparse.Namespace):
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .index import DataError
     from .writer import write_shards
 
-    try:
-        index = write_shards(_source(args), args.out, shard_size=args.shard_size, workers=args.workers,
-                             skip_bad=args.skip_bad, max_per_class=args.max_per_class, seed=args.seed,
-                             progress=not args.no_progress)
-    except DataError as exc:
-        print(f"spt shards: error: {exc}", file=sys.stderr)
-        return 2
+    index = write_shards(_source(args), args.out, shard_size=args.shard_size, workers=args.workers,
+                         skip_bad=args.skip_bad, max_per_class=args.max_per_class, seed=args.seed,
+                         progress=_progress(args))
     _print_info(index)
     return 0
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def _print_info(index) -> None:
     print(f"{index.root}: {index.source.get('kind', '?')}, {index.num_classes} classes, "
           f"content hash {index.content_hash[:16]}")
     for name, split in index.splits.items():
-        print(f"  {name}: {split.num_samples} samples in {len(split.shards)} shard(s)")
+        per_shard = [len(s.class_counts()) for s in split.shards]
+        print(f"  {name}: {split.num_samples} samples in {len(split.shards)} shard(s), "
+              f"{len(split.class_counts())} classes; classes per shard: {min(per_shard)}..{max(per_shard)}, "
+              f"mean {sum(per_shard) / len(per_shard):.1f}")
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .index import DataError, ShardIndex
+    from .index import ShardIndex
 
-    try:
-        _print_info(ShardIndex.load(args.root))
-    except DataError as exc:
-        print(f"spt shards: error: {exc}", file=sys.stderr)
-        return 2
+    _print_info(ShardIndex.load(args.root))
     return 0
+
+
+def _patterns(items: List[str]) -> dict:
+    from .index import DataError
+
+    out = {}
+    for item in items:
+        split, sep, pattern = item.partition("=")
+        if not sep or not split or not pattern:
+            raise DataError(f"--split expects NAME=GLOB (e.g. train='train-*.tar'), got '{item}'")
+        out[split] = pattern
+    return out
+
+
+def _index(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .indexer import index_shards
+
+    classes = None
+    if args.classes:
+        classes = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+    _print_info(index_shards(args.root, classes=classes, patterns=_patterns(args.split), skip_bad=args.skip_bad))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .indexer import verify_shards
+
+    problems = verify_shards(args.root)
+    for p in problems:
+        print(f"  {p}")
+    print(f"{args.root}: {'OK, every shard matches index.json' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
 
 
 def _common(p: argparse.ArgumentParser, splits: bool) -> None:
@@ -72,8 +105,9 @@ def _common(p: argparse.ArgumentParser, splits: bool) -> None:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="encoding processes")
     p.add_argument("--max-per-class", type=int, default=0, help="cap samples per class in every split (0 = all)")
     p.add_argument("--skip-bad", action="store_true", help="skip images that cannot be decoded (listed)")
-    p.add_argument("--seed", type=int, default=0, help="seed of deterministic splits and caps")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the splits, caps and the permutation of every split before sharding")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
     if splits:
         p.add_argument("--val-fraction", type=float, default=0.1, help="per-class share carved out as val")
 
@@ -107,3 +141,17 @@ def register(sub) -> None:
     info = shards.add_parser("info", help="summarise a shard folder's index.json")
     info.add_argument("root")
     info.set_defaults(func=_info)
+    p = shards.add_parser("index", help="write index.json for a folder of WebDataset tars (<key>.jpg|png + "
+                                        "<key>.cls), or upgrade an older index; the tars stay as they are")
+    p.add_argument("root")
+    p.add_argument("--classes", help="file with one class name per line (label i = line i); default: an "
+                                     "existing index's names, else 0..C-1")
+    p.add_argument("--split", nargs="+", default=[], metavar="NAME=GLOB",
+                   help="which tars form which split, e.g. train='train-*.tar' (default: an existing index's "
+                        "assignment, else the file name up to its number: train-000003.tar -> train)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out samples without image or label (listed)")
+    p.set_defaults(func=_index)
+    p = shards.add_parser("verify", help="re-read every tar: sha256, keys, labels, offsets and digests "
+                                         "against index.json (exit code 1 on any difference)")
+    p.add_argument("root")
+    p.set_defaults(func=_verify)

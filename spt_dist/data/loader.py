@@ -1,8 +1,13 @@
 """TrainData / EvalData: shards in, equal batches on every rank out.
 
-Stages (see plan.py for who reads what): shard list shuffled with a shared per-epoch
-seed -> split by rank -> split by DataLoader worker -> read tar -> seeded shuffle buffer
--> decode + transform -> batch. Every rank yields exactly `batches_per_epoch` batches.
+Stages (plan.py decides who reads what, from the index alone):
+- exact (default): one uniform permutation of the whole split per epoch, shared by all
+  ranks -> rank's slice of every global batch -> dealt to DataLoader workers -> random
+  access by offset -> decode + transform -> batch.
+- stream: shard list shuffled with a shared per-epoch seed -> split by rank -> split by
+  worker -> sequential tar reads, several shards interleaved -> seeded shuffle buffer ->
+  decode + transform -> batch.
+Every rank yields exactly `batches_per_epoch` batches.
 
 Bad samples (data.on_bad_sample=skip) keep their position: in training a bad sample is
 replaced by a repeat of a good sample of the same batch, so batch counts and resume
@@ -23,38 +28,17 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..config.schema import DataConfig
 from .fraction import select_fraction
 from .index import DataError, ShardIndex
-from .plan import Segment, eval_parts, mix, train_parts
-from .reader import BadSampleError, RawSample, decode_sample, read_segment
+from .mixing import MixingReport, check_mixing, mixing_report
+from .plan import Loc, by_key, deal, eval_batches, exact_batches, mix, stream_order, stream_parts
+from .reader import BadSampleError, RawSample, SampleReader, decode_sample, read_segment
 from .transforms import ImageTransform, build_transform
 
 Batch = Tuple[torch.Tensor, torch.Tensor, List[str]]
 
 
-def _raw_stream(index: ShardIndex, segs: Sequence[Segment]) -> Iterator[RawSample]:
-    for shard, keys in segs:
-        yield from read_segment(index.shard_path(shard), keys)
-
-
-def _shuffle_buffer(items: Iterator[RawSample], size: int, rng: random.Random) -> Iterator[RawSample]:
-    """Seeded reservoir shuffle over undecoded samples: the order depends on positions only."""
-    if size <= 1:
-        yield from items
-        return
-    buf: List[RawSample] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        i = rng.randrange(size)
-        yield buf[i]
-        buf[i] = item
-    rng.shuffle(buf)
-    yield from buf
-
-
-def _worker() -> Tuple[int, int]:
+def _worker() -> int:
     info = get_worker_info()
-    return (info.id, info.num_workers) if info else (0, 1)
+    return info.id if info else 0
 
 
 class _Decoder:
@@ -77,6 +61,16 @@ class _Decoder:
             good.append((image, label, raw.key))
         return good, bad
 
+    def train_batch(self, raws: Sequence[RawSample], seed: int, epoch: int, rank: int):
+        # Augmentation seed per (seed, epoch, sample key): a key is read once per epoch.
+        good, bad = self(raws, [mix("aug", seed, epoch, r.key) for r in raws])
+        if not good:
+            raise BadSampleError(f"rank {rank}: every sample of a training batch is bad "
+                                 f"(first: shard {raws[0].shard}, key '{raws[0].key}'); cannot pad it")
+        # Pad in place with this batch's own good samples: counts and resume stay exact.
+        good = [good[i % len(good)] for i in range(len(raws))]
+        return _stack(good, self.transform) + (bad,)
+
 
 def _stack(good, transform: ImageTransform) -> Batch:
     pixels = torch.from_numpy(np.stack([g[0] for g in good]))
@@ -84,40 +78,58 @@ def _stack(good, transform: ImageTransform) -> Batch:
             [g[2] for g in good])
 
 
-class _TrainStream(IterableDataset):
-    def __init__(self, index: ShardIndex, parts, batch_size: int, buffer: int, decoder: _Decoder,
-                 seed: int, epoch: int, rank: int):
-        self.index, self.parts, self.batch_size, self.buffer = index, parts, batch_size, buffer
+class _ByOffset(IterableDataset):
+    """Per worker: its batches of sample locations, read at random."""
+
+    def __init__(self, index: ShardIndex, split: str, parts: List[List[List[Loc]]]):
+        self.index, self.split, self.parts = index, split, parts
+
+    def batches(self) -> Iterator[List[RawSample]]:
+        shards = self.index.split(self.split).shards
+        reader = SampleReader(self.index)
+        try:
+            for batch in self.parts[_worker()]:
+                yield [reader.read(shards[i], j) for i, j in batch]
+        finally:
+            reader.close()
+
+
+class _ExactTrain(_ByOffset):
+    def __init__(self, index, split, parts, decoder: _Decoder, seed: int, epoch: int, rank: int):
+        super().__init__(index, split, parts)
         self.decoder, self.seed, self.epoch, self.rank = decoder, seed, epoch, rank
 
     def __iter__(self):
-        part = self.parts[_worker()[0]]
-        rng = random.Random(mix("buffer", self.seed, self.epoch, self.rank, part.worker))
-        stream = _shuffle_buffer(_raw_stream(self.index, part.segments), self.buffer, rng)
+        for raws in self.batches():
+            yield self.decoder.train_batch(raws, self.seed, self.epoch, self.rank)
+
+
+class _StreamTrain(IterableDataset):
+    def __init__(self, index: ShardIndex, parts, batch_size: int, buffer: int,
+                 width: int, decoder: _Decoder, seed: int, epoch: int, rank: int):
+        self.index, self.parts, self.batch_size = index, parts, batch_size
+        self.buffer, self.width = buffer, width
+        self.decoder, self.seed, self.epoch, self.rank = decoder, seed, epoch, rank
+
+    def __iter__(self):
+        part = self.parts[_worker()]
+        segs = (read_segment(s, self.index.shard_path(s), positions) for s, positions in part.segments)
+        stream = stream_order(segs, self.width, self.buffer, self.seed, self.epoch, self.rank, part.worker)
         for b in range(part.num_batches):
             raws = list(itertools.islice(stream, self.batch_size))
             if b < part.skip_batches:
                 continue  # resume: consumed in order, never decoded
-            # Augmentation seed per (seed, epoch, sample key): a key is read once per epoch.
-            good, bad = self.decoder(raws, [mix("aug", self.seed, self.epoch, r.key) for r in raws])
-            if not good:
-                raise BadSampleError(f"rank {self.rank}: every sample of a training batch is bad "
-                                     f"(first: shard {raws[0].shard}, key '{raws[0].key}'); cannot pad it")
-            # Pad in place with this batch's own good samples: counts and resume stay exact.
-            good = [good[i % len(good)] for i in range(len(raws))]
-            yield _stack(good, self.decoder.transform) + (bad,)
+            yield self.decoder.train_batch(raws, self.seed, self.epoch, self.rank)
 
 
-class _EvalStream(IterableDataset):
-    def __init__(self, index: ShardIndex, parts, decoder: _Decoder):
-        self.index, self.parts, self.decoder = index, parts, decoder
+class _Eval(_ByOffset):
+    def __init__(self, index, split, parts, decoder: _Decoder):
+        super().__init__(index, split, parts)
+        self.decoder = decoder
 
     def __iter__(self):
-        w, _ = _worker()
-        segs, sizes = self.parts[w]
-        stream = _raw_stream(self.index, segs)
-        for size in sizes:
-            good, bad = self.decoder(list(itertools.islice(stream, size)))
+        for raws in self.batches():
+            good, bad = self.decoder(raws)
             yield (_stack(good, self.decoder.transform) if good else (None, None, [])) + (bad,)
 
 
@@ -141,7 +153,11 @@ def _check_keys(index: ShardIndex, split: str, keys: Sequence[str]) -> set:
 
 
 class TrainData:
-    """The training split for one rank; see the module docstring for the stages."""
+    """The training split for one rank; see the module docstring for the stages.
+
+    `mixing`: how well the planned batches mix the classes (distinct classes per batch
+    against a uniform permutation's); checked per `data.mixing_check` when built.
+    """
 
     def __init__(self, data_cfg: DataConfig, index: ShardIndex, img_size: int, mean: Sequence[float],
                  std: Sequence[float], rank: int, world_size: int, seed: int):
@@ -166,17 +182,46 @@ class TrainData:
         self.bad_samples = 0
         transform = build_transform(data_cfg.preset, img_size, mean, std, train=True)
         self._decoder = _Decoder(transform, index.num_classes, data_cfg.on_bad_sample == "skip")
+        self._locs = by_key(self.split.shards, self._selected) if data_cfg.shuffle == "exact" else []
+        self.mixing: MixingReport = mixing_report(self)
+        check_mixing(self.mixing, data_cfg)
+
+    def label_batches(self, epoch: int, ranks: Sequence[int], limit: int) -> List[List[int]]:
+        """Labels of up to `limit` planned batches per rank in `ranks` for `epoch`, from the
+        index alone (the plan the reader follows; no tar is opened)."""
+        shards, b = self.split.shards, self.cfg.batch_size
+        if self.cfg.shuffle == "exact":
+            plans = exact_batches(self._locs, self.seed, epoch, self.world_size, b, ranks)
+            return [[shards[i].labels[j] for i, j in batch] for plan in plans for batch in plan[:limit]]
+        out: List[List[int]] = []
+        for rank in ranks:
+            mine: List[List[int]] = []
+            for part in stream_parts(shards, self._selected, self.seed, epoch, rank, self.world_size, b,
+                                     max(1, self.cfg.num_workers), 0):
+                labels = ([s.labels[p] for p in positions] for s, positions in part.segments)
+                order = list(itertools.islice(stream_order(labels, self.cfg.stream_shards, self.cfg.shuffle_buffer,
+                                                           self.seed, epoch, rank, part.worker),
+                                              part.num_batches * b))
+                mine.extend(order[i:i + b] for i in range(0, len(order), b))
+            out.extend(mine[:limit])
+        return out
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
         """This rank's batches of `epoch`; `skip_batches=k` yields exactly batches k, k+1, ..."""
         if not 0 <= skip_batches <= self.batches_per_epoch:
             raise DataError(f"skip_batches={skip_batches} outside 0..{self.batches_per_epoch}")
-        workers = max(1, self.cfg.num_workers)
-        parts = train_parts(self.split.shards, self._selected, self.seed, epoch, self.rank, self.world_size,
-                            self.cfg.batch_size, workers, skip_batches)
-        stream = _TrainStream(self.index, parts, self.cfg.batch_size, self.cfg.shuffle_buffer,
-                              self._decoder, self.seed, epoch, self.rank)
-        for images, labels, keys, bad in _loader(stream, self.cfg.num_workers):
+        workers, cfg = max(1, self.cfg.num_workers), self.cfg
+        shards = self.split.shards
+        if cfg.shuffle == "exact":
+            batches = exact_batches(self._locs, self.seed, epoch, self.world_size, cfg.batch_size, [self.rank])[0]
+            stream: IterableDataset = _ExactTrain(self.index, cfg.train_split, deal(batches, skip_batches, workers),
+                                                  self._decoder, self.seed, epoch, self.rank)
+        else:
+            parts = stream_parts(shards, self._selected, self.seed, epoch, self.rank, self.world_size,
+                                 cfg.batch_size, workers, skip_batches)
+            stream = _StreamTrain(self.index, parts, cfg.batch_size, cfg.shuffle_buffer, cfg.stream_shards,
+                                  self._decoder, self.seed, epoch, self.rank)
+        for images, labels, keys, bad in _loader(stream, cfg.num_workers):
             self.bad_samples += bad
             yield images, labels, keys
 
@@ -207,10 +252,10 @@ class EvalData:
         """This rank's batches; `bad_samples` restarts at 0 with every pass (see the class doc)."""
         self.bad_samples = 0
         workers = max(1, self.cfg.num_workers)
-        parts = eval_parts(self.index.split(self.split_name).shards, self._selected, self.rank,
-                           self.world_size, self.cfg.eval_batch_size, workers)
-        for images, labels, keys, bad in _loader(_EvalStream(self.index, parts, self._decoder),
-                                                 self.cfg.num_workers):
+        batches = eval_batches(self.index.split(self.split_name).shards, self._selected, self.rank,
+                               self.world_size, self.cfg.eval_batch_size)
+        dataset = _Eval(self.index, self.split_name, deal(batches, 0, workers), self._decoder)
+        for images, labels, keys, bad in _loader(dataset, self.cfg.num_workers):
             self.bad_samples += bad
             if keys:
                 yield images, labels, keys

@@ -1,29 +1,77 @@
-"""Which samples each rank and worker reads, decided from index.json alone.
+"""Which samples each rank and DataLoader worker reads, decided from index.json alone.
 
-Training: the split's shards are shuffled with a seed shared by all ranks (seed, epoch),
-laid end to end as one sample sequence, rotated by a shared random offset, and cut into
-`world_size` contiguous slices of `batches_per_epoch * batch_size` samples; the global
-remainder (fewer than world_size * batch_size samples, different ones each epoch) is
-dropped. A rank's slice is cut on batch boundaries into contiguous parts, one per
-DataLoader worker: worker w gets batches w, w + W, ... of the rank's output order,
-because the DataLoader takes batches from its workers in turn.
+Training, `data.shuffle=exact` (the default): every epoch the selected samples of the split,
+ordered by key, are put in a uniform random permutation seeded by (seed, epoch), the same on
+every rank. Global batch g is permutation[g*W*B : (g+1)*W*B] (W ranks, B per-rank batch);
+rank r takes its r-th B-slice, so a batch is a uniform draw from the whole split whatever
+the order of the source or the layout of the shards. The remainder (fewer than W*B samples,
+different ones every epoch) is dropped: every rank has the same number of full batches.
+
+Training, `data.shuffle=stream` (for data too large to read at random): the split's shards
+are shuffled with a shared (seed, epoch) seed, laid end to end, rotated by a shared random
+offset and cut into W contiguous slices of `batches_per_epoch * B` samples. Each worker reads
+its part sequentially, `data.stream_shards` segments at once (interleaved at random), then
+through a seeded shuffle buffer (see loader.py).
+
+In both, a rank's batches are dealt to its DataLoader workers in turn (worker w gets
+batches w, w + NW, ...), because the DataLoader takes batches from its workers in turn;
+after `skip_batches` the turn starts again at worker 0 with the first batch not skipped.
+
+Evaluation: every sample once across ranks, in index order, rank r a contiguous share.
 """
 from __future__ import annotations
 
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
+
+import numpy as np
 
 from .index import ShardInfo
 
-Segment = Tuple[ShardInfo, List[str]]  # a shard and the keys to take from it, in tar order
+T = TypeVar("T")
+Segment = Tuple[ShardInfo, List[int]]  # a shard and the positions to take from it, ascending
+Loc = Tuple[int, int]                  # (shard position in the split, sample position in the shard)
 
 
 def mix(*parts: object) -> int:
     """A 64-bit seed from any parts; stable across processes and Python versions."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
+
+def locations(shards: Sequence[ShardInfo], selected: Optional[Set[str]]) -> List[Loc]:
+    """Every selected sample of the split, in index order."""
+    return [(i, j) for i, s in enumerate(shards) for j, k in enumerate(s.keys) if selected is None or k in selected]
+
+
+def deal(batches: Sequence[T], skip: int, num_workers: int) -> List[List[T]]:
+    """Batches from `skip` on, dealt to `num_workers` workers in turn."""
+    rest = list(batches[skip:])
+    return [rest[w::num_workers] for w in range(num_workers)]
+
+
+# -- exact shuffle ---------------------------------------------------------------------------
+
+def by_key(shards: Sequence[ShardInfo], selected: Optional[Set[str]]) -> List[Loc]:
+    """The selected samples ordered by key: the exact shuffle's starting order, so that the
+    epochs do not depend on how the samples are laid out in shards."""
+    locs = locations(shards, selected)
+    locs.sort(key=lambda loc: shards[loc[0]].keys[loc[1]])
+    return locs
+
+
+def exact_batches(locs: Sequence[Loc], seed: int, epoch: int, world_size: int, batch_size: int,
+                  ranks: Sequence[int]) -> List[List[List[Loc]]]:
+    """Per rank in `ranks`: its B-slice of every global batch of W*B of the epoch's
+    permutation of `locs` (from `by_key`)."""
+    order = np.random.default_rng(mix("exact", seed, epoch)).permutation(len(locs))
+    g = world_size * batch_size
+    return [[[locs[i] for i in order[s * g + r * batch_size: s * g + (r + 1) * batch_size]]
+             for s in range(len(locs) // g)] for r in ranks]
+
+
+# -- streaming -------------------------------------------------------------------------------
 
 Entry = Tuple[int, int, str]  # (shard position, position inside the shard, key)
 
@@ -39,11 +87,11 @@ def segments(shards: Sequence[ShardInfo], seq: Sequence[Entry]) -> List[Segment]
     (a slice that wraps around the rotated sequence may re-enter a shard from its start)."""
     out: List[Segment] = []
     last = (-1, -1)
-    for pos, j, key in seq:
+    for pos, j, _ in seq:
         if out and last[0] == pos and j > last[1]:
-            out[-1][1].append(key)
+            out[-1][1].append(j)
         else:
-            out.append((shards[pos], [key]))
+            out.append((shards[pos], [j]))
         last = (pos, j)
     return out
 
@@ -53,7 +101,7 @@ class WorkerPart:
     segments: List[Segment]
     num_batches: int
     skip_batches: int
-    worker: int  # position in the unrotated order: seeds this part's shuffle buffer
+    worker: int  # position in the unrotated order: seeds this part's interleave and buffer
 
 
 def worker_batches(num_batches: int, num_workers: int) -> List[int]:
@@ -65,9 +113,9 @@ def skipped_per_worker(skip: int, num_workers: int) -> List[int]:
     return [max(0, (skip - w + num_workers - 1) // num_workers) for w in range(num_workers)]
 
 
-def train_parts(shards: Sequence[ShardInfo], selected: Optional[Set[str]], seed: int, epoch: int,
-                rank: int, world_size: int, batch_size: int, num_workers: int,
-                skip_batches: int) -> List[WorkerPart]:
+def stream_parts(shards: Sequence[ShardInfo], selected: Optional[Set[str]], seed: int, epoch: int,
+                 rank: int, world_size: int, batch_size: int, num_workers: int,
+                 skip_batches: int) -> List[WorkerPart]:
     rng = random.Random(mix("shards", seed, epoch))
     order = list(shards)
     rng.shuffle(order)
@@ -88,16 +136,56 @@ def train_parts(shards: Sequence[ShardInfo], selected: Optional[Set[str]], seed:
     return parts[first:] + parts[:first]
 
 
-def eval_parts(shards: Sequence[ShardInfo], selected: Optional[Set[str]], rank: int, world_size: int,
-               batch_size: int, num_workers: int) -> List[Tuple[List[Segment], List[int]]]:
-    """Per worker: segments to read in one pass and its batch sizes. Each rank takes a
-    contiguous 1/world_size of the split; worker w takes the rank's batches w, w + W, ..."""
-    seq = sequence(shards, selected)
-    n = len(seq)
-    mine = seq[rank * n // world_size:(rank + 1) * n // world_size]
-    starts = list(range(0, len(mine), batch_size))
-    parts = []
-    for w in range(num_workers):
-        picked = [mine[i:i + batch_size] for i in starts[w::num_workers]]
-        parts.append((segments(shards, [x for b in picked for x in b]), [len(b) for b in picked]))
-    return parts
+def interleave(sources: Iterable[Iterable[T]], width: int, rng: random.Random) -> Iterator[T]:
+    """The items of `sources`, each read in order and at most `width` open at once; every
+    next item comes from a randomly chosen open source. Mixes shards without a second read;
+    the order depends only on the sources' lengths and `rng`."""
+    pending, active = iter(sources), []
+    while True:
+        while len(active) < width:
+            nxt = next(pending, None)
+            if nxt is None:
+                break
+            active.append(iter(nxt))
+        if not active:
+            return
+        i = rng.randrange(len(active))
+        try:
+            yield next(active[i])
+        except StopIteration:
+            active.pop(i)
+
+
+def shuffle_buffer(items: Iterable[T], size: int, rng: random.Random) -> Iterator[T]:
+    """Seeded reservoir shuffle: the order depends on positions only, never on contents."""
+    if size <= 1:
+        yield from items
+        return
+    buf: List[T] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        yield buf[i]
+        buf[i] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def stream_order(items_per_segment: Iterable[Iterable[T]], width: int, buffer: int, seed: int, epoch: int,
+                 rank: int, worker: int) -> Iterator[T]:
+    """A worker part's read order in stream mode: interleave, then shuffle buffer."""
+    mixed = interleave(items_per_segment, width, random.Random(mix("interleave", seed, epoch, rank, worker)))
+    return shuffle_buffer(mixed, buffer, random.Random(mix("buffer", seed, epoch, rank, worker)))
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+def eval_batches(shards: Sequence[ShardInfo], selected: Optional[Set[str]], rank: int, world_size: int,
+                 batch_size: int) -> List[List[Loc]]:
+    """Rank `rank`'s contiguous share of the split in index order, in batches (last one short)."""
+    locs = locations(shards, selected)
+    n = len(locs)
+    mine = locs[rank * n // world_size:(rank + 1) * n // world_size]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]

@@ -8,7 +8,7 @@ from typing import Dict, Sequence
 import numpy as np
 from PIL import Image
 
-from .index import ShardIndex, ShardInfo, SplitInfo
+from .index import ShardIndex, SplitInfo
 from .writer import write_tar
 
 
@@ -37,10 +37,7 @@ def tiny_shards(root: str | Path, shard_sizes: Dict[str, Sequence[int]], num_cla
                 records.append((f"{split}-{n:07d}", tiny_image(label, num_classes, size, rng), "png",
                                 str(label).encode()))
                 n += 1
-            name = f"{split}-{i:06d}.tar"
-            info = ShardInfo(name, [r[0] for r in records], [int(r[3]) for r in records])
-            info.sha256, info.size = write_tar(root / name, records)
-            shards.append(info)
+            shards.append(write_tar(root / f"{split}-{i:06d}.tar", records))
         splits[split] = SplitInfo(split, shards)
     index = ShardIndex(root, [f"class{c}" for c in range(num_classes)], splits, {"kind": "synthetic"})
     index.save()

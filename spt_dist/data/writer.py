@@ -1,6 +1,9 @@
 """Write a Source as webdataset tar shards (`<key>.jpg|png` + `<key>.cls`) plus index.json.
 
-Shards are encoded in worker processes, one shard per task, so the output does not
+Every split is permuted with a seeded permutation (the seed is recorded in the index as
+`source.shuffle_seed`) before it is cut into shards: sources list images class by class,
+and class-ordered shards would hold two or three classes each. The same source and seed
+give the same bytes. Shards are encoded in worker processes, one shard per task, so the output does not
 depend on the worker count. Each tar is written to a temporary name and renamed when
 complete: an interrupted build never leaves a truncated shard under a final name. A
 rebuild into an existing folder first removes its index.json, so a rebuild that fails
@@ -9,10 +12,8 @@ new tars.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import multiprocessing as mp
-import os
 import tarfile
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -21,8 +22,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from spt_dist.io import atomic_path
+
 from .index import INDEX_NAME, DataError, ShardIndex, ShardInfo, SplitInfo
+from .plan import mix
 from .sources.common import Sample, Source, cap_per_class, check_labels
+from .tarscan import scan_shard
 
 PASS_THROUGH = {"JPEG": "jpg", "PNG": "png"}
 
@@ -53,16 +58,18 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_tar(path: Path, records: List[Tuple[str, bytes, str, bytes]]) -> Tuple[str, int]:
-    """Atomically write (key, image bytes, ext, cls bytes) records; returns the tar's sha256 and size."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, img, ext, cls in records:
-            _add(tar, f"{key}.{ext}", img)
-            _add(tar, f"{key}.cls", cls)
-    data = tmp.read_bytes()
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest(), len(data)
+def write_tar(path: Path, records: List[Tuple[str, bytes, str, bytes]]) -> ShardInfo:
+    """Atomically write (key, image bytes, ext, cls bytes) records; returns the shard's index
+    entry, read back from the written tar (offsets, digests, sha256, size)."""
+    with atomic_path(path) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, img, ext, cls in records:
+                _add(tar, f"{key}.{ext}", img)
+                _add(tar, f"{key}.cls", cls)
+    info = scan_shard(path)
+    if info.keys != [r[0] for r in records]:
+        raise DataError(f"{path}: the written tar does not read back as written (keys differ)")
+    return info
 
 
 def _write_shard(job: Tuple[Path, str, List[Sample], bool]) -> Tuple[str, ShardInfo, List[str]]:
@@ -77,9 +84,7 @@ def _write_shard(job: Tuple[Path, str, List[Sample], bool]) -> Tuple[str, ShardI
             bad.append(str(exc))
             continue
         records.append((s.key, img, ext, str(s.label).encode()))
-    info = ShardInfo(path.name, [r[0] for r in records], [int(r[3]) for r in records])
-    if records:
-        info.sha256, info.size = write_tar(path, records)
+    info = write_tar(path, records) if records else ShardInfo(path.name, [], [])
     return split, info, bad
 
 
@@ -89,15 +94,28 @@ def _jobs(out: Path, source: Source, shard_size: int, skip_bad: bool) -> Iterato
             yield out / f"{split}-{i:06d}.tar", split, samples[start:start + shard_size], skip_bad
 
 
+def permuted(samples: List[Sample], seed: int, split: str) -> List[Sample]:
+    """`samples` in a seeded random order (numpy's PCG64: the same on every platform)."""
+    order = np.random.default_rng(mix("write", seed, split)).permutation(len(samples))
+    return [samples[i] for i in order]
+
+
 def write_shards(source: Source, out_dir: str, shard_size: int = 1000, workers: int = 1,
                  skip_bad: bool = False, max_per_class: int = 0, seed: int = 0,
-                 progress: bool = True, log: Callable[[str], None] = print) -> ShardIndex:
-    """Write every split of `source` into `out_dir`; returns the saved index."""
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 shuffle: bool = True) -> ShardIndex:
+    """Write every split of `source` into `out_dir`; returns the saved index.
+
+    `seed` drives caps (`max_per_class`) and the per-split permutation; `shuffle=False`
+    keeps the source's order (class-ordered shards, as foreign shards may be: for tests).
+    """
     if shard_size < 1:
         raise DataError(f"shard size must be at least 1, got {shard_size}")
     check_labels(source)
     if max_per_class:
         source.splits = {s: cap_per_class(v, max_per_class, seed) for s, v in source.splits.items()}
+    if shuffle:
+        source.splits = {s: permuted(v, seed, s) for s, v in source.splits.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX_NAME).unlink(missing_ok=True)  # before any tar is replaced: see the module docstring
@@ -122,7 +140,8 @@ def write_shards(source: Source, out_dir: str, shard_size: int = 1000, workers: 
     empty = [s for s, sp in splits.items() if not sp.num_samples]
     if empty:
         raise DataError(f"split '{empty[0]}' has no readable images left")
-    args = dict(source.args, shard_size=shard_size, max_per_class=max_per_class, skipped=len(bad))
+    args = dict(source.args, shard_size=shard_size, max_per_class=max_per_class, skipped=len(bad),
+                shuffle_seed=seed if shuffle else None)
     index = ShardIndex(out, source.classes, splits, {"kind": source.kind, **args})
     index.save()
     return index

@@ -59,7 +59,8 @@ def _results(cfg: Config, parts: Parts, dist: DistInfo, state: Dict[str, Any], s
         "top1": state.get("test_top1"), "val_top1": state.get("val_top1"),
         "best_val_epoch": state.get("best_val_epoch"), "best_val_top1": state.get("best_val_top1"),
         "bad_samples": state["bad_samples"], "val_bad_samples": state.get("val_bad_samples", 0),
-        "test_bad_samples": state.get("test_bad_samples", 0), **extra,
+        "test_bad_samples": state.get("test_bad_samples", 0),
+        "mixing_ratio": round(parts.train_data.mixing.ratio, 4), **extra,
     }
 
 
@@ -157,7 +158,7 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
     wall_before, bad_before = state["wall_s"], state["bad_samples"]
     log = MetricsLog(run_dir, enabled=dist.is_main)
     log.log("start", state["step"], resumed_from=str(resume_from) if resume_from else None,
-            world_size=dist.world_size, **parts.counts)
+            world_size=dist.world_size, **parts.counts, **parts.train_data.mixing.as_dict())
     if parts.prompt_init is not None:
         pi = parts.prompt_init
         log.log("prompt_init", state["step"], strategy=getattr(pi, "strategy", None),

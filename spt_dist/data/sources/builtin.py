@@ -16,7 +16,7 @@ FMNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
 DIGITS_CLASSES = [str(i) for i in range(10)]
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
     """IDX format: magic (2 zero bytes, dtype 0x08 = uint8, ndim), big-endian dims, data."""
     if not path.is_file():
         raise DataError(f"{path}: not found; install Debian's dataset-fashion-mnist or pass --fmnist-dir")
@@ -56,8 +56,8 @@ def fmnist_source(classes: Optional[Sequence[int]] = None, val_fraction: float =
     check_fractions(val_fraction=val_fraction)
     chosen = _pick_classes(classes, FMNIST_CLASSES)
     d = Path(fmnist_dir)
-    train = _subset(_read_idx(d / "train-images-idx3-ubyte.gz"), _read_idx(d / "train-labels-idx1-ubyte.gz"), chosen)
-    test = _subset(_read_idx(d / "t10k-images-idx3-ubyte.gz"), _read_idx(d / "t10k-labels-idx1-ubyte.gz"), chosen)
+    train = _subset(read_idx(d / "train-images-idx3-ubyte.gz"), read_idx(d / "train-labels-idx1-ubyte.gz"), chosen)
+    test = _subset(read_idx(d / "t10k-images-idx3-ubyte.gz"), read_idx(d / "t10k-labels-idx1-ubyte.gz"), chosen)
     val, train = carve(train, _ids("train", len(train)), [val_fraction], seed)
     return Source("fmnist", [FMNIST_CLASSES[c] for c in chosen], _keyed({"train": train, "val": val, "test": test}),
                   {"classes": chosen, "val_fraction": val_fraction, "seed": seed})
