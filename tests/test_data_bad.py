@@ -68,7 +68,7 @@ DAMAGE = {
 @pytest.fixture(params=list(DAMAGE))
 def damaged(request, tmp_path):
     damage, message, after = DAMAGE[request.param]
-    index = _build(tmp_path, damage or (lambda img, cls: (img, cls)))
+    _build(tmp_path, damage or (lambda img, cls: (img, cls)))
     if after:
         after(tmp_path)
     return ShardIndex.load(tmp_path), message

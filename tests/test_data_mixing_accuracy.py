@@ -7,15 +7,12 @@ decodes the same PNG files with torchvision and draws a torch.randperm every epo
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from spt_dist.data.sources.builtin import FMNIST_DIR, read_idx
+from plain_loop import plain_top1
+from spt_dist.data.sources.builtin import FMNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = ROOT / "spt_dist" / "assets" / "vit_tiny_p7_28_fmnist04.safetensors"
@@ -27,20 +24,14 @@ pytestmark = pytest.mark.skipif(not Path(FMNIST_DIR).is_dir(), reason="Debian da
 
 @pytest.fixture(scope="module")
 def ordered(tmp_path_factory):
-    """root/{train,test}/<class>/<n>.png, classes 5..9 relabelled 0..4, then class-pure shards."""
+    """root/tree/{train,test}/<class>/<key>.png, classes 5..9 (relabelled 0..4), then
+    class-pure shards written in that order."""
     from spt_dist.data import write_shards
-    from spt_dist.data.sources import folder_source
+    from spt_dist.data.sources import fmnist_source, folder_source
+    from spt_dist.data.synthetic import write_image_tree
 
     root = tmp_path_factory.mktemp("fm_ordered")
-    files = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-    for split, (img_file, lab_file) in files.items():
-        images, labels = read_idx(Path(FMNIST_DIR) / img_file), read_idx(Path(FMNIST_DIR) / lab_file)
-        for c in range(5, 10):
-            for n in np.flatnonzero(labels == c)[:PER_CLASS[split]]:
-                path = root / "tree" / split / f"c{c}" / f"{n:05d}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(images[n]).save(path)
+    write_image_tree(fmnist_source(classes=[5, 6, 7, 8, 9], val_fraction=0.0), root / "tree", PER_CLASS)
     write_shards(folder_source(str(root / "tree")), str(root / "shards"), shard_size=100, progress=False,
                  shuffle=False)
     return root
@@ -58,46 +49,13 @@ def _engine_top1(shards: Path, out: Path) -> float:
     return train(cfg)["top1"]
 
 
-def _plain_top1(tree: Path) -> float:
-    """An independent loop: torchvision decoding, a fresh permutation every epoch, the same
-    model, optimizer and per-step cosine schedule."""
-    from torchvision import datasets, transforms
-
-    from spt_dist.model import PromptedViT, build_backbone, normalization
-
-    mean, std = normalization("vit_tiny_p7_28")
-    tf = transforms.Compose([transforms.Grayscale(3), transforms.ToTensor(), transforms.Normalize(mean, std)])
-    train_set, test_set = datasets.ImageFolder(str(tree / "train"), tf), datasets.ImageFolder(str(tree / "test"), tf)
-    torch.manual_seed(0)
-    model = PromptedViT(build_backbone("vit_tiny_p7_28", checkpoint=BACKBONE), num_classes=5)
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=LR, weight_decay=0.0)
-    steps = EPOCHS * (len(train_set) // BATCH)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    xs = torch.stack([x for x, _ in train_set])
-    ys = torch.tensor([y for _, y in train_set])
-    model.train()
-    for _ in range(EPOCHS):
-        perm = torch.randperm(len(ys))
-        for i in range(0, len(perm) - BATCH + 1, BATCH):
-            idx = perm[i:i + BATCH]
-            loss = torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        xt = torch.stack([x for x, _ in test_set])
-        yt = torch.tensor([y for _, y in test_set])
-        return 100.0 * float((model(xt).argmax(1) == yt).float().mean())
-
-
 def test_class_ordered_folder_trains_like_a_shuffled_loop(ordered, tmp_path):
     from spt_dist.data import ShardIndex
 
     index = ShardIndex.load(ordered / "shards")
     assert max(len(s.class_counts()) for s in index.split("train").shards) == 1  # class-pure shards
-    engine, plain = _engine_top1(ordered / "shards", tmp_path), _plain_top1(ordered / "tree")
+    engine = _engine_top1(ordered / "shards", tmp_path)
+    plain = plain_top1(ordered / "tree", BACKBONE, "linear", EPOCHS, BATCH, LR)
     print(f"class-ordered shards, engine linear probe {engine:.2f} % vs plain shuffled loop {plain:.2f} %")
     assert plain > 60.0  # the probe learns (chance: 20 %)
     assert abs(engine - plain) <= 2.0

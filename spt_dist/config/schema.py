@@ -75,7 +75,7 @@ class DataConfig:
     shuffle: str = choice("exact", "exact", "stream", help="exact: a uniform permutation of the whole split "
                           "every epoch (random access); stream: sequential shard reads + buffer")
     stream_shards: int = bounded(4, 1, help="stream mode: shards each worker reads at once, interleaved")
-    mixing_check: str = choice("error", "error", "warn", "off", help="when batches mix classes far worse "
+    mixing_check: str = choice("error", "error", "warn", "ignore", help="when batches mix classes far worse "
                                "than a uniform shuffle (see data.min_mixing)")
     min_mixing: float = bounded(0.9, 0.0, 1.0, help="lowest allowed ratio of distinct classes per batch, "
                                 "planned vs uniform")

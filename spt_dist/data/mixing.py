@@ -68,9 +68,9 @@ MIN_BATCHES = 16  # fewer planned batches: the mean is too noisy to judge
 
 
 def check_mixing(report: MixingReport, cfg: Any) -> None:
-    """Stream mode, per data.mixing_check: error (default), warn, or off, when the ratio is
+    """Stream mode, per data.mixing_check: error (default), warn, or ignore, when the ratio is
     below data.min_mixing. The exact shuffle is uniform by construction: reported, not checked."""
-    if cfg.shuffle == "exact" or cfg.mixing_check == "off" or report.batches < MIN_BATCHES \
+    if cfg.shuffle == "exact" or cfg.mixing_check == "ignore" or report.batches < MIN_BATCHES \
             or report.ratio >= cfg.min_mixing:
         return
     msg = (f"data.shuffle={cfg.shuffle}: the planned batches hold {report.planned:.2f} distinct classes on "

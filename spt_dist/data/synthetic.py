@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -42,3 +42,23 @@ def tiny_shards(root: str | Path, shard_sizes: Dict[str, Sequence[int]], num_cla
     index = ShardIndex(root, [f"class{c}" for c in range(num_classes)], splits, {"kind": "synthetic"})
     index.save()
     return index
+
+
+def write_image_tree(source, root: str | Path, per_class: Optional[Dict[str, int]] = None) -> Path:
+    """A source's images as an image-folder tree `root/<split>/<class>/<key>.png`, class by
+    class, the way users keep data (for tests and benchmarks of class-ordered input).
+    `per_class` caps each split (e.g. {"train": 300, "test": 100}); samples are taken in order."""
+    root = Path(root)
+    for split, samples in source.splits.items():
+        cap = (per_class or {}).get(split)
+        if per_class is not None and cap is None:
+            continue
+        taken: Dict[int, int] = {}
+        for s in sorted(samples, key=lambda s: s.label):
+            if cap is not None and taken.get(s.label, 0) >= cap:
+                continue
+            taken[s.label] = taken.get(s.label, 0) + 1
+            path = root / split / source.classes[s.label] / f"{s.key}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(s.array)).save(path)
+    return root
