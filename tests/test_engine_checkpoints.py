@@ -177,7 +177,8 @@ def test_param_groups_follow_each_protocol():
     groups = {g["group"]: (g["weight_decay"], len(g["params"])) for g in param_groups(model.named_parameters(), adamw)}
     assert groups == {"prompts": (0.001, 1), "decay": (0.05, 1), "no_decay": (0.0, 1)}
     sgd = param_groups(model.named_parameters(), OptimConfig(name="sgd", weight_decay=1e-4))
-    assert len(sgd) == 1 and sgd[0]["weight_decay"] == 1e-4 and len(sgd[0]["params"]) == 3
+    assert [(g["group"], g["weight_decay"], len(g["params"])) for g in sgd] == [("all", 1e-4, 2),
+                                                                                ("head_bias", 0.0, 1)]
 
 
 def test_same_run_with_other_launch_settings_continues_a_different_one_is_refused(tmp_path, assets):

@@ -10,6 +10,7 @@
   changes every optimizer step (per_iteration, SPT) or once per epoch (per_epoch, VPT).
   optim.warmup_from_zero starts the warmup at lr 0 (both official codes), otherwise at
   1 / warmup length, so that the first step already trains.
+"""
 from __future__ import annotations
 
 import math
