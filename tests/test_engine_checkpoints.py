@@ -190,3 +190,14 @@ def test_same_run_with_other_launch_settings_continues_a_different_one_is_refuse
     assert "max_requeues: 9" in (tmp_path / "runs" / "r" / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="different config"):
         train(_cfg(tmp_path, assets, "optim.lr=0.5"))
+
+
+def test_tuning_stage_never_reads_test_and_final_stage_skips_validation(tmp_path, assets):
+    tune = train(_cfg(tmp_path, assets, "data.stage=tune", "run.name=tune"))
+    events = [json.loads(l)["event"] for l in (tmp_path / "runs" / "tune" / "metrics.jsonl").read_text().splitlines()]
+    assert tune["status"] == "finished" and tune["top1"] is None and tune["val_top1"] is not None
+    assert "test" not in events and "val" in events
+    final = train(_cfg(tmp_path, assets, "data.stage=final", "run.name=final"))
+    events = [json.loads(l)["event"] for l in (tmp_path / "runs" / "final" / "metrics.jsonl").read_text().splitlines()]
+    assert final["top1"] is not None and final["val_top1"] is None
+    assert "test" in events and "val" not in events
