@@ -7,7 +7,7 @@ import os
 from typing import Any, List
 
 from .errors import ConfigError
-from .schema import Config
+from .schema import Config, DataConfig, OptimConfig
 
 
 def _check_field(key: str, value: Any, meta: dict) -> None:
@@ -77,7 +77,7 @@ def _check_combinations(cfg: Config) -> None:
     _check_splits(cfg.data)
 
 
-def _check_optim(o) -> None:
+def _check_optim(o: OptimConfig) -> None:
     if o.name == "sgd":
         _require(o.prompt_weight_decay == 0, "optim.prompt_weight_decay",
                  "only optim.name=adamw decays prompts separately; with sgd every trainable tensor takes "
@@ -87,7 +87,7 @@ def _check_optim(o) -> None:
                  f"optim.lr_schedule=per_epoch warms up in whole epochs (got {o.warmup_epochs})")
 
 
-def _check_splits(d) -> None:
+def _check_splits(d: DataConfig) -> None:
     where = "" if d.stage == "custom" else f" (from data.{d.stage}, data.stage={d.stage})"
     _require(bool(d.train_split), "data.train_split", f"must name a split{where}")
     for key in ("val_split", "test_split"):
