@@ -34,7 +34,7 @@ def test_later_defaults_override_earlier(tmp_path: Path):
 
 
 def test_defaults_relative_to_the_file(tmp_path: Path):
-    (tmp_path / "mine.yaml").write_text("optim:\n  epochs: 7\n")
+    (tmp_path / "mine.yaml").write_text("optim:\n  epochs: 7\n  warmup_epochs: 1\n")
     run = tmp_path / "run.yaml"
     run.write_text("defaults: [mine, method/linear]\n")
     cfg = load_config(str(run))
@@ -43,7 +43,7 @@ def test_defaults_relative_to_the_file(tmp_path: Path):
 
 def test_a_file_included_twice_is_not_a_cycle(tmp_path: Path):
     (tmp_path / "a.yaml").write_text("defaults: [base, model/vit_b16]\n")
-    (tmp_path / "run.yaml").write_text("defaults: [a, base]\noptim:\n  epochs: 3\n")
+    (tmp_path / "run.yaml").write_text("defaults: [a, base]\noptim:\n  epochs: 3\n  warmup_epochs: 0\n")
     cfg = load_config(str(tmp_path / "run.yaml"))
     assert cfg.model.name == "vit_b16" and cfg.optim.epochs == 3
     (tmp_path / "one.yaml").write_text("defaults: method/linear\n")  # a single name, not a list

@@ -1,7 +1,10 @@
-"""Transform presets against the VPT protocol, checked with torchvision on a real photograph."""
+"""Transform presets against the official pipelines, checked with torchvision's own ops on a
+real photograph, landscape (640 x 427) and portrait (427 x 640): never square, so a squash
+and a short-side resize cannot agree by accident."""
 from __future__ import annotations
 
 import io
+import math
 import random
 
 import numpy as np
@@ -10,69 +13,166 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
 
 from spt_dist.data import build_transform
+from spt_dist.data.transforms import random_resized_box
 
 MEAN, STD = (0.1, 0.4, 0.7), (0.2, 0.3, 0.5)  # distinct per channel: a swapped channel shows
 ATOL = 1e-4  # float rounding of two ways to normalise; one uint8 step is 1/(255 x 0.2) ~ 0.02
+BILINEAR, BICUBIC = InterpolationMode.BILINEAR, InterpolationMode.BICUBIC
 
 
-@pytest.fixture(scope="module")
-def photo():
-    from sklearn.datasets import load_sample_images
-
-    pixels = load_sample_images().images[0]  # china.jpg, 427 x 640
+def _jpeg(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
     return buf.getvalue()  # as stored in a shard: JPEG bytes
 
 
-def _torchvision(photo: bytes, *steps) -> torch.Tensor:
-    pipeline = T.Compose([*steps, T.ToTensor(), T.Normalize(MEAN, STD)])
-    return pipeline(Image.open(io.BytesIO(photo)).convert("RGB"))
+@pytest.fixture(scope="module", params=["landscape", "portrait"])
+def photo(request):
+    from sklearn.datasets import load_sample_images
+
+    pixels = load_sample_images().images[0]  # china.jpg, 427 x 640
+    if request.param == "portrait":
+        pixels = np.ascontiguousarray(pixels.transpose(1, 0, 2))
+    return _jpeg(pixels)
 
 
-def test_vtab_resize_224_no_augmentation(photo):
-    expected = _torchvision(photo, T.Resize((224, 224), InterpolationMode.BICUBIC))
+def _pil(photo: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(photo)).convert("RGB")
+
+
+def _torchvision(photo: bytes, *steps) -> Image.Image:
+    return T.Compose(list(steps))(_pil(photo))
+
+
+def _check(tf, photo: bytes, expected: Image.Image, seed=None) -> None:
+    """Pixels identical to torchvision's; the normalised tensor equal to ToTensor + Normalize."""
+    rng = lambda: None if seed is None else random.Random(seed)
+    np.testing.assert_array_equal(tf.pixels(photo, rng()), np.asarray(expected))
+    want = T.Normalize(MEAN, STD)(T.ToTensor()(expected))
+    got = tf(photo, rng())
+    assert got.shape == (3, 224, 224) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_vtab_squashes_to_224_bilinear_without_augmentation(photo):
+    expected = _torchvision(photo, T.Resize((224, 224), BILINEAR))  # tf.image.resize's method
     for train in (True, False):
         tf = build_transform("vtab", 224, MEAN, STD, train=train)
-        outs = [tf(photo, random.Random(seed)) for seed in (0, 1)]
-        assert outs[0].shape == (3, 224, 224) and outs[0].dtype == torch.float32
-        assert torch.equal(outs[0], outs[1])  # the rng is not used: no augmentation
-        torch.testing.assert_close(outs[0], expected, atol=ATOL, rtol=0)
+        _check(tf, photo, expected)
+        assert torch.equal(tf(photo, random.Random(0)), tf(photo, random.Random(1)))  # rng unused
 
 
-def test_fgvc_test_resize_256_centre_crop_224(photo):
-    expected = _torchvision(photo, T.Resize((256, 256), InterpolationMode.BICUBIC), T.CenterCrop(224))
-    out = build_transform("fgvc", 224, MEAN, STD, train=False)(photo)
-    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+@pytest.mark.parametrize("preset, resample", [("fgvc", BILINEAR), ("spt_fgvc", BICUBIC)])
+def test_fgvc_test_is_short_side_256_then_centre_crop_224(photo, preset, resample):
+    expected = _torchvision(photo, T.Resize(256, resample), T.CenterCrop(224))
+    _check(build_transform(preset, 224, MEAN, STD, train=False), photo, expected)
 
 
-def test_fgvc_train_random_224_crop_and_flip_of_256(photo):
-    resized = _torchvision(photo, T.Resize((256, 256), InterpolationMode.BICUBIC))
+def test_fgvc_default_resize_is_torchvision_default(photo):
+    # VPT writes tv.transforms.Resize(256) with no interpolation: torchvision's default.
+    expected = _torchvision(photo, T.Resize(256), T.CenterCrop(224))
+    _check(build_transform("fgvc", 224, MEAN, STD, train=False), photo, expected)
+
+
+def test_spt_vtab_is_short_side_224_then_centre_crop_for_train_and_test(photo):
+    expected = _torchvision(photo, T.Resize(224, BICUBIC), T.CenterCrop(224))
+    for train in (True, False):
+        tf = build_transform("spt_vtab", 224, MEAN, STD, train=train)
+        _check(tf, photo, expected)
+        assert torch.equal(tf(photo, random.Random(0)), tf(photo, random.Random(1)))
+
+
+def test_resize_sizes_follow_vpt_table():
+    # src/data/transforms.py of VPT: 224 -> 256, 384 -> 438, 448 -> 512 (then crop).
+    for size, resize in ((224, 256), (384, 438), (448, 512)):
+        assert build_transform("fgvc", size, MEAN, STD, train=False).resize == resize
+
+
+def test_fgvc_train_is_random_224_crop_and_flip_of_the_short_side_256_resize(photo):
+    resized = _torchvision(photo, T.Resize(256))
     tf = build_transform("fgvc", 224, MEAN, STD, train=True)
     seen = set()
     for seed in range(12):
-        out = tf(photo, random.Random(seed))
-        assert out.shape == (3, 224, 224)
-        torch.testing.assert_close(tf(photo, random.Random(seed)), out, atol=0, rtol=0)  # seeded
-        match = _find_crop(resized, out)
-        assert match is not None, f"seed {seed}: output is not a 224 crop (or its mirror) of the 256 resize"
+        out = tf.pixels(photo, random.Random(seed))
+        assert out.shape == (224, 224, 3)
+        np.testing.assert_array_equal(tf.pixels(photo, random.Random(seed)), out)  # seeded
+        match = _find_crop(np.asarray(resized), out)
+        assert match is not None, f"seed {seed}: not a 224 crop (or its mirror) of the short-side-256 resize"
         seen.add(match)
-    flips = {f for _, _, f in seen}
-    assert flips == {False, True} and len({(x, y) for x, y, _ in seen}) > 6  # random offsets, both flips
+    assert {f for _, _, f in seen} == {False, True} and len({(x, y) for x, y, _ in seen}) > 6
 
 
-def _find_crop(resized: torch.Tensor, out: torch.Tensor):
-    """(x, y, flipped) such that out == crop(resized, x, y, 224) (mirrored when flipped), or None."""
-    windows = resized[:, :38, :38].unfold(1, 6, 1).unfold(2, 6, 1)  # (3, 33, 33, 6, 6): every 6x6 corner
+def _find_crop(resized: np.ndarray, out: np.ndarray):
+    """(x, y, flipped) such that out == resized[y:y+224, x:x+224] (mirrored when flipped), or None."""
+    h, w = resized.shape[:2]
     for flipped in (False, True):
-        target = out.flip(-1) if flipped else out
-        corner_diff = (windows - target[:, None, None, :6, :6]).abs().amax(dim=(0, 3, 4))
-        for y, x in (corner_diff <= ATOL).nonzero().tolist():
-            if torch.allclose(resized[:, y:y + 224, x:x + 224], target, atol=ATOL, rtol=0):
-                return x, y, flipped
+        target = out[:, ::-1] if flipped else out
+        for y in range(h - 223):
+            for x in range(w - 223):
+                if np.array_equal(resized[y, x:x + 8], target[0, :8]) and \
+                        np.array_equal(resized[y:y + 224, x:x + 224], target):
+                    return x, y, flipped
     return None
+
+
+def test_spt_fgvc_train_is_torchvisions_resized_crop_of_the_sampled_box(photo):
+    img = _pil(photo)
+    tf = build_transform("spt_fgvc", 224, MEAN, STD, train=True)
+    flips, boxes = set(), set()
+    for seed in range(8):
+        rng = random.Random(seed)
+        box = random_resized_box(img.size[0], img.size[1], rng)
+        flip = rng.random() < 0.5  # the draw after the box
+        expected = F.resized_crop(img, *box, [224, 224], BICUBIC)
+        expected = F.hflip(expected) if flip else expected
+        _check(tf, photo, expected, seed)
+        flips.add(flip)
+        boxes.add(box)
+    assert flips == {False, True} and len(boxes) == 8
+
+
+def test_random_resized_box_matches_torchvisions_distribution():
+    # Same rule as RandomResizedCrop.get_params: compare the statistics of 4,000 draws each.
+    width, height = 640, 427
+    img = Image.new("RGB", (width, height))
+    rng = random.Random(0)
+    ours = [random_resized_box(width, height, rng) for _ in range(4000)]
+    torch.manual_seed(0)
+    theirs = [T.RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(4000)]
+    for boxes in (ours, theirs):
+        for top, left, h, w in boxes:
+            assert 0 <= top <= height - h and 0 <= left <= width - w and h > 0 and w > 0
+    stats = lambda boxes: (np.mean([h * w / (width * height) for _, _, h, w in boxes]),
+                           np.mean([math.log(w / h) for _, _, h, w in boxes]),
+                           np.mean([t + h / 2 for t, _, h, _ in boxes]) / height)
+    np.testing.assert_allclose(stats(ours), stats(theirs), atol=0.02)
+    # Rounding as torchvision: a tall strip falls back to the centred, ratio-clamped crop.
+    assert random_resized_box(10, 1000, random.Random(0), scale=(0.999, 1.0)) == (493, 0, 13, 10)
+
+
+@pytest.mark.parametrize("preset", ["fgvc", "spt_fgvc"])
+def test_training_pipelines_are_seeded_by_the_given_rng_only(photo, preset):
+    tf = build_transform(preset, 224, MEAN, STD, train=True)
+    random.seed(1)
+    torch.manual_seed(1)
+    a = tf(photo, random.Random(7))
+    random.seed(2)
+    torch.manual_seed(2)  # global state must not matter
+    assert torch.equal(tf(photo, random.Random(7)), a)
+    assert not torch.equal(tf(photo, random.Random(8)), a)
+    with pytest.raises(ValueError, match="seeded rng"):
+        tf(photo)
+
+
+def test_small_images_are_upscaled_then_cropped():
+    tiny = _jpeg(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8))  # VTAB-sized
+    for preset in ("spt_vtab", "fgvc", "spt_fgvc"):
+        for train in (False, True):
+            out = build_transform(preset, 224, MEAN, STD, train=train)(tiny, random.Random(0))
+            assert out.shape == (3, 224, 224)
 
 
 def test_normalisation_uses_given_mean_and_std():

@@ -177,7 +177,8 @@ def test_param_groups_follow_each_protocol():
     groups = {g["group"]: (g["weight_decay"], len(g["params"])) for g in param_groups(model.named_parameters(), adamw)}
     assert groups == {"prompts": (0.001, 1), "decay": (0.05, 1), "no_decay": (0.0, 1)}
     sgd = param_groups(model.named_parameters(), OptimConfig(name="sgd", weight_decay=1e-4))
-    assert len(sgd) == 1 and sgd[0]["weight_decay"] == 1e-4 and len(sgd[0]["params"]) == 3
+    assert [(g["group"], g["weight_decay"], len(g["params"])) for g in sgd] == [("all", 1e-4, 2),
+                                                                                ("head_bias", 0.0, 1)]
 
 
 def test_same_run_with_other_launch_settings_continues_a_different_one_is_refused(tmp_path, assets):
@@ -189,3 +190,14 @@ def test_same_run_with_other_launch_settings_continues_a_different_one_is_refuse
     assert "max_requeues: 9" in (tmp_path / "runs" / "r" / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="different config"):
         train(_cfg(tmp_path, assets, "optim.lr=0.5"))
+
+
+def test_tuning_stage_never_reads_test_and_final_stage_skips_validation(tmp_path, assets):
+    tune = train(_cfg(tmp_path, assets, "data.stage=tune", "run.name=tune"))
+    events = [json.loads(l)["event"] for l in (tmp_path / "runs" / "tune" / "metrics.jsonl").read_text().splitlines()]
+    assert tune["status"] == "finished" and tune["top1"] is None and tune["val_top1"] is not None
+    assert "test" not in events and "val" in events
+    final = train(_cfg(tmp_path, assets, "data.stage=final", "run.name=final"))
+    events = [json.loads(l)["event"] for l in (tmp_path / "runs" / "final" / "metrics.jsonl").read_text().splitlines()]
+    assert final["top1"] is not None and final["val_top1"] is None
+    assert "test" in events and "val" not in events

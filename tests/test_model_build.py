@@ -29,7 +29,9 @@ def test_methods_are_settings(method, trainable, prompt_shape):
 def test_pool_auto_follows_checkpoint_format(tmp_path):
     src = build_backbone("vit_micro_p4_16")
     timm_file = save_backbone_weights(src, tmp_path / "vit.safetensors")
-    torch.save({"model": src.state_dict()}, tmp_path / "mae.pth")  # MAE's pretrain layout: no head
+    # MAE's pretraining layout: no head, a mask token (the released encoder-only files need
+    # model.checkpoint_format=mae, see test_model_checkpoints).
+    torch.save({"model": dict(src.state_dict(), mask_token=torch.zeros(1, 1, 32))}, tmp_path / "mae.pth")
     cfg = load_config(overrides=BASE + METHODS["vpt_deep"] + [f"model.checkpoint={timm_file}"])
     assert resolve_pool(cfg) == "token"
     cfg = load_config(overrides=BASE + METHODS["vpt_deep"] + [f"model.checkpoint={tmp_path / 'mae.pth'}",

@@ -241,3 +241,65 @@ def test_weights_hash_is_deterministic_and_sensitive():
         src.blocks[2].mlp.fc2.bias[5] += 1e-6
     assert weights_hash(src) != h
     assert len(h) == 64
+
+
+def test_model_file_without_head_or_mae_marks_needs_its_format(tmp_path):
+    # A supervised backbone saved as {'model': ...} without its head looks like MAE's released
+    # encoder-only files: nothing in the keys says which it is, so auto detection refuses it.
+    src = _source()
+    path = tmp_path / "deit_no_head.pth"
+    torch.save({"model": src.state_dict()}, path)
+    for attempt in (lambda: detect_format(path), lambda: build_backbone(NAME, checkpoint=path)):
+        with pytest.raises(CheckpointError, match="model.checkpoint_format=mae or model.checkpoint_format=timm"):
+            attempt()
+    supervised = build_backbone(NAME, checkpoint=path, checkpoint_format="timm")
+    assert not isinstance(supervised.norm, torch.nn.Identity)  # its trained per-token norm kept
+    assert weights_hash(supervised) == weights_hash(src)
+    _same_outputs(src, supervised)  # class-token pooling after that norm
+    mae = build_backbone(NAME, checkpoint=path, checkpoint_format="mae")  # declared an MAE encoder
+    assert isinstance(mae.norm, torch.nn.Identity) and torch.equal(mae.fc_norm.weight, torch.ones(32))
+
+
+def test_model_file_without_head_through_the_config(tmp_path):
+    from spt_dist.config import load_config
+    from spt_dist.model import build_model, resolve_pool
+
+    src = _source()
+    torch.save({"model": src.state_dict()}, tmp_path / "w.pth")
+    base = ["model.name=vit_micro_p4_16", f"model.checkpoint={tmp_path / 'w.pth'}", "method.name=linear",
+            "method.prompt_length=0", "method.init=vpt"]
+    with pytest.raises(CheckpointError, match="model.checkpoint_format"):
+        build_model(load_config(None, base), num_classes=3)
+    cfg = load_config(None, base + ["model.checkpoint_format=timm"])
+    assert resolve_pool(cfg) == "token"
+    assert weights_hash(build_model(cfg, num_classes=3).backbone) == weights_hash(src)
+
+
+@pytest.mark.parametrize("marks", [{"mask_token": torch.zeros(1, 1, 32)},
+                                   {"decoder_embed.weight": torch.zeros(16, 32), "mask_token": torch.zeros(1, 1, 16)}])
+def test_real_mae_pretraining_layouts_are_detected(tmp_path, marks):
+    src = _source()
+    torch.save({"model": dict(src.state_dict(), **marks)}, tmp_path / "mae.pth")
+    assert detect_format(tmp_path / "mae.pth") == "mae"
+    save_file(dict(src.state_dict(), **marks), str(tmp_path / "mae.safetensors"))  # no wrapper: marks suffice
+    assert detect_format(tmp_path / "mae.safetensors") == "mae"
+
+
+def test_mae_pretrained_norm_on_the_pooled_tokens(tmp_path):
+    # SPT's MAE models (Models/MAE_vit.py): mean of the tokens, then the PRETRAINED `norm`.
+    from spt_dist.model import read_checkpoint
+
+    src = _source()
+    torch.save({"model": dict(src.state_dict(), mask_token=torch.zeros(1, 1, 32))}, tmp_path / "mae.pth")
+    ckpt = read_checkpoint(tmp_path / "mae.pth", mae_head_norm="pretrained")
+    loaded = build_backbone(NAME, checkpoint=ckpt)
+    assert isinstance(loaded.norm, torch.nn.Identity)
+    assert torch.equal(loaded.fc_norm.weight, src.norm.weight) and torch.equal(loaded.fc_norm.bias, src.norm.bias)
+    model = PromptedViT(loaded, 4, prompt_length=3, pool="mean_with_prompts").eval()
+    x = _images()
+    with torch.no_grad():
+        tokens = model.forward_features(x)[:, 1:]  # prompts and patches, no per-token norm
+        expected = F.layer_norm(tokens.mean(dim=1), (32,), src.norm.weight, src.norm.bias, eps=1e-6)
+        torch.testing.assert_close(model(x), model.head(expected))
+    with pytest.raises(CheckpointError, match="mae_head_norm 'old'"):
+        read_checkpoint(tmp_path / "mae.pth", mae_head_norm="old")

@@ -212,3 +212,28 @@ def test_invalid_settings_are_clear_errors():
         PromptedViT(bb, 5, pool="avg")
     with pytest.raises(ValueError, match="prompt_length >= 1"):
         PromptedViT(bb, 5, deep=True)
+
+
+def test_head_init_vpt_kaiming_and_timm_trunc_normal():
+    bb = build_backbone("vit_micro_p4_16")
+    # VPT's MLP head (src/models/mlp.py): nn.Linear, then kaiming_normal_(a=0, mode="fan_out") on
+    # the weight and, with special_bias=True, every bias -log((1 - 0.01) / 0.01).
+    torch.manual_seed(3)
+    ours = PromptedViT(bb, 7, head_init="kaiming").head
+    torch.manual_seed(3)
+    ref = torch.nn.Linear(32, 7)
+    torch.nn.init.kaiming_normal_(ref.weight, a=0, mode="fan_out")
+    assert torch.equal(ours.weight, ref.weight)
+    assert torch.allclose(ours.bias, torch.full((7,), -4.59511985013459))
+    # SPT / timm: trunc_normal_(std) weights, zero bias; the std is a setting (MoCo script: 0.01).
+    for std in (0.02, 0.01):
+        torch.manual_seed(3)
+        head = PromptedViT(bb, 7, head_init="trunc_normal", head_init_std=std).head
+        torch.manual_seed(3)
+        ref = torch.nn.Linear(32, 7)
+        torch.nn.init.trunc_normal_(ref.weight, std=std)
+        assert torch.equal(head.weight, ref.weight) and torch.equal(head.bias, torch.zeros(7))
+    wide = PromptedViT(bb, 50, head_init="kaiming").head.weight.detach()
+    assert abs(float(wide.std()) - (2 / 50) ** 0.5) < 0.02  # fan_out = the number of classes
+    with pytest.raises(ValueError, match="head_init='xavier'"):
+        PromptedViT(bb, 3, head_init="xavier")

@@ -64,7 +64,8 @@ def test_cache_hit_skips_the_forward_pass_and_gives_the_same_prompts(shards, tmp
 
 
 @pytest.mark.parametrize("change", ["run.seed=1", "method.init_candidates=40", "method.init_images=30",
-                                    "data.fraction=0.5", "method.kmeans_iters=5"])
+                                    "data.fraction=0.5", "method.kmeans_iters=5", "method.window_layout=spt",
+                                    "method.init_replacement=true"])
 def test_any_change_of_key_is_a_miss(shards, tmp_path, change):
     cfg, index, model, _ = _setup(shards, tmp_path)
     initialize_prompts(model, cfg, index, ONE, "cpu")
@@ -133,3 +134,17 @@ def test_init_images_are_drawn_from_the_training_fraction(shards, tmp_path):
     assert len(select_init_keys(cfg, index)) == 10
     cfg, index, _, _ = _setup(shards, tmp_path, "method.init_images=0")
     assert select_init_keys(cfg, index) == index.split("train").keys()
+
+
+def test_init_images_drawn_with_replacement(shards, tmp_path):
+    from spt_dist.prompt_init import select_init_draws, select_init_keys
+
+    cfg, index, model, _ = _setup(shards, tmp_path, "method.init_replacement=true", "method.init_images=0")
+    draws = select_init_draws(cfg, index)
+    train = index.split("train").keys()
+    assert sum(draws.values()) == len(train) and set(draws) < set(train)  # SPT: as many draws as images
+    assert select_init_keys(cfg, index) == list(draws) and draws == select_init_draws(cfg, index)
+    res = initialize_prompts(model, cfg, index, ONE, "cpu")
+    assert res.images == len(train) and res.prompts.shape == (3, 4, 32)
+    cfg, index, _, _ = _setup(shards, tmp_path, "method.init_replacement=true", "method.init_images=7")
+    assert sum(select_init_draws(cfg, index).values()) == 7

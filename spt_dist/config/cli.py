@@ -1,4 +1,4 @@
-"""`spt config show CONFIG [key=value ...]`."""
+"""`spt config show CONFIG [key=value ...] [--protocol NAME]`."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +14,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _show(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, check_files=args.check_files)
-    print(to_yaml(cfg), end="")
+    if args.protocol:
+        from .protocol import departure_table
+
+        print(departure_table(cfg, args.protocol), end="")
+    else:
+        print(to_yaml(cfg), end="")
     return 0
 
 
@@ -35,4 +40,9 @@ def register(sub) -> None:
     show = config.add_parser("show", help="print the resolved, validated config")
     add_config_arguments(show)
     show.add_argument("--check-files", action="store_true", help="also check that data and weights exist")
+    from .protocol import protocol_names
+
+    show.add_argument("--protocol", metavar="NAME", choices=protocol_names(),
+                      help="instead of the config, list where it departs from an official recipe "
+                           f"(configs/protocol/NAME.yaml): {', '.join(protocol_names())}")
     show.set_defaults(func=_show)

@@ -4,13 +4,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .errors import ConfigError
 from .schema import Config
+from .stage import note_split_keys, resolve_stage
 from .validate import validate
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
@@ -68,9 +69,10 @@ def _merge(base: DictConfig, other, origin: str) -> DictConfig:
         raise _explain(exc, origin) from None
 
 
-def _compose_file(base: DictConfig, path: Path, stack: List[Path]) -> DictConfig:
+def _compose_file(base: DictConfig, path: Path, stack: List[Path], origins: Dict[str, str]) -> DictConfig:
     """Merge `path` after its `defaults`; `stack` is the chain of files including it (a cycle
-    is an error; the same file reached twice by different chains is fine)."""
+    is an error; the same file reached twice by different chains is fine). `origins` records
+    where split keys were set (see stage.py)."""
     if path in stack:
         raise ConfigError(f"config file '{path}' includes itself through 'defaults' "
                           f"({' -> '.join(p.name for p in stack + [path])})")
@@ -84,20 +86,25 @@ def _compose_file(base: DictConfig, path: Path, stack: List[Path]) -> DictConfig
     if isinstance(includes, str):
         includes = [includes]
     for name in includes:
-        base = _compose_file(base, _resolve(str(name), path), stack + [path])
+        base = _compose_file(base, _resolve(str(name), path), stack + [path], origins)
+    note_split_keys(raw, str(path), origins)
     return _merge(base, raw, str(path))
 
 
 def compose(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Merged but not yet validated config tree (for tools that only print it)."""
     cfg = OmegaConf.structured(Config)
+    origins: Dict[str, str] = {}
     if path:
-        cfg = _compose_file(cfg, _resolve(path, None), [])
+        cfg = _compose_file(cfg, _resolve(path, None), [], origins)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. method.prompt_length=20)")
     for item in overrides:
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+        source = OmegaConf.from_dotlist([item])
+        note_split_keys(source, f"override '{item}'", origins)
+        cfg = _merge(cfg, source, f"override '{item}'")
+    resolve_stage(cfg, origins)
     cfg.defaults = []  # composed away: the result is self-contained
     return cfg
 

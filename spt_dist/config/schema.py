@@ -25,7 +25,13 @@ METHODS = ("linear", "full", "vpt", "spt")
 INITS = ("vpt", "random_sample", "mean_pool", "max_pool", "kmeans")
 POOLS = ("auto", "token", "mean", "mean_with_prompts")
 CHECKPOINT_FORMATS = ("auto", "timm", "npz", "mae", "mocov3")
-PRESETS = ("vtab", "fgvc", "small")
+PRESETS = ("vtab", "fgvc", "spt_vtab", "spt_fgvc", "small")
+HEAD_INITS = ("trunc_normal", "kaiming")
+MAE_HEAD_NORMS = ("new", "pretrained")
+WINDOW_LAYOUTS = ("even", "spt")
+STAGES = ("custom", "tune", "final")
+LR_SCHEDULES = ("per_iteration", "per_epoch")
+SGD_NO_DECAY = ("head_bias", "none")
 
 
 @dataclass
@@ -40,6 +46,11 @@ class ModelConfig:
     std: Optional[List[float]] = field(default=None, metadata={"help": "input normalisation std (3 values)"})
     pool: str = choice("auto", *POOLS, help="auto: token for cls backbones, mean for MAE")
     grad_checkpointing: bool = False
+    head_init: str = choice("trunc_normal", *HEAD_INITS, help="trunc_normal: weights N(0, head_init_std) "
+                            "truncated, bias 0 (timm, SPT); kaiming: kaiming-normal fan_out, bias -log(99) (VPT)")
+    head_init_std: float = bounded(0.02, 0.0, lo_open=True, help="std of head_init=trunc_normal")
+    mae_head_norm: str = choice("new", *MAE_HEAD_NORMS, help="MAE pretraining files: the LayerNorm after mean "
+                                "pooling is new (weight 1, bias 0: MAE fine-tuning, VPT) or the pretrained `norm` (SPT)")
 
 
 @dataclass
@@ -57,6 +68,17 @@ class MethodConfig:
     cache_dir: Optional[str] = field(default="~/.cache/spt_dist/prototypes",
                                      metadata={"help": "prototype cache; null or empty = no cache"})
     track_alignment: bool = True
+    window_layout: str = choice("even", *WINDOW_LAYOUTS, help="mean_pool / max_pool windows: even = p near-equal "
+                                "windows; spt = SPT's code: p-1 windows of L//(p-1), the last of the remainder")
+    init_replacement: bool = field(default=False, metadata={
+        "help": "draw the prototype images with replacement (SPT's code); false: each image once"})
+
+
+@dataclass
+class StageSplits:
+    train: str = "train"
+    val: Optional[str] = "val"
+    test: Optional[str] = None
 
 
 @dataclass
@@ -64,10 +86,14 @@ class DataConfig:
     root: str = field(default="data/fmnist_tune", metadata={"help": "shard folder holding index.json"})
     train_split: str = "train"
     val_split: Optional[str] = "val"
-    test_split: str = "test"
+    test_split: Optional[str] = field(default="test", metadata={"help": "null: no test pass (tuning)"})
     fraction: float = bounded(1.0, 0.0, 1.0, lo_open=True, help="class-stratified, nested subset")
     fraction_seed: int = 0
     preset: str = choice("small", *PRESETS, help="transform protocol")
+    stage: str = choice("custom", *STAGES, help="tune / final: the *_split keys come from data.tune / data.final; "
+                        "custom: as given")
+    tune: StageSplits = field(default_factory=StageSplits)
+    final: StageSplits = field(default_factory=lambda: StageSplits(train="train", val=None, test="test"))
     batch_size: int = bounded(32, 1, help="per-rank micro batch")
     eval_batch_size: int = bounded(128, 1)
     num_workers: int = bounded(0, 0)
@@ -88,10 +114,16 @@ class OptimConfig:
     lr: float = bounded(1e-3, 0.0, lo_open=True, help="base lr; see lr_scaling")
     lr_scaling: str = choice("none", "none", "linear", help="linear: lr * global_batch / 256 (VPT)")
     momentum: float = bounded(0.9, 0.0, 1.0, hi_open=True)
-    weight_decay: float = bounded(0.0, 0.0, help="head (and backbone) weights")
-    prompt_weight_decay: float = bounded(0.0, 0.0)
-    epochs: int = bounded(10, 1)
-    warmup_epochs: float = bounded(1.0, 0.0)
+    weight_decay: float = bounded(0.0, 0.0, help="sgd: every trainable tensor; adamw: head (and backbone) weights")
+    prompt_weight_decay: float = bounded(0.0, 0.0, help="adamw only: the prompts")
+    sgd_no_decay: str = choice("head_bias", *SGD_NO_DECAY, help="sgd: tensors kept out of weight decay "
+                               "(head_bias: VPT's code)")
+    epochs: int = bounded(100, 1)
+    warmup_epochs: float = bounded(10.0, 0.0)
+    lr_schedule: str = choice("per_iteration", *LR_SCHEDULES, help="warmup + cosine stepped every optimizer "
+                              "step, or constant within an epoch (VPT)")
+    warmup_from_zero: bool = field(default=False, metadata={
+        "help": "the first warmup step (or epoch) runs at lr 0, as both official codes do"})
     min_lr: float = bounded(0.0, 0.0)
     grad_clip: float = bounded(0.0, 0.0, help="0 = off")
     grad_accum: int = bounded(1, 1)

@@ -7,7 +7,7 @@ import os
 from typing import Any, List
 
 from .errors import ConfigError
-from .schema import Config
+from .schema import Config, DataConfig, OptimConfig
 
 
 def _check_field(key: str, value: Any, meta: dict) -> None:
@@ -62,7 +62,8 @@ def _check_combinations(cfg: Config) -> None:
     if cfg.model.pool == "mean_with_prompts":
         _require(m.prompt_length > 0, "model.pool", "mean_with_prompts needs prompts (method.prompt_length > 0)")
     _require(o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
-             f"must not exceed optim.epochs={o.epochs} (got {o.warmup_epochs})")
+             f"must not exceed optim.epochs={o.epochs} (got {o.warmup_epochs}; the default is the papers' 10 "
+             f"of 100 epochs: set optim.warmup_epochs with a shorter optim.epochs)")
     _require(o.min_lr <= o.lr, "optim.min_lr", f"must not exceed optim.lr={o.lr}")
     la = cfg.launch
     # The pre-timeout signal must leave the job time to train before it asks to be requeued.
@@ -72,10 +73,29 @@ def _check_combinations(cfg: Config) -> None:
     if la.gpus_per_node > 0:
         _require(la.tasks_per_node == la.gpus_per_node, "launch.tasks_per_node",
                  f"one task per GPU: must equal launch.gpus_per_node={la.gpus_per_node}")
-    for split in ("train_split", "test_split"):
-        _require(bool(getattr(cfg.data, split)), f"data.{split}", "must name a split")
-    _require(cfg.data.val_split != cfg.data.test_split, "data.val_split",
-             "model selection on the test split is not allowed; use a validation split or null")
+    _check_optim(o)
+    _check_splits(cfg.data)
+
+
+def _check_optim(o: OptimConfig) -> None:
+    if o.name == "sgd":
+        _require(o.prompt_weight_decay == 0, "optim.prompt_weight_decay",
+                 "only optim.name=adamw decays prompts separately; with sgd every trainable tensor takes "
+                 f"optim.weight_decay (got {o.prompt_weight_decay}; set it to 0)")
+    if o.lr_schedule == "per_epoch":
+        _require(float(o.warmup_epochs).is_integer(), "optim.warmup_epochs",
+                 f"optim.lr_schedule=per_epoch warms up in whole epochs (got {o.warmup_epochs})")
+
+
+def _check_splits(d: DataConfig) -> None:
+    where = "" if d.stage == "custom" else f" (from data.{d.stage}, data.stage={d.stage})"
+    _require(bool(d.train_split), "data.train_split", f"must name a split{where}")
+    for key in ("val_split", "test_split"):
+        _require(getattr(d, key) != "", f"data.{key}", f"must name a split or be null{where}")
+    _require(d.val_split is None or d.val_split != d.test_split, "data.val_split",
+             f"model selection on the test split is not allowed; use a validation split or null{where}")
+    _require(d.val_split is not None or d.test_split is not None, "data.test_split",
+             f"with data.val_split also null nothing would be evaluated{where}")
 
 
 def _check_registry(cfg: Config) -> None:
@@ -94,6 +114,10 @@ def _check_registry(cfg: Config) -> None:
         _require(m.prompt_length <= patches, "method.prompt_length",
                  f"method.init={m.init} cuts each image's {patches} patch tokens into "
                  f"{m.prompt_length} windows; allowed: at most {patches} at model.img_size={size}")
+        if m.window_layout == "spt":
+            _require(m.prompt_length >= 2, "method.prompt_length",
+                     f"method.window_layout=spt cuts the tokens into p-1 windows plus one; allowed: at least 2 "
+                     f"(got {m.prompt_length})")
     if m.prompt_length and (m.name == "spt" or m.track_alignment):
         _require(m.init_candidates >= m.prompt_length, "method.init_candidates",
                  f"{m.init_candidates} candidate tokens cannot give {m.prompt_length} prototypes; "

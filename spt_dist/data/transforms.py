@@ -1,18 +1,26 @@
 """Transform presets: decoded image -> normalised float32 tensor (3, H, W).
 
-- vtab:  resize to img_size x img_size, no augmentation (VPT's VTAB protocol).
-- fgvc:  train: resize to r x r, r = round(256 / 224 * img_size), random img_size crop,
-         horizontal flip; test: resize r x r, centre crop (VPT's FGVC protocol).
-- small: resize to img_size x img_size (bilinear), no augmentation (28 px demos).
+s = img_size, r = s * 256 // 224 (256 at 224, 438 at 384, 512 at 448: VPT's table).
 
-Training randomness comes from a `random.Random` seeded by the caller per sample (see
-loader.sample_seed), never from global state, so a resumed epoch is bit-identical.
+- vtab:     resize to s x s (bilinear), no augmentation (VPT's VTAB pipeline).
+- fgvc:     resize the SHORT side to r (bilinear); train: random s crop + horizontal flip;
+            test: centre s crop (VPT's FGVC pipeline).
+- spt_vtab: resize the short side to s (bicubic), centre s crop, train and test (SPT's VTAB).
+- spt_fgvc: train: random resized crop to s (scale 0.08-1, ratio 3/4-4/3, bicubic) + flip;
+            test: short side to r (bicubic), centre s crop (SPT's FGVC pipeline).
+- small:    resize to s x s (bilinear), no augmentation (28 px demos).
+
+Each step computes what torchvision's op of the same name computes on a PIL image (sizes,
+crop boxes, rounding), so the pixels equal the official pipelines'. Training randomness comes
+only from a `random.Random` seeded by the caller per sample (see loader.sample_seed), never
+from global state, so a resumed epoch is bit-identical.
 """
 from __future__ import annotations
 
 import io
+import math
 import random
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,6 +28,9 @@ from PIL import Image
 
 from .index import DataError
 from ..config.schema import PRESETS
+
+SCALE, RATIO = (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0)  # torchvision's RandomResizedCrop defaults
+Box = Tuple[int, int, int, int]  # top, left, height, width (torchvision's order)
 
 
 def decode_image(data: bytes, draft: Optional[int] = None) -> Image.Image:
@@ -30,6 +41,60 @@ def decode_image(data: bytes, draft: Optional[int] = None) -> Image.Image:
     return img.convert("RGB")
 
 
+def resize_short(img: Image.Image, size: int, resample: int) -> Image.Image:
+    """The short side to `size`, the long side to int(size * long / short) (torchvision.Resize(size))."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    new = (size, new_long) if w <= h else (new_long, size)
+    return img if new == img.size else img.resize(new, resample)
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def random_crop(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    w, h = img.size
+    top, left = rng.randint(0, h - size), rng.randint(0, w - size)
+    return img.crop((left, top, left + size, top + size))
+
+
+def random_resized_box(width: int, height: int, rng: random.Random,
+                       scale: Tuple[float, float] = SCALE, ratio: Tuple[float, float] = RATIO) -> Box:
+    """RandomResizedCrop's box: 10 tries of area x aspect ratio, then a centred crop of the
+    clamped aspect ratio (torchvision's get_params, drawing from `rng`)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resized_crop(img: Image.Image, box: Box, size: int, resample: int) -> Image.Image:
+    """Crop, then resize to size x size (torchvision's F.resized_crop: the crop's own pixels only)."""
+    top, left, h, w = box
+    return img.crop((left, top, left + w, top + h)).resize((size, size), resample)
+
+
+def random_flip(img: Image.Image, rng: random.Random) -> Image.Image:
+    return img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
+
+
 class ImageTransform:
     def __init__(self, preset: str, img_size: int, mean: Sequence[float], std: Sequence[float], train: bool):
         if preset not in PRESETS:
@@ -37,20 +102,33 @@ class ImageTransform:
         if len(mean) != 3 or len(std) != 3:
             raise DataError(f"mean/std need 3 values (RGB), got {list(mean)} / {list(std)}")
         self.preset, self.img_size, self.train = preset, img_size, train
-        self.resize = round(256 / 224 * img_size) if preset == "fgvc" else img_size
-        self.filter = Image.BILINEAR if preset == "small" else Image.BICUBIC
+        self.resize = img_size * 256 // 224 if preset in ("fgvc", "spt_fgvc") else img_size
+        self.filter = Image.BICUBIC if preset.startswith("spt_") else Image.BILINEAR
+        # The official pipelines decode at full resolution; a reduced DCT decode changes pixels.
+        self.draft = img_size if preset == "small" else None
         std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_t
 
     def pixels(self, data: Union[bytes, Image.Image], rng: Optional[random.Random] = None) -> np.ndarray:
-        """Decoded, resized (and for fgvc cropped) image as uint8 (H, W, 3)."""
-        img = data.convert("RGB") if isinstance(data, Image.Image) else decode_image(data, draft=self.resize)
-        if img.size != (self.resize, self.resize):
-            img = img.resize((self.resize, self.resize), self.filter)
-        if self.preset == "fgvc":
-            img = self._crop(img, rng)
-        return np.asarray(img, dtype=np.uint8)
+        """Decoded, resized and cropped image as uint8 (img_size, img_size, 3)."""
+        img = data.convert("RGB") if isinstance(data, Image.Image) else decode_image(data, draft=self.draft)
+        return np.asarray(self._geometry(img, rng), dtype=np.uint8)
+
+    def _geometry(self, img: Image.Image, rng: Optional[random.Random]) -> Image.Image:
+        s, p = self.img_size, self.preset
+        if p in ("vtab", "small"):
+            return img if img.size == (s, s) else img.resize((s, s), self.filter)
+        if p == "spt_vtab":
+            return center_crop(resize_short(img, s, self.filter), s)
+        if not self.train:
+            return center_crop(resize_short(img, self.resize, self.filter), s)
+        if rng is None:
+            raise ValueError(f"{p} training transform needs a seeded rng")
+        if p == "fgvc":
+            return random_flip(random_crop(resize_short(img, self.resize, self.filter), s, rng), rng)
+        box = random_resized_box(img.size[0], img.size[1], rng)
+        return random_flip(resized_crop(img, box, s, self.filter), rng)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W).
@@ -64,17 +142,6 @@ class ImageTransform:
 
     def __call__(self, data: Union[bytes, Image.Image], rng: Optional[random.Random] = None) -> torch.Tensor:
         return self.normalize(torch.from_numpy(self.pixels(data, rng).copy())[None])[0]
-
-    def _crop(self, img: Image.Image, rng: Optional[random.Random]) -> Image.Image:
-        s, r = self.img_size, self.resize
-        if self.train:
-            if rng is None:
-                raise ValueError("fgvc training transform needs a seeded rng")
-            x, y = rng.randint(0, r - s), rng.randint(0, r - s)
-            img = img.crop((x, y, x + s, y + s))
-            return img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
-        x = y = int(round((r - s) / 2.0))
-        return img.crop((x, y, x + s, y + s))
 
 
 def build_transform(preset: str, img_size: int, mean: Sequence[float], std: Sequence[float],

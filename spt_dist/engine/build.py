@@ -21,7 +21,7 @@ class Parts:
     index: Any
     train_data: Any
     val_data: Optional[Any]
-    test_data: Any
+    test_data: Optional[Any]          # None in a tuning stage (data.test_split=null)
     model: Any
     engine: Any
     identity: Dict[str, Any]          # what a checkpoint must match to be resumed here
@@ -66,7 +66,7 @@ def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> Parts:
     data_args = (img_size, mean, std, dist.rank, dist.world_size)
     train_data = TrainData(cfg.data, index, *data_args, seed=cfg.run.seed)
     val_data = EvalData(cfg.data, index, cfg.data.val_split, *data_args) if cfg.data.val_split else None
-    test_data = EvalData(cfg.data, index, cfg.data.test_split, *data_args)
+    test_data = EvalData(cfg.data, index, cfg.data.test_split, *data_args) if cfg.data.test_split else None
 
     seed_everything(cfg.run.seed)  # same head / prompt init on every rank
     model = build_model(cfg, index.num_classes).to(dist.device)

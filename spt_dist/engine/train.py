@@ -2,7 +2,7 @@
 
 Fixed epochs; the lr schedule steps per optimizer step; validation every run.eval_every
 epochs (selection only on it); the test split is evaluated at the last epoch, which is the
-reported `top1` (VPT's protocol). Checkpoints every run.checkpoint_every steps and after the
+reported `top1` (VPT's protocol), unless data.test_split is null (a tuning stage). Checkpoints every run.checkpoint_every steps and after the
 last step; a run folder with checkpoints resumes from the newest valid one, exactly.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _run_evals(parts: Parts, state: Dict[str, Any], epoch: int, last: bool, log:
         if state.get("best_val_top1") is None or val["top1"] > state["best_val_top1"]:
             state["best_val_top1"], state["best_val_epoch"] = val["top1"], epoch + 1
         log.log("val", state["step"], epoch=epoch + 1, **val)
-    if last:
+    if last and parts.test_data is not None:
         test = evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep)
         state["test_top1"], state["test_bad_samples"] = test["top1"], test["bad_samples"]
         log.log("test", state["step"], epoch=epoch + 1, **test)

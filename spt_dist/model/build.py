@@ -48,7 +48,8 @@ def resolve_pool(cfg: Config, fmt: Optional[str] = None) -> str:
 def build_model(cfg: Config, num_classes: int) -> PromptedViT:
     """The model of a run: backbone (local checkpoint loaded) + prompts + head, per cfg.method."""
     m = cfg.model
-    ckpt: Optional[Checkpoint] = read_checkpoint(m.checkpoint, m.checkpoint_format) if m.checkpoint else None
+    ckpt: Optional[Checkpoint] = (read_checkpoint(m.checkpoint, m.checkpoint_format, mae_head_norm=m.mae_head_norm)
+                                  if m.checkpoint else None)
     backbone = build_backbone(m.name, img_size=m.img_size, in_chans=m.in_chans, checkpoint=ckpt)
     return PromptedViT(
         backbone,
@@ -59,4 +60,6 @@ def build_model(cfg: Config, num_classes: int) -> PromptedViT:
         pool=resolve_pool(cfg, ckpt.fmt if ckpt else None),
         train_backbone=cfg.method.name == "full",
         grad_checkpointing=m.grad_checkpointing,
+        head_init=m.head_init,
+        head_init_std=m.head_init_std,
     )

@@ -18,6 +18,7 @@ from torch import nn
 from spt_dist.errors import SptError
 
 FORMATS = ("timm", "npz", "mae", "mocov3")
+MAE_HEAD_NORMS = ("new", "pretrained")
 PathLike = Union[str, os.PathLike]
 
 # Keys a backbone never has: classifier heads, MAE's decoder and mask token, MoCo v3's
@@ -89,29 +90,41 @@ def _raw_state(path: str) -> tuple:
     return wrapper, _unwrap(obj, path)
 
 
-def _classify(wrapper: Optional[str], state: Dict[str, torch.Tensor]) -> str:
+_MAE_MARKS = ("decoder", "mask_token")  # only MAE's pretraining has these
+
+
+def _classify(wrapper: Optional[str], state: Dict[str, torch.Tensor], path: str) -> str:
+    """Format from positive evidence only; a {'model': ...} file that could be either is an error."""
     keys = list(state)
     if any(k.startswith("module.") for k in keys):
         return "mocov3"
+    if any(k.startswith(_MAE_MARKS) for k in keys):
+        return "mae"
     if wrapper == "model":
-        mae_marks = any(k.startswith(("decoder", "mask_token", "fc_norm")) for k in keys)
-        has_head = any(k.startswith("head.") for k in keys)
-        # MAE's pretrain files hold no head; a supervised {'model': ...} file (DeiT) does.
-        return "mae" if mae_marks or not has_head else "timm"
+        if any(k.startswith("fc_norm") for k in keys):
+            return "mae"  # MAE's global-pool fine-tuning layout
+        if any(k.startswith("head.") for k in keys):
+            return "timm"  # a supervised {'model': ...} file (DeiT) keeps its classifier
+        raise CheckpointError(
+            f"{path}: a {{'model': ...}} file without a head and without MAE's decoder, mask_token or "
+            f"fc_norm: an MAE encoder (released pretraining files look like this) or a supervised "
+            f"backbone saved without its head, which pool and normalise differently; say which with "
+            f"model.checkpoint_format=mae or model.checkpoint_format=timm")
     return "timm"
 
 
 def detect_format(path: PathLike) -> str:
     """One of FORMATS, from the file name and the key layout inside it.
 
-    .npz -> npz; `module.`-prefixed keys -> mocov3; a {'model': ...} dict with MAE's decoder,
-    mask token or fc_norm, or without a head -> mae; anything else -> timm.
+    .npz -> npz; `module.`-prefixed keys -> mocov3; MAE's decoder or mask token, or a
+    {'model': ...} dict with fc_norm -> mae; a {'model': ...} dict with a head -> timm; one
+    with neither -> CheckpointError (ambiguous: set the format); anything else -> timm.
     """
     path = os.path.expanduser(str(path))
     if path.endswith(".safetensors") and os.path.isfile(path):
         from safetensors import safe_open
         with safe_open(path, framework="pt") as f:  # keys only, no tensor is read
-            return _classify(None, dict.fromkeys(f.keys()))
+            return _classify(None, dict.fromkeys(f.keys()), path)
     return read_checkpoint(path).fmt
 
 
@@ -123,35 +136,44 @@ def _strip_prefix(state: Dict[str, torch.Tensor], path: str) -> Dict[str, torch.
     raise CheckpointError(f"{path}: MoCo v3 checkpoint without 'module.base_encoder.' or 'module.' keys")
 
 
-def read_checkpoint(path: PathLike, fmt: str = "auto") -> Checkpoint:
-    """Read a weights file once: resolve its format and the backbone tensors (heads dropped)."""
+def read_checkpoint(path: PathLike, fmt: str = "auto", mae_head_norm: str = "new") -> Checkpoint:
+    """Read a weights file once: resolve its format and the backbone tensors (heads dropped).
+
+    `mae_head_norm` (MAE pretraining files only): the LayerNorm applied after mean pooling is
+    "new" (weight 1, bias 0) or the "pretrained" per-token `norm` (see _mae_pretrain_to_global_pool).
+    """
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     if fmt not in FORMATS + ("auto",):
         raise CheckpointError(f"{path}: unknown checkpoint format '{fmt}'; allowed: auto, {', '.join(FORMATS)}")
+    if mae_head_norm not in MAE_HEAD_NORMS:
+        raise CheckpointError(f"mae_head_norm '{mae_head_norm}' is not allowed; allowed: {', '.join(MAE_HEAD_NORMS)}")
     if path.endswith(".npz") or fmt == "npz":
         if fmt not in ("auto", "npz"):
             raise CheckpointError(f"{path}: a .npz file is format 'npz', not '{fmt}'")
         return Checkpoint(path, "npz")
     wrapper, state = _raw_state(path)
-    resolved = _classify(wrapper, state) if fmt == "auto" else fmt
+    resolved = _classify(wrapper, state, path) if fmt == "auto" else fmt
     if any(k.startswith("module.") for k in state):
         state = _strip_prefix(state, path)
     state = {k: v for k, v in state.items() if not k.startswith(_DROP_PREFIXES)}
     if resolved == "mae" and "norm.weight" in state and "fc_norm.weight" not in state:
-        state = _mae_pretrain_to_global_pool(state)
+        state = _mae_pretrain_to_global_pool(state, keep_norm=mae_head_norm == "pretrained")
     return Checkpoint(path, resolved, state)
 
 
-def _mae_pretrain_to_global_pool(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """MAE's fine-tuning protocol, which VPT and SPT follow for MAE backbones: the pooled
-    feature is the mean of the tokens followed by a NEW LayerNorm (`fc_norm`, weight 1, bias 0);
-    the pretraining's per-token `norm` is dropped. Done here, explicitly, so that the strict
-    key check still covers every other tensor."""
+def _mae_pretrain_to_global_pool(state: Dict[str, torch.Tensor], keep_norm: bool) -> Dict[str, torch.Tensor]:
+    """An MAE pretraining file's norm for mean pooling: the pooled feature is the mean of the
+    tokens followed by `fc_norm`, and there is no per-token norm. `fc_norm` is a NEW LayerNorm
+    (weight 1, bias 0: MAE's fine-tuning code, VPT's vit_mae.py) or, with `keep_norm`, the
+    pretrained `norm` applied to the pooled vector (SPT's Models/MAE_vit.py). Done here,
+    explicitly, so that the strict key check still covers every other tensor."""
     state = dict(state)
     weight, bias = state.pop("norm.weight"), state.pop("norm.bias")
-    state["fc_norm.weight"], state["fc_norm.bias"] = torch.ones_like(weight), torch.zeros_like(bias)
+    if not keep_norm:
+        weight, bias = torch.ones_like(weight), torch.zeros_like(bias)
+    state["fc_norm.weight"], state["fc_norm.bias"] = weight, bias
     return state
 
 

@@ -15,6 +15,22 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 POOLS = ("token", "mean", "mean_with_prompts")
+HEAD_INITS = ("trunc_normal", "kaiming")
+VPT_HEAD_BIAS = -math.log(99.0)  # VPT's MLP(special_bias=True): sigmoid prior of 0.01
+
+
+def init_head(head: nn.Linear, kind: str = "trunc_normal", std: float = 0.02) -> None:
+    """trunc_normal: timm's / SPT's head (N(0, std) cut to [-2, 2] as trunc_normal_ does, bias 0); kaiming:
+    VPT's (kaiming-normal weights, fan_out, a=0; every bias -log(99)). Never zeros, so that
+    the prompts receive a gradient from the first step."""
+    if kind == "trunc_normal":
+        nn.init.trunc_normal_(head.weight, std=std)
+        nn.init.zeros_(head.bias)
+    elif kind == "kaiming":
+        nn.init.kaiming_normal_(head.weight, a=0, mode="fan_out")
+        nn.init.constant_(head.bias, VPT_HEAD_BIAS)
+    else:
+        raise ValueError(f"head_init='{kind}' is not allowed; allowed: {', '.join(HEAD_INITS)}")
 
 
 def vpt_uniform_bound(patch_size: Tuple[int, int], embed_dim: int) -> float:
@@ -34,7 +50,8 @@ class PromptedViT(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_classes: int, prompt_length: int = 0, deep: bool = False,
                  prompt_dropout: float = 0.0, pool: str = "token", train_backbone: bool = False,
-                 grad_checkpointing: bool = False) -> None:
+                 grad_checkpointing: bool = False, head_init: str = "trunc_normal",
+                 head_init_std: float = 0.02) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool='{pool}' is not allowed; allowed: {', '.join(POOLS)}")
@@ -61,11 +78,8 @@ class PromptedViT(nn.Module):
             v = vpt_uniform_bound(tuple(backbone.patch_embed.patch_size), self.embed_dim)
             nn.init.uniform_(self.prompts, -v, v)
         self.prompt_dropout = nn.Dropout(prompt_dropout)
-        # timm's head init: truncated normal weights, zero bias. Not zeros, so that the prompts
-        # receive a gradient from the first step.
         self.head = nn.Linear(self.embed_dim, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        init_head(self.head, head_init, head_init_std)
 
         for p in self.backbone.parameters():
             p.requires_grad_(train_backbone)

@@ -10,6 +10,7 @@ _EXPORTS = {
     "alignment_metrics": "alignment", "plot_alignment": "alignment", "read_alignment": "alignment",
     "PromptInitError": "collective",
     "InitResult": "initialize", "initialize_prompts": "initialize", "select_init_keys": "initialize",
+    "select_init_draws": "initialize",
     "STRATEGIES": "plan", "InitPlan": "plan",
 }
 __all__ = sorted(_EXPORTS)

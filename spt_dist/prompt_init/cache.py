@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from .prototypes import Prototypes
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: transform presets follow the official pipelines; draws and window layout
 
 
 def keys_digest(keys: Sequence[str]) -> str:

@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -21,6 +21,7 @@ from spt_dist.config.schema import Config
 
 from .cache import cache_path, keys_digest, load_prototypes, save_prototypes
 from .collective import Comm, PromptInitError
+from .draws import draw_with_replacement, draws_digest
 from .extract import stream_candidates
 from .plan import STRATEGY_KINDS, InitPlan
 from .prototypes import Prototypes, combine
@@ -35,20 +36,39 @@ class InitResult:
     stats: List[Dict[str, float]] = field(default_factory=list)  # per layer, of prompts (else reference)
     cache_hit: bool = False             # True: nothing was computed, no forward pass ran
     seconds: float = 0.0
-    images: int = 0                     # images the prototypes come from (all ranks)
+    images: int = 0                     # images the prototypes come from (all ranks; draws, with replacement)
     strategy: str = "vpt"
+
+
+def select_init_draws(cfg: Config, index: Any) -> Dict[str, int]:
+    """Training key -> times it is drawn for the prototypes (index order). Without
+    method.init_replacement every key of select_init_keys once; with it, method.init_images
+    draws (0: as many as the run's training keys) with replacement from the run's training keys."""
+    if not cfg.method.init_replacement:
+        return dict.fromkeys(select_init_keys(cfg, index), 1)
+    keys = _training_keys(cfg, index)
+    return draw_with_replacement(keys, cfg.method.init_images or len(keys), cfg.run.seed)
+
+
+def _training_keys(cfg: Config, index: Any) -> List[str]:
+    from spt_dist.data import select_fraction
+
+    split, d = cfg.data.train_split, cfg.data
+    return (select_fraction(index, split, d.fraction, d.fraction_seed) if d.fraction < 1.0
+            else index.split(split).keys())
 
 
 def select_init_keys(cfg: Config, index: Any) -> List[str]:
     """The training keys prototypes come from: the run's fraction subset, then, with
     method.init_images = n > 0, n of them chosen deterministically (class-stratified when
-    the whole split is used)."""
-    from spt_dist.data import select_count, select_fraction
+    the whole split is used). With method.init_replacement: the distinct keys drawn."""
+    from spt_dist.data import select_count
     from spt_dist.data.fraction import hashed_order
 
+    if cfg.method.init_replacement:
+        return list(select_init_draws(cfg, index))
     split, d, n = cfg.data.train_split, cfg.data, cfg.method.init_images
-    keys = (select_fraction(index, split, d.fraction, d.fraction_seed) if d.fraction < 1.0
-            else index.split(split).keys())
+    keys = _training_keys(cfg, index)
     if 0 < n < len(keys):
         if d.fraction < 1.0:
             chosen = set(hashed_order(keys, d.fraction_seed)[:n])
@@ -58,7 +78,8 @@ def select_init_keys(cfg: Config, index: Any) -> List[str]:
     return keys
 
 
-def _check_model(model: torch.nn.Module, cfg: Config, plan: InitPlan, n_keys: int, world_size: int) -> None:
+def _check_model(model: torch.nn.Module, cfg: Config, plan: InitPlan, n_keys: int, world_size: int,
+                 n_draws: int) -> None:
     m = cfg.method
     backbone = getattr(model, "backbone", None)
     if not (hasattr(model, "layer_tokens") and hasattr(backbone, "patch_embed") and hasattr(backbone, "blocks")):
@@ -81,12 +102,15 @@ def _check_model(model: torch.nn.Module, cfg: Config, plan: InitPlan, n_keys: in
     if pooled and patches < m.prompt_length:
         raise ValueError(f"{pooled[0]} cuts each image's {patches} patch tokens into method.prompt_length="
                          f"{m.prompt_length} windows; use prompt_length <= {patches} or init=kmeans")
+    if pooled and plan.window_layout == "spt" and m.prompt_length < 2:
+        raise ValueError(f"method.window_layout=spt cuts the tokens into p-1 windows plus one: "
+                         f"method.prompt_length must be at least 2 (got {m.prompt_length})")
     if n_keys < world_size:
         raise ValueError(f"{n_keys} image(s) selected for prototype init but {world_size} ranks: every rank "
                          f"needs at least one (raise method.init_images / data.fraction or use fewer ranks)")
     per_image = patches if not pooled else m.prompt_length
-    if n_keys * per_image < m.prompt_length:
-        raise ValueError(f"{n_keys} image(s) x {per_image} tokens give fewer candidate tokens than "
+    if n_draws * per_image < m.prompt_length:
+        raise ValueError(f"{n_draws} image(s) x {per_image} tokens give fewer candidate tokens than "
                          f"method.prompt_length={m.prompt_length}")
 
 
@@ -107,12 +131,14 @@ def _agree_on(comm: Comm, fn, *args) -> Any:
     return result
 
 
-def _cache_fields(backbone_hash: str, cfg: Config, index: Any, keys: Sequence[str], plan: InitPlan,
+def _cache_fields(backbone_hash: str, cfg: Config, index: Any, draws: Dict[str, int], plan: InitPlan,
                   inputs: tuple) -> Dict[str, Dict[str, Any]]:
     """Per strategy, everything its prototypes depend on (the cache key)."""
     m = cfg.method
-    common = {"backbone": backbone_hash, "data": index.content_hash,
-              "split": cfg.data.train_split, "keys": keys_digest(keys), "fraction": cfg.data.fraction,
+    keys = draws_digest(draws) if m.init_replacement else keys_digest(list(draws))
+    common = {"backbone": backbone_hash, "data": index.content_hash, "replacement": m.init_replacement,
+              "window_layout": plan.window_layout,
+              "split": cfg.data.train_split, "keys": keys, "fraction": cfg.data.fraction,
               "init_images": m.init_images, "preset": cfg.data.preset, "inputs": list(map(str, inputs)),
               "layers": plan.layers, "prompt_length": plan.prompt_length, "seed": plan.seed,
               "candidates": plan.capacity}
@@ -121,7 +147,7 @@ def _cache_fields(backbone_hash: str, cfg: Config, index: Any, keys: Sequence[st
 
 
 def _lookup(model: torch.nn.Module, backbone_hash: Optional[str], cfg: Config, index: Any,
-            keys: Sequence[str], plan: InitPlan, inputs: tuple, is_reader: bool) -> tuple:
+            draws: Dict[str, int], plan: InitPlan, inputs: tuple, is_reader: bool) -> tuple:
     """(cache key fields, cached prototypes) per strategy; empty unless `is_reader` and a cache is set."""
     if not (is_reader and cfg.method.cache_dir):
         return {}, {}
@@ -129,7 +155,7 @@ def _lookup(model: torch.nn.Module, backbone_hash: Optional[str], cfg: Config, i
         from spt_dist.model import weights_hash
 
         backbone_hash = weights_hash(model.backbone)
-    fields = _cache_fields(backbone_hash, cfg, index, keys, plan, inputs)
+    fields = _cache_fields(backbone_hash, cfg, index, draws, plan, inputs)
     found: Dict[str, Prototypes] = {}
     for s, f in fields.items():
         hit = load_prototypes(cache_path(cfg.method.cache_dir, s, f), f)
@@ -138,15 +164,17 @@ def _lookup(model: torch.nn.Module, backbone_hash: Optional[str], cfg: Config, i
     return fields, found
 
 
-def _compute(model: torch.nn.Module, cfg: Config, index: Any, keys: List[str], plan: InitPlan,
+def _compute(model: torch.nn.Module, cfg: Config, index: Any, draws: Dict[str, int], plan: InitPlan,
              comm: Comm, device: torch.device | str, inputs: tuple) -> Dict[str, Prototypes]:
     from spt_dist.data import EvalData
 
+    keys = list(draws)
     data_cfg = dataclasses.replace(cfg.data, eval_batch_size=cfg.method.init_batch_size)
     data = EvalData(data_cfg, index, cfg.data.train_split, *inputs, comm.rank, comm.world_size, keys=keys)
     total = math.ceil(len(keys) / comm.world_size / cfg.method.init_batch_size)
     progress = comm.rank == 0 and cfg.run.progress
-    pools, seen = _agree_on(comm, stream_candidates, model, data, plan, device, progress, total)
+    repeats = draws if cfg.method.init_replacement else None
+    pools, seen = _agree_on(comm, stream_candidates, model, data, plan, device, progress, total, repeats)
     comm.agree(None if seen else f"no images reached rank {comm.rank} ({len(keys)} images over "
                                  f"{comm.world_size} ranks); use fewer ranks or more images")
     return combine(pools, plan, comm)
@@ -170,23 +198,23 @@ def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: An
     def prepare():
         from spt_dist.model import input_spec
 
-        keys = select_init_keys(cfg, index)
+        draws = select_init_draws(cfg, index)
         layers = model.prompts.shape[0] if getattr(model, "prompts", None) is not None else 0
         plan = InitPlan(tuple(wanted), layers, m.prompt_length, m.init_candidates, cfg.run.seed,
-                        m.kmeans_iters, m.kmeans_tol)
-        _check_model(model, cfg, plan, len(keys), comm.world_size)
-        return keys, plan, input_spec(cfg)
+                        m.kmeans_iters, m.kmeans_tol, m.window_layout)
+        _check_model(model, cfg, plan, len(draws), comm.world_size, sum(draws.values()))
+        return draws, plan, input_spec(cfg)
 
-    keys, plan, inputs = _agree_on(comm, prepare)
+    draws, plan, inputs = _agree_on(comm, prepare)
 
     # Cache: rank 0 hashes the weights, looks up and reads; everyone receives the same answer.
-    fields, found = _agree_on(comm, _lookup, model, backbone_hash, cfg, index, keys, plan, inputs,
+    fields, found = _agree_on(comm, _lookup, model, backbone_hash, cfg, index, draws, plan, inputs,
                             comm.rank == 0)
     found = comm.broadcast_object(found)
     misses = [s for s in wanted if s not in found]
     if misses:
         plan = dataclasses.replace(plan, strategies=tuple(misses))
-        computed = _compute(model, cfg, index, keys, plan, comm, device, inputs)
+        computed = _compute(model, cfg, index, draws, plan, comm, device, inputs)
         found.update(computed)
         if fields:
             for s in misses:
@@ -201,4 +229,4 @@ def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: An
             model.prompts.copy_(prompts.to(device=model.prompts.device, dtype=model.prompts.dtype))
     reference = found[REFERENCE_STRATEGY].tensor.clone() if m.track_alignment else None
     return InitResult(prompts=prompts, reference=reference, stats=found[wanted[0]].stats, cache_hit=not misses,
-                      seconds=time.perf_counter() - start, images=len(keys), strategy=m.init)
+                      seconds=time.perf_counter() - start, images=sum(draws.values()), strategy=m.init)

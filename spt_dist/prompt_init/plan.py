@@ -23,6 +23,7 @@ class InitPlan:
     seed: int
     kmeans_iters: int = 30
     kmeans_tol: float = 1e-4
+    window_layout: str = "even"  # mean_pool / max_pool windows (candidates.window_bounds)
 
     def __post_init__(self) -> None:
         bad = [s for s in self.strategies if s not in STRATEGY_KINDS]

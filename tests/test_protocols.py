@@ -1,0 +1,216 @@
+"""The protocol presets resolve to the official recipes (tables written here, one row per setting,
+each with the line of the official code it comes from), the two data stages switch with one
+key, and `spt config show --protocol` lists exactly the departures."""
+from pathlib import Path
+
+import pytest
+
+from spt_dist.config import ConfigError, load_config
+from spt_dist.config.load import CONFIG_ROOT
+from spt_dist.config.protocol import departures, protocol_names, recipe_keys
+
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+# KMnP/vpt at 4410440.
+VPT = {
+    "method.name": "vpt",
+    "method.init": "vpt",                 # src/models/vit_prompt/vit.py:56-62 uniform init
+    "method.prompt_dropout": 0.0,         # src/configs/config.py:74
+    "model.mean": IMAGENET[0],            # src/data/transforms.py:8-10, src/data/datasets/tf_dataset.py:75
+    "model.std": IMAGENET[1],             # src/data/transforms.py:9, src/data/datasets/tf_dataset.py:76
+    "model.pool": "auto",                 # CLS; MAE: x[:, 1:].mean(1) (src/models/vit_prompt/vit_mae.py:122-124)
+    "model.head_init": "kaiming",         # src/models/mlp.py:53-57, special_bias=True (vit_models.py:164)
+    "model.mae_head_norm": "new",         # src/models/vit_backbones/vit_mae.py:21-26
+    "data.batch_size": 128,               # configs/base-prompt.yaml:25
+    "optim.name": "sgd",                  # configs/base-prompt.yaml:14
+    "optim.momentum": 0.9,                # configs/base-prompt.yaml:15
+    "optim.lr_scaling": "linear",         # tune_vtab.py:100, tune_fgvc.py:31
+    "optim.lr": 0.1,                      # a grid point (configs/prompt/cub.yaml:11)
+    "optim.weight_decay": 0.01,           # a grid point (configs/prompt/cub.yaml:12)
+    "optim.prompt_weight_decay": 0.0,     # SGD: one weight decay (src/solver/optimizer.py:52-69)
+    "optim.sgd_no_decay": "head_bias",    # src/solver/optimizer.py:60-62
+    "optim.epochs": 100,                  # configs/base-prompt.yaml:19
+    "optim.warmup_epochs": 10.0,          # configs/base-prompt.yaml:18
+    "optim.lr_schedule": "per_epoch",     # src/engine/trainer.py:221
+    "optim.warmup_from_zero": True,       # src/solver/lr_scheduler.py:57-58
+    "optim.min_lr": 0.0,                  # src/solver/lr_scheduler.py:62-65
+    "optim.label_smoothing": 0.0,         # src/solver/losses.py:57-67
+    "optim.grad_clip": 0.0,               # src/engine/trainer.py:116-119
+    "optim.grad_accum": 1,                # src/engine/trainer.py:116-119
+    "precision.dtype": "fp32",            # src/engine/trainer.py:85-86
+}
+VPT_VTAB = dict(VPT, **{
+    "data.preset": "vtab",                # src/data/datasets/tf_dataset.py:148-156: 224 x 224, bilinear
+    "data.tune.train": "train800",        # tune_vtab.py:155-162; src/data/datasets/tf_dataset.py:177-182
+    "data.tune.val": "val200",
+    "data.tune.test": None,               # tune_vtab.py:162: no test loader while tuning
+    "data.final.train": "train800val200",  # tune_vtab.py:164-173
+    "data.final.val": None,               # val200 lies inside train800val200: not a validation split
+    "data.final.test": "test",
+})
+VPT_FGVC = dict(VPT, **{
+    "data.preset": "fgvc",                # src/data/transforms.py:14-40
+    "data.tune.train": "train",           # train.py:68-71 (non-VTAB: the train split)
+    "data.tune.val": "val",               # train.py:75
+    "data.tune.test": None,               # a choice of ours: no test pass while tuning
+    "data.final.train": "train",          # train.py:68-71; json_dataset.py:20-25 has no train+val
+    "data.final.val": None,
+    "data.final.test": "test",            # train.py:81
+})
+# WangYZ1608/Self-Prompt-Tuning at ce0754f.
+SPT = {
+    "method.name": "spt",
+    "method.init": "random_sample",       # README.md:78, 110 --prompt_sample_type "random"
+    "method.window_layout": "spt",        # train.py:144-150, 169-175
+    "method.init_replacement": True,      # train.py:105 torch.randint
+    "method.init_images": 0,              # train.py:102-103: len(train_data) draws
+    "method.prompt_dropout": 0.0,         # Models/vpt.py: no prompt dropout
+    "model.mean": IMAGENET[0],            # Dataset/VTAB.py:55, Dataset/FGVC.py:51
+    "model.std": IMAGENET[1],
+    "model.pool": "auto",                 # Models/vpt.py:35-36; Models/MAE_vpt.py:38-40
+    "model.head_init": "trunc_normal",    # train.py:250-251
+    "model.head_init_std": 0.02,          # train.py:250
+    "model.mae_head_norm": "pretrained",  # Models/MAE_vit.py:14-19, 33-35
+    "data.batch_size": 32,                # README.md:80, 112 (global: train.py:72)
+    "optim.name": "adamw",                # train.py:288-289
+    "optim.lr_scaling": "none",           # train.py:289
+    "optim.lr": 0.001,                    # README.md:115
+    "optim.prompt_weight_decay": 0.01,    # README.md:113 --weight_decay 1e-2
+    "optim.weight_decay": 3.0,            # README.md:114 --wd_head 3.0
+    "optim.epochs": 100,                  # README.md:111
+    "optim.warmup_epochs": 10.0,          # README.md:117
+    "optim.lr_schedule": "per_iteration",  # train.py:426
+    "optim.warmup_from_zero": True,       # utils.py:66-67
+    "optim.min_lr": 1e-8,                 # README.md:116
+    "optim.label_smoothing": 0.0,         # train.py:291
+    "optim.grad_clip": 0.0,               # train.py:443-445
+    "optim.grad_accum": 1,                # train.py:443-445
+    "precision.dtype": "fp32",            # train.py:433: no autocast
+}
+SPT_VTAB = dict(SPT, **{
+    "data.preset": "spt_vtab",            # Dataset/VTAB.py:51-63
+    "data.tune.train": "train800",        # a choice of ours (SPT has no validation)
+    "data.tune.val": "val200",
+    "data.tune.test": None,
+    "data.final.train": "train800val200",  # Dataset/VTAB.py:48
+    "data.final.val": None,
+    "data.final.test": "test",            # Dataset/VTAB.py:49
+})
+SPT_FGVC = dict(SPT, **{
+    "data.preset": "spt_fgvc",            # Dataset/FGVC.py:47-59
+    "data.tune.train": "train",           # a choice of ours (SPT has no validation)
+    "data.tune.val": "val",
+    "data.tune.test": None,
+    "data.final.train": "train",          # Dataset/FGVC.py:43
+    "data.final.val": None,
+    "data.final.test": "test",            # Dataset/FGVC.py:44
+})
+OFFICIAL = {"vpt_vtab": VPT_VTAB, "vpt_fgvc": VPT_FGVC, "spt_vtab": SPT_VTAB, "spt_fgvc": SPT_FGVC}
+
+
+def _path(name: str) -> str:
+    return str(CONFIG_ROOT / "protocol" / f"{name}.yaml")
+
+
+def _get(cfg, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def test_the_four_presets_exist():
+    assert protocol_names() == sorted(OFFICIAL)
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_preset_resolves_to_the_official_values(name):
+    cfg = load_config(_path(name))
+    table = OFFICIAL[name]
+    wrong = {k: (_get(cfg, k), v) for k, v in table.items() if _get(cfg, k) != v}
+    assert not wrong, f"{name}: (resolved, official) {wrong}"
+    # Every value the preset file sets is pinned above (a new recipe key needs a row here).
+    assert set(recipe_keys(name)) == set(table)
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_one_key_switches_the_data_stage(name):
+    tune = load_config(_path(name))
+    assert tune.data.stage == "tune"
+    assert (tune.data.train_split, tune.data.val_split, tune.data.test_split) == \
+        (OFFICIAL[name]["data.tune.train"], OFFICIAL[name]["data.tune.val"], None)
+    final = load_config(_path(name), ["data.stage=final"])
+    assert (final.data.train_split, final.data.val_split, final.data.test_split) == \
+        (OFFICIAL[name]["data.final.train"], None, "test")
+    assert departures(final, name) == []  # both stages are the protocol
+
+
+def test_a_split_key_that_contradicts_the_stage_is_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"'data.train_split' = 'train800val200' contradicts data.stage=tune.*"
+                                          r"data.tune.train = 'train800'"):
+        load_config(_path("vpt_vtab"), ["data.train_split=train800val200"])
+    run = tmp_path / "run.yaml"
+    run.write_text("defaults: [protocol/vpt_vtab]\ndata:\n  val_split: val200\n")  # agrees: fine
+    assert load_config(str(run)).data.val_split == "val200"
+    cfg = load_config(_path("vpt_vtab"), ["data.stage=custom", "data.train_split=train800val200",
+                                          "data.val_split=null", "data.test_split=test"])
+    assert cfg.data.train_split == "train800val200"
+    with pytest.raises(ConfigError, match="'data.test_split'.*nothing would be evaluated"):
+        load_config(None, ["data.val_split=null", "data.test_split=null"])
+    with pytest.raises(ConfigError, match="'data.stage'.*'custom', 'tune', 'final'"):
+        load_config(None, ["data.stage=later"])
+
+
+def test_resolved_preset_reloads_identically(tmp_path: Path):
+    from spt_dist.config import to_yaml
+
+    for stage in ("tune", "final"):
+        cfg = load_config(_path("spt_fgvc"), [f"data.stage={stage}"])
+        (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+        assert load_config(str(tmp_path / "config.yaml")) == cfg
+
+
+def test_departures_are_listed_with_both_values():
+    cfg = load_config(_path("vpt_fgvc"), ["optim.name=adamw", "model.head_init=trunc_normal",
+                                          "data.preset=spt_fgvc", "optim.lr=0.3"])
+    got = {d.key: (d.ours, d.official) for d in departures(cfg, "vpt_fgvc")}
+    assert got == {"optim.name": ("adamw", "sgd"), "model.head_init": ("trunc_normal", "kaiming"),
+                   "data.preset": ("spt_fgvc", "fgvc"), "optim.lr": (0.3, 0.1)}
+    # VPT tunes lr and weight decay over grids: any grid value is the recipe.
+    assert departures(load_config(_path("vpt_fgvc"), ["optim.lr=25", "optim.weight_decay=0"]), "vpt_fgvc") == []
+    assert departures(load_config(_path("vpt_vtab"), ["optim.lr=0.05"]), "vpt_vtab") == []
+    assert [d.key for d in departures(load_config(_path("vpt_fgvc"), ["optim.lr=0.05"]), "vpt_fgvc")] == ["optim.lr"]
+    # SPT's values are single settings, not grids.
+    assert [d.key for d in departures(load_config(_path("spt_vtab"), ["optim.lr=0.05"]), "spt_vtab")] == ["optim.lr"]
+
+
+def test_global_batch_is_compared_not_the_per_rank_one():
+    eight = load_config(_path("vpt_vtab"), ["data.batch_size=16", "launch.tasks_per_node=8"])
+    assert [d.key for d in departures(eight, "vpt_vtab")] == ["data.batch_size"]  # 16 x 8 = 128
+    alone = load_config(_path("spt_vtab"), ["data.batch_size=64"])
+    assert {d.key: (d.ours, d.official) for d in departures(alone, "spt_vtab")} == \
+        {"data.batch_size": (64, 32), "global batch": (64, 32)}
+
+
+def test_the_demo_departs_from_every_protocol():
+    demo = load_config(str(CONFIG_ROOT / "demo.yaml"))
+    for name in OFFICIAL:
+        keys = {d.key for d in departures(demo, name)}
+        assert {"optim.epochs", "data.preset", "model.mean"} <= keys
+
+
+def test_cli_show_protocol(capsys):
+    from spt_dist.cli import main
+
+    assert main(["config", "show", _path("spt_vtab"), "--protocol", "spt_vtab"]) == 0
+    assert capsys.readouterr().out == "no departures from protocol spt_vtab (configs/protocol/spt_vtab.yaml)\n"
+    assert main(["config", "show", _path("spt_vtab"), "optim.epochs=30", "model.mae_head_norm=new",
+                 "--protocol", "spt_vtab"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["setting", "this", "config", "spt_vtab"]
+    assert lines[1].split() == ["model.mae_head_norm", "new", "pretrained"]
+    assert lines[2].split() == ["optim.epochs", "30", "100"]
+    assert lines[3].startswith("2 setting(s) depart from protocol spt_vtab")
+    with pytest.raises(SystemExit):
+        main(["config", "show", _path("spt_vtab"), "--protocol", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
