@@ -23,7 +23,7 @@ def _corrupt(index: ShardIndex, split: str, keys: set) -> None:
         with tarfile.open(path, "w") as tar:
             for member, data in members:
                 if member.name.split(".")[0] in keys and member.name.endswith(".png"):
-                    data = b"not an image" * 4
+                    data = f"not an image: {member.name}".encode()  # unique bytes: no false overlap
                 member.size = len(data)
                 tar.addfile(member, io.BytesIO(data))
         shards[i] = scan_shard(path)

@@ -3,7 +3,7 @@ import torch
 import pytest
 
 from spt_dist.config import load_config
-from spt_dist.model import build_backbone, build_model, resolve_pool, save_backbone_weights, weights_hash
+from spt_dist.model import build_backbone, build_model, resolve_pool, save_backbone_weights
 
 BASE = ["model.name=vit_micro_p4_16"]
 METHODS = {

@@ -59,11 +59,13 @@ def _prompt_init(model: Any, cfg: Config, index: Any, dist: DistInfo, resuming: 
 
 def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> Parts:
     from spt_dist.data import EvalData, ShardIndex, TrainData
+    from spt_dist.data.overlap import check_eval_splits
     from spt_dist.model import build_model, input_spec, weights_hash
 
     index = ShardIndex.load(os.path.expanduser(cfg.data.root))
     img_size, mean, std = input_spec(cfg)
     data_args = (img_size, mean, std, dist.rank, dist.world_size)
+    check_eval_splits(index, cfg.data.train_split, cfg.data.val_split, cfg.data.test_split)
     train_data = TrainData(cfg.data, index, *data_args, seed=cfg.run.seed)
     val_data = EvalData(cfg.data, index, cfg.data.val_split, *data_args) if cfg.data.val_split else None
     test_data = EvalData(cfg.data, index, cfg.data.test_split, *data_args) if cfg.data.test_split else None
