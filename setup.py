@@ -16,7 +16,6 @@ setup(
         "deepspeed>=0.15",
         "webdataset>=0.2.86",
         "submitit>=1.5",
-        "einops",
         "omegaconf>=2.3",
         "tqdm",
         "safetensors",
@@ -27,6 +26,6 @@ setup(
         "scikit-learn",
         "ninja",
     ],
-    extras_require={"dev": ["pytest", "pytest-timeout"]},
+    extras_require={"dev": ["pytest", "pytest-timeout", "wids"]},
     entry_points={"console_scripts": ["spt=spt_dist.cli:main"]},
 )

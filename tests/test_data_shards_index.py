@@ -70,7 +70,7 @@ def test_foreign_tars_give_the_same_run(built, foreign, tmp_path):
     """The engine on both folders: the same trained tensors, bit for bit."""
     from safetensors.torch import load_file
 
-    from conftest_engine import make_assets
+    from engine_helpers import make_assets
     from spt_dist.config import load_config
     from spt_dist.engine.train import train
 

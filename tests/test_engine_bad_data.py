@@ -7,7 +7,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from conftest_engine import make_assets, run, torchrun, write_config
+from engine_helpers import make_assets, run, torchrun, write_config
 from spt_dist.data import ShardIndex
 from spt_dist.data.tarscan import scan_shard
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest_engine import make_assets, write_config
+from engine_helpers import make_assets, write_config
 from spt_dist.cli import main as spt
 from spt_dist.config import ConfigError, load_config
 from spt_dist.config.schema import OptimConfig
@@ -64,11 +64,27 @@ def test_totals_in_results_cover_every_invocation(tmp_path, assets):
     assert resumed["wall_s"] > first["wall_s"]
 
 
-def test_deepspeed_json_changing_stage_and_precision_is_what_runs(tmp_path, assets):
-    # The typed config says ZeRO 0 / fp32; the JSON (merged last) says ZeRO 2 / bf16.
+def test_deepspeed_json_contradicting_the_config_is_refused_an_agreeing_one_runs(tmp_path, assets):
     ds_json = tmp_path / "ds.json"
     ds_json.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}))
     cfg = _cfg(tmp_path, assets, "distributed.zero_stage=0", "precision.dtype=fp32",
+               f"distributed.deepspeed_json={ds_json}", every=1000)
+    with pytest.raises(ConfigError, match=r"sets zero_optimization.stage=2 but the config has distributed.zero_stage "
+                                          r"= 0; set it in one place"):
+        train(cfg)
+    for bad, message in (({"optimizer": {"type": "Adam"}}, "sets 'optimizer', which the run's config decides"),
+                         ({"gradient_accumulation_steps": 4}, "optim.grad_accum = 1")):
+        ds_json.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=message):
+            train(cfg)
+    ds_json.write_text("{not json")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        train(cfg)
+    assert not (tmp_path / "runs" / "r").exists()  # refused before the run folder was touched
+    # The same ZeRO stage and precision as the config, plus a setting only DeepSpeed has.
+    ds_json.write_text(json.dumps({"zero_optimization": {"stage": 2, "reduce_bucket_size": 50000000},
+                                   "bf16": {"enabled": True}}))
+    cfg = _cfg(tmp_path, assets, "distributed.zero_stage=2", "precision.dtype=bf16",
                f"distributed.deepspeed_json={ds_json}", every=1000)
     res = train(cfg)
     assert res["status"] == "finished" and res["step"] == 8

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest_engine import (PYTHON, ROOT, free_port, checkpoint_tensors, env, losses, make_assets, run, torchrun,
+from engine_helpers import (PYTHON, ROOT, free_port, checkpoint_tensors, env, losses, make_assets, run, torchrun,
                              wait_for_step, write_config)
 
-WORKER = str(ROOT / "tests" / "conftest_engine.py")
+WORKER = str(ROOT / "tests" / "engine_worker.py")
 
 
 @pytest.fixture(scope="module")

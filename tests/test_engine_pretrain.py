@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from conftest_engine import make_assets
+from engine_helpers import make_assets
 from spt_dist.cli import main as spt
 from spt_dist.model import build_backbone, weights_hash
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest_engine import PYTHON, ROOT, make_assets, run, write_config
+from engine_helpers import PYTHON, ROOT, make_assets, run, write_config
 
-WORKER = str(ROOT / "tests" / "conftest_engine.py")
+WORKER = str(ROOT / "tests" / "engine_worker.py")
 
 
 @pytest.fixture(scope="module")

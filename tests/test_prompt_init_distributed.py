@@ -18,8 +18,7 @@ from spt_dist.data import ShardIndex, write_shards
 from spt_dist.data.sources.builtin import digits_source
 from spt_dist.model import build_model
 from spt_dist.prompt_init import PromptInitError, initialize_prompts
-from spt_dist.prompt_init.collective import Comm
-from spt_dist.prompt_init.initialize import _agree_on
+from spt_dist.distributed import Comm
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["model.name=vit_micro_p4_16", "method.name=spt", "method.prompt_length=4", "method.deep=true",
@@ -81,7 +80,7 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
             except PromptInitError as exc:
                 results[name] = str(exc)
         try:  # a failure on rank 1 only must reach rank 0 instead of leaving it in a collective
-            _agree_on(Comm(rank, world), lambda: 1 // (1 - rank))
+            Comm(rank, world).agreed(lambda: 1 // (1 - rank), kind=PromptInitError)
             results["one_rank_fails"] = "no error"
         except PromptInitError as exc:
             results["one_rank_fails"] = str(exc)

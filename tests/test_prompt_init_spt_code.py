@@ -6,7 +6,7 @@ import torch
 from spt_dist.config import ConfigError, load_config
 from spt_dist.model import PromptedViT, build_backbone
 from spt_dist.prompt_init.candidates import window_bounds, window_tokens
-from spt_dist.prompt_init.collective import Comm
+from spt_dist.distributed import Comm
 from spt_dist.prompt_init.draws import draw_with_replacement
 from spt_dist.prompt_init.extract import stream_candidates
 from spt_dist.prompt_init.plan import InitPlan

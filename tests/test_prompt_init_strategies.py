@@ -6,7 +6,7 @@ import torch
 
 from spt_dist.model import PromptedViT, build_backbone
 from spt_dist.prompt_init.candidates import CandidatePool
-from spt_dist.prompt_init.collective import Comm
+from spt_dist.distributed import Comm
 from spt_dist.prompt_init.extract import stream_candidates
 from spt_dist.prompt_init.plan import STRATEGIES, InitPlan
 from spt_dist.prompt_init.priority import token_priorities

@@ -84,7 +84,7 @@ def test_unknown_by_key_is_an_error(runs, tmp_path, capsys):
 
 
 def test_fixed_fraction_is_stated():
-    from spt_dist.study.report import _fixed_note
+    from spt_dist.study.report import fixed_note
 
-    assert _fixed_note("data fraction", {"spt-deep": 0.5, "vpt-deep": 0.5}) == "data fraction = 0.5"
-    assert _fixed_note("data fraction", {"spt-deep": 1.0, "vpt-deep": 0.5}) == "data fraction: spt-deep 1, vpt-deep 0.5"
+    assert fixed_note("data fraction", {"spt-deep": 0.5, "vpt-deep": 0.5}) == "data fraction = 0.5"
+    assert fixed_note("data fraction", {"spt-deep": 1.0, "vpt-deep": 0.5}) == "data fraction: spt-deep 1, vpt-deep 0.5"

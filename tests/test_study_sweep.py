@@ -46,10 +46,10 @@ def test_duplicate_run_folders_are_rejected(tmp_path):
 
 
 def test_sweep_file_without_grid_is_a_sweep_file(tmp_path):
-    from spt_dist.study.cli import _is_sweep_file
+    from spt_dist.study.sweep import is_sweep_file
 
     (tmp_path / "run.yaml").write_text("optim:\n  lr: 0.1\n")
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("config: run.yaml\noverrides: [optim.epochs=2]\n")
-    assert _is_sweep_file(str(sweep)) and not _is_sweep_file(str(tmp_path / "run.yaml"))
+    assert is_sweep_file(str(sweep)) and not is_sweep_file(str(tmp_path / "run.yaml"))
     assert load_sweep_file(str(sweep))[0] == [str(tmp_path / "run.yaml")]

@@ -24,7 +24,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _backbones(args: argparse.Namespace) -> int:
-    from spt_dist.model.registry import BACKBONES
+    from .registry import BACKBONES
 
     print(f"{'name':26} {'patch':>5} {'width':>5} {'depth':>5} {'heads':>5} {'img':>4} {'prefix':>6}")
     for name in sorted(BACKBONES):

@@ -100,6 +100,10 @@ def compose(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictCo
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. method.prompt_length=20)")
+    nested = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] == "defaults"]
+    if nested:
+        raise ConfigError(f"override '{nested[0]}': `defaults` composes files and is read from the run file only; "
+                          f"list the files under `defaults:` in a run file, or override their keys one by one")
     for item in overrides:
         source = OmegaConf.from_dotlist([item])
         note_split_keys(source, f"override '{item}'", origins)

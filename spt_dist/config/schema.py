@@ -106,6 +106,9 @@ class DataConfig:
     min_mixing: float = bounded(0.9, 0.0, 1.0, help="lowest allowed ratio of distinct classes per batch, "
                                 "planned vs uniform")
     on_bad_sample: str = choice("error", "error", "skip")
+    verify: str = choice("headers", "headers", "full", "none", help="read checks before training (error mode): "
+                         "headers = every val/test sample and 256 training ones; full = every sample and "
+                         "shard sha256")
 
 
 @dataclass
@@ -153,6 +156,7 @@ class RunConfig:
     eval_every: int = bounded(1, 1, help="epochs between validation passes")
     log_every: int = bounded(10, 1, help="steps between metric lines")
     progress: bool = True
+    lock_stale_s: int = bounded(120, 5, help="a run folder lock whose heartbeat is older is taken over")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from typing import Any, List
 
 from .errors import ConfigError
@@ -44,8 +45,15 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_+=,@%-][A-Za-z0-9._+=,@%-]*$")
+
+
 def _check_combinations(cfg: Config) -> None:
     m, o = cfg.method, cfg.optim
+    name = cfg.run.name
+    _require(not name or (PLAIN_NAME.match(name) is not None and name not in (".", "..")), "run.name",
+             f"{name!r} is not a plain folder name; allowed: letters, digits and . _ + = , @ % - "
+             f"(no path separators, not starting with '.'), so the run stays inside run.out_dir")
     if m.name in ("linear", "full"):
         _require(m.prompt_length == 0, "method.prompt_length",
                  f"method={m.name} takes no prompts; set method.prompt_length=0 (got {m.prompt_length})")
@@ -100,7 +108,7 @@ def _check_splits(d: DataConfig) -> None:
 
 def _check_registry(cfg: Config) -> None:
     """What the backbone's shape makes impossible (plain data, no torch import)."""
-    from spt_dist.model.registry import BACKBONES
+    from .registry import BACKBONES
 
     mc, m = cfg.model, cfg.method
     _require(mc.name in BACKBONES, "model.name",

@@ -1,6 +1,6 @@
 """TrainData / EvalData: shards in, equal batches on every rank out.
 
-Stages (plan.py decides who reads what, from the index alone):
+Stages (order.py decides who reads what, from the index alone):
 - exact (default): one uniform permutation of the whole split per epoch, shared by all
   ranks -> rank's slice of every global batch -> dealt to DataLoader workers -> random
   access by offset -> decode + transform -> batch.
@@ -29,7 +29,7 @@ from ..config.schema import DataConfig
 from .fraction import select_fraction
 from .index import DataError, ShardIndex
 from .mixing import MixingReport, check_mixing, mixing_report
-from .plan import Loc, by_key, deal, eval_batches, exact_batches, mix, stream_order, stream_parts
+from .order import Loc, by_key, deal, eval_batches, exact_batches, locations, mix, stream_order, stream_parts
 from .reader import BadSampleError, RawSample, SampleReader, decode_sample, read_segment
 from .transforms import ImageTransform, build_transform
 
@@ -186,6 +186,10 @@ class TrainData:
         self.mixing: MixingReport = mixing_report(self)
         check_mixing(self.mixing, data_cfg)
 
+    def locations(self) -> List[Loc]:
+        """This rank's share of the selected training samples (every world_size-th)."""
+        return list(locations(self.split.shards, self._selected))[self.rank::self.world_size]
+
     def label_batches(self, epoch: int, ranks: Sequence[int], limit: int) -> List[List[int]]:
         """Labels of up to `limit` planned batches per rank in `ranks` for `epoch`, from the
         index alone (the plan the reader follows; no tar is opened)."""
@@ -248,12 +252,19 @@ class EvalData:
         transform = build_transform(data_cfg.preset, img_size, mean, std, train=False)
         self._decoder = _Decoder(transform, index.num_classes, data_cfg.on_bad_sample == "skip")
 
+    def _batches(self) -> List[List[Loc]]:
+        return eval_batches(self.index.split(self.split_name).shards, self._selected, self.rank,
+                            self.world_size, self.cfg.eval_batch_size)
+
+    def locations(self) -> List[Loc]:
+        """The samples this rank evaluates."""
+        return [loc for batch in self._batches() for loc in batch]
+
     def __iter__(self) -> Iterator[Batch]:
         """This rank's batches; `bad_samples` restarts at 0 with every pass (see the class doc)."""
         self.bad_samples = 0
         workers = max(1, self.cfg.num_workers)
-        batches = eval_batches(self.index.split(self.split_name).shards, self._selected, self.rank,
-                               self.world_size, self.cfg.eval_batch_size)
+        batches = self._batches()
         dataset = _Eval(self.index, self.split_name, deal(batches, 0, workers), self._decoder)
         for images, labels, keys, bad in _loader(dataset, self.cfg.num_workers):
             self.bad_samples += bad

@@ -12,7 +12,7 @@ s = img_size, r = s * 256 // 224 (256 at 224, 438 at 384, 512 at 448: VPT's tabl
 
 Each step computes what torchvision's op of the same name computes on a PIL image (sizes,
 crop boxes, rounding), so the pixels equal the official pipelines'. Training randomness comes
-only from a `random.Random` seeded by the caller per sample (see loader.sample_seed), never
+only from a `random.Random` seeded by the caller per sample (loader.py seeds it from (seed, epoch, sample key)), never
 from global state, so a resumed epoch is bit-identical.
 """
 from __future__ import annotations

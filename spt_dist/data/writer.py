@@ -25,7 +25,7 @@ from tqdm import tqdm
 from spt_dist.io import atomic_path
 
 from .index import INDEX_NAME, DataError, ShardIndex, ShardInfo, SplitInfo
-from .plan import mix
+from .order import mix
 from .sources.common import Sample, Source, cap_per_class, check_labels
 from .tarscan import scan_shard
 

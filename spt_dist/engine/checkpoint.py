@@ -15,6 +15,7 @@ rotation (the newest `keep` step folders) counts only valid checkpoints.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -28,9 +29,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from spt_dist.distributed import DistInfo
 from spt_dist.errors import SptError
-
-from .distributed import DistInfo, barrier, broadcast_int
+from spt_dist.io import DiskFullError
 
 TAG = "state"
 PREFIX = "step_"
@@ -38,7 +39,7 @@ CORRUPT = ".corrupt_"
 
 
 class CheckpointMismatchError(SptError, ValueError):
-    """A checkpoint that belongs to a different backbone, prompt shape or world size."""
+    """A checkpoint that belongs to another config, backbone, prompt shape or world size."""
 
 
 def _sha256(path: Path) -> str:
@@ -125,11 +126,25 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-class Checkpointer:
-    """Save / find / load the trainable state of a DeepSpeed engine in `root`."""
+def _disk_full(exc: BaseException) -> bool:
+    """An error of a write that ran out of space (torch's zip writer says only "unexpected pos")."""
+    return (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) \
+        or "unexpected pos" in str(exc) or "No space left" in str(exc)
 
-    def __init__(self, root: Path, keep: int, dist: DistInfo) -> None:
-        self.root, self.keep, self.dist = Path(root), keep, dist
+
+class Checkpointer:
+    """Save / find / load the trainable state of a DeepSpeed engine in `root`, and decide when.
+
+    `identity` is what a checkpoint must match to be resumed (backbone weights, prompt shape,
+    classes, world size, the config hash); `config_yaml` is stored beside it for people.
+    """
+
+    def __init__(self, root: Path, keep: int, every: int, dist: DistInfo, identity: Dict[str, Any],
+                 config_yaml: str) -> None:
+        self.root, self.keep, self.every, self.dist = Path(root), keep, every, dist
+        self.identity, self.config_yaml = identity, config_yaml
+        self.saved_step = -1
+        self.lost: List[str] = []  # checkpoints found corrupt when looking for the newest
 
     def _steps(self) -> List[Tuple[int, Path]]:
         if not self.root.is_dir():
@@ -140,32 +155,61 @@ class Checkpointer:
                 found.append((int(p.name[len(PREFIX):]), p))
         return sorted(found)
 
+    def maybe_save(self, engine: Any, state: Any, rng: TrainRng, last: bool = False) -> bool:
+        """Save when `last` (a stop or the end) or every `every` steps, never twice for a step.
+        Collective: every rank calls it at the same point."""
+        if state.step == self.saved_step or not (last or state.step % self.every == 0) or state.step == 0:
+            return False
+        self.save(engine, state.step, {"state": state.state_dict(), "identity": self.identity,
+                                       "config": self.config_yaml}, rng)
+        return True
+
     def save(self, engine: Any, step: int, meta: Dict[str, Any], train_rng: Optional[TrainRng] = None) -> Path:
-        """Collective: every rank must call it at the same step."""
+        """Collective: every rank must call it at the same step. A full disk is reported on
+        every rank as DiskFullError naming the folder; the partial step folder is removed."""
+        comm = self.dist.comm
         final = self.root / f"{PREFIX}{step:08d}"
         tmp = self.root / f".tmp_{PREFIX}{step:08d}"
         if self.dist.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # left over by a crash mid-write
-        barrier()
-        engine.save_checkpoint(str(tmp / "ds"), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
-        torch.save(rng_state(train_rng.state if train_rng else None), tmp / f"rng_rank{self.dist.rank}.pt")
-        barrier()
+        comm.barrier()
+        failure = None
+        try:
+            engine.save_checkpoint(str(tmp / "ds"), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
+            torch.save(rng_state(train_rng.state if train_rng else None), tmp / f"rng_rank{self.dist.rank}.pt")
+        except (OSError, RuntimeError) as exc:
+            if not _disk_full(exc):
+                raise
+            failure = f"no space left on {self.root} while saving checkpoint step {step} ({type(exc).__name__})"
+        try:
+            comm.agree(failure, DiskFullError)
+        except DiskFullError:
+            if self.dist.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if self.dist.is_main:
-            _write_json(tmp / "meta.json", meta)
-            files = {str(p.relative_to(tmp)): [p.stat().st_size, _sha256(p)] for p in _files(tmp)}
-            _write_json(tmp / "manifest.json", {"step": step, "files": files})
+            try:
+                _write_json(tmp / "meta.json", meta)
+                files = {str(p.relative_to(tmp)): [p.stat().st_size, _sha256(p)] for p in _files(tmp)}
+                _write_json(tmp / "manifest.json", {"step": step, "files": files})
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if _disk_full(exc):
+                    raise DiskFullError(f"no space left on {self.root} while saving checkpoint step {step}") from None
+                raise
             if final.exists():  # the same step saved again (e.g. stop right after a periodic save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
             for _, old in self._steps()[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
-        barrier()
+        comm.barrier()
+        self.saved_step = step
         return final
 
     def newest_valid(self) -> Optional[Path]:
         """Rank 0 checks manifests newest first, moves bad ones aside and reports them; all
-        ranks get its choice."""
+        ranks get its choice. `lost` names the corrupt ones."""
         chosen = -1
         if self.dist.is_main:
             for step, path in reversed(self._steps()):
@@ -176,24 +220,31 @@ class Checkpointer:
                 aside = path.with_name(CORRUPT + path.name)
                 shutil.rmtree(aside, ignore_errors=True)  # an older copy of the same step
                 os.replace(path, aside)
-                print(f"spt: checkpoint {path} is corrupt or incomplete ({problem}); moved to {aside.name}, "
-                      f"trying the previous one", file=sys.stderr, flush=True)
-        chosen = broadcast_int(chosen)
+                self.lost.append(path.name)
+                print(f"spt: checkpoint {path} is corrupt or incomplete ({problem}); moved to {aside.name}",
+                      file=sys.stderr, flush=True)
+            if self.lost and chosen < 0:
+                print(f"spt: no valid checkpoint is left in {self.root} ({len(self.lost)} corrupt, kept as "
+                      f"{CORRUPT}*): the run starts again from step 0", file=sys.stderr, flush=True)
+        chosen = self.dist.comm.broadcast_int(chosen)
         return None if chosen < 0 else self.root / f"{PREFIX}{chosen:08d}"
 
-    def load(self, engine: Any, path: Path, expect: Dict[str, Any],
-             train_rng: Optional[TrainRng] = None) -> Dict[str, Any]:
-        """Refuse a checkpoint of something else, then restore engine state and RNG; returns meta."""
+    def load(self, engine: Any, path: Path, train_rng: Optional[TrainRng] = None) -> Dict[str, Any]:
+        """Refuse a checkpoint of something else, then restore engine state and RNG; returns meta.
+
+        Identity keys the checkpoint does not record (written by an older version) are not compared.
+        """
         meta = json.loads((path / "meta.json").read_text())
-        for key, want in expect.items():
-            have = meta.get("identity", {}).get(key)
-            if have != want:
+        held = meta.get("identity", {})
+        for key, want in self.identity.items():
+            if key in held and held[key] != want:
                 raise CheckpointMismatchError(
-                    f"checkpoint {path} was written for {key}={have!r}, but this run has {key}={want!r}; "
+                    f"checkpoint {path} was written for {key}={held[key]!r}, but this run has {key}={want!r}; "
                     f"it cannot be resumed with this config (use a new run.name or the original config)")
         load_path, _ = engine.load_checkpoint(str(path / "ds"), tag=TAG, load_module_strict=False,
                                               load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / 'ds'}")
         set_rng_state(torch.load(path / f"rng_rank{self.dist.rank}.pt", weights_only=True), train_rng)
+        self.saved_step = int(meta["state"]["step"])
         return meta

@@ -58,17 +58,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .export import PackMismatchError, load_prompt_pack, predict_images, predict_shards
+    from spt_dist.errors import SptError
+
+    from .export import load_prompt_pack, predict_images, predict_shards
 
     missing = [p for p in (args.pack, args.backbone_checkpoint, *args.inputs) if not Path(p).exists()]
     if missing:
-        print(f"spt predict: error: not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    try:
-        model, meta = load_prompt_pack(args.pack, args.backbone_checkpoint)
-    except PackMismatchError as exc:
-        print(f"spt predict: error: {exc}", file=sys.stderr)
-        return 2
+        raise SptError(f"spt predict: not found: {', '.join(missing)}")
+    model, meta = load_prompt_pack(args.pack, args.backbone_checkpoint)
     inputs = args.inputs
     if len(inputs) == 1 and (Path(inputs[0]) / "index.json").is_file():
         res = predict_shards(model, meta, inputs[0], args.split)
@@ -83,7 +80,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .pretrain import pretrain
 
     result = pretrain(args.shards, args.out, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, seed=args.seed, backbone=args.backbone)
+                      lr=args.lr, seed=args.seed, backbone=args.backbone,
+                      progress=not args.no_progress and sys.stderr.isatty())
     print(json.dumps(result, indent=1, sort_keys=True))
     return 0
 
@@ -110,4 +108,5 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
     p.set_defaults(func=_pretrain)

@@ -1,17 +1,18 @@
 """Exact top-1 over a split: every sample is seen by exactly one rank; counts are summed."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .distributed import all_reduce_sum, any_rank
+from spt_dist.distributed import Comm
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor, Any]],
-             device: torch.device, dtype: torch.dtype, lockstep: bool = False) -> Dict[str, float]:
+             device: torch.device, dtype: torch.dtype, lockstep: bool = False,
+             comm: Optional[Comm] = None) -> Dict[str, float]:
     """{'top1': %, 'correct': n, 'total': n, 'loss': mean CE, 'bad_samples': n} over all ranks.
 
     bad_samples: samples the reader dropped (data.on_bad_sample=skip); they are not in `total`.
@@ -19,6 +20,7 @@ def evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tenso
     lockstep: ranks advance batch by batch together (ZeRO-3 gathers parameters inside every
     forward, so a rank that ran out of data keeps joining the collectives with an empty batch).
     """
+    comm = comm or Comm.current()
     was_training = model.training
     model.eval()
     stats = torch.zeros(4, dtype=torch.float64)  # correct, total, summed loss, bad samples
@@ -26,7 +28,7 @@ def evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tenso
     last = None
     while True:
         batch = next(it, None)
-        if lockstep and not any_rank(batch is not None):
+        if lockstep and not comm.any(batch is not None):
             break
         if batch is None:
             if not lockstep:
@@ -45,7 +47,7 @@ def evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tenso
         stats[2] += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
     model.train(was_training)
     stats[3] = getattr(batches, "bad_samples", 0)  # this rank's, after the pass
-    correct, total, loss, bad = all_reduce_sum(stats).tolist()
+    correct, total, loss, bad = comm.all_reduce(stats).tolist()
     if total == 0:
         raise RuntimeError("the evaluation split is empty on every rank")
     return {"top1": 100.0 * correct / total, "correct": int(correct), "total": int(total), "loss": loss / total,

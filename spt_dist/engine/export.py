@@ -27,20 +27,25 @@ class PackMismatchError(SptError, ValueError):
     """A backbone file whose weights are not the ones the pack was trained on."""
 
 
-def export_prompt_pack(path: Path, parts: Any, cfg: Config, trainable: Dict[str, torch.Tensor]) -> Path:
+def pack_metadata(cfg: Config, weights_hash: str, pool: str, classes: List[str], inputs: Any,
+                  dtype: torch.dtype) -> Dict[str, str]:
+    """What `spt predict` needs to rebuild and check the model (safetensors metadata: strings)."""
+    return {
+        "backbone": cfg.model.name, "weights_hash": weights_hash, "method": cfg.method.name, "pool": pool,
+        "prompt_length": str(cfg.method.prompt_length), "deep": json.dumps(cfg.method.deep),
+        "classes": json.dumps(list(classes)), "img_size": str(inputs.img_size),
+        "in_chans": str(cfg.model.in_chans or 0), "mean": json.dumps(list(inputs.mean)),
+        "std": json.dumps(list(inputs.std)), "preset": cfg.data.preset, "dtype": dtype_name(dtype),
+    }
+
+
+def export_prompt_pack(path: Path, trainable: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> Path:
     from safetensors.torch import save_file
 
-    meta = {
-        "backbone": cfg.model.name, "weights_hash": parts.identity["weights_hash"],
-        "method": cfg.method.name, "pool": parts.model.pool, "prompt_length": str(cfg.method.prompt_length),
-        "deep": json.dumps(cfg.method.deep), "classes": json.dumps(list(parts.index.classes)),
-        "img_size": str(parts.img_size), "in_chans": str(cfg.model.in_chans or 0),
-        "mean": json.dumps(list(parts.mean)), "std": json.dumps(list(parts.std)),
-        "preset": cfg.data.preset, "dtype": dtype_name(parts.dtype),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    from spt_dist.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp), metadata=metadata)
     return path
 
 

@@ -18,12 +18,13 @@ from .optim import lr_factor
 
 
 def pretrain(shards: str, out: str, epochs: int = 3, batch_size: int = 128, lr: float = 1e-3,
-             seed: int = 0, backbone: str = "vit_tiny_p7_28", weight_decay: float = 0.05) -> Dict[str, Any]:
+             seed: int = 0, backbone: str = "vit_tiny_p7_28", weight_decay: float = 0.05,
+             progress: bool = True) -> Dict[str, Any]:
     """Train backbone + head on `shards` (train split), report test top-1, save the backbone."""
     from spt_dist.config.schema import DataConfig
     from spt_dist.data import EvalData, ShardIndex, TrainData
     from spt_dist.model import PromptedViT, backbone_spec, build_backbone, normalization, save_backbone_weights
-    from spt_dist.model.checkpoints import weights_hash
+    from spt_dist.model.weights import weights_hash
 
     from .evaluate import evaluate
 
@@ -42,7 +43,7 @@ def pretrain(shards: str, out: str, epochs: int = 3, batch_size: int = 128, lr: 
     total = epochs * train_data.batches_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, total // 10, 0.0))
     t0, step = time.perf_counter(), 0
-    with tqdm(total=total, desc=f"pretrain {backbone}", unit="step") as bar:
+    with tqdm(total=total, desc=f"pretrain {backbone}", unit="step", disable=not progress) as bar:
         for epoch in range(epochs):
             model.train()
             for images, labels, _ in train_data.epoch(epoch):

@@ -1,80 +1,213 @@
 """`train(cfg, run_dir)`: the training job of one run, on any number of ranks.
 
-Fixed epochs; the lr schedule steps per optimizer step; validation every run.eval_every
-epochs (selection only on it); the test split is evaluated at the last epoch, which is the
-reported `top1` (VPT's protocol), unless data.test_split is null (a tuning stage). Checkpoints every run.checkpoint_every steps and after the
-last step; a run folder with checkpoints resumes from the newest valid one, exactly.
+Fixed epochs; the lr schedule steps per optimizer step (or epoch); validation every
+run.eval_every epochs (selection only on it); the test split is evaluated at the last epoch,
+which is the reported `top1` (VPT's protocol), unless data.test_split is null (a tuning
+stage). Checkpoints every run.checkpoint_every steps, on a stop signal and after the last
+step; a run folder with checkpoints resumes from the newest valid one, exactly.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
-from torch.nn import functional as F
 from tqdm import tqdm
 
-from spt_dist.config import Config, ConfigError, to_yaml
+from spt_dist.config import Config, to_yaml
+from spt_dist.distributed import DistInfo, init_distributed
+from spt_dist.io import write_json_atomic
+from spt_dist.rundir import finished_results, run_dir_for
+from spt_dist.rundir.metrics import MetricsLog
 
-from .build import Parts, build_parts, full_prompts, full_trainable_state
+from . import preflight
+from .assemble import RunParts, build_parts, full_prompts, full_trainable_state
 from .checkpoint import Checkpointer, TrainRng, folder_bytes
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_int, init_distributed
+from .claim import claim_run_dir
 from .ds_engine import check_frozen_untouched, check_optimizer_state, dtype_name, optimizer_state_bytes
 from .evaluate import evaluate
-from .export import export_prompt_pack
-from .runlog import MetricsLog, config_clash, read_results, run_dir_for, write_json_atomic, write_text_atomic
-from .stop import StopFlag
+from .export import export_prompt_pack, pack_metadata
+from .signals import StopFlag, follow_parent
+from .state import TrainState
+from .step import StepVote, train_step
 
 
-def _prepare_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> None:
-    """Rank 0 writes config.yaml (the latest launch settings); an existing run folder must hold
-    the same run (runlog.config_clash). Rank 0 decides and tells everyone, so all ranks raise
-    together instead of waiting."""
-    clash = None
+def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] = None) -> Dict[str, Any]:
+    """Train one run; returns its results (`status`: finished | interrupted).
+
+    `max_steps` stops after that many optimizer steps exactly like a preemption would
+    (checkpoint, status interrupted); a later call resumes.
+
+    SIGTERM / SIGUSR2 / SIGINT only raise a flag from the moment this is called until
+    results.json is written (the previous handlers are back when it returns): a signal during
+    setup stops the run at its first step boundary, one after the last step is noted and the
+    run finishes.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
+    done = finished_results(cfg, run_dir)
+    if done is not None:
+        return done
+    stop = StopFlag().install()
+    try:
+        return _train(cfg, run_dir, max_steps, stop, t0)
+    finally:
+        stop.restore()
+
+
+def _launched() -> bool:
+    """Started by a launcher (torchrun, srun, submitit) rather than by a person's shell."""
+    env = os.environ
+    return any(k in env for k in ("TORCHELASTIC_RUN_ID", "SLURM_STEP_ID", "SUBMITIT_EXECUTOR")) \
+        or int(env.get("WORLD_SIZE", "1")) > 1
+
+
+def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag, t0: float) -> Dict[str, Any]:
+    if _launched():
+        follow_parent()
+    dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
+    dist.comm.agreed(_preflight, cfg, dist)
+    with claim_run_dir(cfg, run_dir, dist) as watchdog:
+        ckpt = Checkpointer(run_dir / "checkpoints", cfg.run.keep_checkpoints, cfg.run.checkpoint_every, dist,
+                            {}, to_yaml(cfg))
+        resume_from = ckpt.newest_valid()
+        parts = build_parts(cfg, dist, resuming=resume_from is not None)
+        dist.comm.agreed(_verify_reads, cfg, parts)
+        ckpt.identity = parts.identity
+        rng, state = TrainRng(), TrainState()
+        if resume_from is not None:
+            state = TrainState.from_state_dict(ckpt.load(parts.engine, resume_from, rng)["state"])
+        log = MetricsLog(run_dir, enabled=dist.is_main)
+        _log_start(log, parts, dist, state, resume_from, ckpt)
+        watchdog.phase, wall_before = "train", state.wall_s
+        status, stopped = _loop(cfg, parts, dist, state, ckpt, rng, stop, log, max_steps, t0, watchdog)
+        watchdog.phase = "finish"
+        return _finish(cfg, run_dir, parts, dist, state, ckpt, log, status, stopped, stop, t0, wall_before)
+
+
+def _preflight(cfg: Config, dist: DistInfo) -> None:
+    preflight.check_run(cfg, dist.world_size, preflight.machine_memory(), preflight.training_samples(cfg))
+
+
+def _loop(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, ckpt: Checkpointer, rng: TrainRng,
+          stop: StopFlag, log: MetricsLog, max_steps: Optional[int], t0: float, watchdog: Any) -> tuple:
+    """Epochs of steps until the last epoch or an agreed stop; returns (status, stop reason)."""
+    engine, data, accum = parts.engine, parts.train_data, cfg.optim.grad_accum
+    vote, bad_before, wall_before = StepVote(dist.comm, engine.device), state.bad_samples, state.wall_s
+    bar = tqdm(total=cfg.optim.epochs * data.batches_per_epoch // accum, initial=state.step, desc=log.run_dir.name,
+               unit="step", disable=not (dist.is_main and cfg.run.progress and sys.stderr.isatty()), dynamic_ncols=True)
+    first, t_step = True, time.perf_counter()
+    try:
+        engine.train()
+        while state.epoch < cfg.optim.epochs:
+            for images, labels, _ in data.epoch(state.epoch, skip_batches=state.batch):
+                vote.add(train_step(engine, images, labels, parts.dtype, rng, cfg.optim.label_smoothing))
+                state.batch += 1
+                if (state.epoch * data.batches_per_epoch + state.batch) % accum:
+                    continue  # inside an accumulation window: no optimizer step yet
+                state.step += 1
+                agreed = vote.vote(stop.signal_name, max_steps is not None and state.step >= max_steps,
+                                   data.bad_samples)
+                now = time.perf_counter()
+                state.bad_samples, state.wall_s = bad_before + agreed.bad_samples, wall_before + now - t0
+                state.train_s, state.steps_timed, t_step = state.train_s + now - t_step, state.steps_timed + 1, now
+                watchdog.step = state.step
+                if first:  # a wrong optimizer state fails at the first step, not at the end
+                    _optimizer_bytes(cfg, parts, dist)
+                    first, t_step = False, time.perf_counter()
+                _log_step(cfg, parts, state, agreed, log, bar)
+                if agreed.stop:
+                    ckpt.maybe_save(engine, state, rng, last=True)
+                    log.log("interrupted", state.step, signal=agreed.stop)
+                    return "interrupted", agreed.stop
+                if ckpt.maybe_save(engine, state, rng):
+                    t_step = time.perf_counter()  # checkpoint time is not training throughput
+            _end_of_epoch(cfg, parts, dist, state, log)
+            t_step = time.perf_counter()
+        state.wall_s = wall_before + time.perf_counter() - t0
+        ckpt.maybe_save(engine, state, rng, last=True)  # the run folder always holds its final state
+        return "finished", None
+    finally:
+        bar.close()
+
+
+def _log_step(cfg: Config, parts: RunParts, state: TrainState, agreed: Any, log: MetricsLog, bar: tqdm) -> None:
+    bar.update(1)
+    if state.step % cfg.run.log_every and not agreed.stop:
+        return
+    lr = parts.engine.get_lr()[0]
+    log.log("train", state.step, epoch=state.epoch, loss=agreed.loss, lr=lr,
+            samples_per_s=state.samples_per_s(parts.global_batch), bad_samples=state.bad_samples)
+    bar.set_postfix(loss=f"{agreed.loss:.4f}", lr=f"{lr:.2e}")
+
+
+def _end_of_epoch(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, log: MetricsLog) -> None:
+    """Validation (every run.eval_every epochs and the last), test (the last), alignment."""
+    epoch, last = state.epoch, state.epoch + 1 == cfg.optim.epochs
+    lockstep = parts.zero_stage == 3
+    if parts.val_data is not None and ((epoch + 1) % cfg.run.eval_every == 0 or last):
+        val = evaluate(parts.engine, parts.val_data, parts.engine.device, parts.dtype, lockstep, dist.comm)
+        state.record_val(val["top1"], val["bad_samples"], epoch + 1)
+        log.log("val", state.step, epoch=epoch + 1, **val)
+    if last and parts.test_data is not None:
+        test = evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep, dist.comm)
+        state.test_top1, state.test_bad_samples = test["top1"], test["bad_samples"]
+        log.log("test", state.step, epoch=epoch + 1, **test)
+    _log_alignment(parts, state.step, log)
+    state.epoch, state.batch = epoch + 1, 0
+
+
+def _verify_reads(cfg: Config, parts: RunParts) -> None:
+    """data.verify before the first step (error mode only: skip mode handles bad samples)."""
+    from spt_dist.data.verify import verify_before_training
+
+    if cfg.data.on_bad_sample == "error":
+        verify_before_training(cfg.data.verify, parts.train_data, [parts.val_data, parts.test_data], cfg.run.seed)
+
+
+def _log_start(log: MetricsLog, parts: RunParts, dist: DistInfo, state: TrainState, resume_from: Optional[Path],
+               ckpt: Checkpointer) -> None:
+    log.log("start", state.step, resumed_from=str(resume_from) if resume_from else None,
+            world_size=dist.world_size, **parts.counts, **parts.train_data.mixing.as_dict())
+    if ckpt.lost:
+        log.log("checkpoints_lost", state.step, corrupt=ckpt.lost, resumed_from=str(resume_from) if resume_from
+                else None)
+    pi = parts.prompt_init
+    if pi is not None:
+        log.log("prompt_init", state.step, strategy=pi.strategy, seconds=pi.seconds, images=pi.images,
+                cache_hit=pi.cache_hit)
+    if resume_from is None:
+        _log_alignment(parts, 0, log)
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        clash = config_clash(cfg, run_dir)
-        if clash is None:
-            write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    if broadcast_int(int(clash is not None)):
-        raise ConfigError(clash or f"{run_dir} already holds a run with a different config")
+        from spt_dist.data import write_selected_keys
+
+        write_selected_keys(log.run_dir, parts.train_data.selected_keys)
 
 
-STOP_REASONS = ("SIGTERM", "SIGUSR2", "max_steps")
+def _log_alignment(parts: RunParts, step: int, log: MetricsLog) -> None:
+    """Prompt-to-prototype alignment (SPT's analysis); every rank joins the gather."""
+    init = parts.prompt_init
+    if init is None or init.reference is None:
+        return
+    from spt_dist.prompt_init import alignment_metrics
+
+    log.log("alignment", step, **alignment_metrics(full_prompts(parts.model), init.reference))
 
 
-def _results(cfg: Config, parts: Parts, dist: DistInfo, state: Dict[str, Any], status: str,
-             extra: Dict[str, Any]) -> Dict[str, Any]:
-    """zero_stage and dtype are the engine's (distributed.deepspeed_json may change them)."""
-    return {
-        "status": status, "method": cfg.method.name, "backbone": cfg.model.name,
-        "prompt_length": cfg.method.prompt_length, "deep": cfg.method.deep,
-        "data_fraction": cfg.data.fraction, "train_samples": parts.train_data.num_samples,
-        "trainable_params": parts.counts["trainable"], "backbone_params": parts.counts["backbone"],
-        "world_size": dist.world_size, "zero_stage": parts.zero_stage,
-        "dtype": dtype_name(parts.dtype), "global_batch": parts.global_batch, "lr": parts.peak_lr,
-        "step": state["step"], "epoch": state["epoch"], "seed": cfg.run.seed,
-        "top1": state.get("test_top1"), "val_top1": state.get("val_top1"),
-        "best_val_epoch": state.get("best_val_epoch"), "best_val_top1": state.get("best_val_top1"),
-        "bad_samples": state["bad_samples"], "val_bad_samples": state.get("val_bad_samples", 0),
-        "test_bad_samples": state.get("test_bad_samples", 0),
-        "mixing_ratio": round(parts.train_data.mixing.ratio, 4), **extra,
-    }
-
-
-def _optimizer_bytes(cfg: Config, parts: Parts, dist: DistInfo) -> Dict[str, int]:
+def _optimizer_bytes(cfg: Config, parts: RunParts, dist: DistInfo) -> Dict[str, int]:
     """Optimizer bytes over all ranks (collective), checked against the trainable count."""
     engine = parts.engine
     per_rank = torch.tensor(list(optimizer_state_bytes(engine).values()), dtype=torch.float64)
-    measured = {k: int(v) for k, v in zip(("moments", "master"), all_reduce_sum(per_rank).tolist())}
+    measured = {k: int(v) for k, v in zip(("moments", "master"), dist.comm.all_reduce(per_rank).tolist())}
     check_optimizer_state(cfg.optim, parts.zero_stage, parts.dtype, measured, parts.counts["trainable"],
                           dist.world_size, len(engine.optimizer.param_groups))
     return measured
 
 
-def _resource_report(cfg: Config, parts: Parts, dist: DistInfo, ckpt: Checkpointer,
+def _resource_report(cfg: Config, parts: RunParts, dist: DistInfo, ckpt: Checkpointer,
                      stepped: bool) -> Dict[str, Any]:
     """Optimizer bytes (AdamW / momentum state exists from the first step on) and checkpoint bytes."""
     check_frozen_untouched(parts.model)
@@ -85,186 +218,47 @@ def _resource_report(cfg: Config, parts: Parts, dist: DistInfo, ckpt: Checkpoint
             "checkpoint_bytes": folder_bytes(newest) if newest else 0}
 
 
-def _log_alignment(parts: Parts, step: int, log: MetricsLog) -> None:
-    """Prompt-to-prototype alignment (SPT's analysis); every rank joins the gather."""
-    init = parts.prompt_init
-    if init is None or getattr(init, "reference", None) is None:
-        return
-    from spt_dist.prompt_init import alignment_metrics
-
-    prompts = full_prompts(parts)
-    log.log("alignment", step, **alignment_metrics(prompts, init.reference))
-
-
-def _run_evals(parts: Parts, state: Dict[str, Any], epoch: int, last: bool, log: MetricsLog,
-               eval_every: int) -> None:
-    lockstep = parts.zero_stage == 3
-    if parts.val_data is not None and ((epoch + 1) % eval_every == 0 or last):
-        val = evaluate(parts.engine, parts.val_data, parts.engine.device, parts.dtype, lockstep)
-        state["val_top1"], state["val_bad_samples"] = val["top1"], val["bad_samples"]
-        if state.get("best_val_top1") is None or val["top1"] > state["best_val_top1"]:
-            state["best_val_top1"], state["best_val_epoch"] = val["top1"], epoch + 1
-        log.log("val", state["step"], epoch=epoch + 1, **val)
-    if last and parts.test_data is not None:
-        test = evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep)
-        state["test_top1"], state["test_bad_samples"] = test["top1"], test["bad_samples"]
-        log.log("test", state["step"], epoch=epoch + 1, **test)
+def _results(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, status: str,
+             extra: Dict[str, Any]) -> Dict[str, Any]:
+    """zero_stage and dtype are the engine's."""
+    return {
+        "status": status, "method": cfg.method.name, "backbone": cfg.model.name,
+        "prompt_length": cfg.method.prompt_length, "deep": cfg.method.deep,
+        "data_fraction": cfg.data.fraction, "train_samples": parts.train_data.num_samples,
+        "trainable_params": parts.counts["trainable"], "backbone_params": parts.counts["backbone"],
+        "world_size": dist.world_size, "zero_stage": parts.zero_stage,
+        "dtype": dtype_name(parts.dtype), "global_batch": parts.global_batch, "lr": parts.peak_lr,
+        "step": state.step, "epoch": state.epoch, "seed": cfg.run.seed,
+        "top1": state.test_top1, "val_top1": state.val_top1,
+        "best_val_epoch": state.best_val_epoch, "best_val_top1": state.best_val_top1,
+        "bad_samples": state.bad_samples, "val_bad_samples": state.val_bad_samples,
+        "test_bad_samples": state.test_bad_samples,
+        "mixing_ratio": round(parts.train_data.mixing.ratio, 4), **extra,
+    }
 
 
-def _samples_per_s(state: Dict[str, Any], global_batch: int) -> Optional[float]:
-    """Training throughput over every invocation of the run (totals kept in `state`)."""
-    return round(state["steps_timed"] * global_batch / state["train_s"], 3) if state["train_s"] else None
-
-
-def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] = None) -> Dict[str, Any]:
-    """Train one run; returns its results (`status`: finished | interrupted).
-
-    `max_steps` stops after that many optimizer steps exactly like a preemption would
-    (checkpoint, status interrupted); a later call resumes.
-
-    SIGTERM / SIGUSR2 only raise a flag from the moment this is called until results.json is
-    written (the previous handlers are back when it returns): a signal during setup stops the
-    run at its first step boundary, one after the last step is noted and the run finishes.
-    """
-    t0 = time.perf_counter()
-    run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
-    done = read_results(run_dir)
-    if done and done.get("status") == "finished":
-        clash = config_clash(cfg, run_dir)
-        if clash:
-            raise ConfigError(clash)
-        return done
-    stop = StopFlag().install()
-    try:
-        return _train(cfg, run_dir, max_steps, stop, t0)
-    finally:
-        stop.restore()
-
-
-def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag, t0: float) -> Dict[str, Any]:
-    dist = init_distributed(cfg)
-    _prepare_run_dir(cfg, run_dir, dist)
-    ckpt = Checkpointer(run_dir / "checkpoints", cfg.run.keep_checkpoints, dist)
-    resume_from = ckpt.newest_valid()
-    parts = build_parts(cfg, dist, resuming=resume_from is not None)
-    engine, data, accum = parts.engine, parts.train_data, cfg.optim.grad_accum
-    state: Dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0}
-    rng = TrainRng()
-    if resume_from is not None:
-        state = ckpt.load(engine, resume_from, parts.identity, rng)["state"]
-    # Totals over all invocations of this run (checkpoints older than these fields start at 0).
-    for key in ("wall_s", "train_s", "steps_timed", "bad_samples"):
-        state.setdefault(key, 0)
-    wall_before, bad_before = state["wall_s"], state["bad_samples"]
-    log = MetricsLog(run_dir, enabled=dist.is_main)
-    log.log("start", state["step"], resumed_from=str(resume_from) if resume_from else None,
-            world_size=dist.world_size, **parts.counts, **parts.train_data.mixing.as_dict())
-    if parts.prompt_init is not None:
-        pi = parts.prompt_init
-        log.log("prompt_init", state["step"], strategy=getattr(pi, "strategy", None),
-                seconds=getattr(pi, "seconds", None), images=getattr(pi, "images", None),
-                cache_hit=getattr(pi, "cache_hit", None))
-    if resume_from is None:
-        _log_alignment(parts, 0, log)
-    if dist.is_main:
-        from spt_dist.data import write_selected_keys
-
-        write_selected_keys(run_dir, data.selected_keys)
-
-    bpe, epochs = data.batches_per_epoch, cfg.optim.epochs
-    total_micro = epochs * bpe
-    bar = tqdm(total=total_micro // accum, initial=state["step"], desc=run_dir.name, unit="step",
-               disable=not (dist.is_main and cfg.run.progress), dynamic_ncols=True)
-    status, stop_reason = "finished", None
-    # One all-reduce per optimizer step: summed loss, micro batches, per stop reason the
-    # number of ranks that saw it (SIGTERM, SIGUSR2, max_steps), so all ranks stop together,
-    # and the bad samples every rank skipped so far in this invocation.
-    # A flag raised during setup is voted on at the first step boundary like any other.
-    window = torch.zeros(6, dtype=torch.float64)
-    checked, t_step = False, time.perf_counter()
-    saved_step = state["step"] if resume_from is not None else -1
-
-    def save() -> None:
-        nonlocal saved_step
-        state["wall_s"] = round(wall_before + time.perf_counter() - t0, 3)
-        meta = {"state": state, "identity": parts.identity, "config": to_yaml(cfg)}
-        ckpt.save(engine, state["step"], meta, rng)
-        saved_step = state["step"]
-
-    try:
-        engine.train()
-        while state["epoch"] < epochs and status == "finished":
-            epoch = state["epoch"]
-            for images, labels, _ in data.epoch(epoch, skip_batches=state["batch"]):
-                with rng.active():
-                    logits = engine(images.to(engine.device, parts.dtype))
-                loss = F.cross_entropy(logits.float(), labels.to(engine.device),
-                                       label_smoothing=cfg.optim.label_smoothing)
-                engine.backward(loss)
-                engine.step()
-                state["batch"] += 1
-                window[0] += loss.item()
-                window[1] += 1
-                if (epoch * bpe + state["batch"]) % accum:
-                    continue  # inside an accumulation window: no optimizer step yet
-                state["step"] += 1
-                window[2:] = torch.tensor([stop.signal_name == "SIGTERM", stop.signal_name == "SIGUSR2",
-                                           max_steps is not None and state["step"] >= max_steps,
-                                           data.bad_samples])
-                loss_sum, n, *votes, bad = all_reduce_sum(window.clone()).tolist()
-                state["bad_samples"] = bad_before + int(bad)
-                stop_votes = any(votes)
-                window.zero_()
-                now = time.perf_counter()
-                state["train_s"], state["steps_timed"], t_step = state["train_s"] + now - t_step, \
-                    state["steps_timed"] + 1, now
-                if not checked:  # a wrong optimizer state fails at the first step, not at the end
-                    _optimizer_bytes(cfg, parts, dist)
-                    checked, t_step = True, time.perf_counter()
-                bar.update(1)
-                if state["step"] % cfg.run.log_every == 0 or stop_votes:
-                    lr = engine.get_lr()[0]
-                    log.log("train", state["step"], epoch=epoch, loss=loss_sum / n, lr=lr,
-                            samples_per_s=_samples_per_s(state, parts.global_batch),
-                            bad_samples=state["bad_samples"])
-                    bar.set_postfix(loss=f"{loss_sum / n:.4f}", lr=f"{lr:.2e}")
-                if stop_votes:
-                    status = "interrupted"
-                    stop_reason = next(r for r, v in zip(STOP_REASONS, votes) if v)
-                    save()
-                    log.log("interrupted", state["step"], signal=stop_reason)
-                    break
-                if state["step"] % cfg.run.checkpoint_every == 0:
-                    save()
-                    t_step = time.perf_counter()  # checkpoint time is not training throughput
-            if status != "finished":
-                break
-            _run_evals(parts, state, epoch, epoch + 1 == epochs, log, cfg.run.eval_every)
-            _log_alignment(parts, state["step"], log)
-            state["epoch"], state["batch"] = epoch + 1, 0
-            t_step = time.perf_counter()
-        if status == "finished" and state["step"] > 0 and saved_step != state["step"]:
-            save()  # the run folder always holds its final state (trainable tensors only)
-    finally:
-        bar.close()
-
-    extra = _resource_report(cfg, parts, dist, ckpt, stepped=state["step"] > 0)
-    extra.update(train_s=round(state["train_s"], 3), signal=stop_reason,
-                 samples_per_s=_samples_per_s(state, parts.global_batch))
+def _finish(cfg: Config, run_dir: Path, parts: RunParts, dist: DistInfo, state: TrainState, ckpt: Checkpointer,
+            log: MetricsLog, status: str, stopped: Optional[str], stop: StopFlag, t0: float,
+            wall_before: float) -> Dict[str, Any]:
+    """Resource report, prompt pack (finished runs), results.json, the end event."""
+    extra = _resource_report(cfg, parts, dist, ckpt, stepped=state.step > 0)
+    extra.update(train_s=round(state.train_s, 3), signal=stopped, samples_per_s=state.samples_per_s(parts.global_batch))
     if status == "finished":
-        trainable = full_trainable_state(parts)  # collective under ZeRO
+        trainable = full_trainable_state(parts.model)  # collective under ZeRO
         if dist.is_main:
-            export_prompt_pack(run_dir / "prompt_pack.safetensors", parts, cfg, trainable)
+            meta = pack_metadata(cfg, parts.identity["weights_hash"], parts.model.pool, parts.index.classes,
+                                 parts.inputs, parts.dtype)
+            export_prompt_pack(run_dir / "prompt_pack.safetensors", trainable, meta)
     results = _results(cfg, parts, dist, state, status, extra)
     results["wall_s"] = round(wall_before + time.perf_counter() - t0, 3)
     if dist.is_main:
         write_json_atomic(run_dir / "results.json", results)
-        log.log("end", state["step"], **{k: v for k, v in results.items() if k != "step"})
+        log.log("end", state.step, **{k: v for k, v in results.items() if k != "step"})
         log.close()
         print(f"spt: run {run_dir} {status}: top1={results['top1']} val_top1={results['val_top1']} "
-              f"step={state['step']}", file=sys.stderr, flush=True)
+              f"step={state.step}", file=sys.stderr, flush=True)
         if stop.requested and status == "finished":
             print(f"spt: {stop.signal_name} arrived after the last step; the run finished anyway",
                   file=sys.stderr, flush=True)
-    barrier()
+    dist.comm.barrier()
     return results

@@ -6,8 +6,8 @@ from typing import Optional, Union
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from .checkpoints import Checkpoint, PathLike, load_backbone_weights, read_checkpoint
-from .registry import BackboneSpec, backbone_spec, normalization
+from .weights import Checkpoint, PathLike, load_backbone_weights, read_checkpoint
+from spt_dist.config.registry import BackboneSpec, backbone_spec, normalization
 
 __all__ = ["build_backbone", "backbone_spec", "normalization"]
 

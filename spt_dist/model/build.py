@@ -2,14 +2,27 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 from spt_dist.config import Config
+from spt_dist.config.registry import backbone_spec, normalization
 
 from .backbone import build_backbone
-from .checkpoints import Checkpoint, detect_format, read_checkpoint
 from .prompted_vit import PromptedViT
-from .registry import backbone_spec, normalization
+from .weights import Checkpoint, detect_format, read_checkpoint
+
+
+class InputSpec(NamedTuple):
+    """What the data stage must feed the run's backbone."""
+    img_size: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+
+
+def read_weights(cfg: Config) -> Optional[Checkpoint]:
+    """The run's weight file, read once (None without one); build_model and input_spec take it."""
+    m = cfg.model
+    return read_checkpoint(m.checkpoint, m.checkpoint_format, mae_head_norm=m.mae_head_norm) if m.checkpoint else None
 
 
 def checkpoint_format(cfg: Config) -> Optional[str]:
@@ -21,13 +34,14 @@ def checkpoint_format(cfg: Config) -> Optional[str]:
     return detect_format(os.path.expanduser(cfg.model.checkpoint))
 
 
-def input_spec(cfg: Config) -> Tuple[int, Tuple[float, ...], Tuple[float, ...]]:
-    """(img_size, mean, std) the run's backbone expects: what the data stage feeds it."""
+def input_spec(cfg: Config, fmt: Optional[str] = None) -> InputSpec:
+    """(img_size, mean, std) the run's backbone expects. `fmt`, the weight file's format when
+    the caller has read it, saves looking at the file again."""
     img_size = cfg.model.img_size or backbone_spec(cfg.model.name).img_size
     if cfg.model.mean is not None:  # the user knows better than the format's recipe
-        return img_size, tuple(cfg.model.mean), tuple(cfg.model.std)
-    mean, std = normalization(cfg.model.name, checkpoint_format(cfg))
-    return img_size, tuple(mean), tuple(std)
+        return InputSpec(img_size, tuple(cfg.model.mean), tuple(cfg.model.std))
+    mean, std = normalization(cfg.model.name, fmt if fmt is not None else checkpoint_format(cfg))
+    return InputSpec(img_size, tuple(mean), tuple(std))
 
 
 def resolve_pool(cfg: Config, fmt: Optional[str] = None) -> str:
@@ -45,11 +59,11 @@ def resolve_pool(cfg: Config, fmt: Optional[str] = None) -> str:
     return "mean_with_prompts" if cfg.method.prompt_length else "mean"
 
 
-def build_model(cfg: Config, num_classes: int) -> PromptedViT:
-    """The model of a run: backbone (local checkpoint loaded) + prompts + head, per cfg.method."""
+def build_model(cfg: Config, num_classes: int, weights: Optional[Checkpoint] = None) -> PromptedViT:
+    """The model of a run: backbone (local checkpoint loaded) + prompts + head, per cfg.method.
+    `weights`: the file already read by `read_weights` (read here otherwise)."""
     m = cfg.model
-    ckpt: Optional[Checkpoint] = (read_checkpoint(m.checkpoint, m.checkpoint_format, mae_head_norm=m.mae_head_norm)
-                                  if m.checkpoint else None)
+    ckpt = weights if weights is not None else read_weights(cfg)
     backbone = build_backbone(m.name, img_size=m.img_size, in_chans=m.in_chans, checkpoint=ckpt)
     return PromptedViT(
         backbone,

@@ -8,7 +8,7 @@ from typing import Any
 
 _EXPORTS = {
     "alignment_metrics": "alignment", "plot_alignment": "alignment", "read_alignment": "alignment",
-    "PromptInitError": "collective",
+    "PromptInitError": "errors",
     "InitResult": "initialize", "initialize_prompts": "initialize", "select_init_keys": "initialize",
     "select_init_draws": "initialize",
     "STRATEGIES": "plan", "InitPlan": "plan",

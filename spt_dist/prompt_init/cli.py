@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from spt_dist.config.cli import add_config_arguments
 
@@ -30,25 +29,18 @@ def _save(result, path: str) -> str:
 def _init(args: argparse.Namespace) -> int:
     from spt_dist.config import load_config
     from spt_dist.data import ShardIndex
-    from spt_dist.engine.build import seed_everything
-    from spt_dist.engine.distributed import init_distributed
+    from spt_dist.distributed import init_distributed, seed_everything
     from spt_dist.model import build_model
 
     from .alignment import alignment_metrics
-    from .collective import PromptInitError
     from .initialize import initialize_prompts
 
     cfg = load_config(args.config, args.overrides)
-    dist = init_distributed(cfg)
+    dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s, deepspeed=False)
     index = ShardIndex.load(os.path.expanduser(cfg.data.root))
     seed_everything(cfg.run.seed)  # as in training: the same model (random backbone included)
     model = build_model(cfg, index.num_classes).to(dist.device)
-    try:
-        result = initialize_prompts(model, cfg, index, dist, dist.device)
-    except PromptInitError as exc:  # raised on every rank alike: one clean line, from rank 0
-        if dist.rank == 0:
-            print(f"spt init: error: {exc}", file=sys.stderr)
-        return 2
+    result = initialize_prompts(model, cfg, index, dist, dist.device)  # errors: alike on every rank
     if dist.rank == 0:
         print(_format_stats(result))
         if args.save:

@@ -9,6 +9,7 @@ prototypes are also computed (from the same pass) as the reference of the alignm
 from __future__ import annotations
 
 import dataclasses
+import sys
 import math
 import time
 import warnings
@@ -18,10 +19,11 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from spt_dist.config.schema import Config
+from spt_dist.distributed import Comm
 
 from .cache import cache_path, keys_digest, load_prototypes, save_prototypes
-from .collective import Comm, PromptInitError
 from .draws import draw_with_replacement, draws_digest
+from .errors import PromptInitError
 from .extract import stream_candidates
 from .plan import STRATEGY_KINDS, InitPlan
 from .prototypes import Prototypes, combine
@@ -114,23 +116,6 @@ def _check_model(model: torch.nn.Module, cfg: Config, plan: InitPlan, n_keys: in
                          f"method.prompt_length={m.prompt_length}")
 
 
-def _agree_on(comm: Comm, fn, *args) -> Any:
-    """Run fn on every rank; if it fails on any, raise the same PromptInitError everywhere."""
-    result, failure = None, None
-    try:
-        result = fn(*args)
-    except Exception as exc:  # reported to every rank, re-raised below
-        failure = exc
-    try:
-        # Bad input (ValueError, DataError) speaks for itself; anything else names its type.
-        message = None if failure is None else (
-            str(failure) if isinstance(failure, ValueError) else f"{type(failure).__name__}: {failure}")
-        comm.agree(message)
-    except PromptInitError as err:
-        raise err from failure
-    return result
-
-
 def _cache_fields(backbone_hash: str, cfg: Config, index: Any, draws: Dict[str, int], plan: InitPlan,
                   inputs: tuple) -> Dict[str, Dict[str, Any]]:
     """Per strategy, everything its prototypes depend on (the cache key)."""
@@ -172,21 +157,23 @@ def _compute(model: torch.nn.Module, cfg: Config, index: Any, draws: Dict[str, i
     data_cfg = dataclasses.replace(cfg.data, eval_batch_size=cfg.method.init_batch_size)
     data = EvalData(data_cfg, index, cfg.data.train_split, *inputs, comm.rank, comm.world_size, keys=keys)
     total = math.ceil(len(keys) / comm.world_size / cfg.method.init_batch_size)
-    progress = comm.rank == 0 and cfg.run.progress
+    progress = comm.rank == 0 and cfg.run.progress and sys.stderr.isatty()
     repeats = draws if cfg.method.init_replacement else None
-    pools, seen = _agree_on(comm, stream_candidates, model, data, plan, device, progress, total, repeats)
+    pools, seen = comm.agreed(stream_candidates, model, data, plan, device, progress, total, repeats,
+                              kind=PromptInitError)
     comm.agree(None if seen else f"no images reached rank {comm.rank} ({len(keys)} images over "
-                                 f"{comm.world_size} ranks); use fewer ranks or more images")
+                                 f"{comm.world_size} ranks); use fewer ranks or more images", PromptInitError)
     return combine(pools, plan, comm)
 
 
 def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: Any,
-                       device: torch.device | str, backbone_hash: Optional[str] = None) -> InitResult:
+                       device: torch.device | str, backbone_hash: Optional[str] = None,
+                       inputs: Optional[tuple] = None) -> InitResult:
     """Prototype-initialise `model.prompts` per cfg.method (every rank calls it; `dist` has
     .rank and .world_size); returns identical results on every rank.
 
     `backbone_hash`: the backbone's weights_hash when the caller has it already (hashing a
-    ViT-H reads 2.5 GB); computed here otherwise."""
+    ViT-H reads 2.5 GB); `inputs`: its (img_size, mean, std); computed here otherwise."""
     start = time.perf_counter()
     comm = Comm(dist.rank, dist.world_size)
     m = cfg.method
@@ -203,13 +190,13 @@ def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: An
         plan = InitPlan(tuple(wanted), layers, m.prompt_length, m.init_candidates, cfg.run.seed,
                         m.kmeans_iters, m.kmeans_tol, m.window_layout)
         _check_model(model, cfg, plan, len(draws), comm.world_size, sum(draws.values()))
-        return draws, plan, input_spec(cfg)
+        return draws, plan, inputs if inputs is not None else input_spec(cfg)
 
-    draws, plan, inputs = _agree_on(comm, prepare)
+    draws, plan, inputs = comm.agreed(prepare, kind=PromptInitError)
 
     # Cache: rank 0 hashes the weights, looks up and reads; everyone receives the same answer.
-    fields, found = _agree_on(comm, _lookup, model, backbone_hash, cfg, index, draws, plan, inputs,
-                            comm.rank == 0)
+    fields, found = comm.agreed(_lookup, model, backbone_hash, cfg, index, draws, plan, inputs,
+                                comm.rank == 0, kind=PromptInitError)
     found = comm.broadcast_object(found)
     misses = [s for s in wanted if s not in found]
     if misses:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .collective import Comm
+from spt_dist.distributed import Comm
 
 
 @dataclass

@@ -11,8 +11,10 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from spt_dist.distributed import Comm
+
 from .candidates import CandidatePool
-from .collective import Comm, PromptInitError
+from .errors import PromptInitError
 from .extract import Pools
 from .kmeans import kmeans
 from .plan import STRATEGY_KINDS, InitPlan

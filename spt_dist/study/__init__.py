@@ -3,7 +3,7 @@ sweeps, requeue on preemption, job status, and study reports. Imports neither to
 engine: a login node validates and submits in a second."""
 from .executor import make_executor, resolve_cluster
 from .submit import Submitted, prepare, submit_run, submit_study
-from .task import TrainTask, run_dir_of
+from .task import TrainTask
 
-__all__ = ["Submitted", "TrainTask", "make_executor", "prepare", "resolve_cluster", "run_dir_of",
+__all__ = ["Submitted", "TrainTask", "make_executor", "prepare", "resolve_cluster",
            "submit_run", "submit_study"]

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import List
 
-from omegaconf import OmegaConf
 
 from spt_dist.config import ConfigError
 from spt_dist.config.cli import add_config_arguments
@@ -67,18 +66,12 @@ def _submit(args: argparse.Namespace) -> int:
     return _wait([sub]) if args.wait or sub.cluster == "debug" else 0
 
 
-def _is_sweep_file(path: str) -> bool:
-    """A sweep YAML has config/configs/grid at the top; a run file has config sections."""
-    raw = OmegaConf.load(path)
-    return hasattr(raw, "keys") and bool({"config", "configs", "grid"} & set(raw.keys()))
-
-
 def _sweep(args: argparse.Namespace) -> int:
     from .submit import prepare, submit_study
-    from .sweep import expand, load_sweep_file, parse_grid
+    from .sweep import expand, is_sweep_file, load_sweep_file, parse_grid
 
     configs, grid, overrides = [args.config], {}, []
-    if args.config and Path(args.config).is_file() and _is_sweep_file(args.config):
+    if args.config and Path(args.config).is_file() and is_sweep_file(args.config):
         configs, grid, overrides = load_sweep_file(args.config)
     configs += list(args.configs or [])
     grid.update(parse_grid(args.grid or []))

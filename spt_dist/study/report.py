@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from spt_dist.config import ConfigError
+from .errors import StudyError
 
 # Short names for grouping columns; any other dotted config key works as well.
 ALIASES = {
@@ -46,7 +46,7 @@ def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
 
 def backbone_params_m(name: str) -> Optional[float]:
     """Millions of backbone parameters from the registry (attention + MLP + embeddings)."""
-    from spt_dist.model.registry import BACKBONES
+    from spt_dist.config.registry import BACKBONES
 
     spec = BACKBONES.get(name)
     if spec is None:
@@ -69,13 +69,13 @@ def _metric(results: Dict[str, Any], key: Optional[str]) -> Optional[float]:
 def collect(runs_dir: str, metric: Optional[str] = None) -> List[RunRecord]:
     root = Path(runs_dir)
     if not root.is_dir():
-        raise ConfigError(f"runs folder '{runs_dir}' does not exist")
+        raise StudyError(f"runs folder '{runs_dir}' does not exist")
     records = []
     for path in sorted(root.rglob("results.json")):
         try:
             results = json.loads(path.read_text())
         except ValueError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+            raise StudyError(f"{path}: not valid JSON ({exc})") from None
         cfg_file = path.parent / "config.yaml"
         values = _flatten(OmegaConf.to_container(OmegaConf.load(cfg_file))) if cfg_file.is_file() else {}
         values.update({f"results.{k}": v for k, v in _flatten(results).items()})
@@ -93,7 +93,7 @@ def _key(name: str) -> str:
 
 # Keys that may differ between the runs a row averages: the seed (the point of averaging), and
 # what names a run or how it is launched and logged (not what it trains).
-POOLED_KEYS = ("run.seed", "run.name", "run.out_dir", "run.progress", "run.log_every")
+POOLED_KEYS = ("run.seed", "run.name", "run.out_dir", "run.progress", "run.log_every", "run.lock_stale_s")
 
 
 def check_by(records: Sequence[RunRecord], by: Sequence[str]) -> None:
@@ -102,7 +102,7 @@ def check_by(records: Sequence[RunRecord], by: Sequence[str]) -> None:
     missing = [b for b in by if _key(b) not in have]
     if missing:
         config_keys = sorted(k for k in have if not k.startswith("results."))
-        raise ConfigError(f"--by {', '.join(missing)}: no run has {'this key' if len(missing) == 1 else 'these keys'}; "
+        raise StudyError(f"--by {', '.join(missing)}: no run has {'this key' if len(missing) == 1 else 'these keys'}; "
                           f"available: {', '.join(list(ALIASES) + config_keys)}")
 
 
@@ -168,7 +168,7 @@ def _series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> tuple:
     return out, fixed_at
 
 
-def _fixed_note(label: str, fixed_at: Dict[str, Any]) -> str:
+def fixed_note(label: str, fixed_at: Dict[str, Any]) -> str:
     values = {f"{v:.3g}" if isinstance(v, float) else str(v) for v in fixed_at.values()}
     if len(values) == 1:
         return f"{label} = {values.pop()}"
@@ -200,7 +200,7 @@ def plot(records: Sequence[RunRecord], out: Path, metric: Optional[str] = None) 
         ax.set_xticks(sorted(xs), [f"{x:.3g}" for x in sorted(xs)])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric or "top-1 (%)")
-        note = _fixed_note(fixed_label, fixed_at) if fixed_at else "no runs"
+        note = fixed_note(fixed_label, fixed_at) if fixed_at else "no runs"
         ax.set_title(f"{metric or 'top-1'} vs {xlabel.split(' (')[0]}\n({note})", fontsize=10)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -218,7 +218,7 @@ def write_report(runs_dir: str, out_dir: str, by: Sequence[str] = ("method", "ba
     `warnings` name the rows that average runs differing in more than the seed."""
     records = collect(runs_dir, metric)
     if not records:
-        raise ConfigError(f"no results.json under '{runs_dir}'")
+        raise StudyError(f"no results.json under '{runs_dir}'")
     check_by(records, by)
     metric_name = metric or "top1"
     out = Path(out_dir)

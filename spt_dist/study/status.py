@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional
 
 from submitit.core.utils import pickle_load
 
-from spt_dist.config import ConfigError
-from spt_dist.engine.runlog import read_results
+from .errors import StudyError
+from spt_dist.rundir import read_results
 
 
 @dataclass
@@ -38,7 +38,7 @@ def find_job_folder(ref: str, jobs_dir: str = "jobs") -> Path:
     cand = Path(jobs_dir) / ref
     if (cand / "job.json").is_file():
         return cand
-    raise ConfigError(f"no job folder '{ref}' (nor '{cand}'): expected a folder holding job.json, "
+    raise StudyError(f"no job folder '{ref}' (nor '{cand}'): expected a folder holding job.json, "
                       "as `spt submit` writes under launch.folder")
 
 

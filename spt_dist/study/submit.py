@@ -18,9 +18,10 @@ import submitit
 from spt_dist.config import ConfigError, load_config
 from spt_dist.config.schema import Config
 from spt_dist.errors import SptError
+from spt_dist.rundir import config_clash, default_run_name, run_dir_for
 
 from .executor import make_executor, resolve_cluster
-from .task import TRAIN_FN, TrainTask, run_dir_of
+from .task import TRAIN_FN, TrainTask
 
 
 class SubmitError(SptError):
@@ -51,17 +52,26 @@ def prepare(path: Optional[str], overrides: Sequence[str] = (), name_suffix: str
     """Load and validate (files included) before anything is submitted; fix the run folder."""
     cfg = load_config(path, list(overrides), check_files=True)
     # The engine's own naming, so `spt train` and `spt submit` of one config share a run folder.
-    from spt_dist.engine.runlog import default_run_name
-
     name = (cfg.run.name or default_run_name(cfg)) + name_suffix
     out_dir = str(Path(cfg.run.out_dir).expanduser().resolve())  # jobs may start elsewhere
     cfg = replace(cfg, run=replace(cfg.run, name=name, out_dir=out_dir))
-    from spt_dist.engine.runlog import config_clash
-
-    clash = config_clash(cfg, run_dir_of(cfg))  # a reused run.name with another config
+    clash = config_clash(cfg, run_dir_for(cfg))  # a reused run.name with another config
     if clash:
         raise ConfigError(clash)
+    preflight_on_login_node(cfg)
     return cfg
+
+
+def preflight_on_login_node(cfg: Config) -> None:
+    """What the job would find out after its queue wait, found out now (torch-free)."""
+    from spt_dist.engine import preflight
+
+    la = cfg.launch
+    if cfg.distributed.backend == "nccl" and la.gpus_per_node == 0 and resolve_cluster(la.cluster) != "debug":
+        raise ConfigError("config key 'distributed.backend' = 'nccl' needs GPUs, but launch.gpus_per_node = 0; "
+                          "request GPUs (--gpus-per-node N --tasks-per-node N) or use distributed.backend=auto")
+    world = la.nodes * la.tasks_per_node
+    preflight.check_run(cfg, world, None, preflight.training_samples(cfg))
 
 
 def _record(sub: Submitted, config_path: Optional[str]) -> None:
@@ -88,7 +98,7 @@ def submit_run(cfg: Config, config_path: Optional[str] = None, train_fn: str = T
     executor = make_executor(cfg.launch, job_name=f"spt-{cfg.run.name}")
     with _refused_as_error(cluster):
         job = executor.submit(TrainTask(cfg, train_fn))
-    sub = Submitted(job, cfg, run_dir_of(cfg), _job_folder(job), cluster)
+    sub = Submitted(job, cfg, run_dir_for(cfg), _job_folder(job), cluster)
     if cluster != "debug":
         _record(sub, config_path)
     return sub
@@ -112,7 +122,7 @@ def submit_study(cfgs: List[Config], config_paths: Iterable[Optional[str]] = (),
     paths = list(config_paths) or [None] * len(cfgs)
     subs = []
     for job, cfg, path in zip(jobs, cfgs, paths):
-        sub = Submitted(job, cfg, run_dir_of(cfg), _job_folder(job), cluster)
+        sub = Submitted(job, cfg, run_dir_for(cfg), _job_folder(job), cluster)
         if cluster != "debug":
             _record(sub, path)
         subs.append(sub)

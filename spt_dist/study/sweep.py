@@ -61,6 +61,12 @@ def expand(configs: Sequence[Optional[str]], grid: Dict[str, List[str]],
     return points
 
 
+def is_sweep_file(path: str) -> bool:
+    """A sweep YAML has config/configs/grid at the top; a run file has config sections."""
+    raw = OmegaConf.load(path)
+    return hasattr(raw, "keys") and bool({"config", "configs", "grid"} & set(raw.keys()))
+
+
 def load_sweep_file(path: str) -> tuple:
     """(configs, grid, overrides) from a sweep YAML."""
     try:

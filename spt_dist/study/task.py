@@ -26,23 +26,16 @@ import importlib
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import submitit
 from submitit.core.job_environment import SignalHandler
 
-from spt_dist.config import ConfigError
 from spt_dist.config.schema import Config
-from spt_dist.engine.runlog import config_clash, read_results, run_dir_for  # torch-free
+from spt_dist.rundir import finished_results, run_dir_for
 
 TRAIN_FN = "spt_dist.engine.train:train"
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-
-
-def run_dir_of(cfg: Config) -> Path:
-    """The run folder: cfg.run.out_dir/cfg.run.name (the name is fixed at submit time)."""
-    return run_dir_for(cfg)
 
 
 def _load(spec: str) -> Callable[..., Dict[str, Any]]:
@@ -66,12 +59,9 @@ class TrainTask:
         self.train_fn = train_fn  # "module:function"; the engine's train by default
 
     def __call__(self) -> Dict[str, Any]:
-        run_dir = run_dir_of(self.cfg)
-        done = read_results(run_dir)
-        if done and done.get("status") == "finished":
-            clash = config_clash(self.cfg, run_dir)  # another config may have finished there since
-            if clash:
-                raise ConfigError(clash)
+        run_dir = run_dir_for(self.cfg)
+        done = finished_results(self.cfg, run_dir)  # another config may have finished there since: an error
+        if done is not None:
             return done
         executor = os.environ.get("SUBMITIT_EXECUTOR", "")
         if executor in ("slurm", "local"):
@@ -92,7 +82,7 @@ class TrainTask:
         """After the engine saved: rank 0 requeues (or raises when out of requeues)."""
         rank = submitit.JobEnvironment().global_rank
         if rank == 0:
-            print(f"run interrupted and checkpointed in {run_dir_of(self.cfg)}; requeueing", flush=True)
+            print(f"run interrupted and checkpointed in {run_dir_for(self.cfg)}; requeueing", flush=True)
             handler(submitit.JobEnvironment._usr_sig(), None)  # exits, or raises UncompletedJobError
             return
         # Exit code 0 and no result file: the step is not killed early (KillOnBadExit) and the

@@ -1,8 +1,5 @@
 """Shared pieces of the engine tests: tiny shards + backbone file, configs, torchrun launching.
-
-Run as a script under torchrun it is the multi-rank worker of tests/test_engine_distributed.py
-(`python -m torch.distributed.run --nproc_per_node 2 tests/conftest_engine.py MODE OUT CONFIG`).
-"""
+The multi-rank worker they launch is tests/engine_worker.py."""
 from __future__ import annotations
 
 import json
@@ -112,81 +109,3 @@ def checkpoint_tensors(step_dir: Path) -> Dict[str, Dict[str, int]]:
         walk(torch.load(f, map_location="cpu", weights_only=False), "", into)
         out[str(f.relative_to(step_dir))] = into
     return out
-
-
-# ---- the torchrun worker -------------------------------------------------------------------
-
-def _load_pack(path: Path):
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def _worker(mode: str, out: Path, config: Path, extra: List[str]) -> None:
-    import torch.distributed as dist
-
-    from spt_dist.config import load_config
-    from spt_dist.engine.train import train
-
-    report: Dict[str, object] = {}
-    if mode == "matrix":
-        for zero in (0, 1, 2, 3):
-            for dtype in ("fp32", "bf16"):
-                name = f"z{zero}_{dtype}"
-                cfg = load_config(str(config), [f"distributed.zero_stage={zero}", f"precision.dtype={dtype}",
-                                                f"run.name={name}", *extra])
-                report[name] = train(cfg)
-    elif mode == "resume":
-        stop_at = int(extra[0])
-        overrides = extra[1:]
-        full = train(load_config(str(config), ["run.name=full", *overrides]))
-        cut_cfg = load_config(str(config), ["run.name=cut", *overrides])
-        first = train(cut_cfg, max_steps=stop_at)
-        resumed = train(cut_cfg)
-        report = {"full": full, "first": first, "resumed": resumed}
-        if dist.get_rank() == 0:
-            a = _load_pack(out / "full" / "prompt_pack.safetensors")
-            b = _load_pack(out / "cut" / "prompt_pack.safetensors")
-            report["identical"] = {k: bool((a[k] == b[k]).all()) and a[k].dtype == b[k].dtype for k in a}
-            report["max_abs_diff"] = {k: float((a[k] - b[k]).abs().max()) for k in a}
-    elif mode == "signal":
-        # One process, no launcher: the signal is raised on this process at a chosen moment
-        # (phase setup: inside build_parts; phase final: inside the prompt pack export).
-        import signal
-
-        import spt_dist.engine.train as engine_train
-
-        phase, overrides = extra[0], extra[1:]
-        sig, target = {"setup": (signal.SIGUSR2, "build_parts"),
-                       "final": (signal.SIGTERM, "export_prompt_pack")}[phase]
-        original, fired = getattr(engine_train, target), []
-
-        def hooked(*args, **kwargs):
-            if not fired:
-                fired.append(sig)
-                os.kill(os.getpid(), sig)
-            return original(*args, **kwargs)
-
-        setattr(engine_train, target, hooked)
-        outer_calls: List[int] = []
-
-        def outer(signum, frame):  # stands in for submitit's handler
-            outer_calls.append(signum)
-
-        signal.signal(signal.SIGUSR2, outer)
-        cfg = load_config(str(config), ["run.name=sig", *overrides])
-        report["first"] = train(cfg)
-        report["handler_restored"] = signal.getsignal(signal.SIGUSR2) is outer
-        report["resumed"] = train(cfg)
-        report["outer_calls"] = outer_calls
-        (out / f"{mode}.json").write_text(json.dumps(report, indent=1, default=str))
-        return
-    else:
-        raise SystemExit(f"unknown mode {mode}")
-    if dist.get_rank() == 0:
-        (out / f"{mode}.json").write_text(json.dumps(report, indent=1, default=str))
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
-    _worker(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])

@@ -1,0 +1,266 @@
+"""The one layer over torch.distributed: joining the job, seeding, and every collective.
+
+Ranks come from RANK/WORLD_SIZE/LOCAL_RANK (torchrun, deepspeed, submitit's exported
+environment) or SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (plain srun). One collective timeout
+(`timeout_s`) holds for every process group of the job, DeepSpeed's included, so a dead or
+frozen peer ends the run instead of hanging it.
+
+`Comm` carries the collectives; each is a no-op in a single process and is called by every
+rank in the same order. A rank that fails locally reports it through `agree` instead of
+raising alone, so no rank is left waiting in a collective.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable, List, Optional, Type, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from spt_dist.errors import SptError
+
+T = TypeVar("T")
+
+
+class DistributedSetupError(SptError, RuntimeError):
+    """The job cannot form its process group as configured (e.g. NCCL without a GPU)."""
+
+
+class Comm:
+    """Collectives of a job of `world_size` ranks seen from `rank`, on the default group.
+
+    Tensors travel on the device the backend needs (CUDA for NCCL, CPU for gloo) and come
+    back on the device they came from.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.active = self.world_size > 1
+        self.device = torch.device("cpu")
+        if not self.active:
+            return
+        if not (tdist.is_available() and tdist.is_initialized()):
+            raise DistributedSetupError(f"world_size={world_size} but torch.distributed is not initialised")
+        if tdist.get_world_size() != self.world_size or tdist.get_rank() != self.rank:
+            raise DistributedSetupError(f"rank {rank}/{world_size} disagrees with torch.distributed "
+                                        f"({tdist.get_rank()}/{tdist.get_world_size()})")
+        if tdist.get_backend() == "nccl":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+
+    @classmethod
+    def current(cls) -> "Comm":
+        """The job this process is part of (one rank when no process group exists)."""
+        if tdist.is_available() and tdist.is_initialized():
+            return cls(tdist.get_rank(), tdist.get_world_size())
+        return cls()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- agreeing on failures ----------------------------------------------------------------
+    def agree(self, error: Optional[str], kind: Type[Exception] = SptError) -> None:
+        """Raise `kind` on every rank if any rank passes an error message."""
+        errors: List[Optional[str]] = [error]
+        if self.active:
+            errors = [None] * self.world_size
+            tdist.all_gather_object(errors, error)
+        failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+        if failed:
+            if len({e for _, e in failed}) == 1 and len(failed) == self.world_size:
+                raise kind(failed[0][1])
+            raise kind("; ".join(f"rank {r}: {e}" for r, e in failed))
+
+    def agreed(self, fn: Callable[..., T], *args: Any, kind: Type[Exception] = SptError) -> T:
+        """Run fn on every rank; if it fails on any, raise the same `kind` everywhere. Input
+        errors (ValueError, SptError) speak for themselves; anything else names its type."""
+        result, failure = None, None
+        try:
+            result = fn(*args)
+        except Exception as exc:  # reported to every rank, re-raised below
+            failure = exc
+        message = None if failure is None else (
+            str(failure) if isinstance(failure, (ValueError, SptError)) else f"{type(failure).__name__}: {failure}")
+        try:
+            self.agree(message, kind)
+        except kind as err:
+            if kind is SptError and isinstance(failure, SptError):
+                raise failure  # this rank's own input error, with its type
+            raise err from failure
+        return result  # type: ignore[return-value]
+
+    # -- collectives -------------------------------------------------------------------------
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        if not self.active:
+            return tensor
+        buf = tensor.to(self.device).contiguous()
+        tdist.all_reduce(buf, {"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX}[op])
+        return buf.to(tensor.device)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is True on any rank (a collective decision)."""
+        return bool(self.all_reduce(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Rank `src`'s tensor on every rank (same shape and dtype required everywhere)."""
+        if not self.active:
+            return tensor
+        buf = tensor.to(self.device).contiguous()
+        tdist.broadcast(buf, src)
+        return buf.to(tensor.device)
+
+    def broadcast_int(self, value: int, src: int = 0) -> int:
+        return int(self.broadcast(torch.tensor([value], dtype=torch.long), src).item())
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        if not self.active:
+            return obj
+        box = [obj]
+        tdist.broadcast_object_list(box, src)
+        return box[0]
+
+    def all_gather_rows(self, tensor: torch.Tensor) -> List[torch.Tensor]:
+        """Every rank's (n_r, ...) tensor, n_r varying by rank: sizes first, pad, gather, trim."""
+        if not self.active:
+            return [tensor]
+        sizes = torch.zeros(self.world_size, dtype=torch.int64)
+        sizes[self.rank] = tensor.shape[0]
+        sizes = self.all_reduce(sizes).tolist()
+        if max(sizes) == 0:
+            return [tensor[:0] for _ in sizes]
+        padded = torch.zeros((max(sizes),) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=self.device)
+        padded[: tensor.shape[0]] = tensor.to(self.device)
+        out = [torch.empty_like(padded) for _ in range(self.world_size)]
+        tdist.all_gather(out, padded)
+        return [o[:n].to(tensor.device) for o, n in zip(out, sizes)]
+
+    def barrier(self) -> None:
+        if self.active:
+            tdist.barrier()
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    comm: Comm = field(default_factory=Comm, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def single_process(device: str | torch.device = "cpu") -> DistInfo:
+    """A one-rank job without any process group."""
+    return DistInfo(0, 1, 0, torch.device(device), "none")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slurm_master() -> str:
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodes:
+        return "127.0.0.1"
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                             check=True, timeout=30).stdout.split()
+        return out[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return nodes.split(",")[0]
+
+
+def _export_env() -> Optional[str]:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whichever launcher started us.
+
+    Returns the init_method for a plain single process, which gets a private TCP store
+    instead of MASTER_* variables: those would leak into every process it starts (a
+    submitted job, a subprocess) and point them at this process's port.
+    """
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        env.setdefault("MASTER_ADDR", _slurm_master())
+        # Derive the port from the job id so every task of a job agrees without talking.
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+    env.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it
+    if "RANK" not in env:
+        return f"tcp://127.0.0.1:{_free_port()}"
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    return None
+
+
+def _skip_shm_compile() -> None:
+    """DeepSpeed's CPU backend compiles a shared-memory all-reduce op (~80 s of g++) on first use.
+
+    That op only serves `inference_all_reduce`; training uses the process group's all_reduce.
+    Marking it incompatible makes DeepSpeed skip the build; gloo does all the communication.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def _default_timeout(timeout: timedelta) -> None:
+    """Every process group created later without a timeout (DeepSpeed creates its own) takes
+    `timeout` instead of torch's 10-30 minute default."""
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d.default_pg_timeout = timeout
+    if isinstance(getattr(c10d, "default_pg_nccl_timeout", None), timedelta):
+        c10d.default_pg_nccl_timeout = timeout
+
+
+def resolve_backend(backend: str) -> str:
+    """`auto` -> nccl with CUDA, gloo without; nccl without CUDA is an error naming the key."""
+    cuda = torch.cuda.is_available()
+    if backend == "auto":
+        return "nccl" if cuda else "gloo"
+    if backend == "nccl" and not cuda:
+        raise DistributedSetupError("config key 'distributed.backend' = 'nccl' needs CUDA GPUs, and this machine "
+                                    "has none; allowed here: auto, gloo")
+    return backend
+
+
+def init_distributed(backend: str = "auto", timeout_s: int = 300, deepspeed: bool = True) -> DistInfo:
+    """Join (or create) the process group, and DeepSpeed's comm layer; idempotent."""
+    backend = resolve_backend(backend)
+    single = _export_env()
+    rank, world = (0, 1) if single else (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=timeout_s)
+    _default_timeout(timeout)
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend=backend, rank=rank, world_size=world, init_method=single, timeout=timeout)
+    if deepspeed:
+        if not cuda:
+            _skip_shm_compile()
+        import deepspeed as ds
+
+        ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
+    rank, world = tdist.get_rank(), tdist.get_world_size()
+    return DistInfo(rank, world, local_rank, device, backend, Comm(rank, world))

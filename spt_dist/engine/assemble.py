@@ -1,0 +1,129 @@
+"""Everything a run needs before its first step: data, model (+ prompt init), optimizer, engine.
+
+The weight file is read once, here; its format decides the input normalisation and the
+pooling, and its weights hash (computed once) keys the prototype cache and the prompt pack.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+import torch
+
+from spt_dist.config import Config
+from spt_dist.distributed import DistInfo, seed_everything
+from spt_dist.rundir import config_hash
+
+from .ds_engine import build_engine, deepspeed_config, engine_precision
+from .optim import build_optimizer, build_scheduler, effective_lr, param_groups
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+    from spt_dist.data import EvalData, ShardIndex, TrainData
+    from spt_dist.model import InputSpec, PromptedViT
+    from spt_dist.prompt_init import InitResult
+
+
+@dataclass
+class RunParts:
+    index: "ShardIndex"
+    train_data: "TrainData"
+    val_data: Optional["EvalData"]          # None without a validation split
+    test_data: Optional["EvalData"]         # None in a tuning stage (data.test_split=null)
+    model: "PromptedViT"
+    engine: "DeepSpeedEngine"
+    identity: Dict[str, Any]                # what a checkpoint must match to be resumed here
+    counts: Dict[str, int]                  # PromptedViT.param_counts(), before ZeRO-3 partitions
+    peak_lr: float
+    global_batch: int
+    dtype: torch.dtype                      # the engine's model dtype (inputs are cast to it)
+    zero_stage: int                         # the engine's ZeRO stage
+    inputs: "InputSpec"
+    prompt_init: Optional["InitResult"] = None
+
+
+def _prompt_init(model: "PromptedViT", cfg: Config, index: "ShardIndex", dist: DistInfo, resuming: bool,
+                 backbone_hash: str, inputs: "InputSpec") -> Optional["InitResult"]:
+    """SPT's prototype init and/or the alignment reference (spt_dist.prompt_init).
+
+    On resume the prompts come from the checkpoint, so it only runs for the reference (its
+    cache makes that cheap).
+    """
+    from spt_dist.prompt_init import initialize_prompts
+
+    m = cfg.method
+    if not m.prompt_length or not (m.name == "spt" or m.track_alignment) or (resuming and not m.track_alignment):
+        return None
+    return initialize_prompts(model, cfg, index, dist, dist.device, backbone_hash=backbone_hash, inputs=inputs)
+
+
+def load_data(cfg: Config, index: "ShardIndex", inputs: "InputSpec", dist: DistInfo):
+    """(train, val, test) readers of this rank; evaluation splits disjoint from training."""
+    from spt_dist.data import EvalData, TrainData
+    from spt_dist.data.overlap import check_eval_splits
+
+    d = cfg.data
+    check_eval_splits(index, d.train_split, d.val_split, d.test_split)
+    args = (*inputs, dist.rank, dist.world_size)
+    train = TrainData(d, index, *args, seed=cfg.run.seed)
+    val = EvalData(d, index, d.val_split, *args) if d.val_split else None
+    test = EvalData(d, index, d.test_split, *args) if d.test_split else None
+    return train, val, test
+
+
+def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> RunParts:
+    from spt_dist.data import ShardIndex
+    from spt_dist.model import build_model, input_spec, read_weights, weights_hash
+
+    index = ShardIndex.load(os.path.expanduser(cfg.data.root))
+    weights = read_weights(cfg)
+    inputs = input_spec(cfg, weights.fmt if weights else None)
+    train_data, val_data, test_data = load_data(cfg, index, inputs, dist)
+
+    seed_everything(cfg.run.seed)  # same head / prompt init on every rank
+    model = build_model(cfg, index.num_classes, weights).to(dist.device)
+    del weights  # the tensors live in the model now
+    identity = {"config_hash": config_hash(cfg), "backbone": cfg.model.name,
+                "weights_hash": weights_hash(model.backbone),
+                "prompt_shape": list(model.prompts.shape) if model.prompts is not None else None,
+                "num_classes": index.num_classes, "method": cfg.method.name, "world_size": dist.world_size}
+    init = _prompt_init(model, cfg, index, dist, resuming, identity["weights_hash"], inputs)
+    seed_everything(cfg.run.seed + 1000003 * (dist.rank + 1))  # per-rank streams (prompt dropout)
+
+    global_batch = cfg.data.batch_size * cfg.optim.grad_accum * dist.world_size
+    peak_lr, final_lr = effective_lr(cfg.optim, global_batch)
+    optimizer = build_optimizer(param_groups(model.named_parameters(), cfg.optim), cfg.optim, peak_lr)
+    steps_per_epoch = train_data.batches_per_epoch / cfg.optim.grad_accum
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, peak_lr, final_lr)
+    counts = model.param_counts()  # before ZeRO-3 partitions the tensors (numel 0 afterwards)
+    engine, _, _ = build_engine(model, optimizer, scheduler, deepspeed_config(cfg, dist.world_size))
+    zero_stage, dtype = engine_precision(engine)
+    return RunParts(index, train_data, val_data, test_data, model, engine, identity, counts, peak_lr,
+                    global_batch, dtype, zero_stage, inputs, init)
+
+
+def full_trainable_state(model: "PromptedViT") -> Dict[str, torch.Tensor]:
+    """fp32 values of every trainable tensor (the optimizer's master copy under bf16 / ZeRO).
+
+    Collective under ZeRO: every rank must call it.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out = {}
+    for name, p in model.named_trainable_parameters():
+        full = safe_get_full_fp32_param(p)
+        out[name] = (p.detach() if full is None else full).float().cpu().clone()
+    return out
+
+
+def full_prompts(model: "PromptedViT") -> Optional[torch.Tensor]:
+    """fp32 prompts (collective under ZeRO, like full_trainable_state)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    p = model.prompts
+    if p is None:
+        return None
+    full = safe_get_full_fp32_param(p)
+    return (p.detach() if full is None else full).float().cpu()

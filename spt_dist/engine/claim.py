@@ -1,0 +1,56 @@
+"""A job claims its run folder before it trains, and lets go when it stops.
+
+Rank 0 takes the folder's lock (spt_dist.rundir.lock), then checks that the folder holds this
+run or none (config_clash) and writes config.yaml with the latest launch settings. Rank 0
+decides and tells everyone, so all ranks raise together instead of waiting. Then every rank
+starts its watchdog (heartbeats, lock refresh on rank 0) until the claim ends.
+"""
+from __future__ import annotations
+
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from spt_dist.config import Config, ConfigError, to_yaml
+from spt_dist.distributed import DistInfo
+from spt_dist.io import write_text_atomic
+from spt_dist.rundir import RunFolderBusy, RunLock, config_clash
+
+from .watchdog import Watchdog
+
+
+def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock) -> Optional[str]:
+    """Rank 0: None when the folder is ours now, else why not."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        taken_over = lock.acquire()
+    except RunFolderBusy as exc:
+        return str(exc)
+    if taken_over:
+        print(f"spt: took over the lock of {run_dir}: {taken_over}", file=sys.stderr, flush=True)
+    clash = config_clash(cfg, run_dir)
+    if clash is not None:
+        lock.release()
+        return clash
+    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
+    return None
+
+
+@contextmanager
+def claim_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> Iterator[Watchdog]:
+    lock = RunLock(run_dir, stale_s=cfg.run.lock_stale_s)
+    why = _claim_on_main(cfg, run_dir, lock) if dist.is_main else None
+    why = dist.comm.broadcast_object(why)
+    if why is not None:
+        raise (RunFolderBusy if "being trained by another job" in why else ConfigError)(why)
+    token = dist.comm.broadcast_object(uuid.uuid4().hex if dist.is_main else None)
+    dog = Watchdog(run_dir, dist.rank, dist.world_size, token, cfg.distributed.timeout_s,
+                   lock=lock if dist.is_main else None).start()
+    try:
+        yield dog
+    finally:
+        dog.stop()
+        if dist.is_main:
+            lock.release()

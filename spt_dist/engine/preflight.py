@@ -1,0 +1,203 @@
+"""Everything about a run that can be known before any data or model is loaded, checked then.
+
+Torch-free: the launcher runs it on the login node (with the job's world size) and the
+engine again at start (with the real one and this machine's memory). Every failure is a
+ConfigError naming the key, the value and what would work:
+
+- the weight file: a readable safetensors / torch / npz file (its header, not its tensors);
+- distributed.deepspeed_json: valid JSON, no optimizer or scheduler (the config owns them),
+  and no setting that contradicts the config's own (batch, accumulation, clipping, ZeRO
+  stage, precision);
+- optim.grad_accum against the micro-batches an epoch has per rank (from index.json);
+- the memory one training step needs against what the machine has (an absurd prompt
+  length or image size never reaches a step it cannot finish).
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from spt_dist.config import Config, ConfigError
+from spt_dist.config.registry import backbone_spec
+
+ABSURD_BYTES = 1 << 40  # no accelerator or node has a TiB for one rank's step
+
+
+def check_weights_file(path: str, key: str = "model.checkpoint") -> None:
+    """The file's header is that of a weight file, and it is complete."""
+    p = Path(os.path.expanduser(path))
+    if not p.is_file():
+        raise ConfigError(f"config key '{key}': file not found: {p}")
+    size = p.stat().st_size
+    bad = None
+    if p.suffix == ".safetensors":
+        with open(p, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 < n <= size - 8:
+                bad = "its header length is out of range (truncated or not a safetensors file)"
+            else:
+                try:
+                    header = json.loads(f.read(n))
+                    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+                    if 8 + n + end > size:
+                        bad = f"it is {size} bytes but its tensors end at byte {8 + n + end} (truncated)"
+                except (ValueError, KeyError, TypeError, IndexError):
+                    bad = "its header is not valid safetensors JSON"
+    elif zipfile.is_zipfile(p):  # torch's own format (.pth, .pt, .bin, .pth.tar) and .npz
+        try:
+            with zipfile.ZipFile(p) as z:
+                if not z.namelist():
+                    bad = "the archive is empty"
+        except (zipfile.BadZipFile, OSError) as exc:
+            bad = f"the archive is damaged ({exc})"
+    else:
+        with open(p, "rb") as f:
+            first = f.read(2)
+        if first[:1] != b"\x80":  # the legacy torch format starts with a pickle protocol mark
+            bad = "it is neither a safetensors file, a PyTorch checkpoint nor an .npz archive (truncated?)"
+    if bad:
+        raise ConfigError(f"config key '{key}': {p} cannot be a weight file: {bad}")
+
+
+def _ds_settings(cfg: Config, world_size: int) -> Dict[str, Any]:
+    """The DeepSpeed settings the typed config decides, by DeepSpeed's key."""
+    return {"train_micro_batch_size_per_gpu": ("data.batch_size", cfg.data.batch_size),
+            "gradient_accumulation_steps": ("optim.grad_accum", cfg.optim.grad_accum),
+            "train_batch_size": ("data.batch_size x optim.grad_accum x world size",
+                                 cfg.data.batch_size * cfg.optim.grad_accum * world_size),
+            "gradient_clipping": ("optim.grad_clip", cfg.optim.grad_clip),
+            "zero_optimization.stage": ("distributed.zero_stage", cfg.distributed.zero_stage),
+            "bf16.enabled": ("precision.dtype", cfg.precision.dtype == "bf16"),
+            "fp16.enabled": ("precision.dtype", False)}
+
+
+def _get(tree: Dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def check_deepspeed_json(cfg: Config, world_size: int) -> Optional[Dict[str, Any]]:
+    path = cfg.distributed.deepspeed_json
+    if not path:
+        return None
+    p = Path(os.path.expanduser(path))
+    key = "distributed.deepspeed_json"
+    if not p.is_file():
+        raise ConfigError(f"config key '{key}': file not found: {p}")
+    try:
+        raw = json.loads(p.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"config key '{key}': {p} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{key}': {p} must hold a JSON object, not {type(raw).__name__}")
+    for owned, by in (("optimizer", "optim.name / optim.lr"), ("scheduler", "optim.epochs / warmup_epochs")):
+        if owned in raw:
+            raise ConfigError(f"config key '{key}': {p} sets '{owned}', which the run's config decides ({by}); "
+                              f"remove it from the file")
+    for ds_key, (cfg_key, ours) in _ds_settings(cfg, world_size).items():
+        theirs = _get(raw, ds_key)
+        if theirs is not None and theirs != ours:
+            raise ConfigError(f"config key '{key}': {p} sets {ds_key}={theirs!r} but the config has "
+                              f"{cfg_key} = {ours!r}; set it in one place (the config's key)")
+    return raw
+
+
+def check_accumulation(cfg: Config, num_samples: int, world_size: int) -> int:
+    """Micro-batches per epoch per rank; optim.grad_accum must not exceed them."""
+    need = world_size * cfg.data.batch_size
+    if num_samples < need:
+        raise ConfigError(f"config key 'data.batch_size' = {cfg.data.batch_size}: the training split has "
+                          f"{num_samples} samples (data.fraction={cfg.data.fraction}) but {world_size} rank(s) x "
+                          f"{cfg.data.batch_size} = {need} are needed for one batch per rank; allowed: at most "
+                          f"{max(1, num_samples // world_size)}")
+    per_epoch = num_samples // need
+    if cfg.optim.grad_accum > per_epoch:
+        raise ConfigError(f"config key 'optim.grad_accum' = {cfg.optim.grad_accum}: an epoch has only "
+                          f"{per_epoch} micro-batch(es) per rank ({num_samples} samples / ({world_size} ranks x "
+                          f"{cfg.data.batch_size})), so no optimizer step would ever happen; allowed: at most "
+                          f"{per_epoch}")
+    return per_epoch
+
+
+def step_bytes(cfg: Config) -> int:
+    """Activation memory of one training step of one rank (the largest term: what backward
+    keeps per block, attention scores included), in bytes."""
+    spec = backbone_spec(cfg.model.name)
+    size = cfg.model.img_size or spec.img_size
+    tokens = (size // spec.patch_size) ** 2 + int(spec.class_token) + spec.reg_tokens + cfg.method.prompt_length
+    b, d, h = cfg.data.batch_size, spec.embed_dim, spec.num_heads
+    elem = 2 if cfg.precision.dtype == "bf16" else 4
+    block = elem * b * (16 * tokens * d + 2 * h * tokens * tokens)
+    grads = cfg.method.prompt_length > 0 or cfg.method.name == "full"
+    if not grads:
+        return block  # a frozen backbone without prompts keeps nothing for backward
+    if cfg.model.grad_checkpointing:
+        return elem * b * tokens * d * spec.depth + block
+    return block * spec.depth
+
+
+def check_step_memory(cfg: Config, available: Optional[int]) -> None:
+    need = step_bytes(cfg)
+    limit = min(available or ABSURD_BYTES, ABSURD_BYTES)
+    if need <= limit:
+        return
+    spec = backbone_spec(cfg.model.name)
+    size = cfg.model.img_size or spec.img_size
+    patches = (size // spec.patch_size) ** 2
+    key, value = ("model.img_size", size) if patches > cfg.method.prompt_length else \
+        ("method.prompt_length", cfg.method.prompt_length)
+    where = f"this machine has {available / 2**30:.1f} GiB" if available else "more than any machine has"
+    raise ConfigError(f"config key '{key}' = {value} (method.prompt_length={cfg.method.prompt_length}, "
+                      f"model.img_size={size}: {patches} patches, data.batch_size={cfg.data.batch_size} on "
+                      f"{cfg.model.name}): one training step needs about "
+                      f"{need / 2**30:.1f} GiB of activations, {where}; lower method.prompt_length, "
+                      f"model.img_size or data.batch_size, or set model.grad_checkpointing=true")
+
+
+def check_run(cfg: Config, world_size: int, available_memory: Optional[int] = None,
+              num_samples: Optional[int] = None) -> None:
+    """All the checks above; `num_samples` (the selected training samples) when the index is at hand."""
+    if cfg.model.checkpoint:
+        check_weights_file(cfg.model.checkpoint)
+    check_deepspeed_json(cfg, world_size)
+    if num_samples is not None:
+        check_accumulation(cfg, num_samples, world_size)
+    check_step_memory(cfg, available_memory)
+
+
+def training_samples(cfg: Config) -> int:
+    """How many samples the run trains on per epoch, from index.json alone."""
+    from spt_dist.data import ShardIndex, select_fraction
+
+    index = ShardIndex.load(os.path.expanduser(cfg.data.root))
+    d = cfg.data
+    if d.fraction >= 1.0:
+        return index.split(d.train_split).num_samples
+    return len(select_fraction(index, d.train_split, d.fraction, d.fraction_seed))
+
+
+def machine_memory() -> Optional[int]:
+    """Bytes a step may use here: the GPU's free memory, else the RAM the kernel calls available."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[0])
+    except Exception:  # a broken driver: fall back to host memory
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+

@@ -1,0 +1,119 @@
+"""Heartbeats: every rank proves it is alive; a rank that stops answering ends the job.
+
+Each rank runs one thread that writes `run_dir/.heartbeat/rank<r>.json` (time, step, pid,
+host, the job's token) every `interval` seconds, refreshes the run folder's lock on rank 0,
+and reads its peers' files. A process that is frozen (SIGSTOP, a wedged device, a stuck
+mount) stops writing; when a peer's newest heartbeat (not its final `done` one) is older than `timeout_s`, the thread
+prints which rank stopped answering and ends this process at once (os._exit), so the
+launcher ends the job instead of leaving it in a collective. A frozen peer on this host is
+killed as well: it can no longer save, and the launcher would otherwise wait for it.
+
+The token, made by rank 0 and broadcast, tells this job's heartbeats from those an earlier
+job left in the folder; a peer that has not written one yet is given `timeout_s` from the
+watchdog's start.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from spt_dist.io import write_text_atomic
+from spt_dist.rundir.lock import LockLost, RunLock
+
+FOLDER = ".heartbeat"
+
+
+def _exit(code: int) -> None:
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class Watchdog:
+    def __init__(self, run_dir: Path, rank: int, world_size: int, token: str, timeout_s: float,
+                 lock: Optional[RunLock] = None, interval: Optional[float] = None,
+                 on_dead: Callable[[int], None] = lambda rank: _exit(1)) -> None:
+        self.folder = Path(run_dir) / FOLDER
+        self.rank, self.world_size, self.token, self.timeout_s = rank, world_size, token, timeout_s
+        self.lock, self.on_dead = lock, on_dead
+        self.interval = interval or max(0.5, min(5.0, timeout_s / 10))
+        self.step = 0
+        self.phase = "setup"
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._started = time.time()
+
+    def start(self) -> "Watchdog":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._beat()
+        self._thread = threading.Thread(target=self._run, name="spt-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop beating; the last heartbeat says `done`, so peers still finishing do not take
+        this rank's silence for a freeze."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.phase = "done"
+        try:
+            self._beat()
+        except OSError:
+            pass
+
+    def _beat(self) -> None:
+        write_text_atomic(self.folder / f"rank{self.rank}.json", json.dumps(
+            {"token": self.token, "time": time.time(), "step": self.step, "phase": self.phase,
+             "pid": os.getpid(), "host": socket.gethostname()}))
+
+    def _peer(self, rank: int) -> Optional[Dict]:
+        try:
+            beat = json.loads((self.folder / f"rank{rank}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return beat if beat.get("token") == self.token else None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._beat()
+                if self.lock is not None:
+                    self.lock.refresh()
+            except LockLost as exc:
+                print(f"spt: rank {self.rank}: {exc}; stopping, another job trains this run folder now",
+                      file=sys.stderr, flush=True)
+                self.on_dead(-1)
+                return
+            except OSError:
+                pass  # a slow or full disk: the peers' judgement is what counts
+            self._check_peers()
+
+    def _check_peers(self) -> None:
+        now = time.time()
+        for r in range(self.world_size):
+            if r == self.rank:
+                continue
+            beat = self._peer(r)
+            if beat and beat.get("phase") == "done":
+                continue
+            last = beat["time"] if beat else self._started
+            if now - last <= self.timeout_s:
+                continue
+            where = (f"last heartbeat {now - last:.0f} s ago at step {beat['step']} ({beat['phase']}), "
+                     f"pid {beat['pid']} on {beat['host']}") if beat else "no heartbeat since the job started"
+            print(f"spt: rank {r} stopped answering ({where}; distributed.timeout_s={self.timeout_s:g}); "
+                  f"rank {self.rank} ends the job", file=sys.stderr, flush=True)
+            if beat and beat.get("host") == socket.gethostname():
+                try:
+                    os.kill(int(beat["pid"]), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+            self.on_dead(r)
+            return

@@ -1,0 +1,53 @@
+"""Which run a folder holds: the config hash, the default folder name, clash detection.
+
+The same run means the same config_hash: what decides the numbers. Launch settings (more
+time, more requeues) and the run section's paths, name and display flags may change between
+a submission and its resubmission.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional
+
+from spt_dist.config import Config, to_yaml
+
+# Run settings that name, place or show a run, never change its numbers.
+NEUTRAL_RUN = {"out_dir": "", "name": "", "progress": True, "log_every": 1, "lock_stale_s": 120}
+
+
+def config_hash(cfg: Config) -> str:
+    run = dataclasses.replace(cfg.run, **{k: v for k, v in NEUTRAL_RUN.items() if hasattr(cfg.run, k)})
+    neutral = dataclasses.replace(cfg, run=run, launch=type(cfg.launch)())
+    return hashlib.sha256(to_yaml(neutral).encode()).hexdigest()[:8]
+
+
+def default_run_name(cfg: Config) -> str:
+    m = cfg.method
+    prompts = f"_p{m.prompt_length}{'deep' if m.deep else 'shallow'}" if m.prompt_length else ""
+    return (f"{m.name}_{cfg.model.name}{prompts}_f{cfg.data.fraction:g}_s{cfg.run.seed}_"
+            f"{config_hash(cfg)}")
+
+
+def run_dir_for(cfg: Config) -> Path:
+    return Path(os.path.expanduser(cfg.run.out_dir)) / (cfg.run.name or default_run_name(cfg))
+
+
+def config_clash(cfg: Config, run_dir: Path) -> Optional[str]:
+    """Why `run_dir` cannot hold the run `cfg` describes, or None (a new folder, or the same run)."""
+    from spt_dist.config import ConfigError, load_config
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        held = load_config(str(path))
+    except ConfigError as exc:
+        return f"{path} cannot be read back ({exc})"
+    if config_hash(held) == config_hash(cfg):
+        return None
+    return (f"{run_dir} already holds a run with a different config ({path}); resume it with "
+            f"`spt train {run_dir}` or choose another run.name")
+

@@ -1,0 +1,131 @@
+"""Bad configs are refused before any data or model is loaded, naming the key: by `spt train`
+(one line, exit code 2, no run folder made) and, where they can be known there, by
+`spt submit` on the login node."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from engine_helpers import make_assets, write_config
+from spt_dist.cli import main as spt
+from spt_dist.config import ConfigError, load_config
+from spt_dist.engine import preflight
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.getbasetemp() / "engine_assets")
+
+
+@pytest.fixture
+def config(tmp_path, assets):
+    return write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=1)
+
+
+def _refused(args, capsys, message: str) -> str:
+    start = time.perf_counter()
+    assert spt(args) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1 and err.startswith("spt: error: ")  # one line, no traceback
+    return f"{time.perf_counter() - start:.1f} s"
+
+
+def _cases(tmp_path: Path, assets) -> dict:
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(assets["backbone"].read_bytes()[:3000])
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"this is not a checkpoint at all" * 10)
+    return {
+        "grad_accum beyond an epoch": (["optim.grad_accum=9", "data.batch_size=16"],
+                                       "config key 'optim.grad_accum' = 9: an epoch has only 8 micro-batch(es) per rank"),
+        "absurd prompt length": (["method.prompt_length=20000"], "config key 'method.prompt_length' = 20000"),
+        "prompt length no machine has": (["method.prompt_length=200000"], "more than any machine has"),
+        "absurd image size": (["model.img_size=7000", f"model.checkpoint={assets['backbone']}"],
+                              "config key 'model.img_size' = 7000"),
+        "truncated weights": ([f"model.checkpoint={truncated}"], "config key 'model.checkpoint': "),
+        "garbage weights": ([f"model.checkpoint={garbage}"], "neither a safetensors file, a PyTorch checkpoint"),
+        "nccl without a GPU": (["distributed.backend=nccl"], "config key 'distributed.backend' = 'nccl' needs CUDA"),
+        "run name with a path": (["run.name=../x"], "config key 'run.name': '../x' is not a plain folder name"),
+        "defaults override": (["defaults=[base]"], "`defaults` composes files"),
+    }
+
+
+@pytest.mark.parametrize("case", ["grad_accum beyond an epoch", "absurd prompt length", "absurd image size",
+                                  "truncated weights", "garbage weights", "nccl without a GPU",
+                                  "run name with a path", "defaults override"])
+def test_spt_train_refuses_before_any_work(tmp_path, assets, config, capsys, case):
+    overrides, message = _cases(tmp_path, assets)[case]
+    _refused(["train", str(config), "run.name=r", *overrides], capsys, message)
+    assert not (tmp_path / "runs").exists()  # no run folder, no checkpoint, no config.yaml
+
+
+@pytest.mark.parametrize("case", ["grad_accum beyond an epoch", "prompt length no machine has", "truncated weights",
+                                  "run name with a path"])
+def test_submit_refuses_on_the_login_node(tmp_path, assets, config, capsys, case):
+    overrides, message = _cases(tmp_path, assets)[case]
+    _refused(["submit", str(config), *overrides, "--cluster", "local", "--folder", str(tmp_path / "jobs")],
+             capsys, message)
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_submit_refuses_nccl_without_gpus(tmp_path, config, capsys):
+    _refused(["submit", str(config), "distributed.backend=nccl", "--cluster", "local", "--folder",
+              str(tmp_path / "jobs")], capsys, "launch.gpus_per_node = 0")
+
+
+def test_accumulation_counts_per_world_size(config):
+    cfg = load_config(str(config), ["data.batch_size=16", "optim.grad_accum=4"])
+    assert preflight.check_accumulation(cfg, 128, 2) == 4   # 128 / (2 x 16)
+    with pytest.raises(ConfigError, match="allowed: at most 2"):
+        preflight.check_accumulation(cfg, 128, 4)
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        preflight.check_accumulation(cfg, 20, 2)
+
+
+def test_step_memory_estimate_grows_with_tokens(config):
+    small = preflight.step_bytes(load_config(str(config)))
+    longer = preflight.step_bytes(load_config(str(config), ["method.prompt_length=400"]))
+    assert longer > 50 * small  # attention scores grow with the square of the tokens
+    ckpt = preflight.step_bytes(load_config(str(config), ["method.prompt_length=400", "model.grad_checkpointing=true"]))
+    assert ckpt < longer
+    preflight.check_step_memory(load_config(str(config)), 8 << 30)
+    with pytest.raises(ConfigError, match="this machine has 0.0 GiB"):
+        preflight.check_step_memory(load_config(str(config), ["method.prompt_length=400"]), 1 << 20)
+
+
+def test_weight_file_headers(tmp_path, assets):
+    preflight.check_weights_file(str(assets["backbone"]))
+    import torch
+
+    good = tmp_path / "w.pth"
+    torch.save({"a": torch.zeros(3)}, good)
+    preflight.check_weights_file(str(good))
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:-40])
+    with pytest.raises(ConfigError, match="cannot be a weight file"):
+        preflight.check_weights_file(str(cut))
+    head = tmp_path / "head.safetensors"
+    head.write_bytes((10 ** 9).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ConfigError, match="header length is out of range"):
+        preflight.check_weights_file(str(head))
+    bad_json = tmp_path / "bad.safetensors"
+    bad_json.write_bytes((5).to_bytes(8, "little") + b"{oops")
+    with pytest.raises(ConfigError, match="not valid safetensors JSON"):
+        preflight.check_weights_file(str(bad_json))
+
+
+def test_deepspeed_json_keys(tmp_path, config):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 0}}))
+    cfg = load_config(str(config), [f"distributed.deepspeed_json={ds}", "data.batch_size=8"])
+    assert preflight.check_deepspeed_json(cfg, 2)["zero_optimization"]["stage"] == 0
+    ds.write_text(json.dumps({"train_batch_size": 99}))
+    with pytest.raises(ConfigError, match=r"train_batch_size=99 but the config has data.batch_size x optim.grad_accum"):
+        preflight.check_deepspeed_json(cfg, 2)
+    ds.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold a JSON object"):
+        preflight.check_deepspeed_json(cfg, 2)
