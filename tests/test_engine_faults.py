@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from engine_helpers import ROOT, env, make_assets, torchrun, wait_for_step, write_config
 
-TIMEOUT_S = 10
+TIMEOUT_S = 20
 
 
 @pytest.fixture(scope="module")
