@@ -4,10 +4,13 @@ Only rank 0 writes. Tools read these files, never the console output.
 """
 from __future__ import annotations
 
+import errno
 import json
 import time
 from pathlib import Path
 from typing import Any
+
+from spt_dist.io import DiskFullError
 
 
 class MetricsLog:
@@ -25,8 +28,13 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"event": event, "step": step, "time": round(time.time(), 3), **values}
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, sort_keys=True) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left on {self.run_dir} while writing metrics.jsonl") from None
+            raise
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._tb.add_scalar(f"{event}/{key}", value, step)
