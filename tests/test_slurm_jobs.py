@@ -272,3 +272,17 @@ def test_sbatch_true_is_a_bare_flag(slurm, study):
     assert "#SBATCH --exclusive\n" in sub.job.paths.submission_file.read_text()
     wait_done(sub.job)
     assert sub.job.results()[0]["status"] == "finished"
+
+
+def test_study_end_to_end_on_slurm(slurm, tmp_path):
+    """The miniature study through the real scheduler: one job array per driver pass."""
+    from spt_dist.cli import main
+    from study_helpers import check_finished_study, make_study
+
+    spec = make_study(tmp_path, "slurm")
+    assert main(["study", "run", str(spec), "--poll", "2"]) == 0
+    check_finished_study(spec)
+    ledger = [json.loads(line) for line in (tmp_path / "study" / "submitted.jsonl").read_text().splitlines()]
+    assert {e["cluster"] for e in ledger} == {"slurm"} and len(ledger) == 4
+    assert all("_" in e["job_id"] for e in ledger)  # array tasks: <array id>_<index>
+    assert main(["study", "report", str(spec)]) == 0

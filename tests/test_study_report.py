@@ -41,7 +41,8 @@ def test_report_command_writes_table_csv_and_plot(runs, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", str(runs), "--by", "method,backbone", "-o", str(out)]) == 0
     md = (out / "report.md").read_text().splitlines()
-    assert md[0] == "| method | backbone | top1 | std | runs | differs |" and len(md) == 2 + 3
+    assert "std: sample standard deviation (n-1)" in md[0]
+    assert md[2] == "| method | backbone | top1 | std | runs | differs |" and len(md) == 4 + 3
     assert "| spt-deep | vit_tiny_p7_28 | 65.0 | 21.213 | 2 | data.fraction |" in md  # pooled: flagged
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
@@ -62,7 +63,7 @@ def test_empty_folder_is_an_error(tmp_path):
 def test_metric_names_the_column(runs, tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(runs), "--by", "method,backbone,data_fraction", "--metric", "seed", "-o", str(out)]) == 0
-    assert (out / "report.md").read_text().splitlines()[0] == "| method | backbone | data_fraction | seed | std | runs |"
+    assert (out / "report.md").read_text().splitlines()[2] == "| method | backbone | data_fraction | seed | std | runs |"
 
 
 def test_group_pooling_other_configs_is_flagged(runs, tmp_path, capsys):
@@ -73,7 +74,7 @@ def test_group_pooling_other_configs_is_flagged(runs, tmp_path, capsys):
     warning = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
     assert len(warning) == 1 and "method=vpt-deep" in warning[0] and "optim.lr" in warning[0]
     md = (out / "report.md").read_text().splitlines()
-    assert md[0].endswith("| differs |") and any("vpt-deep" in line and "optim.lr" in line for line in md)
+    assert md[2].endswith("| differs |") and any("vpt-deep" in line and "optim.lr" in line for line in md)
     assert "run.seed" not in (out / "report.md").read_text()
 
 
@@ -88,3 +89,19 @@ def test_fixed_fraction_is_stated():
 
     assert fixed_note("data fraction", {"spt-deep": 0.5, "vpt-deep": 0.5}) == "data fraction = 0.5"
     assert fixed_note("data fraction", {"spt-deep": 1.0, "vpt-deep": 0.5}) == "data fraction: spt-deep 1, vpt-deep 0.5"
+
+
+def test_unknown_metric_is_an_error_listing_the_available_ones(runs, tmp_path, capsys):
+    assert main(["report", str(runs), "--metric", "val_top", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--metric val_top: no run's results.json has a numeric 'val_top'" in err and "top1" in err
+
+
+def test_plot_never_averages_runs_that_differ_in_more_than_the_seed(runs):
+    from spt_dist.study.report import _series
+
+    series, _ = _series(collect(str(runs)), "data.fraction", "params_m")
+    # spt-deep runs differ in the backbone only at fraction 1.0: each gets its own line.
+    assert sorted(series) == ["spt-deep model.name=vit_micro_p4_16", "spt-deep model.name=vit_tiny_p7_28",
+                              "vpt-deep"]
+    assert series["vpt-deep"] == [(1.0, 61.0, pytest.approx(1.414, abs=1e-3))]

@@ -106,6 +106,16 @@ def check_by(records: Sequence[RunRecord], by: Sequence[str]) -> None:
                           f"available: {', '.join(list(ALIASES) + config_keys)}")
 
 
+def check_metric(records: Sequence[RunRecord], metric: Optional[str]) -> None:
+    """--metric must name a numeric results.json key that some run has."""
+    if metric is None or any(r.metric is not None for r in records):
+        return
+    numeric = sorted({k[len("results."):] for r in records for k, v in r.values.items()
+                      if k.startswith("results.") and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    raise StudyError(f"--metric {metric}: no run's results.json has a numeric '{metric}'; available: "
+                     f"{', '.join(numeric)}")
+
+
 def _differing(group: Sequence[RunRecord], by: Sequence[str]) -> List[str]:
     """Config keys whose values differ inside a group, apart from the seed and run naming."""
     skip = set(POOLED_KEYS) | {_key(b) for b in by} | {"params_m"}
@@ -144,27 +154,34 @@ def write_table(rows: List[Dict[str, Any]], out: Path, by: Sequence[str], metric
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [f"{metric_name}: mean over the runs of each row; std: sample standard deviation (n-1); "
+             f"runs: n.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
 def _series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> tuple:
-    """Per method: (x, mean metric) at the largest value of `fixed_key` each method has, and
-    that value per method."""
+    """Per line: (x, mean, std) at the largest value of `fixed_key` the line has, and that value.
+    A line is a method, split further by any setting its runs differ in (apart from the seed,
+    the x and the fixed key): runs that differ in, say, the learning rate are never averaged."""
     done = [r for r in records if r.status == "finished" and r.metric is not None
             and r.values.get(x_key) is not None]
     out: Dict[str, List[tuple]] = {}
     fixed_at: Dict[str, Any] = {}
     for method in sorted({r.values["method"] for r in done}):
         mine = [r for r in done if r.values["method"] == method]
-        fixed = max(r.values.get(fixed_key) or 0 for r in mine)
-        by_x: Dict[float, List[float]] = {}
-        for r in mine:
-            if (r.values.get(fixed_key) or 0) == fixed:
-                by_x.setdefault(float(r.values[x_key]), []).append(r.metric)
-        out[method] = sorted((x, statistics.fmean(v)) for x, v in by_x.items())
-        fixed_at[method] = fixed
+        varying = [k for k in _differing(mine, [x_key, fixed_key]) if k not in (x_key, fixed_key, "method")]
+        for variant in sorted({tuple(repr(r.values.get(k)) for k in varying) for r in mine}):
+            runs = [r for r in mine if tuple(repr(r.values.get(k)) for k in varying) == variant]
+            label = method + "".join(f" {k.rsplit('.', 1)[-1]}={v}" for k, v in zip(varying, variant))
+            fixed = max(r.values.get(fixed_key) or 0 for r in runs)
+            by_x: Dict[float, List[float]] = {}
+            for r in runs:
+                if (r.values.get(fixed_key) or 0) == fixed:
+                    by_x.setdefault(float(r.values[x_key]), []).append(r.metric)
+            out[label] = sorted((x, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+                                for x, v in by_x.items())
+            fixed_at[label] = fixed
     return out, fixed_at
 
 
@@ -192,14 +209,15 @@ def plot(records: Sequence[RunRecord], out: Path, metric: Optional[str] = None) 
         series, fixed_at = _series(records, x_key, fixed_key)
         for method, pts in series.items():
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                            capsize=3, label=method)
                 xs.update(p[0] for p in pts)
         ax.set_xscale("log")
         # Ticks at the values the study ran, written plainly (log-axis minor labels collide).
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xticks(sorted(xs), [f"{x:.3g}" for x in sorted(xs)])
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(metric or "top-1 (%)")
+        ax.set_ylabel((metric or "top-1 (%)") + ", mean ± std (n-1)")
         note = fixed_note(fixed_label, fixed_at) if fixed_at else "no runs"
         ax.set_title(f"{metric or 'top-1'} vs {xlabel.split(' (')[0]}\n({note})", fontsize=10)
         ax.grid(alpha=0.3)
@@ -220,6 +238,7 @@ def write_report(runs_dir: str, out_dir: str, by: Sequence[str] = ("method", "ba
     if not records:
         raise StudyError(f"no results.json under '{runs_dir}'")
     check_by(records, by)
+    check_metric(records, metric)
     metric_name = metric or "top1"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,9 @@ def _plots(table: List[Dict[str, Any]], fit_rows: List[Dict[str, Any]], out: Pat
             errbar(ax, [(r["train_samples"], r["top1"], r["std"]) for r in done
                         if r["method"] == m and r["backbone"] == bb], m)
         ax.set_xscale("log"), ax.set_xlabel("training samples"), ax.set_ylabel("test top-1 (%)")
-        ax.set_title(f"{bb}", fontsize=10), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+        ax.set_title(f"{bb}", fontsize=10), ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.suptitle("top-1 vs training data (mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     paths.append(out / "top1_vs_data.png")
@@ -140,7 +142,9 @@ def _plots(table: List[Dict[str, Any]], fit_rows: List[Dict[str, Any]], out: Pat
     axes[1].set_xlabel("trainable parameters"), axes[1].set_xscale("log")
     axes[1].set_title("every cell", fontsize=10)
     for ax in axes:
-        ax.set_ylabel("test top-1 (%)"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+        ax.set_ylabel("test top-1 (%)"), ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(out / "top1_vs_params.png")
     fig.savefig(paths[-1], dpi=120)
@@ -155,7 +159,9 @@ def _plots(table: List[Dict[str, Any]], fit_rows: List[Dict[str, Any]], out: Pat
         ax.plot(xs, [f["a"] * x ** (-f["exponent"]) for x in xs], "-", color=line.get_color(),
                 label=f"{f['method']} {f['at']}: b={f['exponent']:.2f}±{f['exponent_se']:.2f}")
     ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel("training samples")
-    ax.set_ylabel("test error (%)"), ax.grid(alpha=0.3, which="both"), ax.legend(fontsize=6)
+    ax.set_ylabel("test error (%)"), ax.grid(alpha=0.3, which="both")
+    if ax.lines:
+        ax.legend(fontsize=6)
     ax.set_title("error = a * samples^-b", fontsize=10)
     fig.tight_layout()
     paths.append(out / "scaling_fit.png")

@@ -1,0 +1,79 @@
+"""A miniature study for the end-to-end tests (local executor and SLURM): the tests' micro
+backbone on tiny shards, one data fraction x VPT-deep, a 2-point lr search, 2 seeds."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+BASE = """
+model: {{name: vit_micro_p4_16, checkpoint: {backbone}}}
+method: {{name: vpt, deep: true, prompt_length: 2, init: vpt, track_alignment: false}}
+data: {{root: {shards}, batch_size: 8, eval_batch_size: 16}}
+optim: {{name: adamw, lr: 0.01, epochs: 2, warmup_epochs: 0}}
+run: {{progress: false, log_every: 1, checkpoint_every: 1000}}
+launch: {{cpus_per_task: 1, timeout_min: 20, signal_delay_s: 60}}
+"""
+
+SPEC = """
+name: mini
+base: {root}/base.yaml
+runs_dir: {root}/pool
+out_dir: {root}/study
+axes:
+  data.fraction: [1.0]
+methods:
+  vpt_deep:
+    search: {{optim.lr: [0.003, 0.05]}}
+protocol:
+  metric: val_top1
+  seeds: [0, 1]
+launch: {{cluster: {cluster}, array_parallelism: 2}}
+"""
+
+
+def make_study(root: Path, cluster: str) -> Path:
+    from engine_helpers import make_assets
+
+    assets = make_assets(root / "assets")
+    (root / "base.yaml").write_text(BASE.format(backbone=assets["backbone"], shards=assets["shards"]))
+    spec = root / "mini.yaml"
+    spec.write_text(SPEC.format(root=root, cluster=cluster))
+    return spec
+
+
+def starts(run_dir: Path) -> List[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == "start"]
+
+
+def check_finished_study(spec_path: Path) -> Dict:
+    """Selection is the argmax of the search runs' val_top1, every final run finished, every run
+    trained once; returns {cell key: selection}."""
+    from spt_dist.rundir import read_results
+    from spt_dist.study.driver import survey
+    from spt_dist.study.plan import build_plan
+    from spt_dist.study.spec import load_spec
+
+    plan = build_plan(load_spec(spec_path))
+    p = survey(plan)
+    assert len(p.final) == len(plan.cells) == 1
+    selections = {}
+    for cell in plan.cells:
+        search = {r.point["optim.lr"]: read_results(r.run_dir) for r in plan.search[cell.key]}
+        assert all(res["status"] == "finished" and res["top1"] is None for res in search.values())  # no test pass
+        best = max(search, key=lambda lr: (search[lr]["val_top1"], -list(search).index(lr)))
+        sel = json.loads((plan.spec.out_dir / "selections" / f"{cell.key}.json").read_text())
+        assert sel["chosen"] == {"optim.lr": best} and sel["value"] == search[best]["val_top1"]
+        finals = p.final[cell.key]
+        assert [r.cfg.run.seed for r in finals] == [0, 1]
+        for r in finals:
+            res = read_results(r.run_dir)
+            assert res["status"] == "finished" and isinstance(res["top1"], float) and res["val_top1"] is None
+            assert r.cfg.optim.lr == best
+        selections[cell.key] = sel
+    for state in p.states:
+        assert len(starts(Path(state))) == 1, state  # trained exactly once
+    return selections
