@@ -173,7 +173,7 @@ def _series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> tuple:
         varying = [k for k in _differing(mine, [x_key, fixed_key]) if k not in (x_key, fixed_key, "method")]
         for variant in sorted({tuple(repr(r.values.get(k)) for k in varying) for r in mine}):
             runs = [r for r in mine if tuple(repr(r.values.get(k)) for k in varying) == variant]
-            label = method + "".join(f" {k.rsplit('.', 1)[-1]}={v}" for k, v in zip(varying, variant))
+            label = method + "".join(f" {k}={runs[0].values.get(k)}" for k in varying)
             fixed = max(r.values.get(fixed_key) or 0 for r in runs)
             by_x: Dict[float, List[float]] = {}
             for r in runs:
