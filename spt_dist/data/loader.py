@@ -30,11 +30,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config.schema import DataConfig
+from ..config.validate import drop_last_problem
 from .fraction import select_fraction
 from .index import DataError, ShardIndex
 from .mixing import MixingReport, check_mixing, mixing_report
-from ..config.validate import drop_last_problem
-from .order import (Loc, batches_per_epoch, by_key, deal, draw_name, drawn_batches, eval_batches, exact_batches,
+from .order import (Draw, Loc, batches_per_epoch, by_key, deal, draw_name, drawn_batches, eval_batches, exact_batches,
                     locations, mix, stream_order, stream_parts)
 from .reader import BadSampleError, RawSample, SampleReader, decode_sample, read_segment
 from .transforms import ImageTransform, build_transform
@@ -318,9 +318,9 @@ class DrawnData(EvalData):
         transform = build_transform(data_cfg.preset, img_size, mean, std, train=True)
         self._decoder = _Decoder(transform, index.num_classes, data_cfg.on_bad_sample == "skip")
 
-    def _batches(self) -> List[List[Loc]]:
+    def _batches(self) -> List[List[Draw]]:
         return drawn_batches(self.index.split(self.split_name).shards, self.draws, self.rank, self.world_size,
                              self.cfg.eval_batch_size)
 
-    def _dataset(self, parts) -> IterableDataset:
+    def _dataset(self, parts: List[List[List[Draw]]]) -> IterableDataset:
         return _Drawn(self.index, self.split_name, parts, self._decoder, self.seed)
