@@ -56,15 +56,55 @@ def test_shuffle_buffer_mixes_within_rank(index):
 
 @pytest.mark.parametrize("mode", ["exact", "stream"])
 @pytest.mark.parametrize("workers", [0, 2, 3])
-def test_skip_batches_gives_exact_tail(index, workers, mode):
-    data = _data(index, num_workers=workers, preset="fgvc", shuffle=mode)  # fgvc: random crops and flips
+@pytest.mark.parametrize("world, drop_last, batches", [(2, True, 41 // 8), (1, False, 11)])  # 11 = ceil(41 / 4)
+def test_skip_batches_gives_exact_tail(index, workers, mode, world, drop_last, batches):
+    data = _data(index, world=world, num_workers=workers, preset="fgvc", shuffle=mode,  # fgvc: random crops, flips
+                 drop_last=drop_last)
     full = list(data.epoch(1))
-    assert len(full) == data.batches_per_epoch == 41 // 8
+    assert len(full) == data.batches_per_epoch == batches
     for k in range(data.batches_per_epoch + 1):
         tail = list(data.epoch(1, skip_batches=k))
         assert [b[2] for b in tail] == [b[2] for b in full[k:]]
         for (img_a, lab_a, _), (img_b, lab_b, _) in zip(tail, full[k:]):
             assert torch.equal(img_a, img_b) and torch.equal(lab_a, lab_b)  # same augmentation
+
+
+@pytest.mark.parametrize("mode", ["exact", "stream"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kept_last_batch_is_short_and_every_sample_is_read_once_per_epoch(index, mode, workers):
+    n = index.split("train").num_samples
+    assert n == 41
+    data = _data(index, world=1, batch_size=8, num_workers=workers, shuffle=mode, drop_last=False)
+    # VPT's loader on one GPU: DataLoader(shuffle=True, drop_last=False), len(loader) steps per epoch.
+    vpt_steps = len(torch.utils.data.DataLoader(range(n), batch_size=8, shuffle=True, drop_last=False))
+    assert data.batches_per_epoch == vpt_steps == 6
+    for epoch in (0, 1):
+        batches = _keys(data, epoch)
+        assert [len(b) for b in batches] == [8, 8, 8, 8, 8, 1]  # the last one short
+        flat = [k for b in batches for k in b]
+        assert len(flat) == len(set(flat)) and set(flat) == set(index.split("train").keys())
+    assert _keys(data, 0) != _keys(data, 1)
+    dropped = _data(index, world=1, batch_size=8, num_workers=workers, shuffle=mode)
+    assert dropped.batches_per_epoch == 5 and [len(b) for b in _keys(dropped, 0)] == [8] * 5
+
+
+def test_kept_last_batch_needs_a_single_rank(index, tmp_path):
+    from spt_dist.config import ConfigError, load_config
+    from spt_dist.engine import preflight
+
+    message = r"config key 'data.drop_last' = false .* the run has 2 ranks; allowed: true, or false on one rank"
+    with pytest.raises(DataError, match=message):
+        _data(index, world=2, drop_last=False)
+    with pytest.raises(ConfigError, match=message):  # when the launcher's world size says so
+        load_config(None, ["data.drop_last=false", "launch.tasks_per_node=2"])
+    with pytest.raises(ConfigError, match=message.replace("2 ranks", "4 ranks")):
+        load_config(None, ["data.drop_last=false", "launch.nodes=2", "launch.tasks_per_node=2"])
+    cfg = load_config(None, ["data.drop_last=false"])  # one task per node: torchrun may still start more
+    with pytest.raises(ConfigError, match=message):
+        preflight.check_run(cfg, 2)  # at train start, with the real world size
+    preflight.check_run(cfg, 1)
+    assert preflight.check_accumulation(cfg, 41, 1) == 2  # ceil(41 / 32), as the data stage counts
+    assert preflight.check_accumulation(load_config(None), 41, 1) == 1
 
 
 def test_batches_are_float_images_and_int_labels(index):

@@ -57,12 +57,83 @@ def _check(tf, photo: bytes, expected: Image.Image, seed=None) -> None:
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
-def test_vtab_squashes_to_224_bilinear_without_augmentation(photo):
-    expected = _torchvision(photo, T.Resize((224, 224), BILINEAR))  # tf.image.resize's method
+# TF1's legacy bilinear resize (resize_bilinear, align_corners=False, half_pixel_centers=False),
+# from its documented formula: output (y, x) samples the source at (y * in_h / out_h,
+# x * in_w / out_w); lower = floor, upper = min(ceil, size - 1), weight = position - floor;
+# top = TL + (TR - TL) * wx, bottom = BL + (BR - BL) * wx, out = top + (bottom - top) * wy.
+UP_SOURCE = [[0, 100, 50],
+             [200, 10, 255]]                 # 2 x 3 -> 3 x 5
+# rows sample y = 0, 2/3, 4/3 (-> row 1, clamped); columns x = 0, 0.6, 1.2, 1.8, 2.4 (-> col 2)
+# source row 0 along x: 0, 60, 90, 60, 50; row 1: 200, 86, 59, 206, 255; output row 1 = row 0 + 2/3 (row 1 - row 0)
+UP_EXPECTED = [[0, 60, 90, 60, 50],
+               [400 / 3, 232 / 3, 208 / 3, 472 / 3, 560 / 3],
+               [200, 86, 59, 206, 255]]
+DOWN_SOURCE = [[10, 20, 30, 40, 50],
+               [0, 255, 0, 255, 0],
+               [90, 80, 70, 60, 50]]         # 3 x 5 -> 2 x 3
+# rows y = 0, 1.5; columns x = 0, 5/3, 10/3. No antialiasing: source row 0 and the columns
+# between sample points (and half-pixel centres would sample y = 0.25, 1.75) play no part.
+# row 0: 10, 20 + 10 * 2/3, 40 + 10/3; row 1: 0, 255 - 255 * 2/3, 255 - 255/3; row 2: 90, 80 - 20/3, 60 - 10/3
+DOWN_EXPECTED = [[10, 80 / 3, 130 / 3],
+                 [45, (85 + 220 / 3) / 2, (170 + 170 / 3) / 2]]
+
+
+@pytest.mark.parametrize("source, expected", [(UP_SOURCE, UP_EXPECTED), (DOWN_SOURCE, DOWN_EXPECTED)],
+                         ids=["up", "down"])
+def test_tf1_bilinear_resize_follows_tensorflows_formula(source, expected):
+    from spt_dist.data.tf_resize import resize_bilinear_tf1
+
+    src = np.array(source, np.uint8)
+    rgb = np.stack([src, 255 - src, src[::-1, ::-1]], axis=-1)  # channels resized independently
+    h, w = len(expected), len(expected[0])
+    out = resize_bilinear_tf1(rgb, h, w)
+    assert out.shape == (h, w, 3) and out.dtype == np.float32  # float pixels, never rounded
+    want = np.array(expected, np.float64)
+    np.testing.assert_allclose(out[..., 0], want, atol=1e-4)
+    np.testing.assert_allclose(out[..., 1], 255 - want, atol=1e-4)
+    np.testing.assert_allclose(out[..., 2], resize_bilinear_tf1(src[::-1, ::-1, None], h, w)[..., 0], atol=0)
+    np.testing.assert_array_equal(resize_bilinear_tf1(rgb, *src.shape), rgb)  # same size: unchanged
+
+
+def _tf1_pixel(img: np.ndarray, y: int, x: int, out_h: int, out_w: int) -> np.ndarray:
+    """One output pixel of TF1's legacy bilinear resize, from the formula, one pixel at a time."""
+    def axis(i, n_in, n_out):
+        pos = np.float32(i) * (np.float32(n_in) / np.float32(n_out))
+        lo = int(np.floor(pos))
+        return lo, min(int(np.ceil(pos)), n_in - 1), float(pos - np.floor(pos))
+
+    (y0, y1, wy), (x0, x1, wx) = axis(y, img.shape[0], out_h), axis(x, img.shape[1], out_w)
+    f = img.astype(np.float64)
+    top = f[y0, x0] + (f[y0, x1] - f[y0, x0]) * wx
+    bottom = f[y1, x0] + (f[y1, x1] - f[y1, x0]) * wx
+    return top + (bottom - top) * wy
+
+
+def test_vtab_is_tensorflows_resize_to_224_without_augmentation(photo):
+    """VPT's VTAB pipeline: tf.compat.v1 image.resize to 224 x 224, /255, then normalised."""
+    source = np.asarray(_pil(photo))
+    points = [(y, x) for y in list(range(0, 224, 9)) + [223] for x in list(range(0, 224, 7)) + [223]]
     for train in (True, False):
         tf = build_transform("vtab", 224, MEAN, STD, train=train)
-        _check(tf, photo, expected)
-        assert torch.equal(tf(photo, random.Random(0)), tf(photo, random.Random(1)))  # rng unused
+        pixels = tf.pixels(photo)
+        assert pixels.shape == (224, 224, 3) and pixels.dtype == np.float32
+        for y, x in points:
+            np.testing.assert_allclose(pixels[y, x], _tf1_pixel(source, y, x, 224, 224), atol=1e-3)
+        got = tf(photo, random.Random(0))
+        want = (torch.from_numpy(pixels).permute(2, 0, 1) / 255.0 - torch.tensor(MEAN)[:, None, None]) \
+            / torch.tensor(STD)[:, None, None]
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+        assert torch.equal(got, tf(photo, random.Random(1)))  # rng unused
+    # Not PIL's bilinear filter (half-pixel centres, antialiased when shrinking, uint8).
+    pil = np.asarray(_pil(photo).resize((224, 224), Image.BILINEAR), np.float32)
+    assert np.abs(pixels - pil).mean() > 1.0
+
+
+def test_vtab_upsamples_small_images_with_tensorflows_resize():
+    tiny = np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)  # VTAB-sized, not square
+    pixels = build_transform("vtab", 224, MEAN, STD, train=True).pixels(Image.fromarray(tiny))
+    for y, x in ((0, 0), (1, 5), (100, 37), (150, 223), (223, 223), (223, 0)):
+        np.testing.assert_allclose(pixels[y, x], _tf1_pixel(tiny, y, x, 224, 224), atol=1e-3)
 
 
 @pytest.mark.parametrize("preset, resample", [("fgvc", BILINEAR), ("spt_fgvc", BICUBIC)])

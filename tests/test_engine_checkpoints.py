@@ -64,6 +64,37 @@ def test_totals_in_results_cover_every_invocation(tmp_path, assets):
     assert resumed["wall_s"] > first["wall_s"]
 
 
+def test_kept_short_batch_gives_vpts_steps_per_epoch_and_resumes_exactly(tmp_path, assets):
+    """data.drop_last=false on one rank: 128 samples in batches of 48 train 3 steps an epoch (48,
+    48, 32), VPT's len(loader); the per-epoch schedule counts epochs of those 3 steps; a run
+    stopped inside an epoch resumes to the very prompts of a run never stopped."""
+    vpt = ["data.batch_size=48", "data.drop_last=false", "optim.name=sgd", "optim.prompt_weight_decay=0",
+           "optim.lr=0.2", "optim.lr_schedule=per_epoch", "optim.warmup_epochs=2", "optim.warmup_from_zero=true"]
+    steps = len(torch.utils.data.DataLoader(range(128), batch_size=48, shuffle=True, drop_last=False))
+    assert steps == 3
+
+    def vpt_factor(epoch: int, warmup: int = 2, total: int = 4) -> float:
+        # KMnP/vpt WarmupCosineSchedule, stepped once per epoch of len(loader) steps.
+        if epoch < warmup:
+            return epoch / warmup
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / (total - warmup))))
+
+    whole = train(_cfg(tmp_path, assets, *vpt, "run.name=whole", epochs=4))
+    assert whole["status"] == "finished" and whole["step"] == 4 * steps
+    events = [json.loads(l) for l in (tmp_path / "runs" / "whole" / "metrics.jsonl").read_text().splitlines()]
+    # A train event at step s logs the lr the next step uses: that of epoch s // 3.
+    lrs = [(e["step"], e["lr"]) for e in events if e["event"] == "train"]
+    assert lrs == [(s, pytest.approx(0.2 * vpt_factor(s // steps), abs=1e-12)) for s in range(1, 4 * steps + 1)]
+
+    cut = _cfg(tmp_path, assets, *vpt, "run.name=cut", epochs=4)
+    assert train(cut, max_steps=steps + 1)["status"] == "interrupted"  # after the first batch of epoch 1
+    assert train(cut)["step"] == 4 * steps
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / "runs" / r / "prompt_pack.safetensors")) for r in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_deepspeed_json_contradicting_the_config_is_refused_an_agreeing_one_runs(tmp_path, assets):
     ds_json = tmp_path / "ds.json"
     ds_json.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}))

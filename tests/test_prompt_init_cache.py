@@ -65,7 +65,7 @@ def test_cache_hit_skips_the_forward_pass_and_gives_the_same_prompts(shards, tmp
 
 @pytest.mark.parametrize("change", ["run.seed=1", "method.init_candidates=40", "method.init_images=30",
                                     "data.fraction=0.5", "method.kmeans_iters=5", "method.window_layout=spt",
-                                    "method.init_replacement=true"])
+                                    "method.init_replacement=true", "method.init_transform=train"])
 def test_any_change_of_key_is_a_miss(shards, tmp_path, change):
     cfg, index, model, _ = _setup(shards, tmp_path)
     initialize_prompts(model, cfg, index, ONE, "cpu")

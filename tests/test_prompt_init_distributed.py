@@ -29,6 +29,9 @@ SCENARIOS = {
     "mean_pool": ["method.init=mean_pool", "method.track_alignment=false"],
     "max_pool": ["method.init=max_pool", "method.track_alignment=false"],
     "kmeans_shallow": ["method.init=kmeans", "method.deep=false", "method.track_alignment=false"],
+    # SPT's code: images drawn with replacement through the training transform, each draw its own crop
+    "train_transform": ["method.init=random_sample", "method.track_alignment=false", "data.preset=spt_fgvc",
+                        "method.init_transform=train", "method.init_replacement=true"],
 }
 ERRORS = {
     "one_image_two_ranks": (["method.init_images=1"], "every rank needs at least one"),
@@ -104,8 +107,8 @@ def two_ranks(shards, tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_two_ranks_match_one_rank(shards, two_ranks, name):
-    # One scenario reads through 2 DataLoader workers on the single rank: any worker count.
-    workers = ["data.num_workers=2"] if name == "mean_pool" else []
+    # Two scenarios read through 2 DataLoader workers on the single rank: any worker count.
+    workers = ["data.num_workers=2"] if name in ("mean_pool", "train_transform") else []
     single, model = _run(shards, SCENARIOS[name] + workers, 0, 1)
     r0, r1 = two_ranks[0][name], two_ranks[1][name]
     # Every rank ends with identical prompts, written into its model.

@@ -89,3 +89,78 @@ def test_an_image_drawn_twice_counts_as_two_images(strategy):
     plain, _ = stream_candidates(model, [(x, torch.zeros(3), ["a", "b", "c"])], plan, "cpu")
     torch.testing.assert_close(combine(once, plan, Comm(0, 1))[strategy].tensor,
                                combine(plain, plan, Comm(0, 1))[strategy].tensor, rtol=0, atol=0)
+
+
+# -- SPT passes prototype images through its training transform (method.init_transform=train) --
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> str:
+    from spt_dist.data import write_shards
+    from spt_dist.data.sources.builtin import digits_source
+
+    root = tmp_path_factory.mktemp("digits") / "shards"
+    write_shards(digits_source(), str(root), shard_size=30, max_per_class=6, progress=False)
+    return str(root)
+
+
+def _drawn(root: str, draws, rank: int = 0, world: int = 1, seed: int = 0, batch: int = 4, workers: int = 0):
+    from spt_dist.config.schema import DataConfig
+    from spt_dist.data import DrawnData, ShardIndex
+
+    cfg = DataConfig(root=root, preset="spt_fgvc", eval_batch_size=batch, num_workers=workers)
+    data = DrawnData(cfg, ShardIndex.load(root), "train", 16, [0.5] * 3, [0.25] * 3, rank, world, draws, seed)
+    return {k: img for images, _, keys in data for k, img in zip(keys, images)}
+
+
+def test_each_draw_is_augmented_on_its_own_deterministically_on_any_number_of_ranks(digits):
+    from spt_dist.data import EvalData, ShardIndex
+    from spt_dist.config.schema import DataConfig
+
+    index = ShardIndex.load(digits)
+    keys = index.split("train").keys()[:5]
+    draws = {keys[0]: 3, keys[1]: 1, keys[2]: 2, keys[4]: 1}
+    one = _drawn(digits, draws)
+    assert list(one) == [keys[0], f"{keys[0]}#1", f"{keys[0]}#2", keys[1], keys[2], f"{keys[2]}#1", keys[4]]
+    # The copies of one image are different random resized crops (the evaluation transform would repeat one).
+    assert not torch.equal(one[keys[0]], one[f"{keys[0]}#1"]) and not torch.equal(one[keys[0]], one[f"{keys[0]}#2"])
+    plain = {k: img for images, _, ks in EvalData(DataConfig(root=digits, preset="spt_fgvc"), index, "train", 16,
+                                                  [0.5] * 3, [0.25] * 3, 0, 1, keys=list(draws))
+             for k, img in zip(ks, images)}
+    assert not torch.equal(plain[keys[0]], one[keys[0]])  # the training transform, not the evaluation one
+    # Seeded by (seed, key, copy) only: again, with other batches and workers, and split over 2 or 3 ranks.
+    for again in (_drawn(digits, draws), _drawn(digits, draws, batch=3, workers=2)):
+        assert again.keys() == one.keys() and all(torch.equal(again[k], one[k]) for k in one)
+    for world in (2, 3):
+        parts = [_drawn(digits, draws, rank=r, world=world) for r in range(world)]
+        assert sum(len(p) for p in parts) == len(one)  # every draw read once
+        merged = {k: v for p in parts for k, v in p.items()}
+        assert merged.keys() == one.keys() and all(torch.equal(merged[k], one[k]) for k in one)
+    other = _drawn(digits, draws, seed=1)
+    assert not torch.equal(other[keys[0]], one[keys[0]])
+
+
+def test_prototypes_through_the_training_transform(digits):
+    from types import SimpleNamespace
+
+    from spt_dist.data import ShardIndex
+    from spt_dist.model import build_model
+    from spt_dist.prompt_init import initialize_prompts
+
+    def prompts(*overrides):
+        cfg = load_config(None, [f"data.root={digits}", "data.preset=spt_fgvc", "model.name=vit_micro_p4_16",
+                                 "method.name=spt", "method.prompt_length=4", "method.deep=true",
+                                 "method.init=random_sample", "method.init_replacement=true",
+                                 "method.track_alignment=false", "method.cache_dir=''", "run.progress=false",
+                                 *overrides])
+        index = ShardIndex.load(digits)
+        torch.manual_seed(0)
+        model = build_model(cfg, index.num_classes)
+        return initialize_prompts(model, cfg, index, SimpleNamespace(rank=0, world_size=1), "cpu").prompts
+
+    train = prompts("method.init_transform=train")
+    assert torch.equal(prompts("method.init_transform=train"), train)  # deterministic
+    assert torch.equal(prompts("method.init_transform=train", "method.init_batch_size=5"), train)
+    assert not torch.equal(prompts("method.init_transform=eval"), train)
+    with pytest.raises(ConfigError, match=r"'method.init_transform' = 'augmented' is not allowed; "
+                                          r"allowed values: 'eval', 'train'"):
+        load_config(None, ["method.init_transform=augmented"])

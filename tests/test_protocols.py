@@ -15,13 +15,14 @@ IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 VPT = {
     "method.name": "vpt",
     "method.init": "vpt",                 # src/models/vit_prompt/vit.py:56-62 uniform init
-    "method.prompt_dropout": 0.0,         # src/configs/config.py:74
+    "method.prompt_dropout": 0.1,         # demo.ipynb:126, 148, 171, 814, 830: every deep command (shallow: 0, :28)
     "model.mean": IMAGENET[0],            # src/data/transforms.py:8-10, src/data/datasets/tf_dataset.py:75
     "model.std": IMAGENET[1],             # src/data/transforms.py:9, src/data/datasets/tf_dataset.py:76
     "model.pool": "auto",                 # CLS; MAE: x[:, 1:].mean(1) (src/models/vit_prompt/vit_mae.py:122-124)
     "model.head_init": "kaiming",         # src/models/mlp.py:53-57, special_bias=True (vit_models.py:164)
     "model.mae_head_norm": "new",         # src/models/vit_backbones/vit_mae.py:21-26
-    "data.batch_size": 128,               # configs/base-prompt.yaml:25
+    "data.batch_size": 128,               # configs/base-prompt.yaml:25; per task 64 or 128 (demo.ipynb:123, 145, 168)
+    "data.drop_last": False,              # src/data/loader.py:55-58: drop_last=False on one GPU
     "optim.name": "sgd",                  # configs/base-prompt.yaml:14
     "optim.momentum": 0.9,                # configs/base-prompt.yaml:15
     "optim.lr_scaling": "linear",         # tune_vtab.py:100, tune_fgvc.py:31
@@ -89,6 +90,7 @@ SPT = {
 }
 SPT_VTAB = dict(SPT, **{
     "data.preset": "spt_vtab",            # Dataset/VTAB.py:51-63
+    "method.init_transform": "eval",      # train.py:101, 109: the training transform, VTAB's = its evaluation one
     "data.tune.train": "train800",        # a choice of ours (SPT has no validation)
     "data.tune.val": "val200",
     "data.tune.test": None,
@@ -98,6 +100,7 @@ SPT_VTAB = dict(SPT, **{
 })
 SPT_FGVC = dict(SPT, **{
     "data.preset": "spt_fgvc",            # Dataset/FGVC.py:47-59
+    "method.init_transform": "train",     # train.py:101, 109: train_data[i], random resized crops (FGVC.py:47-51)
     "data.tune.train": "train",           # a choice of ours (SPT has no validation)
     "data.tune.val": "val",
     "data.tune.test": None,
@@ -185,11 +188,42 @@ def test_departures_are_listed_with_both_values():
 
 
 def test_global_batch_is_compared_not_the_per_rank_one():
-    eight = load_config(_path("vpt_vtab"), ["data.batch_size=16", "launch.tasks_per_node=8"])
-    assert [d.key for d in departures(eight, "vpt_vtab")] == ["data.batch_size"]  # 16 x 8 = 128
+    eight = load_config(_path("vpt_vtab"), ["data.batch_size=16", "launch.tasks_per_node=8", "data.drop_last=true"])
+    # 16 x 8 = 128; VPT keeps its last partial batch on one GPU only: on 8 ranks it is dropped.
+    assert [d.key for d in departures(eight, "vpt_vtab")] == ["data.batch_size", "data.drop_last"]
     alone = load_config(_path("spt_vtab"), ["data.batch_size=64"])
     assert {d.key: (d.ours, d.official) for d in departures(alone, "spt_vtab")} == \
         {"data.batch_size": (64, 32), "global batch": (64, 32)}
+
+
+@pytest.mark.parametrize("name", ["vpt_vtab", "vpt_fgvc"])
+def test_vpts_batch_size_is_set_per_task(name):
+    # DATA.BATCH_SIZE "64" for dmlab and eurosat, "128" for sun397 (demo.ipynb:123, 168, 145).
+    for batch in (64, 128):
+        assert departures(load_config(_path(name), [f"data.batch_size={batch}"]), name) == []
+    two = load_config(_path(name), ["data.batch_size=32", "launch.tasks_per_node=2", "data.drop_last=true"])
+    assert [d.key for d in departures(two, name)] == ["data.batch_size", "data.drop_last"]  # global 64: a task's
+    odd = {d.key: d for d in departures(load_config(_path(name), ["data.batch_size=96"]), name)}
+    assert list(odd) == ["data.batch_size", "global batch"]
+    assert "per task, one of {64, 128} (demo.ipynb:123" in odd["global batch"].note
+    assert (odd["global batch"].ours, odd["global batch"].official) == (96, 128)
+
+
+@pytest.mark.parametrize("name", ["vpt_vtab", "vpt_fgvc"])
+def test_vpts_prompt_dropout_follows_the_prompt_depth(name, tmp_path: Path):
+    # demo.ipynb: MODEL.PROMPT.DROPOUT "0.1" in every deep command; "we don't use dropout for VPT-shallow".
+    assert load_config(_path(name)).method.prompt_dropout == 0.1
+    shallow = tmp_path / "shallow.yaml"
+    shallow.write_text(f"defaults: [protocol/{name}, method/vpt_shallow]\n")
+    cfg = load_config(str(shallow))
+    assert (cfg.method.deep, cfg.method.prompt_dropout) == (False, 0.0)
+    assert departures(cfg, name) == []
+    wrong = {d.key: (d.ours, d.official) for d in departures(load_config(str(shallow), ["method.prompt_dropout=0.1"]),
+                                                             name)}
+    assert wrong == {"method.prompt_dropout": (0.1, 0.0)}
+    deep = departures(load_config(_path(name), ["method.prompt_dropout=0.0"]), name)
+    assert [(d.key, d.ours, d.official) for d in deep] == [("method.prompt_dropout", 0.0, 0.1)]
+    assert "demo.ipynb:126" in deep[0].note
 
 
 def test_the_demo_departs_from_every_protocol():

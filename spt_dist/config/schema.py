@@ -29,6 +29,7 @@ PRESETS = ("vtab", "fgvc", "spt_vtab", "spt_fgvc", "small")
 HEAD_INITS = ("trunc_normal", "kaiming")
 MAE_HEAD_NORMS = ("new", "pretrained")
 WINDOW_LAYOUTS = ("even", "spt")
+INIT_TRANSFORMS = ("eval", "train")
 STAGES = ("custom", "tune", "final")
 LR_SCHEDULES = ("per_iteration", "per_epoch")
 SGD_NO_DECAY = ("head_bias", "none")
@@ -72,6 +73,8 @@ class MethodConfig:
                                 "windows; spt = SPT's code: p-1 windows of L//(p-1), the last of the remainder")
     init_replacement: bool = field(default=False, metadata={
         "help": "draw the prototype images with replacement (SPT's code); false: each image once"})
+    init_transform: str = choice("eval", *INIT_TRANSFORMS, help="the data.preset pipeline prototype images "
+                                 "pass through: eval, or train (SPT's code: augmented, seeded per draw)")
 
 
 @dataclass
@@ -95,6 +98,9 @@ class DataConfig:
     tune: StageSplits = field(default_factory=StageSplits)
     final: StageSplits = field(default_factory=lambda: StageSplits(train="train", val=None, test="test"))
     batch_size: int = bounded(32, 1, help="per-rank micro batch")
+    drop_last: bool = field(default=True, metadata={
+        "help": "drop each epoch's last partial global batch (equal full batches on every rank); false "
+                "trains it as a short batch, on one rank only (VPT's code on one GPU)"})
     eval_batch_size: int = bounded(128, 1)
     num_workers: int = bounded(0, 0)
     shuffle_buffer: int = bounded(1000, 0, help="stream mode: samples in each worker's shuffle buffer")

@@ -5,7 +5,7 @@ import dataclasses
 import math
 import os
 import re
-from typing import Any, List
+from typing import Any, List, Optional
 
 from .errors import ConfigError
 from .schema import Config, DataConfig, OptimConfig
@@ -81,8 +81,21 @@ def _check_combinations(cfg: Config) -> None:
     if la.gpus_per_node > 0:
         _require(la.tasks_per_node == la.gpus_per_node, "launch.tasks_per_node",
                  f"one task per GPU: must equal launch.gpus_per_node={la.gpus_per_node}")
+    problem = drop_last_problem(cfg.data.drop_last, la.nodes * la.tasks_per_node)
+    if problem:
+        raise ConfigError(problem)
     _check_optim(o)
     _check_splits(cfg.data)
+
+
+def drop_last_problem(drop_last: bool, world_size: int) -> Optional[str]:
+    """Why data.drop_last=false cannot run on `world_size` ranks, or None. Checked here with the
+    launcher's world size and again at train start with the real one."""
+    if drop_last or world_size == 1:
+        return None
+    return (f"config key 'data.drop_last' = false trains each epoch's short last batch, which only a single "
+            f"rank can (every rank steps on equal batches), but the run has {world_size} ranks; "
+            f"allowed: true, or false on one rank")
 
 
 def _check_optim(o: OptimConfig) -> None:

@@ -10,7 +10,7 @@ _EXPORTS = {
     "read_selected_keys": "fraction", "select_count": "fraction", "select_fraction": "fraction",
     "write_selected_keys": "fraction",
     "DataError": "index", "ShardIndex": "index",
-    "EvalData": "loader", "TrainData": "loader",
+    "EvalData": "loader", "TrainData": "loader", "DrawnData": "loader",
     "BadSampleError": "reader",
     "build_transform": "transforms",
     "write_shards": "writer",

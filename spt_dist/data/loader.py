@@ -1,4 +1,4 @@
-"""TrainData / EvalData: shards in, equal batches on every rank out.
+"""TrainData / EvalData / DrawnData: shards in, equal batches on every rank out.
 
 Stages (order.py decides who reads what, from the index alone):
 - exact (default): one uniform permutation of the whole split per epoch, shared by all
@@ -7,7 +7,10 @@ Stages (order.py decides who reads what, from the index alone):
 - stream: shard list shuffled with a shared per-epoch seed -> split by rank -> split by
   worker -> sequential tar reads, several shards interleaved -> seeded shuffle buffer ->
   decode + transform -> batch.
-Every rank yields exactly `batches_per_epoch` batches.
+Every rank yields exactly `batches_per_epoch` batches: full ones, and with
+data.drop_last=false (one rank only) a short last one holding the remainder.
+DrawnData reads each draw of drawn samples once across ranks through the training transform,
+seeded per draw, so a draw's pixels do not depend on the rank that reads it.
 
 Bad samples (data.on_bad_sample=skip) keep their position: in training a bad sample is
 replaced by a repeat of a good sample of the same batch, so batch counts and resume
@@ -16,20 +19,23 @@ samples are dropped (and counted).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing as mp
 import random
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config.schema import DataConfig
+from ..config.validate import drop_last_problem
 from .fraction import select_fraction
 from .index import DataError, ShardIndex
 from .mixing import MixingReport, check_mixing, mixing_report
-from .order import Loc, by_key, deal, eval_batches, exact_batches, locations, mix, stream_order, stream_parts
+from .order import (Draw, Loc, batches_per_epoch, by_key, deal, draw_name, drawn_batches, eval_batches, exact_batches,
+                    locations, mix, stream_order, stream_parts)
 from .reader import BadSampleError, RawSample, SampleReader, decode_sample, read_segment
 from .transforms import ImageTransform, build_transform
 
@@ -89,7 +95,7 @@ class _ByOffset(IterableDataset):
         reader = SampleReader(self.index)
         try:
             for batch in self.parts[_worker()]:
-                yield [reader.read(shards[i], j) for i, j in batch]
+                yield [reader.read(shards[i], j) for i, j, *_ in batch]
         finally:
             reader.close()
 
@@ -133,6 +139,22 @@ class _Eval(_ByOffset):
             yield (_stack(good, self.decoder.transform) if good else (None, None, [])) + (bad,)
 
 
+class _Drawn(_Eval):
+    """Batches of draws (shard, sample, copy): each copy named and augmented on its own."""
+
+    def __init__(self, index, split, parts, decoder: _Decoder, seed: int):
+        super().__init__(index, split, parts, decoder)
+        self.seed = seed
+
+    def __iter__(self):
+        shards = self.index.split(self.split).shards
+        for batch, raws in zip(self.parts[_worker()], self.batches()):
+            keys = [shards[i].keys[j] for i, j, _ in batch]
+            raws = [dataclasses.replace(r, key=draw_name(k, c)) for r, k, (_, _, c) in zip(raws, keys, batch)]
+            good, bad = self.decoder(raws, [mix("draw", self.seed, k, c) for k, (_, _, c) in zip(keys, batch)])
+            yield (_stack(good, self.decoder.transform) if good else (None, None, [])) + (bad,)
+
+
 def _loader(dataset: IterableDataset, num_workers: int) -> DataLoader:
     # Fork even where the default is spawn (inside mp.spawn ranks): spawned workers would
     # re-import torch for every epoch. Workers only decode on the CPU, never touch CUDA.
@@ -163,6 +185,9 @@ class TrainData:
                  std: Sequence[float], rank: int, world_size: int, seed: int):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
+        problem = drop_last_problem(data_cfg.drop_last, world_size)
+        if problem:
+            raise DataError(problem)
         self.cfg, self.index, self.rank, self.world_size, self.seed = data_cfg, index, rank, world_size, seed
         self.split = index.split(data_cfg.train_split)
         if data_cfg.fraction < 1.0:
@@ -178,7 +203,8 @@ class TrainData:
                             f"(data.fraction={data_cfg.fraction}) but world_size {world_size} x "
                             f"data.batch_size {data_cfg.batch_size} = {need} are needed for one batch per rank; "
                             f"lower data.batch_size or use fewer ranks")
-        self.batches_per_epoch = self.num_samples // need
+        self.batches_per_epoch = batches_per_epoch(self.num_samples, world_size, data_cfg.batch_size,
+                                                   data_cfg.drop_last)
         self.bad_samples = 0
         transform = build_transform(data_cfg.preset, img_size, mean, std, train=True)
         self._decoder = _Decoder(transform, index.num_classes, data_cfg.on_bad_sample == "skip")
@@ -195,13 +221,13 @@ class TrainData:
         index alone (the plan the reader follows; no tar is opened)."""
         shards, b = self.split.shards, self.cfg.batch_size
         if self.cfg.shuffle == "exact":
-            plans = exact_batches(self._locs, self.seed, epoch, self.world_size, b, ranks)
+            plans = exact_batches(self._locs, self.seed, epoch, self.world_size, b, ranks, self.cfg.drop_last)
             return [[shards[i].labels[j] for i, j in batch] for plan in plans for batch in plan[:limit]]
         out: List[List[int]] = []
         for rank in ranks:
             mine: List[List[int]] = []
             for part in stream_parts(shards, self._selected, self.seed, epoch, rank, self.world_size, b,
-                                     max(1, self.cfg.num_workers), 0):
+                                     max(1, self.cfg.num_workers), 0, self.cfg.drop_last):
                 labels = ([s.labels[p] for p in positions] for s, positions in part.segments)
                 order = list(itertools.islice(stream_order(labels, self.cfg.stream_shards, self.cfg.shuffle_buffer,
                                                            self.seed, epoch, rank, part.worker),
@@ -217,12 +243,13 @@ class TrainData:
         workers, cfg = max(1, self.cfg.num_workers), self.cfg
         shards = self.split.shards
         if cfg.shuffle == "exact":
-            batches = exact_batches(self._locs, self.seed, epoch, self.world_size, cfg.batch_size, [self.rank])[0]
+            batches = exact_batches(self._locs, self.seed, epoch, self.world_size, cfg.batch_size, [self.rank],
+                                    cfg.drop_last)[0]
             stream: IterableDataset = _ExactTrain(self.index, cfg.train_split, deal(batches, skip_batches, workers),
                                                   self._decoder, self.seed, epoch, self.rank)
         else:
             parts = stream_parts(shards, self._selected, self.seed, epoch, self.rank, self.world_size,
-                                 cfg.batch_size, workers, skip_batches)
+                                 cfg.batch_size, workers, skip_batches, cfg.drop_last)
             stream = _StreamTrain(self.index, parts, cfg.batch_size, cfg.shuffle_buffer, cfg.stream_shards,
                                   self._decoder, self.seed, epoch, self.rank)
         for images, labels, keys, bad in _loader(stream, cfg.num_workers):
@@ -256,6 +283,9 @@ class EvalData:
         return eval_batches(self.index.split(self.split_name).shards, self._selected, self.rank,
                             self.world_size, self.cfg.eval_batch_size)
 
+    def _dataset(self, parts: List[List[List[Loc]]]) -> IterableDataset:
+        return _Eval(self.index, self.split_name, parts, self._decoder)
+
     def locations(self) -> List[Loc]:
         """The samples this rank evaluates."""
         return [loc for batch in self._batches() for loc in batch]
@@ -264,9 +294,33 @@ class EvalData:
         """This rank's batches; `bad_samples` restarts at 0 with every pass (see the class doc)."""
         self.bad_samples = 0
         workers = max(1, self.cfg.num_workers)
-        batches = self._batches()
-        dataset = _Eval(self.index, self.split_name, deal(batches, 0, workers), self._decoder)
-        for images, labels, keys, bad in _loader(dataset, self.cfg.num_workers):
+        for images, labels, keys, bad in _loader(self._dataset(deal(self._batches(), 0, workers)),
+                                                 self.cfg.num_workers):
             self.bad_samples += bad
             if keys:
                 yield images, labels, keys
+
+
+class DrawnData(EvalData):
+    """Samples of `split` drawn `draws[key]` times each, every draw read once across ranks (rank
+    r a contiguous share, index order) through the training transform of data.preset, its
+    augmentation seeded by (seed, key, copy) alone: the same pixels on any number of ranks,
+    batch size or worker count, and independent crops for the copies of one image. A batch's
+    keys name its draws (order.draw_name: `key`, then `key#1`, `key#2`, ...).
+    """
+
+    def __init__(self, data_cfg: DataConfig, index: ShardIndex, split: str, img_size: int,
+                 mean: Sequence[float], std: Sequence[float], rank: int, world_size: int,
+                 draws: Mapping[str, int], seed: int):
+        super().__init__(data_cfg, index, split, img_size, mean, std, rank, world_size, keys=list(draws))
+        self.draws, self.seed = dict(draws), seed
+        self.num_samples = sum(self.draws.values())
+        transform = build_transform(data_cfg.preset, img_size, mean, std, train=True)
+        self._decoder = _Decoder(transform, index.num_classes, data_cfg.on_bad_sample == "skip")
+
+    def _batches(self) -> List[List[Draw]]:
+        return drawn_batches(self.index.split(self.split_name).shards, self.draws, self.rank, self.world_size,
+                             self.cfg.eval_batch_size)
+
+    def _dataset(self, parts: List[List[List[Draw]]]) -> IterableDataset:
+        return _Drawn(self.index, self.split_name, parts, self._decoder, self.seed)

@@ -60,8 +60,10 @@ def mixing_report(data: Any) -> MixingReport:
     batches = data.label_batches(0, ranks, max(1, BATCH_LIMIT // len(ranks)))
     labels = data.split.labels()
     keys = data.selected_keys
-    counts = Counter(labels[k] for k in keys)
-    return MixingReport(mean_distinct(batches), expected_distinct(counts.values(), data.cfg.batch_size), len(batches))
+    counts = Counter(labels[k] for k in keys).values()
+    sizes = Counter(len(b) for b in batches)  # a kept short last batch is compared at its own size
+    uniform = sum(n * expected_distinct(counts, size) for size, n in sizes.items()) / len(batches)
+    return MixingReport(mean_distinct(batches), uniform, len(batches))
 
 
 MIN_BATCHES = 16  # fewer planned batches: the mean is too noisy to judge

@@ -6,25 +6,28 @@ every rank. Global batch g is permutation[g*W*B : (g+1)*W*B] (W ranks, B per-ran
 rank r takes its r-th B-slice, so a batch is a uniform draw from the whole split whatever
 the order of the source or the layout of the shards. The remainder (fewer than W*B samples,
 different ones every epoch) is dropped: every rank has the same number of full batches.
+With data.drop_last=false (one rank only) it is the epoch's last, short batch instead.
 
 Training, `data.shuffle=stream` (for data too large to read at random): the split's shards
 are shuffled with a shared (seed, epoch) seed, laid end to end, rotated by a shared random
-offset and cut into W contiguous slices of `batches_per_epoch * B` samples. Each worker reads
-its part sequentially, `data.stream_shards` segments at once (interleaved at random), then
-through a seeded shuffle buffer (see loader.py).
+offset and cut into W contiguous slices of `batches_per_epoch * B` samples (with
+data.drop_last=false, one rank: every sample, the last batch short). Each worker reads its part
+sequentially, `data.stream_shards` segments at once (interleaved at random), then through a
+seeded shuffle buffer (see loader.py).
 
 In both, a rank's batches are dealt to its DataLoader workers in turn (worker w gets
 batches w, w + NW, ...), because the DataLoader takes batches from its workers in turn;
 after `skip_batches` the turn starts again at worker 0 with the first batch not skipped.
 
 Evaluation: every sample once across ranks, in index order, rank r a contiguous share.
+Drawn samples (prototype init): every draw of a sample once across ranks, the same way.
 """
 from __future__ import annotations
 
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 import numpy as np
 
@@ -45,6 +48,13 @@ def locations(shards: Sequence[ShardInfo], selected: Optional[Set[str]]) -> List
     return [(i, j) for i, s in enumerate(shards) for j, k in enumerate(s.keys) if selected is None or k in selected]
 
 
+def batches_per_epoch(num_samples: int, world_size: int, batch_size: int, drop_last: bool = True) -> int:
+    """Training batches per rank and epoch: the full global batches of W*B, plus the short
+    remainder when it is kept (drop_last false, one rank)."""
+    full, rest = divmod(num_samples, world_size * batch_size)
+    return full + int(bool(rest) and not drop_last)
+
+
 def deal(batches: Sequence[T], skip: int, num_workers: int) -> List[List[T]]:
     """Batches from `skip` on, dealt to `num_workers` workers in turn."""
     rest = list(batches[skip:])
@@ -62,13 +72,14 @@ def by_key(shards: Sequence[ShardInfo], selected: Optional[Set[str]]) -> List[Lo
 
 
 def exact_batches(locs: Sequence[Loc], seed: int, epoch: int, world_size: int, batch_size: int,
-                  ranks: Sequence[int]) -> List[List[List[Loc]]]:
+                  ranks: Sequence[int], drop_last: bool = True) -> List[List[List[Loc]]]:
     """Per rank in `ranks`: its B-slice of every global batch of W*B of the epoch's
-    permutation of `locs` (from `by_key`)."""
+    permutation of `locs` (from `by_key`); with `drop_last` false the last one may be short."""
     order = np.random.default_rng(mix("exact", seed, epoch)).permutation(len(locs))
     g = world_size * batch_size
+    steps = batches_per_epoch(len(locs), world_size, batch_size, drop_last)
     return [[[locs[i] for i in order[s * g + r * batch_size: s * g + (r + 1) * batch_size]]
-             for s in range(len(locs) // g)] for r in ranks]
+             for s in range(steps)] for r in ranks]
 
 
 # -- streaming -------------------------------------------------------------------------------
@@ -115,19 +126,23 @@ def skipped_per_worker(skip: int, num_workers: int) -> List[int]:
 
 def stream_parts(shards: Sequence[ShardInfo], selected: Optional[Set[str]], seed: int, epoch: int,
                  rank: int, world_size: int, batch_size: int, num_workers: int,
-                 skip_batches: int) -> List[WorkerPart]:
+                 skip_batches: int, drop_last: bool = True) -> List[WorkerPart]:
     rng = random.Random(mix("shards", seed, epoch))
     order = list(shards)
     rng.shuffle(order)
     seq = sequence(order, selected)
     offset = rng.randrange(len(seq))
     seq = seq[offset:] + seq[:offset]
-    per_rank = (len(seq) // (world_size * batch_size)) * batch_size
+    num_batches = batches_per_epoch(len(seq), world_size, batch_size, drop_last)
+    per_rank = min(num_batches * batch_size, len(seq) // world_size)
     mine = seq[rank * per_rank:(rank + 1) * per_rank]
+    sizes = [nb * batch_size for nb in worker_batches(num_batches, num_workers)]
+    # A short last batch is the last one the DataLoader takes: its worker's part is shorter.
+    sizes[(num_batches - 1) % num_workers] -= num_batches * batch_size - per_rank
     parts, start = [], 0
-    for w, (nb, skip) in enumerate(zip(worker_batches(per_rank // batch_size, num_workers),
+    for w, (nb, skip) in enumerate(zip(worker_batches(num_batches, num_workers),
                                        skipped_per_worker(skip_batches, num_workers))):
-        stop = start + nb * batch_size
+        stop = start + sizes[w]
         parts.append(WorkerPart(segments(order, mine[start:stop]), nb, min(skip, nb), w))
         start = stop
     # The DataLoader always asks its worker 0 first; after skipping k batches the next one
@@ -182,10 +197,30 @@ def stream_order(items_per_segment: Iterable[Iterable[T]], width: int, buffer: i
 
 # -- evaluation ------------------------------------------------------------------------------
 
+def _share(items: Sequence[T], rank: int, world_size: int, batch_size: int) -> List[List[T]]:
+    """Rank `rank`'s contiguous share of `items`, in batches (the last one short)."""
+    n = len(items)
+    mine = items[rank * n // world_size:(rank + 1) * n // world_size]
+    return [list(mine[i:i + batch_size]) for i in range(0, len(mine), batch_size)]
+
+
 def eval_batches(shards: Sequence[ShardInfo], selected: Optional[Set[str]], rank: int, world_size: int,
                  batch_size: int) -> List[List[Loc]]:
     """Rank `rank`'s contiguous share of the split in index order, in batches (last one short)."""
-    locs = locations(shards, selected)
-    n = len(locs)
-    mine = locs[rank * n // world_size:(rank + 1) * n // world_size]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    return _share(locations(shards, selected), rank, world_size, batch_size)
+
+
+Draw = Tuple[int, int, int]  # (shard position, sample position, copy)
+
+
+def draw_name(key: str, copy: int) -> str:
+    """The name of a sample's `copy`-th draw: the key itself for the first."""
+    return key if copy == 0 else f"{key}#{copy}"
+
+
+def drawn_batches(shards: Sequence[ShardInfo], draws: Mapping[str, int], rank: int, world_size: int,
+                  batch_size: int) -> List[List[Draw]]:
+    """Every draw of every drawn sample (key -> times drawn) in index order, copies together;
+    rank `rank`'s contiguous share, in batches (last one short)."""
+    items = [(i, j, c) for i, j in locations(shards, set(draws)) for c in range(draws[shards[i].keys[j]])]
+    return _share(items, rank, world_size, batch_size)

@@ -108,7 +108,8 @@ def read_segment(shard: ShardInfo, path: Path, positions: List[int]) -> Iterator
 
 def decode_sample(raw: RawSample, transform: ImageTransform, num_classes: int,
                   rng: Optional[random.Random]) -> Tuple[np.ndarray, int]:
-    """uint8 (H, W, 3) pixels and label, or BadSampleError naming the shard and key."""
+    """(H, W, 3) pixels (transforms.ImageTransform.pixels) and label, or BadSampleError naming
+    the shard and key."""
     def bad(why: str) -> BadSampleError:
         return BadSampleError(f"bad sample in shard {raw.shard}, key '{raw.key}': {why}")
 

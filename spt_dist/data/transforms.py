@@ -2,7 +2,8 @@
 
 s = img_size, r = s * 256 // 224 (256 at 224, 438 at 384, 512 at 448: VPT's table).
 
-- vtab:     resize to s x s (bilinear), no augmentation (VPT's VTAB pipeline).
+- vtab:     resize to s x s with TensorFlow 1's bilinear resize (tf_resize.py: no half-pixel
+            offset, no antialiasing, float pixels), no augmentation (VPT's VTAB pipeline).
 - fgvc:     resize the SHORT side to r (bilinear); train: random s crop + horizontal flip;
             test: centre s crop (VPT's FGVC pipeline).
 - spt_vtab: resize the short side to s (bicubic), centre s crop, train and test (SPT's VTAB).
@@ -10,10 +11,11 @@ s = img_size, r = s * 256 // 224 (256 at 224, 438 at 384, 512 at 448: VPT's tabl
             test: short side to r (bicubic), centre s crop (SPT's FGVC pipeline).
 - small:    resize to s x s (bilinear), no augmentation (28 px demos).
 
-Each step computes what torchvision's op of the same name computes on a PIL image (sizes,
-crop boxes, rounding), so the pixels equal the official pipelines'. Training randomness comes
-only from a `random.Random` seeded by the caller per sample (loader.py seeds it from (seed, epoch, sample key)), never
-from global state, so a resumed epoch is bit-identical.
+The other presets compute, step by step, what torchvision's op of the same name computes on a
+PIL image (sizes, crop boxes, rounding), so their pixels equal the official pipelines' (uint8);
+vtab's pixels are TensorFlow's float values. Training randomness comes only from a
+`random.Random` seeded by the caller per sample (loader.py seeds it from (seed, epoch, sample
+key)), never from global state, so a resumed epoch is bit-identical.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import torch
 from PIL import Image
 
 from .index import DataError
+from .tf_resize import resize_bilinear_tf1
 from ..config.schema import PRESETS
 
 SCALE, RATIO = (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0)  # torchvision's RandomResizedCrop defaults
@@ -111,13 +114,15 @@ class ImageTransform:
         self.shift = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_t
 
     def pixels(self, data: Union[bytes, Image.Image], rng: Optional[random.Random] = None) -> np.ndarray:
-        """Decoded, resized and cropped image as uint8 (img_size, img_size, 3)."""
+        """Decoded, resized and cropped image (img_size, img_size, 3): uint8, float32 for vtab."""
         img = data.convert("RGB") if isinstance(data, Image.Image) else decode_image(data, draft=self.draft)
+        if self.preset == "vtab":
+            return resize_bilinear_tf1(np.asarray(img), self.img_size, self.img_size)
         return np.asarray(self._geometry(img, rng), dtype=np.uint8)
 
     def _geometry(self, img: Image.Image, rng: Optional[random.Random]) -> Image.Image:
         s, p = self.img_size, self.preset
-        if p in ("vtab", "small"):
+        if p == "small":
             return img if img.size == (s, s) else img.resize((s, s), self.filter)
         if p == "spt_vtab":
             return center_crop(resize_short(img, s, self.filter), s)
@@ -131,7 +136,7 @@ class ImageTransform:
         return random_flip(resized_crop(img, box, s, self.filter), rng)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W).
+        """uint8 (or vtab's float32) (B, H, W, 3) -> normalised float32 (B, 3, H, W).
 
         Done once per batch, not per image: the uint8 stack moves 4x fewer bytes and the
         layout change and scaling are single vectorised passes.

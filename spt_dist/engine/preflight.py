@@ -8,7 +8,9 @@ ConfigError naming the key, the value and what would work:
 - distributed.deepspeed_json: valid JSON, no optimizer or scheduler (the config owns them),
   and no setting that contradicts the config's own (batch, accumulation, clipping, ZeRO
   stage, precision);
-- optim.grad_accum against the micro-batches an epoch has per rank (from index.json);
+- optim.grad_accum against the micro-batches an epoch has per rank (from index.json, counted
+  as the data stage counts them: data.drop_last);
+- data.drop_last=false against the world size (one rank only);
 - the memory one training step needs against what the machine has (an absurd prompt
   length or image size never reaches a step it cannot finish).
 """
@@ -23,6 +25,7 @@ from typing import Any, Dict, Optional
 
 from spt_dist.config import Config, ConfigError
 from spt_dist.config.registry import backbone_spec
+from spt_dist.config.validate import drop_last_problem
 
 ABSURD_BYTES = 1 << 40  # no accelerator or node has a TiB for one rank's step
 
@@ -118,12 +121,14 @@ def check_accumulation(cfg: Config, num_samples: int, world_size: int) -> int:
                           f"{num_samples} samples (data.fraction={cfg.data.fraction}) but {world_size} rank(s) x "
                           f"{cfg.data.batch_size} = {need} are needed for one batch per rank; allowed: at most "
                           f"{max(1, num_samples // world_size)}")
-    per_epoch = num_samples // need
+    from spt_dist.data.order import batches_per_epoch
+
+    per_epoch = batches_per_epoch(num_samples, world_size, cfg.data.batch_size, cfg.data.drop_last)
     if cfg.optim.grad_accum > per_epoch:
         raise ConfigError(f"config key 'optim.grad_accum' = {cfg.optim.grad_accum}: an epoch has only "
                           f"{per_epoch} micro-batch(es) per rank ({num_samples} samples / ({world_size} ranks x "
-                          f"{cfg.data.batch_size})), so no optimizer step would ever happen; allowed: at most "
-                          f"{per_epoch}")
+                          f"{cfg.data.batch_size}), data.drop_last={cfg.data.drop_last}), so no optimizer step "
+                          f"would ever happen; allowed: at most {per_epoch}")
     return per_epoch
 
 
@@ -165,6 +170,9 @@ def check_step_memory(cfg: Config, available: Optional[int]) -> None:
 def check_run(cfg: Config, world_size: int, available_memory: Optional[int] = None,
               num_samples: Optional[int] = None) -> None:
     """All the checks above; `num_samples` (the selected training samples) when the index is at hand."""
+    problem = drop_last_problem(cfg.data.drop_last, world_size)
+    if problem:
+        raise ConfigError(problem)
     if cfg.model.checkpoint:
         check_weights_file(cfg.model.checkpoint)
     check_deepspeed_json(cfg, world_size)

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 
 from .prototypes import Prototypes
 
-CACHE_FORMAT = 2  # 2: transform presets follow the official pipelines; draws and window layout
+CACHE_FORMAT = 3  # 2: transform presets follow the official pipelines; draws and window layout;
+#                  3: vtab resizes as TensorFlow 1; method.init_transform
 
 
 def keys_digest(keys: Sequence[str]) -> str:

@@ -6,6 +6,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
+from spt_dist.data.order import draw_name
+
 from .candidates import CandidatePool, window_tokens
 from .plan import InitPlan
 from .priority import token_priorities
@@ -21,7 +23,7 @@ def _copies(keys: List[str], draws: Optional[Mapping[str, int]]) -> Tuple[List[i
     if draws is None:
         return list(range(len(keys))), keys
     rows = [i for i, k in enumerate(keys) for _ in range(draws[k])]
-    names = [k if c == 0 else f"{k}#{c}" for k in keys for c in range(draws[k])]
+    names = [draw_name(k, c) for k in keys for c in range(draws[k])]
     return rows, names
 
 

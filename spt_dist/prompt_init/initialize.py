@@ -5,6 +5,9 @@ broadcast) -> on a miss, one streaming un-prompted pass over this rank's share o
 selected training images -> global candidates -> prototypes -> cache write (rank 0) ->
 prompts copied into `model.prompts` (dtype kept). With method.track_alignment the k-means
 prototypes are also computed (from the same pass) as the reference of the alignment analysis.
+Images pass through the evaluation transform (an image drawn k times: its tokens k times) or,
+with method.init_transform=train, each draw through the training transform with its own
+seeded augmentation (DrawnData): either way the result does not depend on the world size.
 """
 from __future__ import annotations
 
@@ -122,7 +125,7 @@ def _cache_fields(backbone_hash: str, cfg: Config, index: Any, draws: Dict[str, 
     m = cfg.method
     keys = draws_digest(draws) if m.init_replacement else keys_digest(list(draws))
     common = {"backbone": backbone_hash, "data": index.content_hash, "replacement": m.init_replacement,
-              "window_layout": plan.window_layout,
+              "window_layout": plan.window_layout, "transform": m.init_transform,
               "split": cfg.data.train_split, "keys": keys, "fraction": cfg.data.fraction,
               "init_images": m.init_images, "preset": cfg.data.preset, "inputs": list(map(str, inputs)),
               "layers": plan.layers, "prompt_length": plan.prompt_length, "seed": plan.seed,
@@ -151,14 +154,17 @@ def _lookup(model: torch.nn.Module, backbone_hash: Optional[str], cfg: Config, i
 
 def _compute(model: torch.nn.Module, cfg: Config, index: Any, draws: Dict[str, int], plan: InitPlan,
              comm: Comm, device: torch.device | str, inputs: tuple) -> Dict[str, Prototypes]:
-    from spt_dist.data import EvalData
+    from spt_dist.data import DrawnData, EvalData
 
     keys = list(draws)
     data_cfg = dataclasses.replace(cfg.data, eval_batch_size=cfg.method.init_batch_size)
-    data = EvalData(data_cfg, index, cfg.data.train_split, *inputs, comm.rank, comm.world_size, keys=keys)
-    total = math.ceil(len(keys) / comm.world_size / cfg.method.init_batch_size)
+    where = (data_cfg, index, cfg.data.train_split, *inputs, comm.rank, comm.world_size)
+    if cfg.method.init_transform == "train":  # every draw its own augmented image, named per copy
+        data, repeats = DrawnData(*where, draws=draws, seed=cfg.run.seed), None
+    else:  # one deterministic image per key, its tokens repeated per draw
+        data, repeats = EvalData(*where, keys=keys), (draws if cfg.method.init_replacement else None)
+    total = math.ceil(data.num_samples / comm.world_size / cfg.method.init_batch_size)
     progress = comm.rank == 0 and cfg.run.progress and sys.stderr.isatty()
-    repeats = draws if cfg.method.init_replacement else None
     pools, seen = comm.agreed(stream_candidates, model, data, plan, device, progress, total, repeats,
                               kind=PromptInitError)
     comm.agree(None if seen else f"no images reached rank {comm.rank} ({len(keys)} images over "
