@@ -7,6 +7,7 @@ truncated file under a final name. A full disk is reported as such, naming the f
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -53,3 +54,11 @@ def write_text_atomic(path: PathLike, text: str) -> None:
 
 def write_json_atomic(path: PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def file_sha256(path: PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from spt_dist.io import file_sha256
+
 from .index import INDEX_NAME, DataError, ShardIndex, ShardInfo, SplitInfo
-from .tarscan import file_sha256, scan_shard
+from .tarscan import scan_shard
 
 
 def split_of_name(name: str) -> str:

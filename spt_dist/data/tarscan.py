@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from spt_dist.io import file_sha256
+
 from .index import DataError, ShardInfo
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
@@ -61,14 +63,6 @@ def _members(path: Path) -> List[Tuple[str, Dict[str, _Member]]]:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable tar file ({type(exc).__name__}: {exc})") from None
     return samples
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def scan_shard(path: Path, skip_bad: bool = False, problems: Optional[List[str]] = None) -> ShardInfo:

@@ -14,10 +14,12 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
+from spt_dist.io import file_sha256
+
 from .index import ShardIndex
 from .order import Loc
 from .reader import BadSampleError, SampleReader
-from .tarscan import IMAGE_SUFFIXES, file_sha256, image_digest
+from .tarscan import IMAGE_SUFFIXES, image_digest
 
 TRAIN_SAMPLE = 256
 

@@ -16,7 +16,6 @@ rotation (the newest `keep` step folders) counts only valid checkpoints.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import random
@@ -31,7 +30,7 @@ import torch
 
 from spt_dist.distributed import DistInfo
 from spt_dist.errors import SptError
-from spt_dist.io import DiskFullError
+from spt_dist.io import DiskFullError, file_sha256
 
 TAG = "state"
 PREFIX = "step_"
@@ -40,14 +39,6 @@ CORRUPT = ".corrupt_"
 
 class CheckpointMismatchError(SptError, ValueError):
     """A checkpoint that belongs to another config, backbone, prompt shape or world size."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(folder: Path) -> List[Path]:
@@ -115,7 +106,7 @@ def verify(folder: Path) -> Optional[str]:
                 return f"missing file {rel}"
             if path.stat().st_size != size:
                 return f"{rel} has {path.stat().st_size} bytes, the manifest says {size}"
-            if _sha256(path) != digest:
+            if file_sha256(path) != digest:
                 return f"{rel} does not match its sha256"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"unreadable manifest ({exc})"
@@ -191,7 +182,7 @@ class Checkpointer:
         if self.dist.is_main:
             try:
                 _write_json(tmp / "meta.json", meta)
-                files = {str(p.relative_to(tmp)): [p.stat().st_size, _sha256(p)] for p in _files(tmp)}
+                files = {str(p.relative_to(tmp)): [p.stat().st_size, file_sha256(p)] for p in _files(tmp)}
                 _write_json(tmp / "manifest.json", {"step": step, "files": files})
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -126,10 +126,7 @@ def _plots(table: List[Dict[str, Any]], fit_rows: List[Dict[str, Any]], out: Pat
         if ax.lines:
             ax.legend(fontsize=7)
     fig.suptitle("top-1 vs training data (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    paths.append(out / "top1_vs_data.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "top1_vs_data.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     sizes = sorted({r["train_samples"] for r in done})
@@ -145,10 +142,7 @@ def _plots(table: List[Dict[str, Any]], fit_rows: List[Dict[str, Any]], out: Pat
         ax.set_ylabel("test top-1 (%)"), ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "top1_vs_params.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "top1_vs_params.png"))
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for f in [f for f in fit_rows if f["error_vs"] == "train_samples"]:
@@ -163,11 +157,17 @@ def _plots(table: List[Dict[str, Any]], fit_rows: List[Dict[str, Any]], out: Pat
     if ax.lines:
         ax.legend(fontsize=6)
     ax.set_title("error = a * samples^-b", fontsize=10)
-    fig.tight_layout()
-    paths.append(out / "scaling_fit.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "scaling_fit.png"))
     return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def write_study_report(plan: Plan, out_dir: Optional[Path] = None) -> Dict[str, Any]:
