@@ -225,12 +225,12 @@ def _shard(path: Path, raw: Any, where: str) -> ShardInfo:
     per_sample = {k: _field(path, raw, k, list, where) for k in ("labels", "exts", "offsets", "digests")}
     try:
         labels = [int(x) for x in per_sample["labels"]]
-        offsets = [[int(v) for v in o] for o in per_sample["offsets"]]
+        offsets = per_sample["offsets"]  # JSON integers as written; their shape is checked below
         size = int(_field(path, raw, "size", int, where))
     except (TypeError, ValueError):
         raise DataError(f"{path}: malformed index: '{where}' has a non-integer label, offset or size") from None
     bad = next((k for k, v in per_sample.items() if len(v) != len(keys)), None)
-    if bad or any(len(o) != 4 for o in offsets):
+    if bad or not all(isinstance(o, list) and len(o) == 4 for o in offsets):
         raise DataError(f"{path}: malformed index: shard {name} lists {len(keys)} keys but "
                         f"{len(per_sample[bad or 'offsets'])} {bad or 'offsets of 4 integers'}")
     return ShardInfo(name, [str(k) for k in keys], labels, str(raw.get("sha256", "")), size,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
 import struct
 import zipfile
 from pathlib import Path
@@ -181,15 +182,44 @@ def check_run(cfg: Config, world_size: int, available_memory: Optional[int] = No
     check_step_memory(cfg, available_memory)
 
 
+def load_index(root: str):
+    """ShardIndex.load, remembered while index.json is unchanged (a study checks hundreds of
+    configs on the same data). Treat the result as read-only."""
+    return _load_index(*_index_key(root))
+
+
+def _index_key(root: str) -> tuple:
+    from spt_dist.data.index import INDEX_NAME
+
+    path = Path(os.path.expanduser(root))
+    try:
+        st = (path / INDEX_NAME).stat()
+        return str(path.resolve()), st.st_mtime_ns, st.st_size
+    except OSError:
+        return str(path), 0, 0  # missing: load raises the clear error
+
+
+@lru_cache(maxsize=8)
+def _load_index(path: str, mtime_ns: int, size: int):
+    from spt_dist.data import ShardIndex
+
+    return ShardIndex.load(path)
+
+
 def training_samples(cfg: Config) -> int:
     """How many samples the run trains on per epoch, from index.json alone."""
-    from spt_dist.data import ShardIndex, select_fraction
-
-    index = ShardIndex.load(os.path.expanduser(cfg.data.root))
     d = cfg.data
-    if d.fraction >= 1.0:
-        return index.split(d.train_split).num_samples
-    return len(select_fraction(index, d.train_split, d.fraction, d.fraction_seed))
+    return _training_samples(_index_key(d.root), d.train_split, d.fraction, d.fraction_seed)
+
+
+@lru_cache(maxsize=64)
+def _training_samples(key: tuple, split: str, fraction: float, seed: int) -> int:
+    from spt_dist.data import select_fraction
+
+    index = _load_index(*key)
+    if fraction >= 1.0:
+        return index.split(split).num_samples
+    return len(select_fraction(index, split, fraction, seed))
 
 
 def machine_memory() -> Optional[int]:
