@@ -58,14 +58,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from spt_dist.config.hub import resolve_checkpoint
     from spt_dist.errors import SptError
 
     from .export import load_prompt_pack, predict_images, predict_shards
 
-    missing = [p for p in (args.pack, args.backbone_checkpoint, *args.inputs) if not Path(p).exists()]
+    backbone = resolve_checkpoint(args.backbone_checkpoint, key="--backbone-checkpoint")
+    missing = [p for p in (args.pack, backbone, *args.inputs) if not Path(p).exists()]
     if missing:
         raise SptError(f"spt predict: not found: {', '.join(missing)}")
-    model, meta = load_prompt_pack(args.pack, args.backbone_checkpoint)
+    model, meta = load_prompt_pack(args.pack, backbone)
     inputs = args.inputs
     if len(inputs) == 1 and (Path(inputs[0]) / "index.json").is_file():
         res = predict_shards(model, meta, inputs[0], args.split)
@@ -95,7 +97,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("predict", help="apply a prompt pack to images or a shard folder")
     p.add_argument("pack", help="prompt_pack.safetensors of a run")
-    p.add_argument("--backbone-checkpoint", required=True, help="the backbone weights the run used")
+    p.add_argument("--backbone-checkpoint", required=True,
+                   help="the backbone weights the run used (a file, or hf-hub:<org>/<name> in the local cache)")
     p.add_argument("--split", default="test", help="split to score when INPUT is a shard folder")
     p.add_argument("inputs", nargs="+", help="image files, or one shard folder (with index.json)")
     p.set_defaults(func=_predict)
