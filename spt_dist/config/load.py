@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .errors import ConfigError
+from .method import MethodKeys, resolve_method
 from .schema import Config
 from .stage import note_split_keys, resolve_stage
 from .validate import validate
@@ -69,10 +70,11 @@ def _merge(base: DictConfig, other, origin: str) -> DictConfig:
         raise _explain(exc, origin) from None
 
 
-def _compose_file(base: DictConfig, path: Path, stack: List[Path], origins: Dict[str, str]) -> DictConfig:
+def _compose_file(base: DictConfig, path: Path, stack: List[Path], origins: Dict[str, str],
+                  methods: MethodKeys) -> DictConfig:
     """Merge `path` after its `defaults`; `stack` is the chain of files including it (a cycle
     is an error; the same file reached twice by different chains is fine). `origins` records
-    where split keys were set (see stage.py)."""
+    where split keys were set (see stage.py), `methods` where method keys were (see method.py)."""
     if path in stack:
         raise ConfigError(f"config file '{path}' includes itself through 'defaults' "
                           f"({' -> '.join(p.name for p in stack + [path])})")
@@ -86,8 +88,10 @@ def _compose_file(base: DictConfig, path: Path, stack: List[Path], origins: Dict
     if isinstance(includes, str):
         includes = [includes]
     for name in includes:
-        base = _compose_file(base, _resolve(str(name), path), stack + [path], origins)
+        base = _compose_file(base, _resolve(str(name), path), stack + [path], origins, methods)
     note_split_keys(raw, str(path), origins)
+    methods.next_layer()
+    methods.note(raw, str(path))
     return _merge(base, raw, str(path))
 
 
@@ -95,8 +99,9 @@ def compose(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictCo
     """Merged but not yet validated config tree (for tools that only print it)."""
     cfg = OmegaConf.structured(Config)
     origins: Dict[str, str] = {}
+    methods = MethodKeys()
     if path:
-        cfg = _compose_file(cfg, _resolve(path, None), [], origins)
+        cfg = _compose_file(cfg, _resolve(path, None), [], origins, methods)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not of the form key=value (e.g. method.prompt_length=20)")
@@ -104,11 +109,14 @@ def compose(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictCo
     if nested:
         raise ConfigError(f"override '{nested[0]}': `defaults` composes files and is read from the run file only; "
                           f"list the files under `defaults:` in a run file, or override their keys one by one")
+    methods.next_layer()  # the overrides are one layer: given together, they must agree
     for item in overrides:
         source = OmegaConf.from_dotlist([item])
         note_split_keys(source, f"override '{item}'", origins)
+        methods.note(source, f"override '{item}'")
         cfg = _merge(cfg, source, f"override '{item}'")
     resolve_stage(cfg, origins)
+    resolve_method(cfg, methods)
     cfg.defaults = []  # composed away: the result is self-contained
     return cfg
 

@@ -58,6 +58,9 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+# configs/method/*.yaml, for the message that asks for a prompt length.
+PRESET_LENGTHS = {"vpt": "50 in method/vpt_shallow and method/vpt_deep",
+                  "spt": "100 in method/spt_shallow, 20 in method/spt_deep"}
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9_+=,@%-][A-Za-z0-9._+=,@%-]*$")
 
 
@@ -72,11 +75,16 @@ def _check_combinations(cfg: Config) -> None:
                  f"method={m.name} takes no prompts; set method.prompt_length=0 (got {m.prompt_length})")
         _require(not m.deep, "method.deep", f"deep prompts need method=vpt or method=spt, not {m.name}")
     else:
+        also = " and method.init=kmeans (or random_sample, mean_pool, max_pool)" if m.name == "spt" and \
+            m.init == "vpt" else ""
         _require(m.prompt_length >= 1, "method.prompt_length",
-                 f"method={m.name} needs at least one prompt token (got {m.prompt_length})")
+                 f"method={m.name} needs at least one prompt token (got {m.prompt_length}); add "
+                 f"method.prompt_length=N{also} (the presets: {PRESET_LENGTHS[m.name]}; method.deep=true for "
+                 f"deep prompts)")
     if m.name == "spt":
         _require(m.init != "vpt", "method.init",
-                 "method=spt initialises from prototypes: one of random_sample, mean_pool, max_pool, kmeans")
+                 "method=spt initialises from prototypes: add method.init=kmeans (or random_sample, mean_pool, "
+                 "max_pool)")
     elif m.prompt_length:
         _require(m.init == "vpt", "method.init",
                  f"prototype initialisation '{m.init}' is SPT's; use method=spt or method.init=vpt")

@@ -9,6 +9,7 @@ torchrun / srun end the others instead of leaving them in a collective.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -38,6 +39,8 @@ def _train(args: argparse.Namespace) -> int:
     multi = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
     try:
         cfg, run_dir = _load(args.config, args.overrides)
+        if args.no_progress:  # a display setting: a run folder resumes with it too
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, progress=False))
         results = train(cfg, run_dir=run_dir)
     except SptError as exc:
         if not multi:
@@ -93,6 +96,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("train", help="train one run (CONFIG file, or a run folder to resume)")
     add_config_arguments(p)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar, as run.progress=false (also off when stderr is not a terminal)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="apply a prompt pack to images or a shard folder")

@@ -67,6 +67,12 @@ def md5_finding(path: str, entry: Known) -> Tuple[bool, str]:
                    f"{entry.name}, but not the published file (re-saved, converted or trained further)")
 
 
+def _pos_rows(b) -> int:
+    """Position-embedding rows of a registry backbone (timm: prefix tokens get none with no_embed_class)."""
+    prefix = 0 if b.no_embed_class else int(b.class_token) + b.reg_tokens
+    return (b.img_size // b.patch_size) ** 2 + prefix
+
+
 def describe(s: Summary) -> List[str]:
     """Lines on the file itself: container, layout, architecture, parameters."""
     from spt_dist.config.registry import BACKBONES
@@ -83,8 +89,8 @@ def describe(s: Summary) -> List[str]:
     lines.append(f"position embedding: {POS_EMBEDS.get(s.pos_embed, s.pos_embed)}; classifier head: {head}"
                  f"{'; representation layer (pre_logits)' if s.pre_logits else ''}")
     lines.append(f"parameters: {s.params:,} in the backbone ({s.file_params:,} in the file)")
-    names = [n for n, b in sorted(BACKBONES.items()) if (b.patch_size, b.embed_dim, b.depth, b.img_size,
-             b.class_token) == (s.patch, s.width, s.depth, s.img_size, s.class_token)]
+    names = [n for n, b in sorted(BACKBONES.items()) if (b.patch_size, b.embed_dim, b.depth, b.class_token) ==
+             (s.patch, s.width, s.depth, s.class_token) and s.tokens == _pos_rows(b)]
     lines.append(f"backbone: model.name={names[0]}" if names else
                  "backbone: no registry entry has this shape (see `spt backbones`)")
     return lines

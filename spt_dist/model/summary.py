@@ -12,7 +12,7 @@ import os
 import re
 import zipfile
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -43,10 +43,12 @@ class Summary:
 
     @property
     def img_size(self) -> Optional[int]:
-        if not (self.tokens and self.patch):
-            return None
-        side = math.isqrt(self.tokens - int(self.class_token))
-        return side * self.patch if side * side == self.tokens - int(self.class_token) else None
+        """The square input the position rows fit (with or without a class row)."""
+        for rows in ((self.tokens or 0) - int(self.class_token), self.tokens or 0):
+            side = math.isqrt(rows)
+            if rows and side * side == rows and self.patch:
+                return side * self.patch
+        return None
 
 
 def _numel(shape: Tuple[int, ...]) -> int:
@@ -88,41 +90,32 @@ def pos_embed_kind(pos: np.ndarray, class_token: bool) -> str:
     return "sincos"
 
 
-# -- readers ---------------------------------------------------------------------------------------
+# -- from names and shapes (what every reader below collects) ---------------------------------------
 
-def _npz(path: str, out: Summary) -> None:
-    shapes: Shapes = {}
-    with zipfile.ZipFile(path) as z:
-        for info in z.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
-            with z.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                shapes[info.filename[:-4]] = tuple(read(f)[0])
-        prefix = next((p for p in _NPZ_PREFIXES if f"{p}embedding/kernel" in shapes), "")
-        own = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
-        pos_key = next((k for k in ("Transformer/posembed_input/pos_embedding", "pos_embedding") if k in own), None)
-        blocks = {int(m.group(1)) for k in own if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))}
-        out.file_params = sum(_numel(s) for s in shapes.values())
-        if "embedding/kernel" not in own or pos_key is None or not blocks:
-            out.layout = "unknown"
-            return
-        attn, mlp = (("MultiHeadDotProductAttention_1", "MlpBlock_3") if pos_key.startswith("Transformer/")
-                     else ("MultiHeadDotProductAttention_0", "MlpBlock_0"))
-        out.layout = "jax-vit" if attn.endswith("_1") else "big_vision"
-        p, _, c, d = own["embedding/kernel"]
-        b0 = "Transformer/encoderblock_0/"
-        out.patch, out.in_chans, out.width, out.depth = p, c, d, len(blocks)
-        out.heads = own.get(f"{b0}{attn}/query/kernel", (None, None))[1]
-        out.mlp = own.get(f"{b0}{mlp}/Dense_0/kernel", (None, None))[1]
-        out.tokens, out.class_token = own[pos_key][1], "cls" in own
-        out.head_classes = own["head/kernel"][1] if "head/kernel" in own else None
-        out.pre_logits = "pre_logits/kernel" in own
-        out.params = sum(_numel(s) for k, s in own.items() if not k.startswith(("head/", "pre_logits/")))
-        with z.open(prefix + pos_key + ".npy") as f:
-            out.pos_embed = pos_embed_kind(np.lib.format.read_array(f)[0], out.class_token)
+def npz_summary(out: Summary, shapes: Shapes, read_pos: Callable[[str], np.ndarray]) -> Summary:
+    """Fill `out` from an .npz file's member shapes; `read_pos(name)` reads one member."""
+    prefix = next((p for p in _NPZ_PREFIXES if f"{p}embedding/kernel" in shapes), "")
+    own = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    pos_key = next((k for k in ("Transformer/posembed_input/pos_embedding", "pos_embedding") if k in own), None)
+    blocks = {int(m.group(1)) for k in own if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))}
+    out.file_params = sum(_numel(s) for s in shapes.values())
+    if "embedding/kernel" not in own or pos_key is None or not blocks:
+        out.layout = "unknown"
+        return out
+    attn, mlp = (("MultiHeadDotProductAttention_1", "MlpBlock_3") if pos_key.startswith("Transformer/")
+                 else ("MultiHeadDotProductAttention_0", "MlpBlock_0"))
+    out.layout = "jax-vit" if attn.endswith("_1") else "big_vision"
+    p, _, c, d = own["embedding/kernel"]
+    b0 = "Transformer/encoderblock_0/"
+    out.patch, out.in_chans, out.width, out.depth = p, c, d, len(blocks)
+    out.heads = own.get(f"{b0}{attn}/query/kernel", (None, None))[1]
+    out.mlp = own.get(f"{b0}{mlp}/Dense_0/kernel", (None, None))[1]
+    out.tokens, out.class_token = own[pos_key][1], "cls" in own
+    out.head_classes = own["head/kernel"][1] if "head/kernel" in own else None
+    out.pre_logits = "pre_logits/kernel" in own
+    out.params = sum(_numel(s) for k, s in own.items() if not k.startswith(("head/", "pre_logits/")))
+    out.pos_embed = pos_embed_kind(read_pos(prefix + pos_key)[0], out.class_token)
+    return out
 
 
 def _torch_layout(wrapper: Optional[str], keys) -> Tuple[str, str]:
@@ -140,12 +133,16 @@ def _torch_layout(wrapper: Optional[str], keys) -> Tuple[str, str]:
     return ("wrapped" if wrapper else "timm"), ""
 
 
-def _timm_names(shapes: Shapes, prefix: str, out: Summary, pos: Optional[np.ndarray]) -> None:
+def state_summary(out: Summary, shapes: Shapes, wrapper: Optional[str],
+                  read_pos: Callable[[str], np.ndarray]) -> Summary:
+    """Fill `out` from a torch / safetensors state dict's shapes; `wrapper`: the dict it sat in."""
+    out.file_params = sum(_numel(s) for s in shapes.values())
+    out.layout, prefix = _torch_layout(wrapper, list(shapes))
     own = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
     blocks = {int(m.group(1)) for k in own if (m := re.match(r"blocks\.(\d+)\.", k))}
     if "patch_embed.proj.weight" not in own or "pos_embed" not in own or not blocks:
         out.layout = "unknown"
-        return
+        return out
     d, c, p, _ = own["patch_embed.proj.weight"]
     out.patch, out.in_chans, out.width, out.depth = p, c, d, len(blocks)
     out.mlp = own.get("blocks.0.mlp.fc1.weight", (None,))[0]
@@ -153,29 +150,42 @@ def _timm_names(shapes: Shapes, prefix: str, out: Summary, pos: Optional[np.ndar
     out.head_classes = own["head.weight"][0] if "head.weight" in own else None  # MoCo's projection: head.0.*
     out.pre_logits = any(k.startswith("pre_logits.") for k in own)
     out.params = sum(_numel(s) for k, s in own.items() if not k.startswith(_DROP_PREFIXES))
-    if pos is not None:
-        out.pos_embed = pos_embed_kind(pos[0], out.class_token)
+    out.pos_embed = pos_embed_kind(read_pos(prefix + "pos_embed")[0], out.class_token)
+    return out
 
 
-def _safetensors(path: str, out: Summary) -> None:
+# -- readers ---------------------------------------------------------------------------------------
+
+def _npz(path: str, out: Summary) -> Summary:
+    with zipfile.ZipFile(path) as z:
+        shapes: Shapes = {}
+        for info in z.infolist():
+            if info.filename.endswith(".npy"):
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shapes[info.filename[:-4]] = tuple(read(f)[0])
+
+        def read_pos(name: str) -> np.ndarray:
+            with z.open(name + ".npy") as f:
+                return np.lib.format.read_array(f)
+
+        return npz_summary(out, shapes, read_pos)
+
+
+def _safetensors(path: str, out: Summary) -> Summary:
     from safetensors import safe_open
 
     with safe_open(path, framework="np") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        pos_key = next((k for k in shapes if k.endswith("pos_embed")), None)
-        pos = f.get_tensor(pos_key) if pos_key else None
-    out.file_params = sum(_numel(s) for s in shapes.values())
-    out.layout, prefix = _torch_layout(None, list(shapes))
-    _timm_names(shapes, prefix, out, pos)
+        return state_summary(out, shapes, None, f.get_tensor)
 
 
-def _torch(path: str, out: Summary) -> None:
+def _torch(path: str, out: Summary) -> Summary:
     wrapper, state = _raw_state(path)  # memory-mapped: shapes without reading the tensors
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    out.file_params = sum(_numel(s) for s in shapes.values())
-    out.layout, prefix = _torch_layout(wrapper, list(shapes))
-    pos = state.get(prefix + "pos_embed")
-    _timm_names(shapes, prefix, out, None if pos is None else pos.float().numpy())
+    return state_summary(out, shapes, wrapper, lambda name: state[name].float().numpy())
 
 
 def summarize(path: str) -> Summary:
@@ -183,17 +193,12 @@ def summarize(path: str) -> Summary:
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file not found: {path}")
-    out = Summary(path, os.path.getsize(path), "", "unknown")
+    size = os.path.getsize(path)
     if path.endswith(".safetensors"):
-        out.container = "safetensors"
-        _safetensors(path, out)
-    elif path.endswith(".npz"):
-        out.container = "npz"
+        return _safetensors(path, Summary(path, size, "safetensors", "unknown"))
+    if path.endswith(".npz"):
         try:
-            _npz(path, out)
+            return _npz(path, Summary(path, size, "npz", "unknown"))
         except (zipfile.BadZipFile, ValueError, OSError) as exc:
             raise CheckpointError(f"{path}: not a readable .npz archive: {exc}") from None
-    else:
-        out.container = "torch"
-        _torch(path, out)
-    return out
+    return _torch(path, Summary(path, size, "torch", "unknown"))
