@@ -1,9 +1,9 @@
 """`model.checkpoint: hf-hub:<org>/<name>[@revision]`: weights from the local Hugging Face cache.
 
-The hub's own client resolves the name with `local_files_only=True`, so no connection is
-ever opened; a name missing from the cache is a ConfigError that says where the client looked
-and the command that fetches it on a machine with network access. Any other value is a local
-path. The config keeps the `hf-hub:` name (portable between machines); every reader resolves it.
+The hub's own client resolves the name from its cache alone (`try_to_load_from_cache`), so no
+name lookup or connection is ever made; a name missing from the cache is a ConfigError that
+says where the client looked and the command that fetches it on a machine with network
+access. Any other value is a local path. The config keeps the `hf-hub:` name (portable between machines); every reader resolves it.
 """
 from __future__ import annotations
 
@@ -40,14 +40,14 @@ def resolve_checkpoint(value: str, key: str = "model.checkpoint") -> str:
     if not is_hub_name(value):
         return os.path.expanduser(value)
     repo_id, revision = parse_hub_name(value, key)
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub import constants, try_to_load_from_cache
 
     for filename in WEIGHT_FILES:
-        try:
-            return hf_hub_download(repo_id, filename, revision=revision, local_files_only=True)
-        except (EntryNotFoundError, FileNotFoundError):  # not cached (or cached as absent)
-            continue
+        # The cache lookup alone: hf_hub_download(local_files_only=True) may still phone the Hub
+        # (huggingface_hub 2.x fetches an "agent harnesses" list unless HF_HUB_OFFLINE is set).
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+        if isinstance(found, str):  # else None (not cached) or a marker of a file known to be absent
+            return found
     rev = f" --revision {revision}" if revision else ""
     raise ConfigError(
         f"{_label(key)} = {value!r}: not in the Hugging Face cache {constants.HF_HUB_CACHE} (looked for "
