@@ -92,7 +92,7 @@ class MLflow:
     def __init__(self, cfg: Config, run_dir: Path, ids: Dict[str, Any]) -> None:
         uri = cfg.run.mlflow_tracking_uri or (run_dir.parent / "mlruns").resolve().as_uri()
         if uri.startswith("file:"):
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow >= 3.7 refuses it otherwise
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # recent MLflow 3 refuses it otherwise
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
