@@ -90,7 +90,6 @@ def _compose_file(base: DictConfig, path: Path, stack: List[Path], origins: Dict
     for name in includes:
         base = _compose_file(base, _resolve(str(name), path), stack + [path], origins, methods)
     note_split_keys(raw, str(path), origins)
-    methods.next_layer()
     methods.note(raw, str(path))
     return _merge(base, raw, str(path))
 
@@ -109,8 +108,7 @@ def compose(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictCo
     if nested:
         raise ConfigError(f"override '{nested[0]}': `defaults` composes files and is read from the run file only; "
                           f"list the files under `defaults:` in a run file, or override their keys one by one")
-    methods.next_layer()  # the overrides are one layer: given together, they must agree
-    for item in overrides:
+    for item in overrides:  # one layer together (method.py): given together, they must agree
         source = OmegaConf.from_dotlist([item])
         note_split_keys(source, f"override '{item}'", origins)
         methods.note(source, f"override '{item}'")

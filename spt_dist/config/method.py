@@ -11,7 +11,7 @@ length of vpt / spt, spt's prototype strategy) are never guessed: validation nam
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Mapping, Tuple
 
 from omegaconf import DictConfig
 
@@ -24,18 +24,19 @@ DEFAULTS = (0, "the schema's default")  # layer 0: before any file
 
 
 class MethodKeys:
-    """Where each method key was last set: (layer, origin). Every file is a layer, in merge order;
-    all overrides together are the last one."""
+    """Where each method key was last set: (layer, origin). Called once per source in merge order:
+    every file is a layer; consecutive overrides (origin "override '...'") share one."""
 
     def __init__(self) -> None:
-        self.layer, self.seen = 0, {}  # type: int, Dict[str, Tuple[int, str]]
+        self.layer, self.seen, self._in_overrides = 0, {}, False  # type: int, Dict[str, Tuple[int, str]], bool
 
-    def next_layer(self) -> None:
-        self.layer += 1
-
-    def note(self, source: DictConfig, origin: str) -> None:
-        method = source.get("method") if isinstance(source, DictConfig) else None
-        if isinstance(method, DictConfig):
+    def note(self, source: Mapping, origin: str) -> None:
+        override = origin.startswith("override ")
+        if not (override and self._in_overrides):
+            self.layer += 1
+        self._in_overrides = override
+        method = source.get("method") if isinstance(source, (DictConfig, Mapping)) else None
+        if isinstance(method, (DictConfig, Mapping)):
             for key in KEYS:
                 if key in method:
                     self.seen[key] = (self.layer, origin)
