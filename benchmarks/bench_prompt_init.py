@@ -73,7 +73,7 @@ def _reset_peak() -> None:
 
 
 def _streaming(n: int, device: str) -> Dict[str, float]:
-    from spt_dist.prompt_init.collective import Comm
+    from spt_dist.distributed import Comm
     from spt_dist.prompt_init.extract import stream_candidates
     from spt_dist.prompt_init.plan import InitPlan
     from spt_dist.prompt_init.prototypes import combine
@@ -99,7 +99,7 @@ def _streaming(n: int, device: str) -> Dict[str, float]:
 
 def _one_batch(n: int, device: str) -> Dict[str, float]:
     """The published code's way: all images in one batch, all tokens concatenated, then clustered."""
-    from spt_dist.prompt_init.collective import Comm
+    from spt_dist.distributed import Comm
     from spt_dist.prompt_init.kmeans import kmeans
 
     model = _model(device)

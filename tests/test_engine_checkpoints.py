@@ -217,3 +217,20 @@ def test_tuning_stage_never_reads_test_and_final_stage_skips_validation(tmp_path
     events = [json.loads(l)["event"] for l in (tmp_path / "runs" / "final" / "metrics.jsonl").read_text().splitlines()]
     assert final["top1"] is not None and final["val_top1"] is None
     assert "test" in events and "val" not in events
+
+
+def test_every_checkpoint_corrupt_is_said_loudly_and_the_run_starts_over(tmp_path, assets, capfd):
+    cfg = _cfg(tmp_path, assets, epochs=2)
+    assert train(cfg, max_steps=7)["status"] == "interrupted"
+    root = tmp_path / "runs" / "r" / "checkpoints"
+    for ckpt in root.glob("step_*"):
+        (ckpt / "meta.json").write_text("{}")  # no longer what the manifest says
+    capfd.readouterr()
+    res = train(cfg)
+    err = capfd.readouterr().err
+    assert "no valid checkpoint is left" in err and "the run starts again from step 0" in err
+    assert res["status"] == "finished" and res["step"] == 16
+    events = [json.loads(l) for l in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()]
+    lost = [e for e in events if e["event"] == "checkpoints_lost"]
+    assert len(lost) == 1 and sorted(lost[0]["corrupt"]) == ["step_00000006", "step_00000007"]
+    assert lost[0]["resumed_from"] is None

@@ -174,17 +174,32 @@ def test_job_array_of_a_sweep(slurm, study):
         assert sub.run_dir.name == f"sweep__prompt_length-{length}"
 
 
-def test_failed_job_reports_its_traceback(slurm, study, capsys):
+def test_failed_job_reports_its_traceback(slurm, study, tmp_path, capsys):
+    import shutil
+    import tarfile
+
     from spt_dist.cli import main
+    from spt_dist.config import ConfigError
 
     bad = study / "corrupt.safetensors"
-    bad.write_bytes(b"not a weights file")  # passes the file check on the login node, fails in the job
-    sub = submit(study, f"model.checkpoint={bad}", "launch.tasks_per_node=1", name="failing")
+    bad.write_bytes(b"not a weights file")
+    with pytest.raises(ConfigError, match="cannot be a weight file"):  # refused on the login node
+        submit(study, f"model.checkpoint={bad}", name="refused")
+    # What the login node cannot see: a training image whose bytes changed after indexing.
+    data = tmp_path / "data"
+    shutil.copytree(study / "data", data)
+    tar = data / "train-000000.tar"
+    with tarfile.open(tar) as t:
+        at = next(m for m in t.getmembers() if m.name.endswith(".png")).offset_data
+    raw = bytearray(tar.read_bytes())
+    raw[at + 30:at + 46] = b"\0" * 16
+    tar.write_bytes(bytes(raw))
+    sub = submit(study, f"data.root={data}", "data.verify=none", "launch.tasks_per_node=1", name="failing")
     wait_done(sub.job)
     with pytest.raises(Exception) as err:
         sub.job.results()
-    message = str(err.value)  # the job's own traceback, from the engine down to the loader
-    assert "Traceback" in message and "spt_dist/engine/train.py" in message and "SafetensorError" in message
+    message = str(err.value)  # the job's own traceback, from the engine down to the reader
+    assert "Traceback" in message and "spt_dist/engine/train.py" in message and "image bytes differ" in message
     assert main(["status", str(sub.job_folder)]) == 1
     captured = capsys.readouterr()
     assert "FAILED" in captured.out and "Traceback" in captured.err

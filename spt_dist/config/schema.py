@@ -53,7 +53,7 @@ class ModelConfig:
     mean: Optional[List[float]] = field(default=None, metadata={
         "help": "input normalisation mean (3 values); default: what the checkpoint's recipe used"})
     std: Optional[List[float]] = field(default=None, metadata={"help": "input normalisation std (3 values)"})
-    pool: str = choice("auto", *POOLS, help="auto: token for cls backbones, mean for MAE")
+    pool: str = choice("auto", *POOLS, help="auto: token for cls backbones; for MAE or without a class token the mean over tokens (prompts included when there are any)")
     grad_checkpointing: bool = False
     head_init: str = choice("trunc_normal", *HEAD_INITS, help="trunc_normal: weights N(0, head_init_std) "
                             "truncated, bias 0 (timm, SPT); kaiming: kaiming-normal fan_out, bias -log(99) (VPT)")

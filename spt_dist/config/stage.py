@@ -7,7 +7,7 @@ split key to another name is an error naming both keys, never silently replaced.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Mapping
 
 from omegaconf import DictConfig
 
@@ -17,10 +17,10 @@ SPLIT_KEYS = {"train_split": "train", "val_split": "val", "test_split": "test"}
 STAGED = ("tune", "final")
 
 
-def note_split_keys(source: DictConfig, origin: str, origins: Dict[str, str]) -> None:
-    """Record which split keys `source` (a file or an override) sets explicitly."""
-    data = source.get("data") if isinstance(source, DictConfig) else None
-    if isinstance(data, DictConfig):
+def note_split_keys(source: Mapping, origin: str, origins: Dict[str, str]) -> None:
+    """Record which split keys `source` (a file or an override, DictConfig or plain) sets explicitly."""
+    data = source.get("data") if isinstance(source, (DictConfig, Mapping)) else None
+    if isinstance(data, (DictConfig, Mapping)):
         for key in SPLIT_KEYS:
             if key in data:
                 origins[key] = origin

@@ -7,6 +7,7 @@ starts its watchdog (heartbeats, lock refresh on rank 0) until the claim ends.
 """
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from typing import Iterator, Optional
 from spt_dist.config import Config, ConfigError, to_yaml
 from spt_dist.distributed import DistInfo
 from spt_dist.io import write_text_atomic
-from spt_dist.rundir import RunFolderBusy, RunLock, config_clash
+from spt_dist.rundir import RunFolderBusy, RunLock, config_clash, config_hash
 
 from .watchdog import Watchdog
 
@@ -30,12 +31,28 @@ def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock) -> Optional[str]:
         return str(exc)
     if taken_over:
         print(f"spt: took over the lock of {run_dir}: {taken_over}", file=sys.stderr, flush=True)
-    clash = config_clash(cfg, run_dir)
+    clash = config_clash(cfg, run_dir) or _checkpoint_clash(cfg, run_dir)
     if clash is not None:
         lock.release()
         return clash
     write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
     return None
+
+
+def _checkpoint_clash(cfg: Config, run_dir: Path) -> Optional[str]:
+    """Checkpoints of another config in a folder whose config.yaml is gone (config.yaml is
+    only written once the folder is known to hold this run)."""
+    metas = sorted((run_dir / "checkpoints").glob("step_*/meta.json"))
+    if (run_dir / "config.yaml").is_file() or not metas:
+        return None
+    try:
+        held = json.loads(metas[-1].read_text()).get("identity", {}).get("config_hash")
+    except (OSError, ValueError):
+        return None  # a damaged checkpoint: the checkpointer judges it
+    if held is None or held == config_hash(cfg):
+        return None
+    return (f"{run_dir} has no config.yaml but its checkpoints were written by another config (config_hash "
+            f"{held}, this one is {config_hash(cfg)}); resume it with that config or choose another run.name")
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """`spt train`, `spt predict`, `spt pretrain`.
 
-Exit codes of `spt train`: 0 when the run finished OR was interrupted by SIGTERM/SIGUSR2
+Exit codes of `spt train`: 0 when the run finished OR was interrupted by SIGTERM/SIGUSR2/SIGINT
 after saving a checkpoint (run `spt train RUN_DIR` to resume); 2 for an input error (config,
 data, checkpoint: spt_dist.errors.SptError);
 1 for any other failure. With several ranks a failing rank exits at once (os._exit), so

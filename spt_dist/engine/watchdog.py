@@ -3,14 +3,15 @@
 Each rank runs one thread that writes `run_dir/.heartbeat/rank<r>.json` (time, step, pid,
 host, the job's token) every `interval` seconds, refreshes the run folder's lock on rank 0,
 and reads its peers' files. A process that is frozen (SIGSTOP, a wedged device, a stuck
-mount) stops writing; when a peer's newest heartbeat (not its final `done` one) is older than `timeout_s`, the thread
-prints which rank stopped answering and ends this process at once (os._exit), so the
+mount) stops writing; when a peer's newest heartbeat (not its final `done` one) is older than
+half of `timeout_s` (so that this fires, naming the rank, before the collectives' own timeout
+does), the thread prints which rank stopped answering and ends this process at once (os._exit), so the
 launcher ends the job instead of leaving it in a collective. A frozen peer on this host is
 killed as well: it can no longer save, and the launcher would otherwise wait for it.
 
 The token, made by rank 0 and broadcast, tells this job's heartbeats from those an earlier
-job left in the folder; a peer that has not written one yet is given `timeout_s` from the
-watchdog's start.
+job left in the folder; a peer that has not written one yet gets the same allowance, counted
+from the watchdog's start.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class Watchdog:
         self.folder = Path(run_dir) / FOLDER
         self.rank, self.world_size, self.token, self.timeout_s = rank, world_size, token, timeout_s
         self.lock, self.on_dead = lock, on_dead
-        self.interval = interval or max(0.5, min(5.0, timeout_s / 10))
+        self.stale_s = max(3.0, timeout_s / 2)
+        self.interval = interval or max(0.5, min(5.0, self.stale_s / 6))
         self.step = 0
         self.phase = "setup"
         self._stop = threading.Event()
@@ -104,7 +106,7 @@ class Watchdog:
             if beat and beat.get("phase") == "done":
                 continue
             last = beat["time"] if beat else self._started
-            if now - last <= self.timeout_s:
+            if now - last <= self.stale_s:
                 continue
             where = (f"last heartbeat {now - last:.0f} s ago at step {beat['step']} ({beat['phase']}), "
                      f"pid {beat['pid']} on {beat['host']}") if beat else "no heartbeat since the job started"

@@ -17,7 +17,7 @@ def build_backbone(name: str, img_size: Optional[int] = None, in_chans: Optional
                    checkpoint_format: str = "auto") -> VisionTransformer:
     """A timm VisionTransformer for registry entry `name`: no head, no drop rates, eval mode.
 
-    With `checkpoint` the weights come from that local file (see checkpoints.py); the final
+    With `checkpoint` the weights come from that local file (see weights.py); the final
     norm is placed where the file has it (`norm`, or `fc_norm` for global-pooled MAE).
     Without one the weights are timm's random init (for the pretrain recipe and tests).
     """

@@ -7,11 +7,14 @@ the run: metrics.jsonl still holds every value.
 """
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from spt_dist.io import DiskFullError
 
 
 class MetricsLog:
@@ -24,8 +27,13 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"event": event, "step": step, "time": round(time.time(), 3), **values}
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, sort_keys=True) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left on {self.run_dir} while writing metrics.jsonl") from None
+            raise
         scalars = {f"{event}/{k}": v for k, v in values.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if scalars:

@@ -124,6 +124,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from .study_cli import register as register_study
+
+    register_study(sub)
     p = sub.add_parser("submit", help="validate a run config and submit it (SLURM, local or debug)")
     add_config_arguments(p)
     _add_launch_flags(p)

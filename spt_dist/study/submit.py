@@ -72,6 +72,11 @@ def preflight_on_login_node(cfg: Config) -> None:
                           "request GPUs (--gpus-per-node N --tasks-per-node N) or use distributed.backend=auto")
     world = la.nodes * la.tasks_per_node
     preflight.check_run(cfg, world, None, preflight.training_samples(cfg))
+    from spt_dist.data import ShardIndex
+    from spt_dist.data.overlap import check_eval_splits
+
+    d = cfg.data
+    check_eval_splits(ShardIndex.load(Path(d.root).expanduser()), d.train_split, d.val_split, d.test_split)
 
 
 def _record(sub: Submitted, config_path: Optional[str]) -> None:

@@ -1,0 +1,103 @@
+"""`spt study run`: submit what can run, select per cell when its search is done, submit its
+final stage, until every cell is done (or, with --no-wait, once).
+
+Each pass reads the state from files (run folders, selections, the ledger), so the driver is
+idempotent: after a crash, a cancel or a lost login node, running it again skips finished
+runs, resumes unfinished ones from their checkpoints, leaves running ones alone and never
+re-selects. Cells progress independently: a cell's final stage starts as soon as its own
+search is complete. Everything submitted in one pass goes out as ONE job array (one
+`launch.array_parallelism` throttle); with the local executor at most that many runs run at
+once. A run that failed is submitted again up to `max_attempts` times, then reported.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
+
+from .plan import FINAL, Plan, PlannedRun, unique_runs
+from .progress import RunState, read_ledger, record, run_state
+from .select import select
+
+
+@dataclass
+class Pass:
+    states: Dict[str, RunState]                   # run folder -> state
+    final: Dict[str, List[PlannedRun]]            # cell key -> final runs (selected cells only)
+    submitted: List[PlannedRun] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.states.values() if s.state == state)
+
+
+def runs_of(plan: Plan, final: Dict[str, List[PlannedRun]]) -> List[PlannedRun]:
+    return unique_runs([r for c in plan.cells for r in plan.search[c.key] + final.get(c.key, [])])
+
+
+def survey(plan: Plan) -> Pass:
+    """States of every run, selections made where a cell's search is complete."""
+    spec, ledger = plan.spec, read_ledger(plan.spec.out_dir)
+    final: Dict[str, List[PlannedRun]] = {}
+    warnings: List[str] = []
+    for cell in plan.cells:
+        chosen = select(spec.out_dir, cell, plan.search[cell.key], spec.metric)
+        if chosen is not None:
+            final[cell.key] = plan.final(cell, chosen["chosen"])
+            warnings += chosen["warnings"]
+    states = {str(r.run_dir): run_state(r.run_dir, ledger.get(str(r.run_dir), [])) for r in runs_of(plan, final)}
+    return Pass(states, final, warnings=warnings)
+
+
+def _submit(runs: List[PlannedRun], out_dir) -> None:
+    from .submit import submit_study
+
+    subs = submit_study([r.cfg for r in runs], [r.config_path for r in runs])
+    record(out_dir, [{"run_dir": str(s.run_dir), "job_id": str(s.job.job_id), "job_folder": str(s.job_folder),
+                      "cluster": s.cluster, "stage": r.stage, "cell": r.cell.key, "time": time.time()}
+                     for s, r in zip(subs, runs)])
+
+
+def step(plan: Plan, max_attempts: int = 2) -> Pass:
+    """One pass: survey, then submit every run that may run now."""
+    from .executor import resolve_cluster
+
+    p = survey(plan)
+    todo = [r for r in runs_of(plan, p.final)
+            if p.states[str(r.run_dir)].state == "pending"
+            or (p.states[str(r.run_dir)].state == "failed" and p.states[str(r.run_dir)].attempts < max_attempts)]
+    if todo:
+        launch = todo[0].cfg.launch
+        if resolve_cluster(launch.cluster) == "local":  # no array throttle: keep at most N at once
+            todo = todo[:max(0, launch.array_parallelism - p.count("running"))]
+        if todo:
+            _submit(todo, plan.spec.out_dir)
+            p.submitted = todo
+    return p
+
+
+def run_study(plan: Plan, wait: bool = True, poll_s: float = 5.0, max_attempts: int = 2,
+              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Pass:
+    """Drive the study until every run is done or nothing more can run; returns the last pass."""
+    shown: set = set()
+    while True:
+        p = step(plan, max_attempts)
+        for w in p.warnings:
+            if w not in shown:
+                shown.add(w)
+                log(f"  warning: {w}")
+        n_final = sum(len(v) for v in p.final.values())
+        log(f"study {plan.spec.name}: {p.count('done')} done, {p.count('running')} running, "
+            f"{p.count('failed')} failed, {p.count('pending')} pending; {len(p.final)}/{len(plan.cells)} cells "
+            f"selected ({n_final} final runs)" + (f"; submitted {len(p.submitted)}" if p.submitted else ""))
+        complete = len(p.final) == len(plan.cells) and p.count("done") == len(p.states)
+        stuck = not p.submitted and p.count("running") == 0
+        if complete or stuck or not wait:
+            return p
+        time.sleep(poll_s)
+
+
+def final_runs(p: Pass) -> List[PlannedRun]:
+    return [r for runs in p.final.values() for r in runs if r.stage == FINAL]
+

@@ -1,0 +1,123 @@
+"""A study's runs, stage by stage, derived from the spec alone (nothing runs here).
+
+Cells are the product of the axes, crossed with the methods. Per cell the search stage has
+one run per point of the method's search grid (with the protocol's tune overrides); the
+final stage has one run per seed with the selected point (with the final overrides). A run
+is its resolved config: its folder is `runs_dir/<default run name>`, which ends in the config
+hash, so the same config asked for twice (by two stages, two cells or two studies sharing
+`runs_dir`) is one run folder and trains once.
+
+Every search config, and every final config with the first grid point standing in for the
+selection, is loaded and checked like `spt submit` checks one (files, preflight) when the plan
+is built: a bad axis key or an impossible combination fails before anything is submitted.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from spt_dist.config.schema import Config
+
+from .spec import AxisValue, Method, StudySpec, _value
+
+SEARCH, FINAL = "search", "final"
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: Method
+    values: Tuple[AxisValue, ...]
+
+    @property
+    def key(self) -> str:
+        """Stable, readable, file-name safe: method__axis-label__..."""
+        parts = [self.method.name] + [f"{v.axis}-{v.label}" for v in self.values]
+        return re.sub(r"[^A-Za-z0-9._+=-]+", "-", "__".join(parts))
+
+    @property
+    def labels(self) -> Dict[str, str]:
+        return {v.axis: v.label for v in self.values}
+
+    def grid(self) -> List[Dict[str, Any]]:
+        """The method's search points, in the spec's order (ties go to the earlier point)."""
+        keys = [k for k, _ in self.method.search]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in self.method.search))] or [{}]
+
+
+@dataclass
+class PlannedRun:
+    stage: str
+    cell: Cell
+    point: Dict[str, Any]            # the search point (search) or the selected one (final)
+    seed: Optional[int]              # final runs: run.seed
+    cfg: Config
+    config_path: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run.out_dir) / self.cfg.run.name
+
+    @property
+    def name(self) -> str:
+        return self.cfg.run.name
+
+
+def overrides(spec: StudySpec, cell: Cell, stage: str, point: Dict[str, Any], seed: Optional[int]) -> List[str]:
+    out = list(cell.method.overrides)
+    for v in cell.values:
+        out += v.overrides
+    out += spec.tune if stage == SEARCH else spec.final
+    out += [f"{k}={_value(v)}" for k, v in point.items()]
+    if seed is not None:
+        out.append(f"run.seed={seed}")
+    out += list(spec.launch)
+    out += [f"run.out_dir={spec.runs_dir}", "run.name=''"]  # the default name: ends in the config hash
+    return out
+
+
+def make_run(spec: StudySpec, cell: Cell, stage: str, point: Dict[str, Any], seed: Optional[int]) -> PlannedRun:
+    from .submit import prepare
+
+    cfg = prepare(spec.base, overrides(spec, cell, stage, point, seed))
+    return PlannedRun(stage, cell, point, seed, cfg, spec.base)
+
+
+def cells(spec: StudySpec) -> List[Cell]:
+    return [Cell(m, combo) for m in spec.methods for combo in itertools.product(*spec.axes)]
+
+
+@dataclass
+class Plan:
+    spec: StudySpec
+    cells: List[Cell]
+    search: Dict[str, List[PlannedRun]]   # cell key -> runs
+
+    def final(self, cell: Cell, point: Dict[str, Any]) -> List[PlannedRun]:
+        return [make_run(self.spec, cell, FINAL, point, seed) for seed in self.spec.seeds]
+
+
+def build_plan(spec: StudySpec, check_final: bool = True) -> Plan:
+    """Every search run, validated; the final stage validated with the first grid point."""
+    all_cells = cells(spec)
+    keys = [c.key for c in all_cells]
+    if len(set(keys)) != len(keys):
+        raise ValueError("two cells share a name; give axis values distinct labels")
+    search = {c.key: [make_run(spec, c, SEARCH, p, None) for p in c.grid()] for c in all_cells}
+    if check_final:
+        for c in all_cells:
+            for seed in spec.seeds:
+                make_run(spec, c, FINAL, c.grid()[0], seed)
+    return Plan(spec, all_cells, search)
+
+
+def unique_runs(runs: Sequence[PlannedRun]) -> List[PlannedRun]:
+    """One PlannedRun per run folder (a config asked for twice runs once)."""
+    seen, out = set(), []
+    for r in runs:
+        if r.run_dir not in seen:
+            seen.add(r.run_dir)
+            out.append(r)
+    return out

@@ -1,0 +1,102 @@
+"""`spt study plan|run|status|report SPEC`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _plan(spec_path: str):
+    from .plan import build_plan
+    from .spec import load_spec
+
+    return build_plan(load_spec(spec_path))
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from spt_dist.engine.preflight import training_samples
+
+    from .cost import estimate, machine_flops, measured_rates
+    from .driver import survey
+
+    plan = _plan(args.spec)
+    spec = plan.spec
+    n_search = sum(len(v) for v in plan.search.values())
+    print(f"study {spec.name}: {len(plan.cells)} cells ({len(spec.methods)} method(s) x "
+          f"{' x '.join(str(len(a)) for a in spec.axes)} axis values); runs in {spec.runs_dir}")
+    per_method = {m.name: sum(len(plan.search[c.key]) for c in plan.cells if c.method.name == m.name)
+                  for m in spec.methods}
+    print(f"  search: {n_search} runs ({', '.join(f'{k} {v}' for k, v in per_method.items())})")
+    for c in plan.cells:
+        print(f"    {c.key}: {len(plan.search[c.key])} runs, e.g. {plan.search[c.key][0].name}")
+    print(f"  final: {len(plan.cells) * len(spec.seeds)} runs ({len(spec.seeds)} seed(s) per cell, after selection "
+          f"on {spec.metric})")
+    p = survey(plan)
+    print(f"  already: {p.count('done')} done, {p.count('running')} running, {len(p.final)} cells selected")
+    rates, flops = measured_rates(spec.runs_dir), machine_flops()
+    first_final = [plan.final(c, c.grid()[0])[0] for c in plan.cells]
+    finals = [r for c, f in zip(plan.cells, first_final) for r in [f] * len(spec.seeds)]
+    cost = estimate([r for runs in plan.search.values() for r in runs] + finals, training_samples, rates, flops)
+    hours = cost["seconds"] / 3600
+    print(f"  cost: about {hours:.2f} training hours of the runs' ranks ({cost['runs_measured']} runs from measured "
+          f"rates of earlier runs of the same shape, {cost['runs_estimated']} from FLOPs at this machine's "
+          f"{flops / 1e9:.0f} GFLOP/s)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .driver import run_study
+
+    p = run_study(_plan(args.spec), wait=not args.no_wait, poll_s=args.poll, max_attempts=args.max_attempts)
+    failed = [k for k, s in p.states.items() if s.state == "failed"]
+    for k in failed:
+        print(f"failed: {k}:\n{p.states[k].error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .driver import survey
+
+    plan = _plan(args.spec)
+    p = survey(plan)
+    failed = 0
+    for cell in plan.cells:
+        for stage, runs in (("search", plan.search[cell.key]), ("final", p.final.get(cell.key, []))):
+            states = [p.states[str(r.run_dir)] for r in runs]
+            counts = {s: sum(1 for x in states if x.state == s) for s in ("done", "running", "failed", "pending")}
+            label = "not selected yet" if stage == "final" and cell.key not in p.final else \
+                ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "none"
+            print(f"{cell.key:60} {stage:6} {label}")
+            for r, s in zip(runs, states):
+                if s.state == "failed":
+                    failed += 1
+                    print(f"    {r.name} failed (attempt {s.attempts}): {s.error.strip().splitlines()[-1] if s.error else ''}")
+    return 1 if failed else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .summary import write_study_report
+
+    summary = write_study_report(_plan(args.spec), args.out)
+    print(f"{summary['cells']} cells ({summary['complete']} complete), {summary['fits']} fits -> {summary['out']}/"
+          f"study.md, study.csv, fits.csv, {', '.join(p.rsplit('/', 1)[-1] for p in summary['plots'])}")
+    for m in summary["missing"]:
+        print(f"  incomplete: {m}")
+    return 0
+
+
+def register(sub) -> None:
+    study = sub.add_parser("study", help="scaling studies: plan, run, status, report a study spec").add_subparsers(
+        dest="action", required=True)
+    for name, func, text in (("plan", _cmd_plan, "runs per stage and a cost estimate; nothing runs"),
+                             ("run", _cmd_run, "submit, select per cell, submit the final stage; idempotent"),
+                             ("status", _cmd_status, "per cell and stage: done, running, failed, pending"),
+                             ("report", _cmd_report, "table, plots and fitted scaling curves")):
+        p = study.add_parser(name, help=text)
+        p.add_argument("spec", help="study spec YAML (see configs/study/)")
+        p.set_defaults(func=func)
+        if name == "run":
+            p.add_argument("--no-wait", action="store_true", help="one pass: submit what can run now, then return")
+            p.add_argument("--poll", type=float, default=10.0, help="seconds between passes")
+            p.add_argument("--max-attempts", type=int, default=2, help="submissions of a failing run before giving up")
+        if name == "report":
+            p.add_argument("-o", "--out", help="output folder (default: the spec's out_dir/report)")

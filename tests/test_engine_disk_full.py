@@ -1,0 +1,60 @@
+"""A full disk is named as such, leaves no partial checkpoint, and costs no finished work:
+on a real (tiny) tmpfs, filled while the run trains."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from engine_helpers import PYTHON, ROOT, env, make_assets, wait_for_step, write_config
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / f"filler-{uuid.uuid4().hex}"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_disk_full_is_named_and_the_run_resumes(tmp_path, tiny_fs):
+    assets = make_assets(tmp_path / "assets")
+    config = write_config(tmp_path / "cfg.yaml", assets, tiny_fs / "runs", epochs=60, every=4)
+    run = tiny_fs / "runs" / "full"
+    proc = subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "train", str(config), "run.name=full",
+                             "data.batch_size=16", "optim.warmup_epochs=0"], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(run / "metrics.jsonl", 5, proc, timeout=180)
+    filler = _fill(tiny_fs)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 2, out[-3000:]
+    assert f"spt: error: no space left on {run}" in out, out[-3000:]
+    assert "unexpected pos" not in out
+    assert not list((run / "checkpoints").glob(".tmp_*")), "a partial checkpoint was left behind"
+    filler.unlink()
+    shutil.rmtree(run / "tb", ignore_errors=True)  # TensorBoard's writer may hold a broken file
+    resumed = subprocess.run([PYTHON, "-m", "spt_dist.cli", "train", str(run)], cwd=ROOT, env=env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert '"status": "finished"' in resumed.stdout

@@ -1,0 +1,137 @@
+"""Faults a real 2-rank torchrun job must survive or end cleanly, never hang:
+
+- a frozen rank (SIGSTOP) ends the job within distributed.timeout_s + 30 s, the rank named;
+- Ctrl-C (SIGINT to torchrun) saves a checkpoint, leaves no process behind, resumes exactly;
+- torchrun killed by a signal it does not handle (SIGUSR2 to its process group): the ranks
+  follow their parent's death (checkpoint, exit) instead of training on as orphans.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine_helpers import ROOT, env, make_assets, torchrun, wait_for_step, write_config
+
+TIMEOUT_S = 20
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.getbasetemp() / "engine_assets")
+
+
+def _children(pid: int) -> List[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _rank_pids(launcher: int) -> dict:
+    ranks = {}
+    for pid in _children(launcher):
+        try:
+            environ = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"RANK="):
+                ranks[int(item[5:])] = pid
+    return ranks
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _launch(config: Path, *overrides: str) -> subprocess.Popen:
+    # Its own process group, as a job started from a shell: a signal to the group stays there.
+    return subprocess.Popen(torchrun(["-m", "spt_dist.cli", "train", str(config), *overrides]), cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _config(tmp_path: Path, assets, epochs: int = 40) -> Path:
+    return write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=epochs, every=1000)
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_a_frozen_rank_ends_the_job_naming_it(tmp_path, assets, attempt):
+    config = _config(tmp_path, assets)
+    proc = _launch(config, "run.name=frozen", f"distributed.timeout_s={TIMEOUT_S}")
+    wait_for_step(tmp_path / "runs" / "frozen" / "metrics.jsonl", 2 + 3 * attempt, proc, timeout=180)
+    frozen = attempt % 2  # rank 1, or rank 0 (the lock owner)
+    ranks = _rank_pids(proc.pid)
+    os.kill(ranks[frozen], signal.SIGSTOP)
+    start = time.time()
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S + 30)
+    finally:
+        for pid in ranks.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    elapsed = time.time() - start
+    assert proc.returncode != 0 and elapsed <= TIMEOUT_S + 30, (elapsed, out[-3000:])
+    assert f"rank {frozen} stopped answering" in out, out[-3000:]
+
+
+def _reference_pack(tmp_path_factory, assets) -> dict:
+    root = tmp_path_factory.mktemp("reference")
+    config = _config(root, assets, epochs=3)
+    proc = _launch(config, "run.name=full")
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()[-3000:]
+    return load_file(str(root / "runs" / "full" / "prompt_pack.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, assets):
+    return _reference_pack(tmp_path_factory, assets)
+
+
+@pytest.mark.parametrize("how", ["sigint-to-torchrun", "sigusr2-to-torchruns-group"])
+def test_interrupted_job_saves_leaves_nothing_behind_and_resumes_exactly(tmp_path, assets, reference, how):
+    config = _config(tmp_path, assets, epochs=3)
+    run = tmp_path / "runs" / "cut"
+    proc = _launch(config, "run.name=cut")
+    wait_for_step(run / "metrics.jsonl", 3, proc, timeout=180)
+    ranks = _rank_pids(proc.pid)
+    assert sorted(ranks) == [0, 1]
+    if how == "sigint-to-torchrun":  # what Ctrl-C in its terminal does
+        os.kill(proc.pid, signal.SIGINT)
+    else:  # a signal torchrun does not handle: it dies at once
+        os.killpg(os.getpgid(proc.pid), signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=60)
+    deadline = time.time() + 60
+    while any(_alive(p) for p in ranks.values()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in ranks.values()), "orphaned ranks kept running"
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    stop = [e for e in events if e["event"] == "interrupted"]
+    assert stop and stop[-1]["signal"] in ("SIGINT", "SIGTERM"), out[-3000:]
+    assert sorted(run.glob("checkpoints/step_*")), "no checkpoint saved"
+    assert not (run / "lock.json").exists()
+    resumed = subprocess.run(torchrun(["-m", "spt_dist.cli", "train", str(run)]), cwd=ROOT, env=env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    pack = load_file(str(run / "prompt_pack.safetensors"))
+    assert pack.keys() == reference.keys()
+    assert all(torch.equal(pack[k], reference[k]) for k in pack)

@@ -1,0 +1,78 @@
+"""One run per run folder: two jobs started on one folder at the same moment never mix, and a
+checkpoint of another config is never resumed, even with config.yaml gone."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from engine_helpers import PYTHON, ROOT, env, make_assets, write_config
+from spt_dist.config import ConfigError, load_config
+from spt_dist.engine.checkpoint import CheckpointMismatchError
+from spt_dist.engine.train import train
+from spt_dist.rundir import config_hash
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.getbasetemp() / "engine_assets")
+
+
+def _start_together(config, overrides_a, overrides_b):
+    """Both `spt train` processes are started, then released at the same moment (after imports)."""
+    cmd = [PYTHON, "-c", "import sys, time; import spt_dist.engine.train; from spt_dist.cli import main; "
+                         "t = float(sys.argv[1]); time.sleep(max(0.0, t - time.time())); "
+                         "sys.exit(main(sys.argv[2:]))"]
+    at = str(time.time() + 12)
+    procs = [subprocess.Popen([*cmd, at, "train", str(config), *o], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for o in (overrides_a, overrides_b)]
+    return [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+
+
+@pytest.mark.parametrize("same", [False, True], ids=["different-configs", "identical-configs"])
+def test_two_jobs_on_one_folder_one_trains_one_is_refused(tmp_path, assets, same):
+    config = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=3)
+    a, b = ["run.name=shared", "optim.lr=0.02"], ["run.name=shared", "optim.lr=0.02" if same else "optim.lr=0.2"]
+    outcomes = _start_together(config, a, b)
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == [0, 2], outcomes
+    refused = next(err for code, err in outcomes if code == 2)
+    assert "is being trained by another job" in refused or "already holds a run with a different config" in refused
+    run = tmp_path / "runs" / "shared"
+    held = load_config(str(run / "config.yaml"))
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "finished"
+    # Never a mix: what trained is what config.yaml says, in every checkpoint and in the metrics.
+    assert results["lr"] == pytest.approx(held.optim.lr)
+    for meta in run.glob("checkpoints/step_*/meta.json"):
+        assert json.loads(meta.read_text())["identity"]["config_hash"] == config_hash(held)
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("start") == 1
+    assert not (run / "lock.json").exists()  # released at the end
+
+
+def test_another_config_never_resumes_a_checkpoint_even_without_config_yaml(tmp_path, assets):
+    config = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=2, every=3)
+    first = train(load_config(str(config), ["run.name=r", "optim.lr=0.02"]), max_steps=4)
+    assert first["status"] == "interrupted"
+    (tmp_path / "runs" / "r" / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match="has no config.yaml but its checkpoints were written by another config"):
+        train(load_config(str(config), ["run.name=r", "optim.lr=0.2"]))
+    assert not (tmp_path / "runs" / "r" / "config.yaml").exists()  # not claimed by the wrong config
+    # The original config still resumes (config.yaml is written again).
+    assert train(load_config(str(config), ["run.name=r", "optim.lr=0.02"]))["status"] == "finished"
+
+
+def test_a_checkpoint_of_another_config_is_refused_by_its_identity(tmp_path, assets):
+    """The last line of defence, below config.yaml: the config hash stored in every checkpoint."""
+    import shutil
+
+    config = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=2, every=3)
+    train(load_config(str(config), ["run.name=a", "optim.lr=0.02"]), max_steps=4)
+    train(load_config(str(config), ["run.name=b", "optim.lr=0.2"]), max_steps=1)
+    shutil.rmtree(tmp_path / "runs" / "b" / "checkpoints")
+    shutil.copytree(tmp_path / "runs" / "a" / "checkpoints", tmp_path / "runs" / "b" / "checkpoints")
+    with pytest.raises(CheckpointMismatchError, match="was written for config_hash="):
+        train(load_config(str(config), ["run.name=b", "optim.lr=0.2"]))

@@ -1,0 +1,87 @@
+"""The run folder lock: exactly one owner, stale locks taken over safely, a lost lock noticed."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from spt_dist.rundir.lock import LockLost, RunFolderBusy, RunLock
+
+
+def _race(folder: str, start: float, out) -> None:
+    while time.time() < start:
+        pass
+    lock = RunLock(folder)
+    try:
+        lock.acquire()
+        out.put(os.getpid())
+        time.sleep(1.0)  # hold it while the others try
+    except RunFolderBusy:
+        out.put(None)
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_many_processes_at_once_exactly_one_owner(tmp_path, stale):
+    if stale:  # every racer finds a dead owner's lock and tries to take it over
+        (tmp_path / "lock.json").write_text(json.dumps({"token": "old", "host": socket.gethostname(),
+                                                        "pid": 2 ** 22 + 7, "heartbeat": time.time()}))
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    start = time.time() + 0.5
+    procs = [ctx.Process(target=_race, args=(str(tmp_path), start, out)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    winners = [w for w in (out.get(timeout=30) for _ in procs) if w is not None]
+    for p in procs:
+        p.join()
+    assert len(winners) == 1
+
+
+def test_live_owner_refuses_with_its_name_and_dead_one_is_taken_over(tmp_path):
+    first = RunLock(tmp_path)
+    assert first.acquire() is None
+    with pytest.raises(RunFolderBusy, match=rf"pid {os.getpid()} on {socket.gethostname()}"):
+        RunLock(tmp_path).acquire()  # this very process is alive
+    first.release()
+    assert not (tmp_path / "lock.json").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": socket.gethostname(), "pid": int(dead),
+                                                    "heartbeat": time.time()}))
+    reason = RunLock(tmp_path).acquire()
+    assert reason == f"its owner, pid {dead} on this host, is gone"
+
+
+def test_stale_heartbeat_of_another_host_is_taken_over(tmp_path):
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "elsewhere", "pid": 1,
+                                                    "heartbeat": time.time() - 30}))
+    with pytest.raises(RunFolderBusy, match="heartbeat 30 s ago"):
+        RunLock(tmp_path, stale_s=60).acquire()
+    assert "heartbeat is 30 s old" in RunLock(tmp_path, stale_s=10).acquire()
+
+
+def test_an_earlier_run_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99, "job": "4242",
+                                                    "heartbeat": time.time()}))
+    assert "earlier run of this job (4242)" in RunLock(tmp_path).acquire()
+
+
+def test_refresh_notices_a_takeover(tmp_path):
+    mine = RunLock(tmp_path, stale_s=5)
+    mine.acquire()
+    mine.refresh()
+    beat = json.loads((tmp_path / "lock.json").read_text())["heartbeat"]
+    assert time.time() - beat < 5
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "someone else", "host": "h", "pid": 1,
+                                                    "heartbeat": time.time()}))
+    with pytest.raises(LockLost, match="taken over by h:1"):
+        mine.refresh()
+    mine.release()
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == "someone else"  # not ours to remove

@@ -1,0 +1,117 @@
+"""Study specs expand into the right runs per stage, validated as a whole before anything runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spt_dist.cli import main as spt
+from spt_dist.config import ConfigError
+from spt_dist.study.errors import StudyError
+from spt_dist.study.plan import FINAL, SEARCH, build_plan
+from spt_dist.study.spec import load_spec
+
+SPEC = """
+name: tiny
+base: {base}
+runs_dir: {root}/pool
+out_dir: {root}/study
+axes:
+  backbone:
+    - {{model.name: vit_micro_p4_16}}
+    - {{model.name: vit_micro_reg_p4_16}}
+  data.fraction: [0.25, 0.5, 1.0]
+methods:
+  linear:
+    overrides: [method.name=linear, method.prompt_length=0, method.deep=false, method.init=vpt]
+    search: {{optim.lr: [0.01, 0.1], optim.weight_decay: [0.0, 0.001]}}
+  vpt_deep:
+    overrides: {{method.name: vpt, method.deep: true, method.prompt_length: 2, method.init: vpt}}
+    search: {{optim.lr: [0.05, 0.5]}}
+protocol:
+  metric: val_top1
+  seeds: [0, 1, 2]
+launch: {{cluster: local, array_parallelism: 2}}
+"""
+
+BASE = """
+model: {{name: vit_micro_p4_16}}
+method: {{track_alignment: false}}
+data: {{root: {shards}, batch_size: 8, eval_batch_size: 16}}
+optim: {{name: adamw, lr: 0.01, epochs: 2, warmup_epochs: 0}}
+run: {{progress: false, log_every: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    from spt_dist.data.synthetic import tiny_shards
+
+    root = tmp_path_factory.mktemp("plan")
+    tiny_shards(root / "shards", {"train": [48, 48], "val": [12], "test": [12]}, num_classes=3, size=16)
+    (root / "base.yaml").write_text(BASE.format(shards=root / "shards"))
+    return root
+
+
+def _spec(root: Path, text: str = SPEC, name: str = "spec.yaml") -> Path:
+    path = root / name
+    path.write_text(text.format(base=root / "base.yaml", root=root))
+    return path
+
+
+def test_two_capacities_three_fractions_two_methods(root):
+    plan = build_plan(load_spec(_spec(root)))
+    assert len(plan.cells) == 2 * (2 * 3)
+    per_method = {m: sum(len(plan.search[c.key]) for c in plan.cells if c.method.name == m) for m in ("linear", "vpt_deep")}
+    assert per_method == {"linear": 6 * 4, "vpt_deep": 6 * 2}  # each method its own grid
+    cell = next(c for c in plan.cells if c.key == "linear__backbone-vit_micro_reg_p4_16__data.fraction-0.5")
+    runs = plan.search[cell.key]
+    assert [r.point for r in runs] == [{"optim.lr": 0.01, "optim.weight_decay": 0.0},
+                                       {"optim.lr": 0.01, "optim.weight_decay": 0.001},
+                                       {"optim.lr": 0.1, "optim.weight_decay": 0.0},
+                                       {"optim.lr": 0.1, "optim.weight_decay": 0.001}]
+    cfg = runs[3].cfg
+    assert (cfg.model.name, cfg.data.fraction, cfg.optim.lr, cfg.optim.weight_decay, cfg.method.name) == \
+        ("vit_micro_reg_p4_16", 0.5, 0.1, 0.001, "linear")
+    assert cfg.data.stage == "tune" and cfg.data.test_split is None  # the search never reads test
+    final = plan.final(cell, {"optim.lr": 0.1, "optim.weight_decay": 0.0})
+    assert [r.stage for r in final] == [FINAL] * 3 and [r.cfg.run.seed for r in final] == [0, 1, 2]
+    assert final[0].cfg.data.stage == "final" and final[0].cfg.data.val_split is None
+    # Stable names: the same spec expands to the same run folders, named by config hash.
+    again = build_plan(load_spec(_spec(root)))
+    assert [r.name for r in again.search[cell.key]] == [r.name for r in runs]
+    assert all(r.run_dir.parent == root / "pool" for r in runs) and len({r.name for r in runs}) == 4
+    assert runs[0].stage == SEARCH
+
+
+def test_same_config_in_two_studies_is_one_run_folder(root):
+    plan_a = build_plan(load_spec(_spec(root)))
+    other = SPEC.replace("name: tiny", "name: other").replace("out_dir: {root}/study", "out_dir: {root}/other")
+    plan_b = build_plan(load_spec(_spec(root, other, "other.yaml")))
+    a = {str(r.run_dir) for runs in plan_a.search.values() for r in runs}
+    b = {str(r.run_dir) for runs in plan_b.search.values() for r in runs}
+    assert a == b
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (("data.fraction: [0.25, 0.5, 1.0]", "data.fractoin: [0.25]"), ConfigError, "unknown config key 'data.fractoin'"),
+    (("data.fraction: [0.25, 0.5, 1.0]", "data.fraction: [0.25, 1.5]"), ConfigError,
+     "config key 'data.fraction' = 1.5 is out of range"),
+    (("method.prompt_length: 2,", "method.prompt_length: 0,"), ConfigError, "needs at least one prompt token"),
+    (("metric: val_top1", "metric: val_top"), StudyError, "protocol.metric 'val_top' is not allowed"),
+    (("seeds: [0, 1, 2]", "seeds: []"), StudyError, "protocol.seeds must be a non-empty list"),
+    (("name: tiny", "name: tiny\nmethodz: 1"), StudyError, "unknown key(s) methodz"),
+])
+def test_bad_spec_is_refused_before_anything_runs(root, change, error, message):
+    path = _spec(root, SPEC.replace(*change), "bad.yaml")
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_plan(load_spec(path))
+    assert not (root / "pool").exists() or not any((root / "pool").iterdir())
+
+
+def test_study_plan_command_prints_runs_and_cost(root, capsys):
+    assert spt(["study", "plan", str(_spec(root))]) == 0
+    out = capsys.readouterr().out
+    assert "12 cells (2 method(s) x 2 x 3 axis values)" in out
+    assert "search: 36 runs (linear 24, vpt_deep 12)" in out and "final: 36 runs (3 seed(s) per cell" in out
+    assert "training hours" in out and "GFLOP/s" in out
