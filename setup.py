@@ -26,6 +26,12 @@ setup(
         "scikit-learn",
         "ninja",
     ],
-    extras_require={"dev": ["pytest", "pytest-timeout", "wids"]},
+    # Trackers beyond TensorBoard are optional (run.loggers); the client alone is enough for MLflow
+    # (mlflow-skinny; the full `mlflow` package adds the UI server).
+    extras_require={
+        "wandb": ["wandb>=0.15"],
+        "mlflow": ["mlflow-skinny>=3.0"],
+        "dev": ["pytest", "pytest-timeout", "wids", "wandb>=0.15", "mlflow-skinny>=3.0"],
+    },
     entry_points={"console_scripts": ["spt=spt_dist.cli:main"]},
 )

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .errors import ConfigError
+from .method import MethodKeys, resolve_method
 from .schema import Config
 from .stage import note_split_keys, resolve_stage
 from .validate import validate
@@ -69,10 +70,11 @@ def _merge(base: DictConfig, other, origin: str) -> DictConfig:
         raise _explain(exc, origin) from None
 
 
-def _compose_file(base: DictConfig, path: Path, stack: List[Path], origins: Dict[str, str]) -> DictConfig:
+def _compose_file(base: DictConfig, path: Path, stack: List[Path], origins: Dict[str, str],
+                  methods: MethodKeys) -> DictConfig:
     """Merge `path` after its `defaults`; `stack` is the chain of files including it (a cycle
     is an error; the same file reached twice by different chains is fine). `origins` records
-    where split keys were set (see stage.py)."""
+    where split keys were set (see stage.py), `methods` where method keys were (see method.py)."""
     if path in stack:
         raise ConfigError(f"config file '{path}' includes itself through 'defaults' "
                           f"({' -> '.join(p.name for p in stack + [path])})")
@@ -86,8 +88,9 @@ def _compose_file(base: DictConfig, path: Path, stack: List[Path], origins: Dict
     if isinstance(includes, str):
         includes = [includes]
     for name in includes:
-        base = _compose_file(base, _resolve(str(name), path), stack + [path], origins)
+        base = _compose_file(base, _resolve(str(name), path), stack + [path], origins, methods)
     note_split_keys(raw, str(path), origins)
+    methods.note(raw, str(path))
     return _merge(base, raw, str(path))
 
 
@@ -105,13 +108,16 @@ def _compose_slow(path: Optional[str], overrides: Sequence[str]) -> DictConfig:
     """Source by source: an error names the file or the override it comes from."""
     cfg = OmegaConf.structured(Config)
     origins: Dict[str, str] = {}
+    methods = MethodKeys()
     if path:
-        cfg = _compose_file(cfg, _resolve(path, None), [], origins)
+        cfg = _compose_file(cfg, _resolve(path, None), [], origins, methods)
     for item in overrides:
         source = OmegaConf.from_dotlist([item])
         note_split_keys(source, f"override '{item}'", origins)
+        methods.note(source, f"override '{item}'")
         cfg = _merge(cfg, source, f"override '{item}'")
     resolve_stage(cfg, origins)
+    resolve_method(cfg, methods)
     return cfg
 
 
@@ -170,14 +176,17 @@ def _compose_fast(path: Optional[str], overrides: Sequence[str]) -> DictConfig:
         _sources(_resolve(path, None), [], sources)
     sources += [(f"override '{o}'", _dotted(o)) for o in overrides]
     origins: Dict[str, str] = {}
+    methods = MethodKeys()
     merged: dict = {}
     for origin, raw in sources:
         if any(sec in raw and not isinstance(raw[sec], dict) for sec in SECTIONS):
             raise ValueError("a section given a value")  # the slow path names it
         note_split_keys(raw, origin, origins)
+        methods.note(raw, origin)
         _deep_update(merged, raw)
     cfg = OmegaConf.merge(_schema(), merged)
     resolve_stage(cfg, origins)
+    resolve_method(cfg, methods)
     return cfg
 
 

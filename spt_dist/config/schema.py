@@ -1,8 +1,9 @@
 """The one config schema of a run.
 
-Every field carries its constraint in ``metadata``: ``choices`` (allowed values) or
-``range`` (lo, hi, lo_open, hi_open). :func:`spt_dist.config.validate.validate` walks
-them, so adding a setting here is the only place its rule is written.
+Every field carries its constraint in ``metadata``: ``choices`` (allowed values), ``subset``
+(a list of allowed values, each at most once) or ``range`` (lo, hi, lo_open, hi_open).
+:func:`spt_dist.config.validate.validate` walks them, so adding a setting here is the only
+place its rule is written.
 """
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ INF = float("inf")
 
 def choice(default: Any, *choices: Any, help: str = "") -> Any:
     return field(default=default, metadata={"choices": list(choices), "help": help})
+
+
+def subset(default: List[Any], *choices: Any, help: str = "") -> Any:
+    return field(default_factory=lambda: list(default), metadata={"subset": list(choices), "help": help})
 
 
 def bounded(default: Any, lo: float = -INF, hi: float = INF, lo_open: bool = False,
@@ -33,12 +38,16 @@ INIT_TRANSFORMS = ("eval", "train")
 STAGES = ("custom", "tune", "final")
 LR_SCHEDULES = ("per_iteration", "per_epoch")
 SGD_NO_DECAY = ("head_bias", "none")
+LOGGERS = ("tensorboard", "wandb", "mlflow")
+WANDB_MODES = ("offline", "online")
 
 
 @dataclass
 class ModelConfig:
     name: str = field(default="vit_tiny_p7_28", metadata={"help": "backbone registry name (spt backbones)"})
-    checkpoint: Optional[str] = field(default=None, metadata={"help": "local weights file; never downloaded"})
+    checkpoint: Optional[str] = field(default=None, metadata={
+        "help": "local weights file, or hf-hub:<org>/<name>[@revision] from the local Hugging Face cache; "
+                "never downloaded"})
     checkpoint_format: str = choice("auto", *CHECKPOINT_FORMATS)
     img_size: Optional[int] = bounded(None, 1, help="input size; default: the registry's")
     in_chans: Optional[int] = choice(None, None, 3, help="the data stage feeds RGB images")
@@ -162,6 +171,15 @@ class RunConfig:
     eval_every: int = bounded(1, 1, help="epochs between validation passes")
     log_every: int = bounded(10, 1, help="steps between metric lines")
     progress: bool = True
+    loggers: List[str] = subset(["tensorboard"], *LOGGERS, help="trackers fed next to metrics.jsonl (rank 0); "
+                                "[] = metrics.jsonl only")
+    wandb_project: str = "spt_dist"
+    wandb_entity: Optional[str] = None
+    wandb_mode: str = choice("offline", *WANDB_MODES, help="offline: written under the run folder, uploaded later "
+                             "with `wandb sync`; online: needs network access and a W&B login")
+    mlflow_tracking_uri: Optional[str] = field(default=None, metadata={
+        "help": "MLflow tracking URI; default: a file store in <run.out_dir>/mlruns"})
+    mlflow_experiment: str = "spt_dist"
     lock_stale_s: int = bounded(120, 5, help="a run folder lock whose heartbeat is older is taken over")
 
 

@@ -16,6 +16,8 @@ def _check_field(key: str, value: Any, meta: dict) -> None:
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"config key '{key}' = {value!r} is not a finite number")
+    if "subset" in meta:
+        _check_subset(key, value, meta["subset"])
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(f"config key '{key}' = {value!r} is not allowed; "
                           f"allowed values: {', '.join(repr(c) for c in meta['choices'])}")
@@ -28,6 +30,17 @@ def _check_field(key: str, value: Any, meta: dict) -> None:
             right = ")" if hi_open else "]"
             raise ConfigError(f"config key '{key}' = {value!r} is out of range; "
                               f"allowed: {left}{lo}, {hi}{right}")
+
+
+def _check_subset(key: str, value: Any, allowed: List[Any]) -> None:
+    listed = ", ".join(repr(c) for c in allowed)
+    bad = [v for v in value if v not in allowed]
+    if bad:
+        raise ConfigError(f"config key '{key}' = {list(value)!r}: {bad[0]!r} is not allowed; "
+                          f"allowed: a list of any of {listed}")
+    twice = sorted({v for v in value if list(value).count(v) > 1})
+    if twice:
+        raise ConfigError(f"config key '{key}' = {list(value)!r} names {twice[0]!r} twice; list each once")
 
 
 def _walk(obj: Any, prefix: str) -> None:
@@ -45,6 +58,9 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+# configs/method/*.yaml, for the message that asks for a prompt length.
+PRESET_LENGTHS = {"vpt": "50 in method/vpt_shallow and method/vpt_deep",
+                  "spt": "100 in method/spt_shallow, 20 in method/spt_deep"}
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9_+=,@%-][A-Za-z0-9._+=,@%-]*$")
 
 
@@ -59,11 +75,16 @@ def _check_combinations(cfg: Config) -> None:
                  f"method={m.name} takes no prompts; set method.prompt_length=0 (got {m.prompt_length})")
         _require(not m.deep, "method.deep", f"deep prompts need method=vpt or method=spt, not {m.name}")
     else:
+        also = " and method.init=kmeans (or random_sample, mean_pool, max_pool)" if m.name == "spt" and \
+            m.init == "vpt" else ""
         _require(m.prompt_length >= 1, "method.prompt_length",
-                 f"method={m.name} needs at least one prompt token (got {m.prompt_length})")
+                 f"method={m.name} needs at least one prompt token (got {m.prompt_length}); add "
+                 f"method.prompt_length=N{also} (the presets: {PRESET_LENGTHS[m.name]}; method.deep=true for "
+                 f"deep prompts)")
     if m.name == "spt":
         _require(m.init != "vpt", "method.init",
-                 "method=spt initialises from prototypes: one of random_sample, mean_pool, max_pool, kmeans")
+                 "method=spt initialises from prototypes: add method.init=kmeans (or random_sample, mean_pool, "
+                 "max_pool)")
     elif m.prompt_length:
         _require(m.init == "vpt", "method.init",
                  f"prototype initialisation '{m.init}' is SPT's; use method=spt or method.init=vpt")
@@ -157,10 +178,19 @@ def _check_normalization(cfg: Config) -> None:
              "set model.mean and model.std together")
 
 
+def _check_checkpoint_name(cfg: Config) -> None:
+    from .hub import is_hub_name, parse_hub_name
+
+    if is_hub_name(cfg.model.checkpoint):
+        parse_hub_name(cfg.model.checkpoint)
+
+
 def _check_files(cfg: Config) -> None:
+    from .hub import resolve_checkpoint
+
     paths: List[tuple] = [("data.root", os.path.join(os.path.expanduser(cfg.data.root), "index.json"))]
-    if cfg.model.checkpoint:
-        paths.append(("model.checkpoint", os.path.expanduser(cfg.model.checkpoint)))
+    if cfg.model.checkpoint:  # an hf-hub name not in the cache fails here, naming the cache
+        paths.append(("model.checkpoint", resolve_checkpoint(cfg.model.checkpoint)))
     if cfg.distributed.deepspeed_json:
         paths.append(("distributed.deepspeed_json", os.path.expanduser(cfg.distributed.deepspeed_json)))
     for key, path in paths:
@@ -173,5 +203,6 @@ def validate(cfg: Config, check_files: bool = False) -> None:
     _check_combinations(cfg)
     _check_registry(cfg)
     _check_normalization(cfg)
+    _check_checkpoint_name(cfg)
     if check_files:
         _check_files(cfg)

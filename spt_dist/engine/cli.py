@@ -9,6 +9,7 @@ torchrun / srun end the others instead of leaving them in a collective.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -38,6 +39,8 @@ def _train(args: argparse.Namespace) -> int:
     multi = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
     try:
         cfg, run_dir = _load(args.config, args.overrides)
+        if args.no_progress:  # a display setting: a run folder resumes with it too
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, progress=False))
         results = train(cfg, run_dir=run_dir)
     except SptError as exc:
         if not multi:
@@ -58,14 +61,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from spt_dist.config.hub import resolve_checkpoint
     from spt_dist.errors import SptError
 
     from .export import load_prompt_pack, predict_images, predict_shards
 
-    missing = [p for p in (args.pack, args.backbone_checkpoint, *args.inputs) if not Path(p).exists()]
+    backbone = resolve_checkpoint(args.backbone_checkpoint, key="--backbone-checkpoint")
+    missing = [p for p in (args.pack, backbone, *args.inputs) if not Path(p).exists()]
     if missing:
         raise SptError(f"spt predict: not found: {', '.join(missing)}")
-    model, meta = load_prompt_pack(args.pack, args.backbone_checkpoint)
+    model, meta = load_prompt_pack(args.pack, backbone)
     inputs = args.inputs
     if len(inputs) == 1 and (Path(inputs[0]) / "index.json").is_file():
         res = predict_shards(model, meta, inputs[0], args.split)
@@ -91,11 +96,14 @@ def register(sub) -> None:
 
     p = sub.add_parser("train", help="train one run (CONFIG file, or a run folder to resume)")
     add_config_arguments(p)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar, as run.progress=false (also off when stderr is not a terminal)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="apply a prompt pack to images or a shard folder")
     p.add_argument("pack", help="prompt_pack.safetensors of a run")
-    p.add_argument("--backbone-checkpoint", required=True, help="the backbone weights the run used")
+    p.add_argument("--backbone-checkpoint", required=True,
+                   help="the backbone weights the run used (a file, or hf-hub:<org>/<name> in the local cache)")
     p.add_argument("--split", default="test", help="split to score when INPUT is a shard folder")
     p.add_argument("inputs", nargs="+", help="image files, or one shard folder (with index.json)")
     p.set_defaults(func=_predict)

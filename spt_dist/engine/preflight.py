@@ -4,7 +4,9 @@ Torch-free: the launcher runs it on the login node (with the job's world size) a
 engine again at start (with the real one and this machine's memory). Every failure is a
 ConfigError naming the key, the value and what would work:
 
-- the weight file: a readable safetensors / torch / npz file (its header, not its tensors);
+- the weight file: a readable safetensors / torch / npz file (its header, not its tensors); an
+  hf-hub name must be in the local Hugging Face cache;
+- run.loggers: every tracker's package is installed;
 - distributed.deepspeed_json: valid JSON, no optimizer or scheduler (the config owns them),
   and no setting that contradicts the config's own (batch, accumulation, clipping, ZeRO
   stage, precision);
@@ -25,8 +27,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from spt_dist.config import Config, ConfigError
+from spt_dist.config.hub import resolve_checkpoint
 from spt_dist.config.registry import backbone_spec
 from spt_dist.config.validate import drop_last_problem
+from spt_dist.rundir.loggers import check_loggers
 
 ABSURD_BYTES = 1 << 40  # no accelerator or node has a TiB for one rank's step
 
@@ -175,7 +179,8 @@ def check_run(cfg: Config, world_size: int, available_memory: Optional[int] = No
     if problem:
         raise ConfigError(problem)
     if cfg.model.checkpoint:
-        check_weights_file(cfg.model.checkpoint)
+        check_weights_file(resolve_checkpoint(cfg.model.checkpoint))
+    check_loggers(cfg.run.loggers)
     check_deepspeed_json(cfg, world_size)
     if num_samples is not None:
         check_accumulation(cfg, num_samples, world_size)

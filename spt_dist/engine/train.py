@@ -20,7 +20,9 @@ from tqdm import tqdm
 from spt_dist.config import Config, to_yaml
 from spt_dist.distributed import DistInfo, init_distributed
 from spt_dist.io import write_json_atomic
+from spt_dist.model.weights_check import log_weights_check
 from spt_dist.rundir import finished_results, run_dir_for
+from spt_dist.rundir.loggers import start_trackers
 from spt_dist.rundir.metrics import MetricsLog
 
 from . import preflight
@@ -70,7 +72,8 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         follow_parent()
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
     dist.comm.agreed(_preflight, cfg, dist)
-    with claim_run_dir(cfg, run_dir, dist) as watchdog:
+    with claim_run_dir(cfg, run_dir, dist) as watchdog, \
+            MetricsLog(run_dir, dist.is_main, dist.comm.agreed(start_trackers, cfg, run_dir, dist.is_main)) as log:
         ckpt = Checkpointer(run_dir / "checkpoints", cfg.run.keep_checkpoints, cfg.run.checkpoint_every, dist,
                             {}, to_yaml(cfg))
         resume_from = ckpt.newest_valid()
@@ -80,8 +83,8 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         rng, state = TrainRng(), TrainState()
         if resume_from is not None:
             state = TrainState.from_state_dict(ckpt.load(parts.engine, resume_from, rng)["state"])
-        log = MetricsLog(run_dir, enabled=dist.is_main)
         _log_start(log, parts, dist, state, resume_from, ckpt)
+        log_weights_check(cfg, log, state.step)
         watchdog.phase, wall_before = "train", state.wall_s
         status, stopped = _loop(cfg, parts, dist, state, ckpt, rng, stop, log, max_steps, t0, watchdog)
         watchdog.phase = "finish"
@@ -256,7 +259,7 @@ def _finish(cfg: Config, run_dir: Path, parts: RunParts, dist: DistInfo, state: 
     if dist.is_main:
         write_json_atomic(run_dir / "results.json", results)
         log.log("end", state.step, **{k: v for k, v in results.items() if k != "step"})
-        log.close()
+        log.close(status)
         print(f"spt: run {run_dir} {status}: top1={results['top1']} val_top1={results['val_top1']} "
               f"step={state.step}", file=sys.stderr, flush=True)
         if stop.requested and status == "finished":

@@ -1,10 +1,10 @@
 """Config -> PromptedViT: the one place that maps method settings onto the model wrapper."""
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional, Tuple
 
 from spt_dist.config import Config
+from spt_dist.config.hub import resolve_checkpoint
 from spt_dist.config.registry import backbone_spec, normalization
 
 from .backbone import build_backbone
@@ -20,9 +20,12 @@ class InputSpec(NamedTuple):
 
 
 def read_weights(cfg: Config) -> Optional[Checkpoint]:
-    """The run's weight file, read once (None without one); build_model and input_spec take it."""
+    """The run's weight file (a path or an hf-hub name in the local cache), read once (None without
+    one); build_model and input_spec take it."""
     m = cfg.model
-    return read_checkpoint(m.checkpoint, m.checkpoint_format, mae_head_norm=m.mae_head_norm) if m.checkpoint else None
+    if not m.checkpoint:
+        return None
+    return read_checkpoint(resolve_checkpoint(m.checkpoint), m.checkpoint_format, mae_head_norm=m.mae_head_norm)
 
 
 def checkpoint_format(cfg: Config) -> Optional[str]:
@@ -31,7 +34,7 @@ def checkpoint_format(cfg: Config) -> Optional[str]:
         return None
     if cfg.model.checkpoint_format != "auto":
         return cfg.model.checkpoint_format
-    return detect_format(os.path.expanduser(cfg.model.checkpoint))
+    return detect_format(resolve_checkpoint(cfg.model.checkpoint))
 
 
 def input_spec(cfg: Config, fmt: Optional[str] = None) -> InputSpec:

@@ -35,7 +35,7 @@ def _init(args: argparse.Namespace) -> int:
     from .alignment import alignment_metrics
     from .initialize import initialize_prompts
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, list(args.overrides) + (["run.progress=false"] if args.no_progress else []))
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s, deepspeed=False)
     index = ShardIndex.load(os.path.expanduser(cfg.data.root))
     seed_everything(cfg.run.seed)  # as in training: the same model (random backbone included)
@@ -62,6 +62,8 @@ def register(sub) -> None:
     init = sub.add_parser("init", help="SPT prototype init only (single process or under torchrun)")
     add_config_arguments(init)
     init.add_argument("--save", metavar="FILE", help="also write prompts (and reference) as .safetensors")
+    init.add_argument("--no-progress", action="store_true",
+                      help="no progress bar, as run.progress=false (also off when stderr is not a terminal)")
     init.set_defaults(func=_init)
     plot = sub.add_parser("plot-alignment", help="plot prompt-to-prototype alignment over training")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders holding metrics.jsonl")

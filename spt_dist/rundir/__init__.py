@@ -1,5 +1,6 @@
 """The run folder contract, torch-free: its name and identity, config.yaml, results.json, the
-lock that lets one job at a time train it, and metrics.jsonl. Shared by the engine (which
+lock that lets one job at a time train it, metrics.jsonl and the trackers fed next to it
+(trackers.json keeps the ids of its tracked runs). Shared by the engine (which
 writes a run folder) and the launcher (which names, checks and reads them)."""
 from .identity import config_clash, config_hash, default_run_name, run_dir_for
 from .files import RESULTS, finished_results, read_results

@@ -15,7 +15,9 @@ from typing import Optional
 from spt_dist.config import Config, to_yaml
 
 # Run settings that name, place or show a run, never change its numbers.
-NEUTRAL_RUN = {"out_dir": "", "name": "", "progress": True, "log_every": 1, "lock_stale_s": 120}
+NEUTRAL_RUN = {"out_dir": "", "name": "", "progress": True, "log_every": 1, "lock_stale_s": 120,
+               "loggers": [], "wandb_project": "", "wandb_entity": None, "wandb_mode": "offline",
+               "mlflow_tracking_uri": None, "mlflow_experiment": ""}
 
 
 def config_hash(cfg: Config) -> str:

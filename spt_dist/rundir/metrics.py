@@ -1,28 +1,27 @@
-"""metrics.jsonl (one JSON object per event, appended, flushed) and TensorBoard scalars.
+"""metrics.jsonl (one JSON object per event, appended, flushed) and the run's trackers.
 
-Only rank 0 writes. Tools read these files, never the console output.
+Only rank 0 writes. Tools read metrics.jsonl, never the console output or a tracker; the
+trackers (run.loggers, see loggers.py) get every numeric value as `<event>/<key>` at the
+event's step. A tracker that fails mid-run is switched off with one warning and never ends
+the run: metrics.jsonl still holds every value.
 """
 from __future__ import annotations
 
 import errno
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from spt_dist.io import DiskFullError
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, trackers: Sequence[Any] = ()) -> None:
         self.run_dir, self.enabled = Path(run_dir), enabled
-        self._file = None
-        self._tb = None
-        if enabled:
-            self._file = open(Path(run_dir) / "metrics.jsonl", "a")
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+        self._file = open(self.run_dir / "metrics.jsonl", "a") if enabled else None
+        self._trackers = list(trackers) if enabled else []
 
     def log(self, event: str, step: int, **values: Any) -> None:
         if not self.enabled:
@@ -35,12 +34,30 @@ class MetricsLog:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(f"no space left on {self.run_dir} while writing metrics.jsonl") from None
             raise
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._tb.add_scalar(f"{event}/{key}", value, step)
+        scalars = {f"{event}/{k}": v for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if scalars:
+            self._each("log", event, step, scalars)
 
-    def close(self) -> None:
+    def _each(self, method: str, *args: Any) -> None:
+        for tracker in list(self._trackers):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as exc:  # noqa: BLE001 - a tracker is a view; the run goes on without it
+                self._trackers.remove(tracker)
+                print(f"spt: warning: run.loggers: {tracker.name} failed ({type(exc).__name__}: {exc}); it is off "
+                      f"for the rest of this run, metrics.jsonl keeps every value", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        self.close("failed" if kind is not None else "finished")  # nothing left to do after a normal close
+
+    def close(self, status: str = "finished") -> None:
+        """`status`: finished, interrupted (a stop signal; the run resumes later) or failed."""
         if self._file:
             self._file.close()
-            self._tb.close()
-            self._file = self._tb = None
+            self._file = None
+            self._each("close", status)
+            self._trackers = []

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from spt_dist.rundir.identity import NEUTRAL_RUN
+
 from .errors import StudyError
 
 # Short names for grouping columns; any other dotted config key works as well.
@@ -93,7 +95,7 @@ def _key(name: str) -> str:
 
 # Keys that may differ between the runs a row averages: the seed (the point of averaging), and
 # what names a run or how it is launched and logged (not what it trains).
-POOLED_KEYS = ("run.seed", "run.name", "run.out_dir", "run.progress", "run.log_every", "run.lock_stale_s")
+POOLED_KEYS = ("run.seed", *(f"run.{key}" for key in NEUTRAL_RUN))
 
 
 def check_by(records: Sequence[RunRecord], by: Sequence[str]) -> None:

@@ -1,0 +1,194 @@
+"""`spt weights check` and the check at run start name a file's layout, architecture, parameter
+count and which of the VPT / SPT papers' files it is, from files written by the test in each
+publisher's layout; a run's normalisation and pooling are compared with that file's recipes.
+
+Torch files are written at the real sizes (zero-stride tensors: real names and shapes, a few
+hundred KB). .npz and safetensors files cannot be written that cheaply, so their reader is
+checked on small files against the shapes the test wrote, and the real sizes go through the
+same summary from shapes."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from official_layouts import jax_shapes, pos_embed, timm_shapes, timm_state, wrap, write_npz
+from spt_dist.cli import main as spt
+from spt_dist.config import load_config
+from spt_dist.model import build_backbone, weights_hash
+from spt_dist.model.identify import file_md5, identify, md5_finding
+from spt_dist.model.known import KNOWN
+from spt_dist.model.summary import Summary, mae_sincos, mocov3_sincos, npz_summary, state_summary, summarize
+from spt_dist.model.weights_check import check_weights, log_weights_check
+from spt_dist.rundir.metrics import MetricsLog
+
+MICRO = dict(patch=4, width=32, depth=3, heads=2, mlp=128, tokens=17)  # vit_micro_p4_16
+
+
+def _arch(k):
+    return dict(patch=k.patch, width=k.width, depth=k.depth, heads=k.heads, mlp=k.mlp, tokens=k.tokens)
+
+
+def _timm_params(patch, width, depth, heads, mlp, tokens):
+    """Independent reference: the parameters of timm's own backbone module (no head)."""
+    return sum(int(np.prod(s)) for _, s in timm_shapes(patch, width, depth, heads, mlp, tokens, None))
+
+
+def _entry(name):
+    return next(k for k in KNOWN if k.name == name)
+
+
+def test_sincos_tables_equal_the_official_codes():
+    from official_layouts import mae_reference_sincos, mocov3_reference_sincos
+
+    for dim, grid in ((768, 14), (1280, 16), (32, 4)):
+        np.testing.assert_allclose(mae_sincos(dim, grid), mae_reference_sincos(dim, grid)[0, 1:], atol=1e-5)
+        np.testing.assert_allclose(mocov3_sincos(dim, grid), mocov3_reference_sincos(dim, grid)[0, 1:], atol=1e-5)
+    assert not np.allclose(mae_sincos(768, 14), mocov3_sincos(768, 14), atol=1e-2)  # tellable apart
+
+
+def test_npz_reader_reads_the_jax_layout_the_loader_loads(tmp_path):
+    shapes = jax_shapes(**MICRO, head_classes=21843 // 1000, pre_logits=True)
+    path = tmp_path / "ViT-micro.npz"
+    write_npz(path, shapes, pos_embed("learned", 32, 17))
+    s = summarize(str(path))
+    assert (s.container, s.layout, s.patch, s.width, s.depth, s.heads, s.mlp, s.img_size) == \
+        ("npz", "jax-vit", 4, 32, 3, 2, 128, 16)
+    assert (s.head_classes, s.pre_logits, s.pos_embed, s.class_token) == (21, True, "learned", True)
+    assert s.params == _timm_params(**MICRO)
+    # The same summary as from the shapes alone (the path the real sizes take below) ...
+    again = npz_summary(Summary("x", 0, "npz", "unknown"), shapes, lambda _: pos_embed("learned", 32, 17))
+    assert dataclasses.replace(again, path=s.path, size=s.size) == s
+    # ... and a layout the loader reads: timm's npz reader fills every backbone tensor from it.
+    build_backbone("vit_micro_p4_16", checkpoint=path)
+    m = identify(s)
+    assert m.entry is None and m.closest[0].layout == "jax-vit"
+    assert any(d.startswith("width 32 (") for d in m.closest[1])
+
+
+def test_safetensors_reader_reads_timm_layout(tmp_path):
+    state = timm_state(**MICRO, head_classes=None, real=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    s = summarize(str(tmp_path / "w.safetensors"))
+    assert (s.layout, s.patch, s.width, s.depth, s.heads, s.mlp, s.head_classes) == ("timm", 4, 32, 3, None, 128, None)
+    assert s.params == _timm_params(**MICRO) and s.pos_embed == "learned"
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    again = state_summary(Summary("x", 0, "safetensors", "unknown"), shapes, None,
+                          lambda k: state[k].numpy())
+    assert dataclasses.replace(again, path=s.path, size=s.size) == s
+
+
+@pytest.mark.parametrize("entry", [k for k in KNOWN], ids=lambda k: k.name)
+def test_each_official_file_is_named(tmp_path, entry):
+    pos = pos_embed(entry.pos_embed, entry.width, entry.tokens)
+    if entry.layout == "jax-vit":
+        shapes = jax_shapes(**_arch(entry), head_classes=entry.head_classes, pre_logits=entry.pre_logits)
+        s = npz_summary(Summary(entry.name, 0, "npz", "unknown"), shapes, lambda _: pos)
+        hub = None
+    elif entry.layout == "timm":  # timm's Hub copies: model.safetensors under hf-hub:<name>
+        state = timm_state(**_arch(entry), head_classes=entry.head_classes, real=False)
+        s = state_summary(Summary("model.safetensors", 0, "safetensors", "unknown"),
+                          {k: tuple(v.shape) for k, v in state.items()}, None, lambda _: pos)
+        hub = entry.name
+    else:  # torch files, at the real sizes, through the file reader
+        path = tmp_path / entry.name
+        torch.save(wrap(entry.layout, timm_state(**_arch(entry), head_classes=entry.head_classes, real=False), pos),
+                   path)
+        s, hub = summarize(str(path)), None
+        assert path.stat().st_size < 2 * 2**20
+    m = identify(s, hub)
+    assert m.entry is not None and m.entry.name == entry.name and m.also == [], (s, m)
+    assert (s.layout, s.width, s.depth, s.patch, s.img_size) == (entry.layout, entry.width, entry.depth, entry.patch,
+                                                                 224)
+    assert s.params == _timm_params(**_arch(entry))
+    assert s.pos_embed == entry.pos_embed
+
+
+def test_spt_weights_check_names_a_mae_file_and_its_recipes(tmp_path, capsys):
+    k = _entry("mae_pretrain_vit_base.pth")
+    path = tmp_path / k.name
+    torch.save(wrap(k.layout, timm_state(**_arch(k), head_classes=None, real=False),
+                    pos_embed(k.pos_embed, k.width, k.tokens)), path)
+    assert spt(["weights", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "layout: mae-pretrain:" in out and "known checkpoint: mae_pretrain_vit_base.pth" in out
+    assert "patch 16, width 768, depth 12" in out and "85,798,656 in the backbone" in out
+    assert "model.name=vit_b16" in out and "set model.checkpoint_format=mae" in out
+    assert "recipe VPT:" in out and "recipe SPT:" in out and "mae_head_norm pretrained" in out
+    # The test's file is not MAE's: the published md5 prefix tells them apart.
+    assert f"md5 {file_md5(str(path))} does not start with the published 8cad7c" in out
+    same, text = md5_finding(str(path), dataclasses.replace(k, md5=file_md5(str(path))[:6]))
+    assert same and "this is the published file" in text
+    assert spt(["weights", "check", str(tmp_path / "missing.pth")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def _mae_run(tmp_path, *overrides):
+    k = _entry("mae_pretrain_vit_base.pth")
+    path = tmp_path / k.name
+    if not path.exists():
+        torch.save(wrap(k.layout, timm_state(**_arch(k), head_classes=None, real=False),
+                        pos_embed(k.pos_embed, k.width, k.tokens)), path)
+    return load_config(None, ["model.name=vit_b16", f"model.checkpoint={path}", "method.name=spt",
+                              "method.prompt_length=20", "method.init=random_sample", *overrides])
+
+
+def test_run_findings_against_the_papers_recipes(tmp_path):
+    spt_like = _mae_run(tmp_path, "model.checkpoint_format=mae", "model.mae_head_norm=pretrained")
+    report = check_weights(spt_like.model.checkpoint, spt_like, md5=False)
+    assert report.warnings == [] and any("as in SPT" in line for line in report.lines)
+    assert any("as in VPT" in line for line in check_weights(
+        spt_like.model.checkpoint, _mae_run(tmp_path, "model.checkpoint_format=mae"), md5=False).lines)
+    half = _mae_run(tmp_path, "model.checkpoint_format=mae", "model.mean=[0.5,0.5,0.5]", "model.std=[0.5,0.5,0.5]")
+    (warning,) = check_weights(half.model.checkpoint, half, md5=False).warnings
+    assert "normalises with mean [0.5, 0.5, 0.5]" in warning and "model.mean=[0.485, 0.456, 0.406]" in warning
+    token = _mae_run(tmp_path, "model.checkpoint_format=mae", "model.pool=token")
+    (warning,) = check_weights(token.model.checkpoint, token, md5=False).warnings
+    assert "pools token" in warning and "mean_with_prompts" in warning and "set model.pool=mean_with_prompts" in warning
+    auto = _mae_run(tmp_path)
+    (warning,) = check_weights(auto.model.checkpoint, auto, md5=False).warnings
+    assert "set model.checkpoint_format=mae" in warning
+
+
+def test_timm_copy_of_mae_read_as_timm_is_warned(tmp_path):
+    k = _entry("timm/vit_base_patch16_224.mae")
+    state = timm_state(**_arch(k), head_classes=None, real=False)
+    state["pos_embed"] = torch.from_numpy(pos_embed(k.pos_embed, k.width, k.tokens))
+    torch.save(state, tmp_path / "pytorch_model.bin")  # timm's other Hub file name; real shapes, a few KB
+    cfg = load_config(None, ["model.name=vit_b16", f"model.checkpoint={tmp_path / 'pytorch_model.bin'}",
+                             "method.name=linear"])
+    report = check_weights(cfg.model.checkpoint, cfg, md5=False)
+    assert report.record["known"] == k.name
+    text = " ".join(report.warnings)
+    assert "reads this file as timm" in text and "normalises with mean [0.5, 0.5, 0.5]" in text
+    assert "pools token" in text and "set model.checkpoint_format=mae" in text
+
+
+def test_check_at_run_start_logs_warnings_not_errors(tmp_path, capsys):
+    cfg = _mae_run(tmp_path, "model.checkpoint_format=mae", "model.pool=token")
+    (tmp_path / "run").mkdir()
+    log = MetricsLog(tmp_path / "run", enabled=True)
+    log_weights_check(cfg, log, 0)
+    log.close()
+    (event,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert event["event"] == "weights_check" and event["known"] == "mae_pretrain_vit_base.pth"
+    assert event["md5"] == "not checked" and len(event["warnings"]) == 1
+    assert "spt: warning: weights check: this run pools token" in capsys.readouterr().err
+    broken = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(tmp_path / "gone.pth")))
+    log = MetricsLog(tmp_path / "run", enabled=True)
+    log_weights_check(broken, log, 0)  # unreadable: a warning, the run would go on
+    log.close()
+    assert "could not read" in capsys.readouterr().err
+
+
+def test_a_micro_backbone_round_trips_and_stays_unknown(tmp_path):
+    src = build_backbone("vit_micro_p4_16")
+    state = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    report = check_weights(str(tmp_path / "w.safetensors"))
+    assert report.record["known"] is None and "model.name=vit_micro_p4_16" in "\n".join(report.lines)
+    assert weights_hash(build_backbone("vit_micro_p4_16", checkpoint=tmp_path / "w.safetensors")) == weights_hash(src)
