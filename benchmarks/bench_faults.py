@@ -206,7 +206,7 @@ def _rewrite_member(shards: Path, suffix: str, data: bytes) -> None:
 
 def faults(b: Bench) -> Dict[str, Callable[[], bool]]:
     bad = {
-        "grad_accum beyond an epoch": (["optim.grad_accum=9"], "config key 'optim.grad_accum'"),
+        "grad_accum beyond an epoch": (["optim.grad_accum=99"], "config key 'optim.grad_accum'"),
         "prompt_length=20000": (["method.prompt_length=20000"], "config key 'method.prompt_length'"),
         "img_size=7000": (["model.img_size=7000"], "config key 'model.img_size'"),
         "backend=nccl without GPUs": (["distributed.backend=nccl"], "config key 'distributed.backend'"),
