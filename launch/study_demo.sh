@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A miniature scaling study, end to end: linear probe, VPT-deep and SPT-deep on the demo backbone
-# x 4 training-data fractions (configs/study/methods_x_fraction.sweep.yaml), submitted as ONE job
-# array, then a table and plots from the runs' results.json files.
+# A miniature scaling study, end to end, with one command: linear probe, VPT-deep and SPT-deep on
+# the demo backbone x 3 training-data fractions (configs/study/mini_fmnist.yaml), each cell with
+# its own lr search on the validation split, the choice carried to a 2-seed final stage, then the
+# table, plots and fitted curves.
 #   bash launch/study_demo.sh              # on the SLURM cluster if `sbatch` answers, else locally
 #   CLUSTER=local bash launch/study_demo.sh
 set -euo pipefail
@@ -15,9 +16,12 @@ fi
 if [ -z "${CLUSTER:-}" ]; then
   if command -v sbatch >/dev/null && sinfo -h >/dev/null 2>&1; then CLUSTER=slurm; else CLUSTER=local; fi
 fi
-
-.venv/bin/spt sweep configs/study/methods_x_fraction.sweep.yaml --cluster "$CLUSTER" \
-  --tasks-per-node 1 --cpus-per-task 1 --array-parallelism 2 --folder jobs/study --wait
-.venv/bin/spt report runs/study --by method,data_fraction -o runs/study/report
-cat runs/study/report/report.md
-echo "plots: runs/study/report/scaling.png"
+SPEC=configs/study/mini_fmnist.yaml
+if [ "$CLUSTER" != auto ]; then  # the spec says cluster: auto; pin the choice made above
+  sed "s/cluster: auto/cluster: $CLUSTER/" "$SPEC" > configs/study/.mini_fmnist.$CLUSTER.yaml
+  SPEC=configs/study/.mini_fmnist.$CLUSTER.yaml
+fi
+.venv/bin/spt study plan "$SPEC"
+.venv/bin/spt study run "$SPEC" --poll 5
+.venv/bin/spt study report "$SPEC"
+cat runs/studies/mini_fmnist/report/study.md

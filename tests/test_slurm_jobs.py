@@ -157,7 +157,7 @@ def test_finished_run_is_not_rerun(reference, study):
     assert len(events(reference.run_dir, "start")) == 1
 
 
-def test_job_array_of_a_sweep(slurm, study):
+def test_job_array_of_a_sweep(slurm, study, capsys):
     from spt_dist.study import prepare, submit_study
     from spt_dist.study.sweep import expand, parse_grid
 
@@ -172,6 +172,12 @@ def test_job_array_of_a_sweep(slurm, study):
         results = json.loads((sub.run_dir / "results.json").read_text())
         assert results["status"] == "finished" and results["prompt_length"] == length
         assert sub.run_dir.name == f"sweep__prompt_length-{length}"
+    from spt_dist.cli import main
+
+    array = array_ids.pop()  # `spt status <array id>`: every task at once
+    assert main(["status", array, "--jobs-dir", str(study / "jobs")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"job {array}_") == 3 and f"array {array}: 3 tasks, 0 failed" in out
 
 
 def test_failed_job_reports_its_traceback(slurm, study, tmp_path, capsys):

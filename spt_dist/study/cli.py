@@ -88,9 +88,20 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .status import find_job_folder, job_status, log_tail
+    """One job, or every task of an array (given its array id): the worst exit code."""
+    from .status import find_job_folders
 
-    st = job_status(find_job_folder(args.job, args.jobs_dir))
+    folders = find_job_folders(args.job, args.jobs_dir)
+    codes = [_status_of(folder) for folder in folders]
+    if len(folders) > 1:
+        print(f"array {args.job}: {len(folders)} tasks, {sum(1 for c in codes if c)} failed")
+    return max(codes)
+
+
+def _status_of(folder) -> int:
+    from .status import job_status, log_tail
+
+    st = job_status(folder)
     print(f"job {st.job_id} ({st.cluster}): {st.state}")
     print(f"  job folder: {st.folder}")
     print(f"  run folder: {st.run_dir}")
@@ -143,7 +154,8 @@ def register(sub) -> None:
     for name, func, text in (("status", _status, "state, results or failure of a submitted job"),
                              ("cancel", _cancel, "cancel a submitted job")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("job", help="job folder (launch.folder/<job id>) or job id")
+        p.add_argument("job", help="job folder (launch.folder/<job id>) or job id"
+                       + (" (an array id: every task)" if name == "status" else ""))
         p.add_argument("--jobs-dir", default="jobs", help="where to look up a bare job id (launch.folder)")
         p.set_defaults(func=func)
 

@@ -30,6 +30,19 @@ class JobStatus:
     errors: List[str] = field(default_factory=list)  # tracebacks, one per failed task
 
 
+def find_job_folders(ref: str, jobs_dir: str = "jobs") -> List[Path]:
+    """One job's folder, or every task folder of an array given its array id (`13` ->
+    `13_0`, `13_1`, ... under `jobs_dir`), in task order."""
+    try:
+        return [find_job_folder(ref, jobs_dir)]
+    except StudyError:
+        tasks = [p for p in Path(jobs_dir).glob(f"{ref}_*") if (p / "job.json").is_file()
+                 and p.name[len(ref) + 1:].isdigit()]
+        if not tasks:
+            raise
+        return sorted(tasks, key=lambda p: int(p.name[len(ref) + 1:]))
+
+
 def find_job_folder(ref: str, jobs_dir: str = "jobs") -> Path:
     """A job folder given itself or a job id (looked up under `jobs_dir`)."""
     path = Path(ref)

@@ -26,6 +26,7 @@ import importlib
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import submitit
@@ -33,6 +34,8 @@ from submitit.core.job_environment import SignalHandler
 
 from spt_dist.config.schema import Config
 from spt_dist.rundir import finished_results, run_dir_for
+
+from .rendezvous import ATTEMPTS, agree_port, is_transient, job_folder, reset_process_group
 
 TRAIN_FN = "spt_dist.engine.train:train"
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -72,11 +75,33 @@ class TrainTask:
                 os.environ.pop(name, None)
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         requeue = _preemption_handler()
-        results = _load(self.train_fn)(self.cfg, str(run_dir))
+        results = self._train_with_retries(run_dir, executor in ("slurm", "local"))
         # Only SLURM's SIGUSR2 (time limit or preemption) asks for a requeue; SIGTERM is a cancel.
         if results.get("status") == "interrupted" and results.get("signal") == "SIGUSR2" and requeue is not None:
             self._requeue(requeue)
         return results
+
+    def _train_with_retries(self, run_dir: Path, submitted: bool) -> Dict[str, Any]:
+        """The run, its rendezvous port agreed through the job folder; a transient start-up
+        failure is retried with the next attempt's port (rendezvous.py)."""
+        env = submitit.JobEnvironment() if submitted else None
+        multi = env is not None and env.num_tasks > 1
+        metrics = Path(run_dir) / "metrics.jsonl"
+        for attempt in range(ATTEMPTS):
+            before = metrics.stat().st_size if metrics.exists() else -1
+            if multi:
+                os.environ["MASTER_PORT"] = str(agree_port(job_folder(), str(env.job_id), attempt, env.global_rank,
+                                                           self.cfg.distributed.timeout_s))
+            try:
+                return _load(self.train_fn)(self.cfg, str(run_dir))
+            except Exception as exc:  # noqa: BLE001 - only start-up failures that are not the run's
+                started = (metrics.stat().st_size if metrics.exists() else -1) != before  # training began
+                if not is_transient(exc) or attempt + 1 == ATTEMPTS or started:
+                    raise
+                print(f"spt: start-up failed ({type(exc).__name__}: {exc}); attempt {attempt + 2} of {ATTEMPTS}",
+                      file=sys.stderr, flush=True)
+                reset_process_group()
+        raise AssertionError("unreachable")
 
     def _requeue(self, handler: Callable[[int, Any], None]) -> None:
         """After the engine saved: rank 0 requeues (or raises when out of requeues)."""
