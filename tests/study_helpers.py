@@ -10,7 +10,7 @@ BASE = """
 model: {{name: vit_micro_p4_16, checkpoint: {backbone}}}
 method: {{name: vpt, deep: true, prompt_length: 2, init: vpt, track_alignment: false}}
 data: {{root: {shards}, batch_size: 8, eval_batch_size: 16}}
-optim: {{name: adamw, lr: 0.01, epochs: 2, warmup_epochs: 0}}
+optim: {{name: adamw, lr: 0.01, epochs: 1, warmup_epochs: 0}}
 run: {{progress: false, log_every: 1, checkpoint_every: 1000}}
 launch: {{cpus_per_task: 1, timeout_min: 20, signal_delay_s: 60}}
 """

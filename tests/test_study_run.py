@@ -24,7 +24,7 @@ def test_study_killed_at_random_points_finishes_with_every_run_once(tmp_path, ca
     rng = random.Random(7)
     for _ in range(2):  # kill the driver (not its jobs) at random moments
         proc = _driver(spec)
-        time.sleep(rng.uniform(3, 15))
+        time.sleep(rng.uniform(2, 10))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     final = _driver(spec)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spt_dist.study.plan import build_plan
+from spt_dist.study.plan import FINAL, SEARCH, build_plan, cells, make_run
 from spt_dist.study.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +42,15 @@ def _copy(spec: str, root: Path, subs) -> Path:
 def test_vtab_capacity_spec(stand_ins):
     spec = load_spec(_copy("vtab_capacity.yaml", stand_ins, [("/weights/", f"{stand_ins}/"),
                                                            ("data/vtab/caltech101", str(stand_ins / "vtab"))]))
-    plan = build_plan(spec)
-    assert len(plan.cells) == 9 and sum(len(v) for v in plan.search.values()) == 9 * 40
-    run = plan.search[plan.cells[-1].key][-1]
-    cfg = run.cfg
+    all_cells = cells(spec)  # every cell's first and last search config, and its final stage, are built
+    assert len(all_cells) == 9 and sum(len(c.grid()) for c in all_cells) == 9 * 40
+    for c in all_cells:
+        make_run(spec, c, SEARCH, c.grid()[0], None)
+    cfg = make_run(spec, all_cells[-1], SEARCH, all_cells[-1].grid()[-1], None).cfg
     assert (cfg.model.name, cfg.method.name, cfg.data.train_split, cfg.data.val_split, cfg.data.test_split) == \
         ("vit_h14", "spt", "train800", "val200", None)
     assert (cfg.optim.name, cfg.optim.lr_scaling, cfg.optim.lr, cfg.optim.weight_decay) == ("sgd", "linear", 50.0, 0.01)
-    final = plan.final(plan.cells[0], plan.cells[0].grid()[0])
+    final = [make_run(spec, all_cells[0], FINAL, all_cells[0].grid()[0], s) for s in spec.seeds]
     assert [r.cfg.run.seed for r in final] == [42, 44, 82, 100, 800]
     assert final[0].cfg.data.train_split == "train800val200" and final[0].cfg.data.val_split is None
 
@@ -57,10 +58,11 @@ def test_vtab_capacity_spec(stand_ins):
 def test_fgvc_fraction_spec(stand_ins):
     spec = load_spec(_copy("fgvc_fraction.yaml", stand_ins, [("/weights/", f"{stand_ins}/"),
                                                            ("data/fgvc/cub", str(stand_ins / "fgvc"))]))
-    plan = build_plan(spec)
-    assert len(plan.cells) == 3 * 4 and {len(v) for v in plan.search.values()} == {9 * 4}
-    fractions = sorted({r.cfg.data.fraction for runs in plan.search.values() for r in runs})
-    assert fractions == [0.1, 0.2, 0.4, 0.8]
+    all_cells = cells(spec)
+    assert len(all_cells) == 3 * 4 and {len(c.grid()) for c in all_cells} == {9 * 4}
+    runs = [make_run(spec, c, SEARCH, c.grid()[-1], None) for c in all_cells]
+    assert sorted({r.cfg.data.fraction for r in runs}) == [0.1, 0.2, 0.4, 0.8]
+    assert {r.cfg.optim.lr for r in runs} == {50.0}
 
 
 def test_mini_fmnist_spec(tmp_path):
