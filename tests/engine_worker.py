@@ -37,6 +37,9 @@ def _worker(mode: str, out: Path, config: Path, extra: List[str]) -> None:
                 cfg = load_config(str(config), [f"distributed.zero_stage={zero}", f"precision.dtype={dtype}",
                                                 f"run.name={name}", *extra])
                 report[name] = train(cfg)
+    elif mode == "run":  # one train() call: max_steps (0 = to the end), then overrides
+        stop_at, overrides = int(extra[0]), extra[1:]
+        report = train(load_config(str(config), overrides), max_steps=stop_at or None)
     elif mode == "resume":
         stop_at = int(extra[0])
         overrides = extra[1:]

@@ -297,3 +297,17 @@ def test_study_end_to_end_on_slurm(slurm, tmp_path):
     assert {e["cluster"] for e in ledger} == {"slurm"} and len(ledger) == 4
     assert all("_" in e["job_id"] for e in ledger)  # array tasks: <array id>_<index>
     assert main(["study", "report", str(spec)]) == 0
+
+
+def test_elastic_job_asks_for_a_node_range(slurm, tmp_path):
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from spt_dist.config import ConfigError, load_config
+    from spt_dist.study.executor import make_executor
+
+    cfg = load_config(None, ["launch.cluster=slurm", "launch.elastic=true", "launch.nodes=4", "launch.min_nodes=2",
+                             f"launch.folder={tmp_path}"])
+    script = _make_sbatch_string(command="true", folder=str(tmp_path), **make_executor(cfg.launch)._executor.parameters)
+    assert [line for line in script.splitlines() if "--nodes" in line] == ["#SBATCH --nodes=2-4"]
+    with pytest.raises(ConfigError, match="launch.min_nodes"):
+        load_config(None, ["launch.nodes=4", "launch.min_nodes=2"])  # a range without elastic

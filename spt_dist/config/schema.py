@@ -201,6 +201,9 @@ class LaunchConfig:
     signal_delay_s: int = bounded(120, 0)
     array_parallelism: int = bounded(16, 1)
     sbatch_extra: Dict[str, str] = field(default_factory=dict)
+    elastic: bool = field(default=False, metadata={
+        "help": "a resumed run may continue on another world size, keeping its global batch"})
+    min_nodes: int = bounded(0, 0, help="elastic SLURM jobs: take from min_nodes to nodes nodes (0 = nodes)")
 
 
 @dataclass

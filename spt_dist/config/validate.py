@@ -99,6 +99,9 @@ def _check_combinations(cfg: Config) -> None:
     _require(la.signal_delay_s < la.timeout_min * 60 / 2, "launch.signal_delay_s",
              f"{la.signal_delay_s} s before the end of a {la.timeout_min}-minute job leaves it no time "
              f"to train; allowed: less than half of launch.timeout_min ({la.timeout_min * 30} s)")
+    if la.min_nodes:
+        _require(la.elastic and la.min_nodes <= la.nodes, "launch.min_nodes",
+                 f"{la.min_nodes}: a node range needs launch.elastic=true and min_nodes <= launch.nodes={la.nodes}")
     if la.gpus_per_node > 0:
         _require(la.tasks_per_node == la.gpus_per_node, "launch.tasks_per_node",
                  f"one task per GPU: must equal launch.gpus_per_node={la.gpus_per_node}")

@@ -182,7 +182,7 @@ class TrainData:
     """
 
     def __init__(self, data_cfg: DataConfig, index: ShardIndex, img_size: int, mean: Sequence[float],
-                 std: Sequence[float], rank: int, world_size: int, seed: int):
+                 std: Sequence[float], rank: int, world_size: int, seed: int, grad_accum: int = 1):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
         problem = drop_last_problem(data_cfg.drop_last, world_size)
@@ -203,8 +203,9 @@ class TrainData:
                             f"(data.fraction={data_cfg.fraction}) but world_size {world_size} x "
                             f"data.batch_size {data_cfg.batch_size} = {need} are needed for one batch per rank; "
                             f"lower data.batch_size or use fewer ranks")
+        self.grad_accum = grad_accum
         self.batches_per_epoch = batches_per_epoch(self.num_samples, world_size, data_cfg.batch_size,
-                                                   data_cfg.drop_last)
+                                                   data_cfg.drop_last, grad_accum)
         self.bad_samples = 0
         transform = build_transform(data_cfg.preset, img_size, mean, std, train=True)
         self._decoder = _Decoder(transform, index.num_classes, data_cfg.on_bad_sample == "skip")
@@ -221,13 +222,14 @@ class TrainData:
         index alone (the plan the reader follows; no tar is opened)."""
         shards, b = self.split.shards, self.cfg.batch_size
         if self.cfg.shuffle == "exact":
-            plans = exact_batches(self._locs, self.seed, epoch, self.world_size, b, ranks, self.cfg.drop_last)
+            plans = exact_batches(self._locs, self.seed, epoch, self.world_size, b, ranks, self.cfg.drop_last,
+                                  self.grad_accum)
             return [[shards[i].labels[j] for i, j in batch] for plan in plans for batch in plan[:limit]]
         out: List[List[int]] = []
         for rank in ranks:
             mine: List[List[int]] = []
             for part in stream_parts(shards, self._selected, self.seed, epoch, rank, self.world_size, b,
-                                     max(1, self.cfg.num_workers), 0, self.cfg.drop_last):
+                                     max(1, self.cfg.num_workers), 0, self.cfg.drop_last, self.grad_accum):
                 labels = ([s.labels[p] for p in positions] for s, positions in part.segments)
                 order = list(itertools.islice(stream_order(labels, self.cfg.stream_shards, self.cfg.shuffle_buffer,
                                                            self.seed, epoch, rank, part.worker),
@@ -244,12 +246,12 @@ class TrainData:
         shards = self.split.shards
         if cfg.shuffle == "exact":
             batches = exact_batches(self._locs, self.seed, epoch, self.world_size, cfg.batch_size, [self.rank],
-                                    cfg.drop_last)[0]
+                                    cfg.drop_last, self.grad_accum)[0]
             stream: IterableDataset = _ExactTrain(self.index, cfg.train_split, deal(batches, skip_batches, workers),
                                                   self._decoder, self.seed, epoch, self.rank)
         else:
             parts = stream_parts(shards, self._selected, self.seed, epoch, self.rank, self.world_size,
-                                 cfg.batch_size, workers, skip_batches, cfg.drop_last)
+                                 cfg.batch_size, workers, skip_batches, cfg.drop_last, self.grad_accum)
             stream = _StreamTrain(self.index, parts, cfg.batch_size, cfg.shuffle_buffer, cfg.stream_shards,
                                   self._decoder, self.seed, epoch, self.rank)
         for images, labels, keys, bad in _loader(stream, cfg.num_workers):

@@ -48,11 +48,16 @@ def locations(shards: Sequence[ShardInfo], selected: Optional[Set[str]]) -> List
     return [(i, j) for i, s in enumerate(shards) for j, k in enumerate(s.keys) if selected is None or k in selected]
 
 
-def batches_per_epoch(num_samples: int, world_size: int, batch_size: int, drop_last: bool = True) -> int:
-    """Training batches per rank and epoch: the full global batches of W*B, plus the short
-    remainder when it is kept (drop_last false, one rank)."""
-    full, rest = divmod(num_samples, world_size * batch_size)
-    return full + int(bool(rest) and not drop_last)
+def batches_per_epoch(num_samples: int, world_size: int, batch_size: int, drop_last: bool = True,
+                      grad_accum: int = 1) -> int:
+    """Training micro-batches per rank and epoch: every optimizer step's W*B*A samples (A
+    micro-batches of W*B), so an accumulation window never spans two epochs and an epoch is the
+    same optimizer steps on every shape with that global batch; plus, with drop_last false (one
+    rank), the remainder as short batches."""
+    if not drop_last:
+        full, rest = divmod(num_samples, world_size * batch_size)
+        return full + int(bool(rest))
+    return (num_samples // (world_size * batch_size * grad_accum)) * grad_accum
 
 
 def deal(batches: Sequence[T], skip: int, num_workers: int) -> List[List[T]]:
@@ -72,12 +77,12 @@ def by_key(shards: Sequence[ShardInfo], selected: Optional[Set[str]]) -> List[Lo
 
 
 def exact_batches(locs: Sequence[Loc], seed: int, epoch: int, world_size: int, batch_size: int,
-                  ranks: Sequence[int], drop_last: bool = True) -> List[List[List[Loc]]]:
+                  ranks: Sequence[int], drop_last: bool = True, grad_accum: int = 1) -> List[List[List[Loc]]]:
     """Per rank in `ranks`: its B-slice of every global batch of W*B of the epoch's
     permutation of `locs` (from `by_key`); with `drop_last` false the last one may be short."""
     order = np.random.default_rng(mix("exact", seed, epoch)).permutation(len(locs))
     g = world_size * batch_size
-    steps = batches_per_epoch(len(locs), world_size, batch_size, drop_last)
+    steps = batches_per_epoch(len(locs), world_size, batch_size, drop_last, grad_accum)
     return [[[locs[i] for i in order[s * g + r * batch_size: s * g + (r + 1) * batch_size]]
              for s in range(steps)] for r in ranks]
 
@@ -126,14 +131,14 @@ def skipped_per_worker(skip: int, num_workers: int) -> List[int]:
 
 def stream_parts(shards: Sequence[ShardInfo], selected: Optional[Set[str]], seed: int, epoch: int,
                  rank: int, world_size: int, batch_size: int, num_workers: int,
-                 skip_batches: int, drop_last: bool = True) -> List[WorkerPart]:
+                 skip_batches: int, drop_last: bool = True, grad_accum: int = 1) -> List[WorkerPart]:
     rng = random.Random(mix("shards", seed, epoch))
     order = list(shards)
     rng.shuffle(order)
     seq = sequence(order, selected)
     offset = rng.randrange(len(seq))
     seq = seq[offset:] + seq[:offset]
-    num_batches = batches_per_epoch(len(seq), world_size, batch_size, drop_last)
+    num_batches = batches_per_epoch(len(seq), world_size, batch_size, drop_last, grad_accum)
     per_rank = min(num_batches * batch_size, len(seq) // world_size)
     mine = seq[rank * per_rank:(rank + 1) * per_rank]
     sizes = [nb * batch_size for nb in worker_batches(num_batches, num_workers)]

@@ -21,6 +21,8 @@ from .optim import build_optimizer, build_scheduler, effective_lr, param_groups
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
+    from .shape import Shape
+
     from spt_dist.data import EvalData, ShardIndex, TrainData
     from spt_dist.model import InputSpec, PromptedViT
     from spt_dist.prompt_init import InitResult
@@ -67,13 +69,19 @@ def load_data(cfg: Config, index: "ShardIndex", inputs: "InputSpec", dist: DistI
     d = cfg.data
     check_eval_splits(index, d.train_split, d.val_split, d.test_split)
     args = (*inputs, dist.rank, dist.world_size)
-    train = TrainData(d, index, *args, seed=cfg.run.seed)
+    train = TrainData(d, index, *args, seed=cfg.run.seed, grad_accum=cfg.optim.grad_accum)
     val = EvalData(d, index, d.val_split, *args) if d.val_split else None
     test = EvalData(d, index, d.test_split, *args) if d.test_split else None
     return train, val, test
 
 
-def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> RunParts:
+def build_parts(cfg: Config, dist: DistInfo, resuming: bool, shape: Optional["Shape"] = None) -> RunParts:
+    """`shape`: the micro-batch and accumulation to train with (engine/shape.py); the config's
+    on this world size by default. The run's identity is always `cfg`'s."""
+    from .shape import Shape, shaped
+
+    shape = shape or Shape(dist.world_size, cfg.data.batch_size, cfg.optim.grad_accum)
+    identity_hash, cfg = config_hash(cfg), shaped(cfg, shape)
     from spt_dist.data import ShardIndex
     from spt_dist.model import build_model, input_spec, read_weights, weights_hash
 
@@ -85,10 +93,10 @@ def build_parts(cfg: Config, dist: DistInfo, resuming: bool) -> RunParts:
     seed_everything(cfg.run.seed)  # same head / prompt init on every rank
     model = build_model(cfg, index.num_classes, weights).to(dist.device)
     del weights  # the tensors live in the model now
-    identity = {"config_hash": config_hash(cfg), "backbone": cfg.model.name,
+    identity = {"config_hash": identity_hash, "backbone": cfg.model.name,
                 "weights_hash": weights_hash(model.backbone),
                 "prompt_shape": list(model.prompts.shape) if model.prompts is not None else None,
-                "num_classes": index.num_classes, "method": cfg.method.name, "world_size": dist.world_size}
+                "num_classes": index.num_classes, "method": cfg.method.name, "global_batch": shape.global_batch}
     init = _prompt_init(model, cfg, index, dist, resuming, identity["weights_hash"], inputs)
     seed_everything(cfg.run.seed + 1000003 * (dist.rank + 1))  # per-rank streams (prompt dropout)
 

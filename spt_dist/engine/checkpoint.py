@@ -123,6 +123,33 @@ def _disk_full(exc: BaseException) -> bool:
         or "unexpected pos" in str(exc) or "No space left" in str(exc)
 
 
+def _step_folders(root: Path) -> List[Tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit():
+            found.append((int(p.name[len(PREFIX):]), p))
+    return sorted(found)
+
+
+def held_shape(cfg: Any, path: Optional[Path]) -> Optional[Dict[str, int]]:
+    """The shape (world size, micro-batch, accumulation) the checkpoint at `path` was written
+    with; older checkpoints recorded only the world size (with the config's batch and accumulation)."""
+    if path is None:
+        return None
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("shape"):
+        return meta["shape"]
+    world = meta.get("identity", {}).get("world_size")
+    if world is None:
+        return None
+    return {"world_size": int(world), "batch_size": cfg.data.batch_size, "grad_accum": cfg.optim.grad_accum}
+
+
 class Checkpointer:
     """Save / find / load the trainable state of a DeepSpeed engine in `root`, and decide when.
 
@@ -134,17 +161,18 @@ class Checkpointer:
                  config_yaml: str) -> None:
         self.root, self.keep, self.every, self.dist = Path(root), keep, every, dist
         self.identity, self.config_yaml = identity, config_yaml
+        self.shape: Dict[str, int] = {}  # the run's shape (engine/shape.py), recorded in every checkpoint
         self.saved_step = -1
         self.lost: List[str] = []  # checkpoints found corrupt when looking for the newest
 
     def _steps(self) -> List[Tuple[int, Path]]:
-        if not self.root.is_dir():
-            return []
-        found = []
-        for p in self.root.iterdir():
-            if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit():
-                found.append((int(p.name[len(PREFIX):]), p))
-        return sorted(found)
+        return _step_folders(self.root)
+
+    @staticmethod
+    def newest_unverified(root: Path) -> Optional[Path]:
+        """The newest step folder, unchecked (a peek before the run folder is claimed)."""
+        steps = _step_folders(Path(root))
+        return steps[-1][1] if steps else None
 
     def maybe_save(self, engine: Any, state: Any, rng: TrainRng, last: bool = False) -> bool:
         """Save when `last` (a stop or the end) or every `every` steps, never twice for a step.
@@ -152,7 +180,7 @@ class Checkpointer:
         if state.step == self.saved_step or not (last or state.step % self.every == 0) or state.step == 0:
             return False
         self.save(engine, state.step, {"state": state.state_dict(), "identity": self.identity,
-                                       "config": self.config_yaml}, rng)
+                                       "shape": self.shape, "config": self.config_yaml}, rng)
         return True
 
     def save(self, engine: Any, step: int, meta: Dict[str, Any], train_rng: Optional[TrainRng] = None) -> Path:
@@ -236,6 +264,10 @@ class Checkpointer:
                                               load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / 'ds'}")
-        set_rng_state(torch.load(path / f"rng_rank{self.dist.rank}.pt", weights_only=True), train_rng)
+        rng_file = path / f"rng_rank{self.dist.rank}.pt"
+        if not rng_file.is_file():  # more ranks than wrote the checkpoint (an elastic resume)
+            saved = len(list(path.glob("rng_rank*.pt")))
+            rng_file = path / f"rng_rank{self.dist.rank % max(1, saved)}.pt"
+        set_rng_state(torch.load(rng_file, weights_only=True), train_rng)
         self.saved_step = int(meta["state"]["step"])
         return meta

@@ -128,7 +128,7 @@ def check_accumulation(cfg: Config, num_samples: int, world_size: int) -> int:
                           f"{max(1, num_samples // world_size)}")
     from spt_dist.data.order import batches_per_epoch
 
-    per_epoch = batches_per_epoch(num_samples, world_size, cfg.data.batch_size, cfg.data.drop_last)
+    per_epoch = batches_per_epoch(num_samples, world_size, cfg.data.batch_size, cfg.data.drop_last)  # A = 1
     if cfg.optim.grad_accum > per_epoch:
         raise ConfigError(f"config key 'optim.grad_accum' = {cfg.optim.grad_accum}: an epoch has only "
                           f"{per_epoch} micro-batch(es) per rank ({num_samples} samples / ({world_size} ranks x "

@@ -7,8 +7,8 @@ field existed (it starts at its default).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -26,6 +26,7 @@ class TrainState:
     best_val_epoch: Optional[int] = None
     test_top1: Optional[float] = None
     test_bad_samples: int = 0
+    world_sizes: List[int] = field(default_factory=list)   # every world size the run trained on, in order
 
     def state_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -34,6 +35,22 @@ class TrainState:
     def from_state_dict(cls, raw: Dict[str, Any]) -> "TrainState":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
+
+    def reshape(self, old: Any, new: Any) -> None:
+        """The position within the epoch for another shape (engine/shape.py): the same number of
+        samples of the epoch's permutation consumed, counted in the new micro-batches."""
+        if (old.world_size, old.batch_size) == (new.world_size, new.batch_size):
+            return
+        samples = self.batch * old.world_size * old.batch_size
+        per_micro = new.world_size * new.batch_size
+        if samples % per_micro:
+            raise ValueError(f"checkpoint at {samples} samples into the epoch: not a whole number of "
+                             f"{per_micro}-sample micro-batches (saved inside an accumulation window?)")
+        self.batch = samples // per_micro
+
+    def note_world_size(self, world_size: int) -> None:
+        if not self.world_sizes or self.world_sizes[-1] != world_size:
+            self.world_sizes.append(world_size)
 
     def samples_per_s(self, global_batch: int) -> Optional[float]:
         """Training throughput over every invocation of the run."""

@@ -27,12 +27,13 @@ from spt_dist.rundir.metrics import MetricsLog
 
 from . import preflight
 from .assemble import RunParts, build_parts, full_prompts, full_trainable_state
-from .checkpoint import Checkpointer, TrainRng, folder_bytes
+from .checkpoint import Checkpointer, CheckpointMismatchError, TrainRng, folder_bytes, held_shape
 from .claim import claim_run_dir
 from .ds_engine import check_frozen_untouched, check_optimizer_state, dtype_name, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack, pack_metadata
 from .signals import StopFlag, follow_parent
+from .shape import Shape, run_shape, shaped
 from .state import TrainState
 from .step import StepVote, train_step
 
@@ -71,28 +72,39 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
     if _launched():
         follow_parent()
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
-    dist.comm.agreed(_preflight, cfg, dist)
+    dist.comm.agreed(_preflight, cfg, dist, run_dir)
     with claim_run_dir(cfg, run_dir, dist) as watchdog, \
             MetricsLog(run_dir, dist.is_main, dist.comm.agreed(start_trackers, cfg, run_dir, dist.is_main)) as log:
         ckpt = Checkpointer(run_dir / "checkpoints", cfg.run.keep_checkpoints, cfg.run.checkpoint_every, dist,
                             {}, to_yaml(cfg))
         resume_from = ckpt.newest_valid()
-        parts = build_parts(cfg, dist, resuming=resume_from is not None)
+        held = held_shape(cfg, resume_from)
+        shape = dist.comm.agreed(run_shape, cfg, dist.world_size, held)
+        parts = build_parts(cfg, dist, resuming=resume_from is not None, shape=shape)
         dist.comm.agreed(_verify_reads, cfg, parts)
-        ckpt.identity = parts.identity
+        ckpt.identity, ckpt.shape = parts.identity, shape.as_dict()
         rng, state = TrainRng(), TrainState()
         if resume_from is not None:
             state = TrainState.from_state_dict(ckpt.load(parts.engine, resume_from, rng)["state"])
+            state.reshape(Shape.of(held), shape)
+        state.note_world_size(dist.world_size)
         _log_start(log, parts, dist, state, resume_from, ckpt)
         log_weights_check(cfg, log, state.step)
         watchdog.phase, wall_before = "train", state.wall_s
-        status, stopped = _loop(cfg, parts, dist, state, ckpt, rng, stop, log, max_steps, t0, watchdog)
+        status, stopped = _loop(shaped(cfg, shape), parts, dist, state, ckpt, rng, stop, log, max_steps, t0, watchdog)
         watchdog.phase = "finish"
         return _finish(cfg, run_dir, parts, dist, state, ckpt, log, status, stopped, stop, t0, wall_before)
 
 
-def _preflight(cfg: Config, dist: DistInfo) -> None:
-    preflight.check_run(cfg, dist.world_size, preflight.machine_memory(), preflight.training_samples(cfg))
+def _preflight(cfg: Config, dist: DistInfo, run_dir: Path) -> None:
+    """Checked with the shape the run will train with (another micro-batch and accumulation
+    when an elastic run continues on another world size)."""
+    try:
+        shape = run_shape(cfg, dist.world_size, held_shape(cfg, Checkpointer.newest_unverified(run_dir / "checkpoints")))
+    except CheckpointMismatchError:
+        shape = None  # said again, after the run folder is claimed, with the checkpoint verified
+    checked = shaped(cfg, shape) if shape else cfg
+    preflight.check_run(checked, dist.world_size, preflight.machine_memory(), preflight.training_samples(cfg))
 
 
 def _loop(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, ckpt: Checkpointer, rng: TrainRng,
@@ -229,7 +241,7 @@ def _results(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, st
         "prompt_length": cfg.method.prompt_length, "deep": cfg.method.deep,
         "data_fraction": cfg.data.fraction, "train_samples": parts.train_data.num_samples,
         "trainable_params": parts.counts["trainable"], "backbone_params": parts.counts["backbone"],
-        "world_size": dist.world_size, "zero_stage": parts.zero_stage,
+        "world_size": dist.world_size, "world_sizes": state.world_sizes, "zero_stage": parts.zero_stage,
         "dtype": dtype_name(parts.dtype), "device": dist.device.type, "global_batch": parts.global_batch,
         "lr": parts.peak_lr, "base_lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay,
         "prompt_weight_decay": cfg.optim.prompt_weight_decay,

@@ -1,8 +1,9 @@
 """Which run a folder holds: the config hash, the default folder name, clash detection.
 
 The same run means the same config_hash: what decides the numbers. Launch settings (more
-time, more requeues) and the run section's paths, name and display flags may change between
-a submission and its resubmission.
+time, more requeues, another shape) and the run section's paths, name and display flags may
+change between a submission and its resubmission; so may data.num_workers under the exact
+shuffle, whose order does not depend on it.
 """
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ NEUTRAL_RUN = {"out_dir": "", "name": "", "progress": True, "log_every": 1, "loc
 
 def config_hash(cfg: Config) -> str:
     run = dataclasses.replace(cfg.run, **{k: v for k, v in NEUTRAL_RUN.items() if hasattr(cfg.run, k)})
-    neutral = dataclasses.replace(cfg, run=run, launch=type(cfg.launch)())
+    data = cfg.data
+    if data.shuffle == "exact":  # the exact shuffle's order does not depend on the DataLoader workers
+        data = dataclasses.replace(data, num_workers=0)
+    neutral = dataclasses.replace(cfg, run=run, data=data, launch=type(cfg.launch)())
     return hashlib.sha256(to_yaml(neutral).encode()).hexdigest()[:8]
 
 

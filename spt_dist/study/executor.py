@@ -65,6 +65,8 @@ def make_executor(launch: LaunchConfig, job_name: str = "spt") -> submitit.Execu
         if value:
             params[f"slurm_{key}"] = value
     extra = {str(k).lstrip("-"): _sbatch_value(v) for k, v in launch.sbatch_extra.items()}
+    if launch.elastic and launch.min_nodes and launch.min_nodes < launch.nodes:
+        extra["nodes"] = f"{launch.min_nodes}-{launch.nodes}"  # after submitit's --nodes: sbatch takes the last
     extra = {k: v for k, v in extra.items() if v is not None}
     if extra:
         params["slurm_additional_parameters"] = extra

@@ -1,0 +1,95 @@
+"""The shape a run trains with: world size, per-rank micro-batch, gradient accumulation.
+
+The global batch G = W x B x A is part of a run's identity. A run starts with the config's B and
+A on the world size it finds; every checkpoint records the shape. A resumed run on another
+world size W' (launch.elastic=true) keeps G by choosing B' and A' with W' x B' x A' = G: the
+same B if G / (W' x B) is whole (more or fewer accumulation steps), else the same A, else the
+largest B' below B that divides. Its optimizer steps then see the same samples (data/order.py:
+step s is the same slice of the epoch's permutation for every shape), so the result equals an
+uninterrupted run's up to the order of floating-point sums. With ZeRO stage 0 the optimizer
+state is the same on every rank and loads on any world size; ZeRO 1-3 partition it by rank and
+DeepSpeed refuses another data-parallel size, so an elastic run uses stage 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from spt_dist.config import Config
+
+from .checkpoint import CheckpointMismatchError
+
+
+@dataclass(frozen=True)
+class Shape:
+    world_size: int
+    batch_size: int
+    grad_accum: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.batch_size * self.grad_accum
+
+    def as_dict(self) -> Dict[str, int]:
+        return {"world_size": self.world_size, "batch_size": self.batch_size, "grad_accum": self.grad_accum}
+
+    @classmethod
+    def of(cls, raw: Dict[str, Any]) -> "Shape":
+        return cls(int(raw["world_size"]), int(raw["batch_size"]), int(raw["grad_accum"]))
+
+
+def _splits(g: int, world: int, batch: int, accum: int) -> Optional[Shape]:
+    if g % world:
+        return None
+    per_rank = g // world
+    if per_rank % batch == 0:
+        return Shape(world, batch, per_rank // batch)
+    if per_rank % accum == 0:
+        return Shape(world, per_rank // accum, accum)
+    b = next(b for b in range(min(batch, per_rank), 0, -1) if per_rank % b == 0)
+    return Shape(world, b, per_rank // b)
+
+
+def workable_world_sizes(g: int, limit: int = 64) -> List[int]:
+    return [w for w in range(1, min(g, limit) + 1) if g % w == 0]
+
+
+def run_shape(cfg: Config, world_size: int, held: Optional[Dict[str, Any]]) -> Shape:
+    """The shape to train with now; `held` is the newest checkpoint's recorded shape (None:
+    a new run, or one saved before shapes were recorded)."""
+    if held is None:
+        return Shape(world_size, cfg.data.batch_size, cfg.optim.grad_accum)
+    old = Shape.of(held)
+    if old.world_size == world_size:
+        return old
+    if not cfg.launch.elastic:
+        raise CheckpointMismatchError(
+            f"the run's checkpoints were written by {old.world_size} rank(s) and this job has {world_size}; "
+            f"set launch.elastic=true to continue it on {world_size} (the global batch of {old.global_batch} is "
+            f"kept), or run it on {old.world_size} rank(s)")
+    if cfg.distributed.zero_stage > 0:
+        raise CheckpointMismatchError(
+            f"config key 'distributed.zero_stage' = {cfg.distributed.zero_stage}: ZeRO partitions the optimizer "
+            f"state by rank, and DeepSpeed refuses a checkpoint of {old.world_size} ranks on {world_size}; continue "
+            f"this run on {old.world_size} rank(s), or train elastic runs with distributed.zero_stage=0 (prompt "
+            f"tuning's optimizer state is small: every rank holding all of it costs little)")
+    if cfg.data.shuffle != "exact":
+        raise CheckpointMismatchError("config key 'data.shuffle' = 'stream': a run continues on another world size "
+                                      "only with data.shuffle=exact, whose order does not depend on the ranks")
+    shape = _splits(old.global_batch, world_size, old.batch_size, old.grad_accum)
+    if shape is None:
+        raise CheckpointMismatchError(
+            f"the run's global batch of {old.global_batch} ({old.world_size} ranks x {old.batch_size} x "
+            f"{old.grad_accum} accumulation steps) cannot be split over {world_size} rank(s); world sizes that keep "
+            f"it: {', '.join(map(str, workable_world_sizes(old.global_batch)))}")
+    return shape
+
+
+def shaped(cfg: Config, shape: Shape) -> Config:
+    """`cfg` with the shape's micro-batch and accumulation (the run's identity stays cfg's)."""
+    import dataclasses
+
+    if (cfg.data.batch_size, cfg.optim.grad_accum) == (shape.batch_size, shape.grad_accum):
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=shape.batch_size),
+                               optim=dataclasses.replace(cfg.optim, grad_accum=shape.grad_accum))
