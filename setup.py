@@ -26,6 +26,10 @@ setup(
         "scikit-learn",
         "ninja",
     ],
-    extras_require={"dev": ["pytest", "pytest-timeout", "wids"]},
+    extras_require={
+        # `spt serve`: the HTTP server of a prompt bank
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+        "dev": ["pytest", "pytest-timeout", "wids", "fastapi>=0.110", "uvicorn>=0.29", "httpx"],
+    },
     entry_points={"console_scripts": ["spt=spt_dist.cli:main"]},
 )

@@ -205,7 +205,7 @@ class PromptBank:
         except BadImageError:
             raise
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad bytes
-            raise BadImageError(f"not an image the server can read ({type(exc).__name__}: {exc})") from None
+            raise BadImageError(f"not an image that can be read ({type(exc).__name__})") from None
 
     def logits(self, images: torch.Tensor, tasks: Sequence[str]) -> List[torch.Tensor]:
         """Per sample, float32 logits over its task's classes; images (B, 3, s, s), one pass."""

@@ -7,9 +7,29 @@ SIGINT / SIGTERM stop accepting, answer what is in flight, then exit with code 0
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, Iterator
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after its graceful stop, so the process would die by
+            # it; a stop asked for is a normal end here (exit code 0), as for `spt train`.
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def serve_forever(bank: Any, host: str = "127.0.0.1", port: int = 8000, **app_options: Any) -> None:
@@ -25,7 +45,7 @@ def serve_forever(bank: Any, host: str = "127.0.0.1", port: int = 8000, **app_op
     bound = sock.getsockname()[1]
     config = uvicorn.Config(create_app(bank, **app_options), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     url = f"http://[{host}]:{bound}" if family == socket.AF_INET6 else f"http://{host}:{bound}"
     names = ", ".join(t.name for t in bank.tasks())
 
