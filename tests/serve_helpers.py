@@ -14,13 +14,14 @@ import torch
 from engine_helpers import make_assets, write_config
 
 # name -> (prompt_length, deep, pool, classes): every pool, shallow and deep, a linear probe,
-# four prompt lengths and four class counts.
+# five prompt lengths (two packs share one) and four class counts.
 PACKS = {
     "linear": (0, False, "token", 2),
     "shallow3": (3, False, "token", 4),
     "deep5": (5, True, "mean", 3),
     "deep8": (8, True, "mean_with_prompts", 5),
     "shallow2": (2, False, "mean_with_prompts", 3),
+    "deep3": (3, True, "token", 4),  # shares a pass with shallow3: deep and shallow rows in one group
 }
 
 

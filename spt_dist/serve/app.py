@@ -73,7 +73,8 @@ def _run_batch(bank: PromptBank, metrics: ServeMetrics):
 def create_app(bank: PromptBank, max_batch_size: int = 32, max_wait_ms: float = 5.0,
                max_image_bytes: int = 10 * 2**20, max_pack_bytes: int = 256 * 2**20) -> FastAPI:
     metrics = ServeMetrics()
-    batcher = DynamicBatcher(_run_batch(bank, metrics), max_batch_size, max_wait_ms / 1000.0)
+    batcher = DynamicBatcher(_run_batch(bank, metrics), max_batch_size, max_wait_ms / 1000.0,
+                             key=lambda payload: bank.prompt_length(payload[1]))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

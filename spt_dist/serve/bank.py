@@ -192,6 +192,11 @@ class PromptBank:
             raise UnknownTaskError(f"no task {name!r}; tasks: {', '.join(snap.tasks) or '(none)'}")
         return snap.tasks[name]
 
+    def prompt_length(self, name: str) -> int:
+        """The task's prompt length (-1 when unknown): what decides how samples share a pass."""
+        task = self._snap.tasks.get(name)
+        return -1 if task is None else task.prompt_length
+
     def preprocess(self, data: bytes) -> torch.Tensor:
         """Image file bytes -> the backbone's normalised float32 input (3, s, s)."""
         from PIL import Image

@@ -1,5 +1,7 @@
 """Dynamic batching across requests (and so across tasks): one model thread, batches of at most
 `max_batch_size`, and no request waits for companions longer than `max_wait_s` after it came.
+With a `key` (the task's prompt length), a batch takes waiting requests key group by key
+group (schedule.take_batch), so that under load a pass holds one prompt length.
 
 Invariant: every submitted request is answered exactly once, with its own result or its own
 exception (an error of one item never fails its batch-mates); a batch is closed when it is
@@ -12,7 +14,9 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Hashable, List, Optional, Sequence
+
+from .schedule import take_batch
 
 
 @dataclass
@@ -31,10 +35,12 @@ class ShuttingDown(RuntimeError):
 
 
 class DynamicBatcher:
-    def __init__(self, run_batch: RunBatch, max_batch_size: int = 32, max_wait_s: float = 0.005) -> None:
+    def __init__(self, run_batch: RunBatch, max_batch_size: int = 32, max_wait_s: float = 0.005,
+                 key: Optional[Callable[[Any], Hashable]] = None) -> None:
         if max_batch_size < 1 or max_wait_s < 0:
             raise ValueError(f"need max_batch_size >= 1 and max_wait_s >= 0 (got {max_batch_size}, {max_wait_s})")
         self.run_batch, self.max_batch_size, self.max_wait_s = run_batch, max_batch_size, max_wait_s
+        self.key = None if key is None else (lambda item: key(item.payload))
         self._pending: List[Pending] = []
         self._wake: Optional[asyncio.Event] = None
         self._full: Optional[asyncio.Event] = None
@@ -88,7 +94,7 @@ class DynamicBatcher:
                     await asyncio.wait_for(self._full.wait(), wait)
                 except asyncio.TimeoutError:
                     pass
-            batch, self._pending = self._pending[:self.max_batch_size], self._pending[self.max_batch_size:]
+            batch, self._pending = take_batch(self._pending, self.max_batch_size, self.key)
             if len(self._pending) < self.max_batch_size:
                 self._full.clear()
             if not self._pending:

@@ -1,8 +1,9 @@
 """Offline prediction with a PromptBank: image files, and whole shard splits of several tasks.
 
-Invariant: a batch is filled from every task's stream in turn, so tasks share forward passes,
-and each sample is scored against its own task's labels only; per task the figures are those
-`evaluate` reports for the pack alone (top1, correct, total, loss, bad_samples).
+Invariant: the tasks' samples are interleaved into one stream and batched as the server batches
+(schedule.py: samples of one prompt length together, several tasks per pass); each sample is
+scored against its own task's labels only, and per task the figures are those `evaluate`
+reports for the pack alone (top1, correct, total, loss, bad_samples).
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import torch
 from torch.nn import functional as F
 
 from spt_dist.engine.export import PackMismatchError
+from spt_dist.errors import SptError
 
 from .bank import PromptBank
+from .schedule import scheduled
 
 
 def classify_files(bank: PromptBank, files: Sequence[str], tasks: Union[str, Sequence[str]], top_k: int = 1,
@@ -34,25 +37,16 @@ def _samples(data: Any) -> Iterator[Tuple[torch.Tensor, int]]:
         yield from zip(images, labels.tolist())
 
 
-def _mixed(streams: Dict[str, Iterator[Tuple[torch.Tensor, int]]], batch_size: int
-           ) -> Iterator[Tuple[torch.Tensor, List[int], List[str]]]:
-    """Batches of up to batch_size samples, one from each unfinished task in turn."""
+def _interleaved(streams: Dict[str, Iterator[Tuple[torch.Tensor, int]]]) -> Iterator[Tuple[str, torch.Tensor, int]]:
+    """(task, image, label): one sample of each unfinished task in turn."""
     active = list(streams)
     while active:
-        images, labels, tasks = [], [], []
-        while active and len(tasks) < batch_size:
-            for task in list(active):
-                item = next(streams[task], None)
-                if item is None:
-                    active.remove(task)
-                    continue
-                images.append(item[0])
-                labels.append(item[1])
-                tasks.append(task)
-                if len(tasks) == batch_size:
-                    break
-        if tasks:
-            yield torch.stack(images), labels, tasks
+        for task in list(active):
+            item = next(streams[task], None)
+            if item is None:
+                active.remove(task)
+            else:
+                yield task, item[0], item[1]
 
 
 def score_shards(bank: PromptBank, roots: Mapping[str, str], split: str = "test",
@@ -71,8 +65,10 @@ def score_shards(bank: PromptBank, roots: Mapping[str, str], split: str = "test"
         cfg = DataConfig(root=root, preset=inputs["preset"], eval_batch_size=batch_size)
         data[task] = EvalData(cfg, index, split, int(inputs["img_size"]), inputs["mean"], inputs["std"], 0, 1)
     stats = {task: torch.zeros(3, dtype=torch.float64) for task in data}  # correct, total, summed loss
-    for images, labels, tasks in _mixed({t: _samples(d) for t, d in data.items()}, batch_size):
-        rows = bank.logits(images, tasks)
+    stream = _interleaved({t: _samples(d) for t, d in data.items()})
+    for batch in scheduled(stream, batch_size, key=lambda item: bank.prompt_length(item[0])):
+        tasks, labels = [t for t, _, _ in batch], [y for _, _, y in batch]
+        rows = bank.logits(torch.stack([x for _, x, _ in batch]), tasks)
         for task in set(tasks):
             mine = [i for i, t in enumerate(tasks) if t == task]
             logits, y = torch.stack([rows[i] for i in mine]), torch.tensor([labels[i] for i in mine])
@@ -81,7 +77,7 @@ def score_shards(bank: PromptBank, roots: Mapping[str, str], split: str = "test"
     out = {}
     for task, (correct, total, loss) in ((t, s.tolist()) for t, s in stats.items()):
         if total == 0:
-            raise PackMismatchError(f"split {split!r} of {roots[task]} is empty")
+            raise SptError(f"split {split!r} of {roots[task]} is empty")
         out[task] = {"top1": 100.0 * correct / total, "correct": int(correct), "total": int(total),
                      "loss": loss / total, "bad_samples": int(getattr(data[task], "bad_samples", 0))}
     return out
