@@ -111,6 +111,8 @@ def test_server_answers_mixed_concurrent_requests_refuses_bad_ones_and_stops(ass
             assert max(int(k) for k in batches["tasks_per_batch"]) > 1  # one pass answered several tasks
             assert m["latency_ms"]["count"] == 48 and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"] > 0
 
+            r = client.post("/v1/tasks/deep5/classify", params={"top_k": 0}, content=png(0))
+            assert r.status_code == 422 and "top_k" in r.json()["error"]
             # Packs come and go while it serves; a pack of another backbone is refused.
             r = client.put("/v1/tasks/deep8", content=open(packs["deep8"], "rb").read())
             assert r.status_code == 201 and r.json()["prompt_length"] == 8

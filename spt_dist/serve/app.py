@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Dict, Sequence
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from spt_dist.engine.export import PackMismatchError
@@ -88,7 +89,13 @@ def create_app(bank: PromptBank, max_batch_size: int = 32, max_wait_ms: float = 
     def error(exc: BaseException, task: str = "") -> JSONResponse:
         code = status_of(exc)
         metrics.request(code, task)
-        return JSONResponse({"error": str(exc).strip("'\"")}, status_code=code)
+        return JSONResponse({"error": str(exc)}, status_code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.request(422)
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": why}, status_code=422)
 
     @app.get("/health")
     async def health() -> Dict[str, Any]:
@@ -120,7 +127,10 @@ def create_app(bank: PromptBank, max_batch_size: int = 32, max_wait_ms: float = 
         t0 = time.monotonic()
         try:
             bank.task(name)  # unknown tasks are refused before the image is even read
-            image = bank.preprocess(await read_body(request, max_image_bytes))
+            data = await read_body(request, max_image_bytes)
+            # Large files decode off the event loop (PIL releases the GIL); small ones are
+            # quicker decoded in place than handed to a thread.
+            image = await asyncio.to_thread(bank.preprocess, data) if len(data) > 32768 else bank.preprocess(data)
             top = await batcher.submit((image, name, top_k))
         except (ValueError, LookupError, ShuttingDown) as exc:
             return error(exc, name)
