@@ -266,7 +266,11 @@ def serving(packs: Dict[str, str], litserve_dir: str, loads: List[tuple]) -> dic
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                pass
+            try:  # LitServe's server processes can outlive their parent (seen spinning a core)
                 os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     return out
 
 
