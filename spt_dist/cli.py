@@ -11,7 +11,7 @@ import os
 import sys
 from typing import List, Optional
 
-STAGES = ("config", "model", "data", "prompt_init", "engine", "study")
+STAGES = ("config", "model", "data", "prompt_init", "engine", "study", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

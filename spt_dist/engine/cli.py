@@ -1,4 +1,4 @@
-"""`spt train`, `spt predict`, `spt pretrain`.
+"""`spt train`, `spt pretrain` (`spt predict` applies packs through the serving stage's bank).
 
 Exit codes of `spt train`: 0 when the run finished OR was interrupted by SIGTERM/SIGUSR2/SIGINT
 after saving a checkpoint (run `spt train RUN_DIR` to resume); 2 for an input error (config,
@@ -60,27 +60,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from spt_dist.config.hub import resolve_checkpoint
-    from spt_dist.errors import SptError
-
-    from .export import load_prompt_pack, predict_images, predict_shards
-
-    backbone = resolve_checkpoint(args.backbone_checkpoint, key="--backbone-checkpoint")
-    missing = [p for p in (args.pack, backbone, *args.inputs) if not Path(p).exists()]
-    if missing:
-        raise SptError(f"spt predict: not found: {', '.join(missing)}")
-    model, meta = load_prompt_pack(args.pack, backbone)
-    inputs = args.inputs
-    if len(inputs) == 1 and (Path(inputs[0]) / "index.json").is_file():
-        res = predict_shards(model, meta, inputs[0], args.split)
-        print(json.dumps({"split": args.split, **res}, sort_keys=True))
-        return 0
-    for path, idx, name in predict_images(model, meta, inputs):
-        print(f"{path}\t{idx}\t{name}")
-    return 0
-
-
 def _pretrain(args: argparse.Namespace) -> int:
     from .pretrain import pretrain
 
@@ -99,14 +78,6 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar, as run.progress=false (also off when stderr is not a terminal)")
     p.set_defaults(func=_train)
-
-    p = sub.add_parser("predict", help="apply a prompt pack to images or a shard folder")
-    p.add_argument("pack", help="prompt_pack.safetensors of a run")
-    p.add_argument("--backbone-checkpoint", required=True,
-                   help="the backbone weights the run used (a file, or hf-hub:<org>/<name> in the local cache)")
-    p.add_argument("--split", default="test", help="split to score when INPUT is a shard folder")
-    p.add_argument("inputs", nargs="+", help="image files, or one shard folder (with index.json)")
-    p.set_defaults(func=_predict)
 
     p = sub.add_parser("pretrain", help="pretrain a small backbone (the embedded demo's)")
     p.add_argument("--shards", required=True, help="shard folder of the pretraining classes")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -49,24 +49,36 @@ def export_prompt_pack(path: Path, trainable: Dict[str, torch.Tensor], metadata:
     return path
 
 
-def load_prompt_pack(pack: str, backbone_checkpoint: str) -> Tuple[Any, Dict[str, Any]]:
-    """(PromptedViT in eval mode, metadata); raises PackMismatchError on a different backbone."""
-    from safetensors import safe_open
+def read_prompt_pack(pack: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """(tensors, metadata with typed values) of a pack file; PackMismatchError if it is none."""
+    from safetensors import SafetensorError, safe_open
 
-    from spt_dist.model import PromptedViT, build_backbone, weights_hash
-
-    with safe_open(pack, framework="pt") as f:
-        raw = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(pack, framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise PackMismatchError(f"{pack} is not a prompt pack: {exc}") from None
     if "weights_hash" not in raw:
         raise PackMismatchError(f"{pack} is not a prompt pack (no backbone metadata)")
-    meta = dict(raw, prompt_length=int(raw["prompt_length"]), deep=json.loads(raw["deep"]),
-                classes=json.loads(raw["classes"]), img_size=int(raw["img_size"]),
-                mean=json.loads(raw["mean"]), std=json.loads(raw["std"]), dtype=raw.get("dtype", "fp32"))
+    try:
+        meta = dict(raw, prompt_length=int(raw["prompt_length"]), deep=json.loads(raw["deep"]),
+                    classes=json.loads(raw["classes"]), img_size=int(raw["img_size"]),
+                    mean=json.loads(raw["mean"]), std=json.loads(raw["std"]), dtype=raw.get("dtype", "fp32"))
+    except (KeyError, ValueError) as exc:
+        raise PackMismatchError(f"{pack}: unreadable metadata ({exc!r})") from None
     if meta["dtype"] not in DTYPES:
         raise PackMismatchError(f"{pack}: unknown dtype {meta['dtype']!r} in its metadata")
+    return tensors, meta
+
+
+def load_prompt_pack(pack: str, backbone_checkpoint: str) -> Tuple[Any, Dict[str, Any]]:
+    """(PromptedViT in eval mode, metadata); raises PackMismatchError on a different backbone."""
+    from spt_dist.model import PromptedViT, build_backbone, weights_hash
+
+    tensors, meta = read_prompt_pack(pack)
     backbone = build_backbone(meta["backbone"], img_size=meta["img_size"],
-                              in_chans=int(raw.get("in_chans", "0")) or None, checkpoint=backbone_checkpoint)
+                              in_chans=int(meta.get("in_chans", "0")) or None, checkpoint=backbone_checkpoint)
     have = weights_hash(backbone)
     if have != meta["weights_hash"]:
         raise PackMismatchError(f"{backbone_checkpoint} is not the backbone {pack} was trained on: weights "
@@ -82,34 +94,3 @@ def load_prompt_pack(pack: str, backbone_checkpoint: str) -> Tuple[Any, Dict[str
     # The frozen backbone and the tuned tensors in the run's precision (the fp32 masters round
     # to exactly the weights the run evaluated with).
     return model.to(DTYPES[meta["dtype"]]).eval(), meta
-
-
-@torch.no_grad()
-def predict_images(model: Any, meta: Dict[str, Any], images: Iterable[str], batch: int = 64) -> List[Tuple[str, int, str]]:
-    """(path, class index, class name) for image files."""
-    from spt_dist.data import build_transform
-
-    transform = build_transform(meta.get("preset", "small"), meta["img_size"], meta["mean"], meta["std"], train=False)
-    paths, out = list(images), []
-    for i in range(0, len(paths), batch):
-        chunk = paths[i:i + batch]
-        x = torch.stack([transform(Path(p).read_bytes()) for p in chunk]).to(DTYPES[meta.get("dtype", "fp32")])
-        for p, c in zip(chunk, model(x).float().argmax(dim=1).tolist()):
-            out.append((p, c, meta["classes"][c]))
-    return out
-
-
-def predict_shards(model: Any, meta: Dict[str, Any], root: str, split: str,
-                   eval_batch_size: int = 128) -> Dict[str, Any]:
-    """Top-1 of the pack on one split of a shard folder (single process)."""
-    from spt_dist.config.schema import DataConfig
-    from spt_dist.data import EvalData, ShardIndex
-
-    from .evaluate import evaluate
-
-    index = ShardIndex.load(root)
-    if list(index.classes) != list(meta["classes"]):
-        raise PackMismatchError(f"{root} has classes {index.classes}, the pack was trained on {meta['classes']}")
-    data_cfg = DataConfig(root=root, preset=meta.get("preset", "small"), eval_batch_size=eval_batch_size)
-    data = EvalData(data_cfg, index, split, meta["img_size"], meta["mean"], meta["std"], 0, 1)
-    return evaluate(model, data, torch.device("cpu"), DTYPES[meta.get("dtype", "fp32")])

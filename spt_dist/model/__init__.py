@@ -14,6 +14,7 @@ _EXPORTS = {
     "read_checkpoint": "weights", "load_backbone_weights": "weights",
     "weights_hash": "weights", "save_backbone_weights": "weights",
     "PromptedViT": "prompted_vit", "vpt_uniform_bound": "prompted_vit",
+    "PromptSet": "prompt_stack", "PromptStack": "prompt_stack", "MultiPromptViT": "prompt_stack",
     "build_model": "build", "resolve_pool": "build", "checkpoint_format": "build", "input_spec": "build",
     "InputSpec": "build", "read_weights": "build",
 }

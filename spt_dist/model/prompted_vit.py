@@ -39,6 +39,22 @@ def vpt_uniform_bound(patch_size: Tuple[int, int], embed_dim: int) -> float:
     return math.sqrt(6.0 / float(3 * ph * pw + embed_dim))
 
 
+def embed_tokens(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Images -> the first block's input without prompts: [prefix, patches] (B, k + N, d)."""
+    x = backbone._pos_embed(backbone.patch_embed(x))  # prefix tokens joined, position embedding added
+    return backbone.norm_pre(backbone.patch_drop(x))
+
+
+def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix: int, prompt_length: int) -> torch.Tensor:
+    """(B, d) vector for the head from the final tokens [prefix (k), prompts (p), patches]."""
+    k, p = num_prefix, prompt_length
+    if pool == "token":
+        return tokens[:, 0]
+    if pool == "mean":
+        return tokens[:, k + p:].mean(dim=1)
+    return tokens[:, k:].mean(dim=1)
+
+
 class PromptedViT(nn.Module):
     """VPT / SPT (shallow or deep), linear probe (p=0) and full fine-tuning (train_backbone).
 
@@ -94,9 +110,7 @@ class PromptedViT(nn.Module):
 
     # -- tokens -------------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
-        x = b._pos_embed(b.patch_embed(x))  # prefix tokens joined, position embedding added
-        return b.norm_pre(b.patch_drop(x))
+        return embed_tokens(self.backbone, x)
 
     def _layer_prompts(self, layer: int, batch: int) -> torch.Tensor:
         return self.prompt_dropout(self.prompts[layer].expand(batch, -1, -1))
@@ -127,13 +141,7 @@ class PromptedViT(nn.Module):
         return self.backbone.norm(x)
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        k, p = self.num_prefix_tokens, self.prompt_length
-        if self.pool == "token":
-            pooled = tokens[:, 0]
-        elif self.pool == "mean":
-            pooled = tokens[:, k + p:].mean(dim=1)
-        else:
-            pooled = tokens[:, k:].mean(dim=1)
+        pooled = pool_tokens(tokens, self.pool, self.num_prefix_tokens, self.prompt_length)
         return self.head(self.backbone.fc_norm(pooled))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,59 @@
+"""The dynamic batcher and the batch schedule: sizes, waiting, grouping by prompt length,
+one answer per request (its own result or its own error), queued requests answered at stop."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from spt_dist.serve.batcher import DynamicBatcher
+from spt_dist.serve.schedule import scheduled, take_batch
+
+
+def test_take_batch_fills_group_by_group_from_the_oldest():
+    waiting = ["a1", "b1", "a2", "c1", "b2", "a3", "c2"]
+    key = lambda s: s[0]  # noqa: E731
+    batch, rest = take_batch(waiting, 4, key)
+    assert batch == ["a1", "b1", "a2", "a3"] and rest == ["c1", "b2", "c2"]  # all of a, then b's oldest
+    batch, rest = take_batch(rest + ["a4"], 2, key)
+    assert batch == ["c1", "c2"] and rest == ["b2", "a4"]  # the oldest (c1) decides
+    assert take_batch(["x", "y"], 4, key) == (["x", "y"], [])
+    assert take_batch(waiting, 3) == (waiting[:3], waiting[3:])  # no key: first come, first served
+    # Offline: every item once, in batches of at most the size, mostly one key per batch.
+    items = [f"{'abcd'[i % 4]}{i}" for i in range(64)]
+    batches = list(scheduled(items, 8, key, window=32))
+    assert sorted(x for b in batches for x in b) == sorted(items) and max(map(len, batches)) == 8
+    assert sum(len({x[0] for x in b}) == 1 for b in batches) == len(batches)
+
+
+def test_batcher_batches_waits_and_answers_each_request_alone():
+    seen = []
+
+    def run(payloads):
+        seen.append(list(payloads))
+        return [ValueError(f"bad {p}") if p % 7 == 3 else p * 10 for p in payloads]
+
+    async def main():
+        b = DynamicBatcher(run, max_batch_size=4, max_wait_s=0.05, key=lambda p: p % 2)
+        b.start()
+        results = await asyncio.gather(*(b.submit(i) for i in range(10)), return_exceptions=True)
+        t0 = time.monotonic()
+        alone = await b.submit(100)  # nobody to wait for: answered once max_wait has passed
+        waited = time.monotonic() - t0
+        pending = [asyncio.ensure_future(b.submit(i)) for i in (200, 201)]
+        await asyncio.sleep(0)
+        await b.stop()  # what is queued is still answered
+        return results, alone, waited, [p.result() for p in pending]
+
+    results, alone, waited, late = asyncio.run(main())
+    for i, r in enumerate(results):
+        assert (isinstance(r, ValueError) and str(r) == f"bad {i}") if i % 7 == 3 else r == i * 10
+    assert alone == 1000 and 0.04 <= waited < 5 and late == [2000, 2010]
+    assert [len(s) for s in seen[:3]] == [4, 4, 2]
+    assert seen[0] == [0, 2, 4, 6] and seen[1] == [1, 3, 5, 7]  # one prompt length (key) per batch
+
+
+def test_batcher_refuses_bad_settings():
+    with pytest.raises(ValueError):
+        DynamicBatcher(lambda p: p, max_batch_size=0)
