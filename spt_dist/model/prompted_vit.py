@@ -126,7 +126,8 @@ class PromptedViT(nn.Module):
             x = self._block(i, x)
         return self.backbone.norm(x)
 
-    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits; pre_logits: the (B, d) pooled features after fc_norm, what the head sees (timm's flag)."""
         k, p = self.num_prefix_tokens, self.prompt_length
         if self.pool == "token":
             pooled = tokens[:, 0]
@@ -134,10 +135,13 @@ class PromptedViT(nn.Module):
             pooled = tokens[:, k + p:].mean(dim=1)
         else:
             pooled = tokens[:, k:].mean(dim=1)
-        return self.head(self.backbone.fc_norm(pooled))
+        pooled = self.backbone.fc_norm(pooled)
+        return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """Logits of images; pooled: `x` already is forward_head(..., pre_logits=True)'s output
+        (a linear probe's cached features), so only the head runs."""
+        return self.head(x) if pooled else self.forward_head(self.forward_features(x))
 
     @torch.no_grad()
     def layer_tokens(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None) -> List[torch.Tensor]:
