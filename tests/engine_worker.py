@@ -24,6 +24,7 @@ def _load_pack(path: Path):
 
 
 def _worker(mode: str, out: Path, config: Path, extra: List[str]) -> None:
+    import torch
     import torch.distributed as dist
 
     from spt_dist.config import load_config
@@ -53,6 +54,19 @@ def _worker(mode: str, out: Path, config: Path, extra: List[str]) -> None:
             b = _load_pack(out / "cut" / "prompt_pack.safetensors")
             report["identical"] = {k: bool((a[k] == b[k]).all()) and a[k].dtype == b[k].dtype for k in a}
             report["max_abs_diff"] = {k: float((a[k] - b[k]).abs().max()) for k in a}
+    elif mode == "features":
+        # A linear probe with and without the feature cache, and the cached one cut and resumed.
+        stop_at, overrides = int(extra[0]), ["method.name=linear", *extra[1:]]
+        plain = train(load_config(str(config), ["run.name=plain", "method.feature_cache=never", *overrides]))
+        cached = train(load_config(str(config), ["run.name=cached", *overrides]))
+        cut_cfg = load_config(str(config), ["run.name=cut", *overrides])
+        report = {"plain": plain, "cached": cached, "first": train(cut_cfg, max_steps=stop_at),
+                  "resumed": train(cut_cfg)}
+        if dist.get_rank() == 0:
+            packs = {name: _load_pack(out / name / "prompt_pack.safetensors") for name in ("plain", "cached", "cut")}
+            report["max_abs_diff"] = {k: float((packs["plain"][k] - packs["cached"][k]).abs().max())
+                                      for k in packs["plain"]}
+            report["resume_identical"] = all(torch.equal(packs["cached"][k], packs["cut"][k]) for k in packs["cut"])
     elif mode == "signal":
         # One process, no launcher: the signal is raised on this process at a chosen moment
         # (phase setup: inside build_parts; phase final: inside the prompt pack export).

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spt_dist.study.plan import FINAL, SEARCH, build_plan, cells, make_run
+from spt_dist.study.plan import FINAL, SEARCH, cells, make_run
 from spt_dist.study.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -226,10 +226,14 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
 
 
 def to_yaml(cfg: Config) -> str:
-    """The resolved config; self-contained (`defaults` composed away), so it reloads as it ran.
-    OmegaConf's own YAML dumper on the plain data: the same text as OmegaConf.to_yaml, faster."""
+    """The resolved config; self-contained (`defaults` composed away), so it reloads as it ran."""
+    return dump_yaml(dataclasses.asdict(cfg))
+
+
+def dump_yaml(tree: Dict[str, Any]) -> str:
+    """OmegaConf's own YAML dumper on plain data: the same text as OmegaConf.to_yaml, faster."""
     import yaml
     from omegaconf._utils import get_omega_conf_dumper
 
-    return yaml.dump(dataclasses.asdict(cfg), default_flow_style=False, allow_unicode=True, sort_keys=False,
+    return yaml.dump(tree, default_flow_style=False, allow_unicode=True, sort_keys=False,
                      Dumper=get_omega_conf_dumper())

@@ -40,6 +40,7 @@ LR_SCHEDULES = ("per_iteration", "per_epoch")
 SGD_NO_DECAY = ("head_bias", "none")
 LOGGERS = ("tensorboard", "wandb", "mlflow")
 WANDB_MODES = ("offline", "online")
+FEATURE_CACHE = ("auto", "never")
 
 
 @dataclass
@@ -84,6 +85,10 @@ class MethodConfig:
         "help": "draw the prototype images with replacement (SPT's code); false: each image once"})
     init_transform: str = choice("eval", *INIT_TRANSFORMS, help="the data.preset pipeline prototype images "
                                  "pass through: eval, or train (SPT's code: augmented, seeded per draw)")
+    feature_cache: str = choice("auto", *FEATURE_CACHE, help="a linear probe whose training transform draws "
+                                "nothing: auto = the frozen backbone's pooled features of the training and "
+                                "validation samples are computed once and every epoch trains the head on them "
+                                "(within data.cache_mb); never = the backbone runs at every step")
 
 
 @dataclass
@@ -112,6 +117,9 @@ class DataConfig:
                 "trains it as a short batch, on one rank only (VPT's code on one GPU)"})
     eval_batch_size: int = bounded(128, 1)
     num_workers: int = bounded(0, 0)
+    cache_mb: int = bounded(2048, 0, help="MiB per rank for training data kept between epochs: the samples "
+                            "this rank decoded (crop, flip and normalisation still run every epoch), or a "
+                            "linear probe's cached features (method.feature_cache); 0 = keep nothing")
     shuffle_buffer: int = bounded(1000, 0, help="stream mode: samples in each worker's shuffle buffer")
     shuffle: str = choice("exact", "exact", "stream", help="exact: a uniform permutation of the whole split "
                           "every epoch (random access); stream: sequential shard reads + buffer")

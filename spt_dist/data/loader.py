@@ -35,7 +35,8 @@ from .fraction import select_fraction
 from .index import DataError, ShardIndex
 from .mixing import MixingReport, check_mixing, mixing_report
 from .order import (Draw, Loc, batches_per_epoch, by_key, deal, draw_name, drawn_batches, eval_batches, exact_batches,
-                    locations, mix, stream_order, stream_parts)
+                    locations, mix, pad_batch, stream_order, stream_parts)
+from .cache import DecodedCache, Fresh, Offers
 from .reader import BadSampleError, RawSample, SampleReader, decode_sample, read_segment
 from .transforms import ImageTransform, build_transform
 
@@ -48,34 +49,48 @@ def _worker() -> int:
 
 
 class _Decoder:
-    """Decode a list of raw samples into tensors; bad ones raise or are reported."""
+    """Decode a list of raw samples into tensors; bad ones raise or are reported. With a
+    cache, a kept sample is not decoded again, and what is decoded is offered to the cache."""
 
-    def __init__(self, transform: ImageTransform, num_classes: int, skip: bool):
-        self.transform, self.num_classes, self.skip = transform, num_classes, skip
+    def __init__(self, transform: ImageTransform, num_classes: int, skip: bool,
+                 cache: Optional[DecodedCache] = None):
+        self.transform, self.num_classes, self.skip, self.cache = transform, num_classes, skip, cache
 
-    def __call__(self, raws: Sequence[RawSample], seeds: Optional[Sequence[int]] = None):
+    def _prepared(self, raw: RawSample, offers: Optional[Offers], fresh: Fresh) -> Tuple[np.ndarray, int]:
+        kept = self.cache.get(raw.key) if self.cache is not None else None
+        if kept is not None:
+            return kept
+        prepared, label = decode_sample(raw, self.transform, self.num_classes)
+        if offers is not None:
+            offers.take(raw.key, prepared, label, fresh)
+        return prepared, label
+
+    def __call__(self, raws: Sequence[RawSample], seeds: Optional[Sequence[int]] = None,
+                 offers: Optional[Offers] = None, fresh: Optional[Fresh] = None):
         good, bad = [], 0
         for i, raw in enumerate(raws):
             rng = random.Random(seeds[i]) if seeds is not None else None
             try:
-                image, label = decode_sample(raw, self.transform, self.num_classes, rng)
+                prepared, label = self._prepared(raw, offers, fresh if fresh is not None else [])
             except BadSampleError as exc:
                 if not self.skip:
                     raise BadSampleError(f"{exc}; set data.on_bad_sample=skip to skip such samples") from None
                 bad += 1
                 continue
-            good.append((image, label, raw.key))
+            good.append((self.transform.finish(prepared, rng), label, raw.key))
         return good, bad
 
-    def train_batch(self, raws: Sequence[RawSample], seed: int, epoch: int, rank: int):
+    def train_batch(self, raws: Sequence[RawSample], seed: int, epoch: int, rank: int, offers: Optional[Offers]):
         # Augmentation seed per (seed, epoch, sample key): a key is read once per epoch.
-        good, bad = self(raws, [mix("aug", seed, epoch, r.key) for r in raws])
+        fresh: Fresh = []
+        good, bad = self(raws, [mix("aug", seed, epoch, r.key) for r in raws], offers, fresh)
         if not good:
             raise BadSampleError(f"rank {rank}: every sample of a training batch is bad "
                                  f"(first: shard {raws[0].shard}, key '{raws[0].key}'); cannot pad it")
-        # Pad in place with this batch's own good samples: counts and resume stay exact.
-        good = [good[i % len(good)] for i in range(len(raws))]
-        return _stack(good, self.transform) + (bad,)
+        return _stack(pad_batch(good, len(raws)), self.transform) + (bad, fresh)
+
+    def offers(self) -> Optional[Offers]:
+        return self.cache.offers() if self.cache is not None else None
 
 
 def _stack(good, transform: ImageTransform) -> Batch:
@@ -90,12 +105,15 @@ class _ByOffset(IterableDataset):
     def __init__(self, index: ShardIndex, split: str, parts: List[List[List[Loc]]]):
         self.index, self.split, self.parts = index, split, parts
 
-    def batches(self) -> Iterator[List[RawSample]]:
+    def batches(self, kept: Optional[DecodedCache] = None) -> Iterator[List[RawSample]]:
+        """Raw samples per batch; those in `kept` are named, not read."""
         shards = self.index.split(self.split).shards
         reader = SampleReader(self.index)
         try:
             for batch in self.parts[_worker()]:
-                yield [reader.read(shards[i], j) for i, j, *_ in batch]
+                yield [RawSample(shards[i].keys[j], self.index.shard_path(shards[i]))
+                       if kept is not None and shards[i].keys[j] in kept else reader.read(shards[i], j)
+                       for i, j, *_ in batch]
         finally:
             reader.close()
 
@@ -106,8 +124,9 @@ class _ExactTrain(_ByOffset):
         self.decoder, self.seed, self.epoch, self.rank = decoder, seed, epoch, rank
 
     def __iter__(self):
-        for raws in self.batches():
-            yield self.decoder.train_batch(raws, self.seed, self.epoch, self.rank)
+        offers = self.decoder.offers()
+        for raws in self.batches(self.decoder.cache):
+            yield self.decoder.train_batch(raws, self.seed, self.epoch, self.rank, offers)
 
 
 class _StreamTrain(IterableDataset):
@@ -117,15 +136,21 @@ class _StreamTrain(IterableDataset):
         self.buffer, self.width = buffer, width
         self.decoder, self.seed, self.epoch, self.rank = decoder, seed, epoch, rank
 
+    def _segment(self, shard, positions: List[int]) -> Iterator[RawSample]:
+        path, kept = self.index.shard_path(shard), self.decoder.cache
+        if kept is not None and all(shard.keys[p] in kept for p in positions):
+            return iter([RawSample(shard.keys[p], path) for p in positions])  # nothing to read
+        return read_segment(shard, path, positions)
+
     def __iter__(self):
-        part = self.parts[_worker()]
-        segs = (read_segment(s, self.index.shard_path(s), positions) for s, positions in part.segments)
+        part, offers = self.parts[_worker()], self.decoder.offers()
+        segs = (self._segment(s, positions) for s, positions in part.segments)
         stream = stream_order(segs, self.width, self.buffer, self.seed, self.epoch, self.rank, part.worker)
         for b in range(part.num_batches):
             raws = list(itertools.islice(stream, self.batch_size))
             if b < part.skip_batches:
                 continue  # resume: consumed in order, never decoded
-            yield self.decoder.train_batch(raws, self.seed, self.epoch, self.rank)
+            yield self.decoder.train_batch(raws, self.seed, self.epoch, self.rank, offers)
 
 
 class _Eval(_ByOffset):
@@ -207,8 +232,9 @@ class TrainData:
         self.batches_per_epoch = batches_per_epoch(self.num_samples, world_size, data_cfg.batch_size,
                                                    data_cfg.drop_last, grad_accum)
         self.bad_samples = 0
-        transform = build_transform(data_cfg.preset, img_size, mean, std, train=True)
-        self._decoder = _Decoder(transform, index.num_classes, data_cfg.on_bad_sample == "skip")
+        self.transform = build_transform(data_cfg.preset, img_size, mean, std, train=True)
+        self.cache = DecodedCache(data_cfg.cache_mb * 2 ** 20) if data_cfg.cache_mb else None
+        self._decoder = _Decoder(self.transform, index.num_classes, data_cfg.on_bad_sample == "skip", self.cache)
         self._locs = by_key(self.split.shards, self._selected) if data_cfg.shuffle == "exact" else []
         self.mixing: MixingReport = mixing_report(self)
         check_mixing(self.mixing, data_cfg)
@@ -238,6 +264,19 @@ class TrainData:
             out.extend(mine[:limit])
         return out
 
+    def _exact(self, epoch: int) -> List[List[Loc]]:
+        cfg = self.cfg
+        return exact_batches(self._locs, self.seed, epoch, self.world_size, cfg.batch_size, [self.rank],
+                             cfg.drop_last, self.grad_accum)[0]
+
+    def planned_keys(self, epoch: int) -> List[List[str]]:
+        """This rank's batches of `epoch` as sample keys, from the index alone (data.shuffle=exact;
+        in stream mode the order depends on the worker count and is known only when read)."""
+        if self.cfg.shuffle != "exact":
+            raise DataError("planned_keys needs data.shuffle=exact")
+        shards = self.split.shards
+        return [[shards[i].keys[j] for i, j in batch] for batch in self._exact(epoch)]
+
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Batch]:
         """This rank's batches of `epoch`; `skip_batches=k` yields exactly batches k, k+1, ..."""
         if not 0 <= skip_batches <= self.batches_per_epoch:
@@ -245,17 +284,18 @@ class TrainData:
         workers, cfg = max(1, self.cfg.num_workers), self.cfg
         shards = self.split.shards
         if cfg.shuffle == "exact":
-            batches = exact_batches(self._locs, self.seed, epoch, self.world_size, cfg.batch_size, [self.rank],
-                                    cfg.drop_last, self.grad_accum)[0]
-            stream: IterableDataset = _ExactTrain(self.index, cfg.train_split, deal(batches, skip_batches, workers),
+            stream: IterableDataset = _ExactTrain(self.index, cfg.train_split,
+                                                  deal(self._exact(epoch), skip_batches, workers),
                                                   self._decoder, self.seed, epoch, self.rank)
         else:
             parts = stream_parts(shards, self._selected, self.seed, epoch, self.rank, self.world_size,
                                  cfg.batch_size, workers, skip_batches, cfg.drop_last, self.grad_accum)
             stream = _StreamTrain(self.index, parts, cfg.batch_size, cfg.shuffle_buffer, cfg.stream_shards,
                                   self._decoder, self.seed, epoch, self.rank)
-        for images, labels, keys, bad in _loader(stream, cfg.num_workers):
+        for images, labels, keys, bad, fresh in _loader(stream, cfg.num_workers):
             self.bad_samples += bad
+            if fresh:
+                self.cache.admit(fresh)
             yield images, labels, keys
 
 

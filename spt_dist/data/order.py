@@ -66,6 +66,12 @@ def deal(batches: Sequence[T], skip: int, num_workers: int) -> List[List[T]]:
     return [rest[w::num_workers] for w in range(num_workers)]
 
 
+def pad_batch(good: Sequence[T], size: int) -> List[T]:
+    """A training batch of `size` from its good samples, repeated in turn in place of the bad
+    ones (data.on_bad_sample=skip): batch counts and resume points do not depend on bad data."""
+    return [good[i % len(good)] for i in range(size)]
+
+
 # -- exact shuffle ---------------------------------------------------------------------------
 
 def by_key(shards: Sequence[ShardInfo], selected: Optional[Set[str]]) -> List[Loc]:

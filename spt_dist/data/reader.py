@@ -9,7 +9,6 @@ positions stay fixed: shuffling and `skip_batches` do not depend on bad data.
 from __future__ import annotations
 
 import os
-import random
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,10 +105,9 @@ def read_segment(shard: ShardInfo, path: Path, positions: List[int]) -> Iterator
         yield RawSample(keys[m], path, problem=problem)
 
 
-def decode_sample(raw: RawSample, transform: ImageTransform, num_classes: int,
-                  rng: Optional[random.Random]) -> Tuple[np.ndarray, int]:
-    """(H, W, 3) pixels (transforms.ImageTransform.pixels) and label, or BadSampleError naming
-    the shard and key."""
+def decode_sample(raw: RawSample, transform: ImageTransform, num_classes: int) -> Tuple[np.ndarray, int]:
+    """The checked sample through `transform.prepare` (decode + the steps that draw nothing) and
+    its label, or BadSampleError naming the shard and key."""
     def bad(why: str) -> BadSampleError:
         return BadSampleError(f"bad sample in shard {raw.shard}, key '{raw.key}': {why}")
 
@@ -133,6 +131,6 @@ def decode_sample(raw: RawSample, transform: ImageTransform, num_classes: int,
         raise bad(f"the tar's .cls says {label} but index.json says {raw.label} (one of them changed "
                   f"after indexing; run `spt shards verify`)")
     try:
-        return transform.pixels(image, rng), label
+        return transform.prepare(image), label
     except (OSError, ValueError, SyntaxError) as exc:
         raise bad(f"image cannot be decoded ({type(exc).__name__}: {exc})") from None

@@ -15,7 +15,9 @@ The other presets compute, step by step, what torchvision's op of the same name 
 PIL image (sizes, crop boxes, rounding), so their pixels equal the official pipelines' (uint8);
 vtab's pixels are TensorFlow's float values. Training randomness comes only from a
 `random.Random` seeded by the caller per sample (loader.py seeds it from (seed, epoch, sample
-key)), never from global state, so a resumed epoch is bit-identical.
+key)), never from global state, so a resumed epoch is bit-identical. Every transform is
+`finish(prepare(image), rng)`: `prepare` decodes and does what draws nothing, `finish` the
+random crop and flip, so a kept `prepare` output (cache.py) gives the same pixels.
 """
 from __future__ import annotations
 
@@ -113,27 +115,47 @@ class ImageTransform:
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_t
 
+    @property
+    def random(self) -> bool:
+        """Whether the transform draws from its rng: training with fgvc / spt_fgvc (crops, flips)."""
+        return self.train and self.preset in ("fgvc", "spt_fgvc")
+
     def pixels(self, data: Union[bytes, Image.Image], rng: Optional[random.Random] = None) -> np.ndarray:
         """Decoded, resized and cropped image (img_size, img_size, 3): uint8, float32 for vtab."""
+        return self.finish(self.prepare(data), rng)
+
+    def prepare(self, data: Union[bytes, Image.Image]) -> np.ndarray:
+        """Decode and every step that draws nothing (what a decoded-sample cache keeps): the
+        final pixels of a transform without randomness; fgvc: the short side resized; spt_fgvc:
+        the decoded image (its random box is cut from the original)."""
         img = data.convert("RGB") if isinstance(data, Image.Image) else decode_image(data, draft=self.draft)
         if self.preset == "vtab":
             return resize_bilinear_tf1(np.asarray(img), self.img_size, self.img_size)
-        return np.asarray(self._geometry(img, rng), dtype=np.uint8)
+        if self.random and self.preset == "fgvc":
+            img = resize_short(img, self.resize, self.filter)
+        elif not self.random:
+            img = self._fixed(img)
+        return np.array(img, dtype=np.uint8)
 
-    def _geometry(self, img: Image.Image, rng: Optional[random.Random]) -> Image.Image:
+    def finish(self, prepared: np.ndarray, rng: Optional[random.Random] = None) -> np.ndarray:
+        """The random steps on `prepare`'s output, drawing from `rng` (the identity without randomness)."""
+        if not self.random:
+            return prepared
+        if rng is None:
+            raise ValueError(f"{self.preset} training transform needs a seeded rng")
+        img, s = Image.fromarray(prepared), self.img_size
+        if self.preset == "fgvc":
+            return np.asarray(random_flip(random_crop(img, s, rng), rng), dtype=np.uint8)
+        box = random_resized_box(img.size[0], img.size[1], rng)
+        return np.asarray(random_flip(resized_crop(img, box, s, self.filter), rng), dtype=np.uint8)
+
+    def _fixed(self, img: Image.Image) -> Image.Image:
         s, p = self.img_size, self.preset
         if p == "small":
             return img if img.size == (s, s) else img.resize((s, s), self.filter)
         if p == "spt_vtab":
             return center_crop(resize_short(img, s, self.filter), s)
-        if not self.train:
-            return center_crop(resize_short(img, self.resize, self.filter), s)
-        if rng is None:
-            raise ValueError(f"{p} training transform needs a seeded rng")
-        if p == "fgvc":
-            return random_flip(random_crop(resize_short(img, self.resize, self.filter), s, rng), rng)
-        box = random_resized_box(img.size[0], img.size[1], rng)
-        return random_flip(resized_crop(img, box, s, self.filter), rng)
+        return center_crop(resize_short(img, self.resize, self.filter), s)  # fgvc / spt_fgvc evaluation
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (or vtab's float32) (B, H, W, 3) -> normalised float32 (B, 3, H, W).

@@ -44,6 +44,7 @@ class RunParts:
     zero_stage: int                         # the engine's ZeRO stage
     inputs: "InputSpec"
     prompt_init: Optional["InitResult"] = None
+    features: Optional[Any] = None          # features.FeatureCache of a linear probe, set by train.py
 
 
 def _prompt_init(model: "PromptedViT", cfg: Config, index: "ShardIndex", dist: DistInfo, resuming: bool,

@@ -31,6 +31,9 @@ def deepspeed_config(cfg: Config, world_size: int) -> Dict[str, Any]:
         "bf16": {"enabled": cfg.precision.dtype == "bf16"},
         "steps_per_print": 10 ** 9,  # our own metrics.jsonl is the log
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer synchronises the device at every forward and step; the
+        # run measures its own throughput (TrainState) at the vote, which syncs anyway.
+        "timers": {"throughput": {"enabled": False}},
     }
     if cfg.distributed.zero_stage == 3:
         # Small trainable tensors: keep them gathered; no parameter offload by default.
@@ -66,6 +69,10 @@ def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
     engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
         model=model, model_parameters=trainable, optimizer=optimizer, lr_scheduler=scheduler,
         config=ds_config, dist_init_required=False)
+    if engine.dp_world_size == 1 and engine.zero_optimization_stage() == 0:
+        # One rank has nothing to reduce; DeepSpeed's reduction would still walk every module
+        # parameter (frozen ones included) and copy the gradients through a flat buffer each step.
+        engine.enable_backward_allreduce = False
     return engine, ds_optimizer, ds_scheduler
 
 

@@ -1,10 +1,12 @@
 """One training step and the per-step agreement of all ranks.
 
 `train_step` runs forward, backward and DeepSpeed's step for one micro-batch and returns the
-loss as a tensor: nothing is read back to the host per micro-step. `StepVote` gathers what
-the ranks must agree on at every optimizer step in ONE all-reduce with named slots: the
-summed loss and micro-batch count, per stop reason how many ranks saw it, and the bad
-samples skipped so far, so every rank stops at the same step.
+loss as a tensor: nothing is read back to the host per micro-step (the batch is copied to the
+device without waiting for the copy, from the loader's pinned memory; the loss is summed on
+the device). `StepVote` gathers what the ranks must agree on at every optimizer step in ONE
+all-reduce with named slots: the summed loss and micro-batch count, per stop reason how many
+ranks saw it, and the bad samples skipped so far, so every rank stops at the same step. Its
+read-back is the one host sync of an optimizer step that this code adds.
 """
 from __future__ import annotations
 
@@ -22,12 +24,15 @@ STOP_REASONS = ("SIGTERM", "SIGUSR2", "SIGINT", "max_steps")
 SLOTS = ("loss_sum", "micro_batches", *STOP_REASONS, "bad_samples")
 
 
-def train_step(engine: Any, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, rng: TrainRng,
-               label_smoothing: float) -> torch.Tensor:
-    """Forward, backward, step (an optimizer step at accumulation boundaries); the loss, detached."""
+def train_step(engine: Any, inputs: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, rng: TrainRng,
+               label_smoothing: float, **forward: Any) -> torch.Tensor:
+    """Forward, backward, step (an optimizer step at accumulation boundaries); the loss, detached.
+
+    `inputs`: images, or what `forward` tells the model they are (pooled=True: cached features)."""
     with rng.active():  # prompt dropout draws from the run's own stream
-        logits = engine(images.to(engine.device, dtype))
-    loss = F.cross_entropy(logits.float(), labels.to(engine.device), label_smoothing=label_smoothing)
+        logits = engine(inputs.to(engine.device, dtype, non_blocking=True), **forward)
+    loss = F.cross_entropy(logits.float(), labels.to(engine.device, non_blocking=True),
+                           label_smoothing=label_smoothing)
     engine.backward(loss)
     engine.step()
     return loss.detach()

@@ -4,7 +4,9 @@ Fixed epochs; the lr schedule steps per optimizer step (or epoch); validation ev
 run.eval_every epochs (selection only on it); the test split is evaluated at the last epoch,
 which is the reported `top1` (VPT's protocol), unless data.test_split is null (a tuning
 stage). Checkpoints every run.checkpoint_every steps, on a stop signal and after the last
-step; a run folder with checkpoints resumes from the newest valid one, exactly.
+step; a run folder with checkpoints resumes from the newest valid one, exactly. A linear probe
+whose training transform draws nothing trains its head on features computed once
+(features.py): the same batches, the same numbers within float summation order.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from .claim import claim_run_dir
 from .ds_engine import check_frozen_untouched, check_optimizer_state, dtype_name, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack, pack_metadata
+from .features import POOLED, build_feature_cache
 from .signals import StopFlag, follow_parent
 from .shape import Shape, run_shape, shaped
 from .state import TrainState
@@ -82,6 +85,7 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         shape = dist.comm.agreed(run_shape, cfg, dist.world_size, held)
         parts = build_parts(cfg, dist, resuming=resume_from is not None, shape=shape)
         dist.comm.agreed(_verify_reads, cfg, parts)
+        parts.features, no_features = build_feature_cache(cfg, parts, dist)
         ckpt.identity, ckpt.shape = parts.identity, shape.as_dict()
         rng, state = TrainRng(), TrainState()
         if resume_from is not None:
@@ -89,6 +93,9 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
             state.reshape(Shape.of(held), shape)
         state.note_world_size(dist.world_size)
         _log_start(log, parts, dist, state, resume_from, ckpt)
+        if cfg.method.name == "linear":
+            log.log("feature_cache", state.step, used=parts.features is not None, reason=no_features or None,
+                    **(parts.features.report if parts.features else {}))
         log_weights_check(cfg, log, state.step)
         watchdog.phase, wall_before = "train", state.wall_s
         status, stopped = _loop(shaped(cfg, shape), parts, dist, state, ckpt, rng, stop, log, max_steps, t0, watchdog)
@@ -110,7 +117,8 @@ def _preflight(cfg: Config, dist: DistInfo, run_dir: Path) -> None:
 def _loop(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, ckpt: Checkpointer, rng: TrainRng,
           stop: StopFlag, log: MetricsLog, max_steps: Optional[int], t0: float, watchdog: Any) -> tuple:
     """Epochs of steps until the last epoch or an agreed stop; returns (status, stop reason)."""
-    engine, data, accum = parts.engine, parts.train_data, cfg.optim.grad_accum
+    engine, accum = parts.engine, cfg.optim.grad_accum
+    data, forward = (parts.features.train, POOLED) if parts.features else (parts.train_data, {})
     vote, bad_before, wall_before = StepVote(dist.comm, engine.device), state.bad_samples, state.wall_s
     bar = tqdm(total=cfg.optim.epochs * data.batches_per_epoch // accum, initial=state.step, desc=log.run_dir.name,
                unit="step", disable=not (dist.is_main and cfg.run.progress and sys.stderr.isatty()), dynamic_ncols=True)
@@ -119,7 +127,7 @@ def _loop(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, ckpt:
         engine.train()
         while state.epoch < cfg.optim.epochs:
             for images, labels, _ in data.epoch(state.epoch, skip_batches=state.batch):
-                vote.add(train_step(engine, images, labels, parts.dtype, rng, cfg.optim.label_smoothing))
+                vote.add(train_step(engine, images, labels, parts.dtype, rng, cfg.optim.label_smoothing, **forward))
                 state.batch += 1
                 if (state.epoch * data.batches_per_epoch + state.batch) % accum:
                     continue  # inside an accumulation window: no optimizer step yet
@@ -164,7 +172,9 @@ def _end_of_epoch(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainStat
     epoch, last = state.epoch, state.epoch + 1 == cfg.optim.epochs
     lockstep = parts.zero_stage == 3
     if parts.val_data is not None and ((epoch + 1) % cfg.run.eval_every == 0 or last):
-        val = evaluate(parts.engine, parts.val_data, parts.engine.device, parts.dtype, lockstep, dist.comm)
+        cached = parts.features.val if parts.features else None
+        val = evaluate(parts.engine, parts.val_data if cached is None else cached, parts.engine.device, parts.dtype,
+                       lockstep, dist.comm, **({} if cached is None else POOLED))
         state.record_val(val["top1"], val["bad_samples"], epoch + 1)
         log.log("val", state.step, epoch=epoch + 1, **val)
     if last and parts.test_data is not None:

@@ -140,12 +140,15 @@ class PromptedViT(nn.Module):
             x = self._block(i, x)
         return self.backbone.norm(x)
 
-    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        pooled = pool_tokens(tokens, self.pool, self.num_prefix_tokens, self.prompt_length)
-        return self.head(self.backbone.fc_norm(pooled))
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits; pre_logits: the (B, d) pooled features after fc_norm, what the head sees (timm's flag)."""
+        pooled = self.backbone.fc_norm(pool_tokens(tokens, self.pool, self.num_prefix_tokens, self.prompt_length))
+        return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """Logits of images; pooled: `x` already is forward_head(..., pre_logits=True)'s output
+        (a linear probe's cached features), so only the head runs."""
+        return self.head(x) if pooled else self.forward_head(self.forward_features(x))
 
     @torch.no_grad()
     def layer_tokens(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None) -> List[torch.Tensor]:

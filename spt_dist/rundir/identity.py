@@ -1,9 +1,11 @@
 """Which run a folder holds: the config hash, the default folder name, clash detection.
 
 The same run means the same config_hash: what decides the numbers. Launch settings (more
-time, more requeues, another shape) and the run section's paths, name and display flags may
-change between a submission and its resubmission; so may data.num_workers under the exact
-shuffle, whose order does not depend on it.
+time, more requeues, another shape), the run section's paths, name and display flags, and the
+caches (NEUTRAL_KEYS: how fast a run gets its numbers) may change between a submission and its
+resubmission; so may data.num_workers under the exact shuffle, whose order does not depend on
+it. The cache keys are left out of the hashed text altogether, so a config hashes as it did
+before they existed.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from spt_dist.config import Config, to_yaml
+from spt_dist.config import Config
+from spt_dist.config.load import dump_yaml
 
 # Run settings that name, place or show a run, never change its numbers.
 NEUTRAL_RUN = {"out_dir": "", "name": "", "progress": True, "log_every": 1, "lock_stale_s": 120,
@@ -21,13 +24,21 @@ NEUTRAL_RUN = {"out_dir": "", "name": "", "progress": True, "log_every": 1, "loc
                "mlflow_tracking_uri": None, "mlflow_experiment": ""}
 
 
+# Settings that only change how fast the numbers come (the caches give the same batches, and
+# the same results within float summation order: docs/training.md).
+NEUTRAL_KEYS = ("data.cache_mb", "method.feature_cache")
+
+
 def config_hash(cfg: Config) -> str:
     run = dataclasses.replace(cfg.run, **{k: v for k, v in NEUTRAL_RUN.items() if hasattr(cfg.run, k)})
     data = cfg.data
     if data.shuffle == "exact":  # the exact shuffle's order does not depend on the DataLoader workers
         data = dataclasses.replace(data, num_workers=0)
-    neutral = dataclasses.replace(cfg, run=run, data=data, launch=type(cfg.launch)())
-    return hashlib.sha256(to_yaml(neutral).encode()).hexdigest()[:8]
+    tree = dataclasses.asdict(dataclasses.replace(cfg, run=run, data=data, launch=type(cfg.launch)()))
+    for dotted in NEUTRAL_KEYS:
+        section, key = dotted.split(".")
+        tree[section].pop(key, None)
+    return hashlib.sha256(dump_yaml(tree).encode()).hexdigest()[:8]
 
 
 def default_run_name(cfg: Config) -> str:

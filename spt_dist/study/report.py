@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from spt_dist.rundir.identity import NEUTRAL_RUN
+from spt_dist.rundir.identity import NEUTRAL_KEYS, NEUTRAL_RUN
 
 from .errors import StudyError
 
@@ -94,8 +94,8 @@ def _key(name: str) -> str:
 
 
 # Keys that may differ between the runs a row averages: the seed (the point of averaging), and
-# what names a run or how it is launched and logged (not what it trains).
-POOLED_KEYS = ("run.seed", *(f"run.{key}" for key in NEUTRAL_RUN))
+# what names a run or how it is launched, logged and cached (not what it trains).
+POOLED_KEYS = ("run.seed", *(f"run.{key}" for key in NEUTRAL_RUN), *NEUTRAL_KEYS)
 
 
 def check_by(records: Sequence[RunRecord], by: Sequence[str]) -> None:
