@@ -210,15 +210,32 @@ def _export_env() -> Optional[str]:
     return None
 
 
+def import_deepspeed() -> Any:
+    """`import deepspeed`, without the optional `import mlflow` of its autotuner (which nothing
+    here runs): with mlflow installed that import alone costs every rank about 3 s at start-up.
+    mlflow stays importable afterwards (run.loggers=[mlflow] imports it when it logs)."""
+    import sys
+
+    if "deepspeed" in sys.modules:
+        return sys.modules["deepspeed"]
+    blocked = "mlflow" not in sys.modules
+    if blocked:
+        sys.modules["mlflow"] = None  # type: ignore[assignment]  # `import mlflow` raises ImportError
+    try:
+        import deepspeed
+    finally:
+        if blocked and sys.modules.get("mlflow", 0) is None:
+            del sys.modules["mlflow"]
+    return deepspeed
+
+
 def _skip_shm_compile() -> None:
     """DeepSpeed's CPU backend compiles a shared-memory all-reduce op (~80 s of g++) on first use.
 
     That op only serves `inference_all_reduce`; training uses the process group's all_reduce.
     Marking it incompatible makes DeepSpeed skip the build; gloo does all the communication.
     """
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    import_deepspeed().ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _default_timeout(timeout: timedelta) -> None:
@@ -259,8 +276,6 @@ def init_distributed(backend: str = "auto", timeout_s: int = 300, deepspeed: boo
     if deepspeed:
         if not cuda:
             _skip_shm_compile()
-        import deepspeed as ds
-
-        ds.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
+        import_deepspeed().init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
     rank, world = tdist.get_rank(), tdist.get_world_size()
     return DistInfo(rank, world, local_rank, device, backend, Comm(rank, world))

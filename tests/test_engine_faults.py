@@ -72,11 +72,12 @@ def _config(tmp_path: Path, assets, epochs: int = 40) -> Path:
     return write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=epochs, every=1000)
 
 
-def test_a_frozen_rank_ends_the_job_naming_it_5_of_5(tmp_path, assets):
-    """Five jobs at once, each with one rank frozen at its own step (rank 1, or rank 0: the
-    lock owner): every job ends within timeout_s + 30 s of the freeze, naming that rank."""
+def test_a_frozen_rank_ends_the_job_naming_it_3_of_3(tmp_path, assets):
+    """Three jobs at once, each with one rank frozen at its own step (rank 0: the lock owner, or
+    rank 1): every job ends within timeout_s + 30 s of the freeze, naming that rank (more tries:
+    benchmarks/bench_faults.py)."""
     config = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=500, every=10 ** 6)
-    procs = [_launch(config, f"run.name=frozen{i}", f"distributed.timeout_s={TIMEOUT_S}") for i in range(5)]
+    procs = [_launch(config, f"run.name=frozen{i}", f"distributed.timeout_s={TIMEOUT_S}") for i in range(3)]
     frozen, ranks, start = {}, {}, {}
     try:
         for i, proc in enumerate(procs):
@@ -101,7 +102,7 @@ def test_a_frozen_rank_ends_the_job_naming_it_5_of_5(tmp_path, assets):
 
 def _reference_pack(tmp_path_factory, assets) -> dict:
     root = tmp_path_factory.mktemp("reference")
-    config = _config(root, assets, epochs=3)
+    config = _config(root, assets, epochs=2)
     proc = _launch(config, "run.name=full")
     assert proc.wait(timeout=300) == 0, proc.stdout.read()[-3000:]
     return load_file(str(root / "runs" / "full" / "prompt_pack.safetensors"))
@@ -114,7 +115,7 @@ def reference(tmp_path_factory, assets):
 
 @pytest.mark.parametrize("how", ["sigint-to-torchrun", "sigusr2-to-torchruns-group"])
 def test_interrupted_job_saves_leaves_nothing_behind_and_resumes_exactly(tmp_path, assets, reference, how):
-    config = _config(tmp_path, assets, epochs=3)
+    config = _config(tmp_path, assets, epochs=2)
     run = tmp_path / "runs" / "cut"
     proc = _launch(config, "run.name=cut")
     wait_for_step(run / "metrics.jsonl", 3, proc, timeout=180)

@@ -63,7 +63,9 @@ def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
                  ds_config: Dict[str, Any]) -> Tuple[Any, Any, Any]:
     """deepspeed.initialize with only trainable tensors as model_parameters (frozen ones get
     neither gradient buffers nor optimizer state)."""
-    import deepspeed
+    from spt_dist.distributed import import_deepspeed
+
+    deepspeed = import_deepspeed()
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
