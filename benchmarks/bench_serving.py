@@ -60,6 +60,7 @@ def write_packs(folder: Path, cfg_overrides: List[str], backbone_file: str, n: i
     backbone = build_backbone(cfg.model.name, checkpoint=backbone_file)
     h, d, depth = weights_hash(backbone), backbone.embed_dim, len(backbone.blocks)
     packs, g = {}, torch.Generator().manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         p, deep = LENGTHS[i % 4], (i // 4) % 2 == 0
         meta = pack_metadata(cfg, h, "token", [f"c{j}" for j in range(classes)], input_spec(cfg), torch.float32)
