@@ -188,6 +188,7 @@ def main(argv: List[str] = None) -> Dict:
             run = measure(backbone, mode, args.dtype, int(per.get(backbone, args.batch)), args.steps, args.rounds,
                           device, peak if args.dtype == "bf16" else None)
             result["runs"].append(run)
+            result["summary"] = {"engine_over_plain_max": max(r["engine_over_plain"] for r in result["runs"])}
             print(json.dumps(run), flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # what is done so far survives a timeout
