@@ -1,5 +1,8 @@
 """`spt train`, `spt pretrain` (`spt predict` applies packs through the serving stage's bank).
 
+`spt pretrain --recipe supervised|mae` takes its options from flags, then a `--config` YAML
+file of the same names (configs/pretrain/), then the recipe's defaults (PRETRAIN_DEFAULTS).
+
 Exit codes of `spt train`: 0 when the run finished OR was interrupted by SIGTERM/SIGUSR2/SIGINT
 after saving a checkpoint (run `spt train RUN_DIR` to resume); 2 for an input error (config,
 data, checkpoint: spt_dist.errors.SptError);
@@ -74,6 +77,7 @@ def pretrain_options(args: argparse.Namespace) -> dict:
     import yaml
 
     from spt_dist.config import ConfigError
+    from spt_dist.config.registry import backbone_spec
 
     given = {k: getattr(args, k) for k in _PRETRAIN_KEYS if getattr(args, k, None) is not None}
     if args.config:
@@ -93,7 +97,12 @@ def pretrain_options(args: argparse.Namespace) -> dict:
     missing = [k for k in ("shards", "out") if k not in given]
     if missing:
         raise ConfigError(f"spt pretrain needs {' and '.join('--' + k for k in missing)} (a flag or in --config)")
-    return {"recipe": recipe, **PRETRAIN_DEFAULTS[recipe], **given}
+    opts = {"recipe": recipe, **PRETRAIN_DEFAULTS[recipe], **given}
+    try:
+        backbone_spec(opts["backbone"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return opts
 
 
 def _pretrain(args: argparse.Namespace) -> int:
