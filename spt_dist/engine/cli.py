@@ -66,7 +66,7 @@ def _train(args: argparse.Namespace) -> int:
 # Defaults of each recipe; a --config file overrides them, flags override the file.
 PRETRAIN_DEFAULTS = {
     "supervised": {"backbone": "vit_tiny_p7_28", "epochs": 3, "batch_size": 128, "lr": 1e-3, "seed": 0},
-    "mae": {"backbone": "vit_tiny_p7_28", "epochs": 4, "batch_size": 128, "lr": 1.5e-3, "seed": 0,
+    "mae": {"backbone": "vit_tiny_p7_28", "epochs": 5, "batch_size": 128, "lr": 1.5e-3, "seed": 0,
             "decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 4, "dtype": "float16", "max_steps": 0},
 }
 _PRETRAIN_KEYS = ("recipe", "shards", "out") + tuple(PRETRAIN_DEFAULTS["mae"])
@@ -136,7 +136,7 @@ def register(sub) -> None:
     p.add_argument("--shards", help="shard folder of the pretraining classes")
     p.add_argument("--out", help="output file: .safetensors (supervised) or MAE's .pth layout (mae)")
     p.add_argument("--backbone", help="registry name (default vit_tiny_p7_28)")
-    p.add_argument("--epochs", type=int, help="default 3 (supervised), 4 (mae)")
+    p.add_argument("--epochs", type=int, help="default 3 (supervised), 5 (mae)")
     p.add_argument("--batch-size", type=int, help="default 128")
     p.add_argument("--lr", type=float, help="peak lr, absolute; default 1e-3 (supervised), 1.5e-3 (mae)")
     p.add_argument("--seed", type=int, help="default 0")

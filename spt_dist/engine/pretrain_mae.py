@@ -32,7 +32,7 @@ MAE_RECIPE = {
 }
 
 
-def pretrain_mae(shards: str, out: str, epochs: int = 4, batch_size: int = 128, lr: float = 1.5e-3,
+def pretrain_mae(shards: str, out: str, epochs: int = 5, batch_size: int = 128, lr: float = 1.5e-3,
                  seed: int = 0, backbone: str = "vit_tiny_p7_28", decoder_dim: int = 64,
                  decoder_depth: int = 2, decoder_heads: int = 4, dtype: str = "float16",
                  max_steps: int = 0, progress: bool = True) -> Dict[str, Any]:
