@@ -47,6 +47,9 @@ def test_supervised_stays_the_default(tmp_path):
     args.config, args.decoder_dim, args.lr = str(cfg), None, 0.02
     opts = pretrain_options(args)  # the file over the recipe's defaults, flags over the file
     assert (opts["recipe"], opts["epochs"], opts["lr"], opts["decoder_dim"]) == ("mae", 9, 0.02, 64)
+    args.backbone = "vit_micro_reg_p4_16"
+    with pytest.raises(ConfigError, match="MAE's encoder layout"):
+        pretrain_options(args)
 
 
 def test_masking_keeps_a_quarter_per_sample():

@@ -85,7 +85,8 @@ def pretrain_options(args: argparse.Namespace) -> dict:
             file = yaml.safe_load(f) or {}
         unknown = sorted(set(file) - set(_PRETRAIN_KEYS))
         if unknown:
-            raise ConfigError(f"{args.config}: unknown pretrain options {unknown}; allowed: {', '.join(_PRETRAIN_KEYS)}")
+            raise ConfigError(f"{args.config}: unknown pretrain options {unknown}; "
+                              f"allowed: {', '.join(_PRETRAIN_KEYS)}")
         given = {**file, **given}
     recipe = given.pop("recipe", "supervised")
     if recipe not in PRETRAIN_DEFAULTS:
@@ -99,9 +100,12 @@ def pretrain_options(args: argparse.Namespace) -> dict:
         raise ConfigError(f"spt pretrain needs {' and '.join('--' + k for k in missing)} (a flag or in --config)")
     opts = {"recipe": recipe, **PRETRAIN_DEFAULTS[recipe], **given}
     try:
-        backbone_spec(opts["backbone"])
+        spec = backbone_spec(opts["backbone"])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if recipe == "mae" and (not spec.class_token or spec.reg_tokens or spec.no_embed_class):
+        raise ConfigError(f"--recipe mae needs MAE's encoder layout (a class token with a position row, no "
+                          f"register tokens); backbone '{spec.name}' differs")
     return opts
 
 
@@ -143,7 +147,8 @@ def register(sub) -> None:
     p.add_argument("--decoder-dim", type=int, help="mae: decoder width (default 64)")
     p.add_argument("--decoder-depth", type=int, help="mae: decoder blocks (default 2)")
     p.add_argument("--decoder-heads", type=int, help="mae: decoder heads (default 4)")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="mae: tensors in the file (default float16)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                   help="mae: tensors in the file (default float16)")
     p.add_argument("--max-steps", type=int, help="mae: stop after this many steps (0: all epochs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
     p.set_defaults(func=_pretrain)
