@@ -1,4 +1,5 @@
 """Config composition, overrides and rejection of bad values (each message names the key)."""
+import argparse
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,11 @@ def test_every_shipped_config_is_valid():
         if "axes" in raw:
             load_spec(path)
             specs += 1
+        elif "recipe" in raw:  # an options file of `spt pretrain --config`
+            from spt_dist.engine.cli import PRETRAIN_DEFAULTS, pretrain_options
+            opts = pretrain_options(argparse.Namespace(config=str(path), **dict.fromkeys(
+                ("recipe", "shards", "out", *PRETRAIN_DEFAULTS["mae"]))))
+            assert opts["recipe"] == raw["recipe"]
         else:
             load_config(str(path))
     assert specs >= 3

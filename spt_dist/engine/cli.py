@@ -1,5 +1,8 @@
 """`spt train`, `spt pretrain` (`spt predict` applies packs through the serving stage's bank).
 
+`spt pretrain --recipe supervised|mae` takes its options from flags, then a `--config` YAML
+file of the same names (configs/pretrain/), then the recipe's defaults (PRETRAIN_DEFAULTS).
+
 Exit codes of `spt train`: 0 when the run finished OR was interrupted by SIGTERM/SIGUSR2/SIGINT
 after saving a checkpoint (run `spt train RUN_DIR` to resume); 2 for an input error (config,
 data, checkpoint: spt_dist.errors.SptError);
@@ -60,12 +63,62 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pretrain(args: argparse.Namespace) -> int:
-    from .pretrain import pretrain
+# Defaults of each recipe; a --config file overrides them, flags override the file.
+PRETRAIN_DEFAULTS = {
+    "supervised": {"backbone": "vit_tiny_p7_28", "epochs": 3, "batch_size": 128, "lr": 1e-3, "seed": 0},
+    "mae": {"backbone": "vit_tiny_p7_28", "epochs": 5, "batch_size": 128, "lr": 1.5e-3, "seed": 0,
+            "decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 4, "dtype": "float16", "max_steps": 0},
+}
+_PRETRAIN_KEYS = ("recipe", "shards", "out") + tuple(PRETRAIN_DEFAULTS["mae"])
 
-    result = pretrain(args.shards, args.out, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, seed=args.seed, backbone=args.backbone,
-                      progress=not args.no_progress and sys.stderr.isatty())
+
+def pretrain_options(args: argparse.Namespace) -> dict:
+    """The options of `spt pretrain`: flags, then the --config YAML file, then the recipe's defaults."""
+    import yaml
+
+    from spt_dist.config import ConfigError
+    from spt_dist.config.registry import backbone_spec
+
+    given = {k: getattr(args, k) for k in _PRETRAIN_KEYS if getattr(args, k, None) is not None}
+    if args.config:
+        with open(args.config) as f:
+            file = yaml.safe_load(f) or {}
+        unknown = sorted(set(file) - set(_PRETRAIN_KEYS))
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown pretrain options {unknown}; "
+                              f"allowed: {', '.join(_PRETRAIN_KEYS)}")
+        given = {**file, **given}
+    recipe = given.pop("recipe", "supervised")
+    if recipe not in PRETRAIN_DEFAULTS:
+        raise ConfigError(f"unknown pretrain recipe '{recipe}'; allowed: {', '.join(PRETRAIN_DEFAULTS)}")
+    allowed = set(PRETRAIN_DEFAULTS[recipe]) | {"shards", "out"}
+    extra = sorted(set(given) - allowed)
+    if extra:
+        raise ConfigError(f"pretrain options {extra} do not apply to recipe '{recipe}'")
+    missing = [k for k in ("shards", "out") if k not in given]
+    if missing:
+        raise ConfigError(f"spt pretrain needs {' and '.join('--' + k for k in missing)} (a flag or in --config)")
+    opts = {"recipe": recipe, **PRETRAIN_DEFAULTS[recipe], **given}
+    try:
+        spec = backbone_spec(opts["backbone"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if recipe == "mae" and (not spec.class_token or spec.reg_tokens or spec.no_embed_class):
+        raise ConfigError(f"--recipe mae needs MAE's encoder layout (a class token with a position row, no "
+                          f"register tokens); backbone '{spec.name}' differs")
+    return opts
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    opts = pretrain_options(args)
+    recipe = opts.pop("recipe")
+    progress = not args.no_progress and sys.stderr.isatty()
+    if recipe == "mae":
+        from .pretrain_mae import pretrain_mae
+        result = pretrain_mae(progress=progress, **opts)
+    else:
+        from .pretrain import pretrain
+        result = pretrain(progress=progress, **opts)
     print(json.dumps(result, indent=1, sort_keys=True))
     return 0
 
@@ -79,13 +132,23 @@ def register(sub) -> None:
                    help="no progress bar, as run.progress=false (also off when stderr is not a terminal)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("pretrain", help="pretrain a small backbone (the embedded demo's)")
-    p.add_argument("--shards", required=True, help="shard folder of the pretraining classes")
-    p.add_argument("--out", required=True, help="output .safetensors")
-    p.add_argument("--backbone", default="vit_tiny_p7_28")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("pretrain", help="pretrain a small backbone (the embedded demo's): supervised or MAE")
+    p.add_argument("--config", help="YAML file of these options (e.g. configs/pretrain/mae_tiny.yaml); "
+                   "flags override it")
+    p.add_argument("--recipe", choices=tuple(PRETRAIN_DEFAULTS), default=None,
+                   help="supervised (default: backbone + head, cross-entropy) or mae (masked-patch reconstruction)")
+    p.add_argument("--shards", help="shard folder of the pretraining classes")
+    p.add_argument("--out", help="output file: .safetensors (supervised) or MAE's .pth layout (mae)")
+    p.add_argument("--backbone", help="registry name (default vit_tiny_p7_28)")
+    p.add_argument("--epochs", type=int, help="default 3 (supervised), 5 (mae)")
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--lr", type=float, help="peak lr, absolute; default 1e-3 (supervised), 1.5e-3 (mae)")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--decoder-dim", type=int, help="mae: decoder width (default 64)")
+    p.add_argument("--decoder-depth", type=int, help="mae: decoder blocks (default 2)")
+    p.add_argument("--decoder-heads", type=int, help="mae: decoder heads (default 4)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                   help="mae: tensors in the file (default float16)")
+    p.add_argument("--max-steps", type=int, help="mae: stop after this many steps (0: all epochs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
     p.set_defaults(func=_pretrain)

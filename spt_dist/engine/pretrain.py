@@ -2,7 +2,8 @@
 
 No ViT weights can be downloaded on the machines this project targets, so the demo's
 frozen backbone is pretrained here: vit_tiny_p7_28 on Fashion-MNIST classes 0-4, then
-prompt-tuned on classes 5-9 (disjoint classes, like a downstream task).
+prompt-tuned on classes 5-9 (disjoint classes, like a downstream task). This is the default
+recipe of `spt pretrain`; the self-supervised one (`--recipe mae`) is in pretrain_mae.py.
 """
 from __future__ import annotations
 
