@@ -38,10 +38,13 @@ def _train(args: argparse.Namespace) -> int:
 
     multi = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
     try:
-        cfg, run_dir = _load(args.config, args.overrides)
-        if args.no_progress:  # a display setting: a run folder resumes with it too
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, progress=False))
-        results = train(cfg, run_dir=run_dir)
+        if args.pack:
+            results = _train_pack(args)
+        else:
+            cfg, run_dir = _load(args.config, args.overrides)
+            if args.no_progress:  # a display setting: a run folder resumes with it too
+                cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, progress=False))
+            results = train(cfg, run_dir=run_dir)
     except SptError as exc:
         if not multi:
             raise  # one line from `spt`, exit code 2
@@ -58,6 +61,22 @@ def _train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(results, indent=1, sort_keys=True))
     return 0
+
+
+def _train_pack(args: argparse.Namespace) -> list:
+    """`spt train CONFIG --pack FILE`: every member validated, as a whole, before any work."""
+    from spt_dist.config import ConfigError
+    from spt_dist.config.pack import load_pack
+
+    from .pack import train_pack
+
+    if Path(args.config).is_dir():
+        raise ConfigError(f"{args.config} is a run folder; a pack resumes with the same `spt train CONFIG --pack "
+                          f"FILE` command (or a member alone with `spt train RUN_DIR`)")
+    cfgs = [m.cfg for m in load_pack(args.config, args.pack, args.overrides, check_files=True)]
+    if args.no_progress:
+        cfgs = [dataclasses.replace(c, run=dataclasses.replace(c.run, progress=False)) for c in cfgs]
+    return train_pack(cfgs)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -77,6 +96,8 @@ def register(sub) -> None:
     add_config_arguments(p)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar, as run.progress=false (also off when stderr is not a terminal)")
+    p.add_argument("--pack", metavar="FILE", help="train the members of FILE (sweep format: overrides, grid, "
+                   "members) in one job, one backbone pass per batch; each gets its own run folder (training.md)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("pretrain", help="pretrain a small backbone (the embedded demo's)")

@@ -157,14 +157,18 @@ def _loop(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, ckpt:
         bar.close()
 
 
-def _log_step(cfg: Config, parts: RunParts, state: TrainState, agreed: Any, log: MetricsLog, bar: tqdm) -> None:
-    bar.update(1)
+def _log_step(cfg: Config, parts: RunParts, state: TrainState, agreed: Any, log: MetricsLog,
+              bar: Optional[tqdm]) -> None:
+    """The train event every run.log_every steps (and at a stop); `bar`: the progress bar, if this run has it."""
+    if bar is not None:
+        bar.update(1)
     if state.step % cfg.run.log_every and not agreed.stop:
         return
     lr = parts.engine.get_lr()[0]
     log.log("train", state.step, epoch=state.epoch, loss=agreed.loss, lr=lr,
             samples_per_s=state.samples_per_s(parts.global_batch), bad_samples=state.bad_samples)
-    bar.set_postfix(loss=f"{agreed.loss:.4f}", lr=f"{lr:.2e}")
+    if bar is not None:
+        bar.set_postfix(loss=f"{agreed.loss:.4f}", lr=f"{lr:.2e}")
 
 
 def _end_of_epoch(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, log: MetricsLog) -> None:
@@ -266,9 +270,11 @@ def _results(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, st
 
 def _finish(cfg: Config, run_dir: Path, parts: RunParts, dist: DistInfo, state: TrainState, ckpt: Checkpointer,
             log: MetricsLog, status: str, stopped: Optional[str], stop: StopFlag, t0: float,
-            wall_before: float) -> Dict[str, Any]:
-    """Resource report, prompt pack (finished runs), results.json, the end event."""
+            wall_before: float, more: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Resource report, prompt pack (finished runs), results.json, the end event; `more`: extra
+    results (a pack member's pack size)."""
     extra = _resource_report(cfg, parts, dist, ckpt, stepped=state.step > 0)
+    extra.update(more or {})
     extra.update(train_s=round(state.train_s, 3), signal=stopped, samples_per_s=state.samples_per_s(parts.global_batch))
     if status == "finished":
         trainable = full_trainable_state(parts.model)  # collective under ZeRO
