@@ -1,0 +1,53 @@
+"""The worker of tests/test_engine_packed.py, one process:
+
+    python tests/pack_worker.py OUT CONFIG PACK_FILE
+
+Resumes the pack stopped in OUT/killed, trains the same pack uninterrupted in OUT/full and
+every member alone (`train`, what `spt train` runs) in OUT/alone; writes OUT/report.json:
+results, run folder names and files, and per member and tensor the largest difference of the
+packed prompt pack to the lone one (`vs_alone`) and whether the resumed pack equals the
+uninterrupted one bit for bit (`resumed_identical`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _at(cfg, out: Path):
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(out)))
+
+
+def main(out: Path, config: str, pack_file: str) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from spt_dist.config.pack import load_pack
+    from spt_dist.engine.pack import train_pack
+    from spt_dist.engine.train import train
+    from spt_dist.rundir import run_dir_for
+
+    cfgs = [m.cfg for m in load_pack(config, pack_file, ["run.progress=false"])]
+    report = {"resumed": train_pack([_at(c, out / "killed") for c in cfgs]),
+              "full": train_pack([_at(c, out / "full") for c in cfgs]),
+              "alone": [train(_at(c, out / "alone")) for c in cfgs], "members": []}
+    for cfg in cfgs:
+        dirs = {k: run_dir_for(_at(cfg, out / k)) for k in ("killed", "full", "alone")}
+        packs = {k: load_file(str(d / "prompt_pack.safetensors")) for k, d in dirs.items()}
+        full, alone, resumed = packs["full"], packs["alone"], packs["killed"]
+        report["members"].append({
+            "names": {k: d.name for k, d in dirs.items()},
+            "files": sorted(p.name for p in dirs["full"].iterdir()),
+            "checkpoints": sorted(p.name for p in (dirs["full"] / "checkpoints").iterdir()),
+            "vs_alone": {k: [float((full[k] - alone[k]).abs().max()), float(alone[k].abs().max())] for k in alone},
+            "resumed_identical": all(torch.equal(full[k], resumed[k]) for k in full) and set(full) == set(resumed),
+            "events": [json.loads(line)["event"] for line in (dirs["killed"] / "metrics.jsonl").read_text().splitlines()],
+        })
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
