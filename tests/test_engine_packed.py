@@ -76,7 +76,7 @@ def test_every_member_trains_what_it_trains_alone_in_its_own_run_folder(packed):
         for name, (diff, scale) in member["vs_alone"].items():
             assert diff <= TOLERANCE * max(1.0, scale), (member["names"]["full"], name, diff)
         assert full["status"] == alone["status"] == "finished" and full["step"] == alone["step"] == STEPS
-        assert full["pack_size"] == 4 and full["top1"] == alone["top1"]
+        assert full["pack_size"] == 4 and (full["top1"], full["val_top1"]) == (alone["top1"], alone["val_top1"])
         assert full["trainable_params"] == alone["trainable_params"]
     assert len({m["names"]["full"] for m in report["members"]}) == 4
 

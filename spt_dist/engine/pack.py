@@ -10,7 +10,8 @@ PromptedViT around the shared backbone, its own DeepSpeed engine (optimizer, lr 
 decays, clipping), its own prompt dropout stream and its own TrainState. The members save
 together at the same steps; a pack resumes as a whole from the newest step every member holds,
 exactly (the lone resume guarantee, per member). A member folder can also be continued alone
-with `spt train RUN_DIR`. Evaluation runs member by member (evaluate.py).
+with `spt train RUN_DIR`. Validation and test passes score every member in one pass of the split
+through the backbone as well (evaluate.evaluate_many).
 
 `wall_s` and `train_s` in a member's results are the pack's (the job's time; `pack_size` says
 over how many runs it was shared).
@@ -22,7 +23,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -37,7 +38,8 @@ from . import preflight
 from .assemble import RunParts, build_member, build_shared
 from .checkpoint import PREFIX, Checkpointer, TrainRng, held_shape, verify
 from .claim import claim_run_dir
-from .pack_step import pack_train_step
+from .evaluate import evaluate_many
+from .pack_step import pack_logits, pack_train_step
 from .shape import Shape, run_shape, shaped
 from .signals import StopFlag, follow_parent
 from .state import TrainState
@@ -139,6 +141,27 @@ def _common_resume(ckpts: List[Checkpointer], dist: DistInfo) -> List[Optional[P
     return [None] * len(ckpts)
 
 
+def _pack_scores(members: List[RunParts], rngs: List[TrainRng], dist: DistInfo) -> Callable[[str], List[Dict]]:
+    """split -> every member's evaluation of it, from ONE pass of the split through the backbone
+    (computed when the first member asks; the members ask for the same splits)."""
+    done: Dict[str, List[Dict]] = {}
+    engines, lead = [m.engine for m in members], members[0]
+
+    def score(split: str) -> List[Dict]:
+        if split not in done:
+            data = lead.val_data if split == "val" else lead.test_data
+            for engine in engines:
+                engine.eval()
+            try:
+                done[split] = evaluate_many(lambda x: pack_logits([e.module for e in engines], rngs, x), len(engines),
+                                            data, lead.engine.device, lead.dtype, comm=dist.comm)
+            finally:
+                for engine in engines:
+                    engine.train()
+        return done[split]
+    return score
+
+
 def _loop(cfgs: List[Config], members: List[RunParts], dist: DistInfo, states: List[TrainState],
           ckpts: List[Checkpointer], rngs: List[TrainRng], stop: StopFlag, logs: List[MetricsLog],
           max_steps: Optional[int], t0: float, dogs: List[Any]) -> tuple:
@@ -186,8 +209,9 @@ def _loop(cfgs: List[Config], members: List[RunParts], dist: DistInfo, states: L
                     return "interrupted", agreed.stop
                 if any([ck.maybe_save(e, s, r) for ck, e, s, r in zip(ckpts, engines, states, rngs)]):
                     t_step = time.perf_counter()  # checkpoint time is not training throughput
-            for cfg, parts, s, log in zip(cfgs, members, states, logs):
-                _end_of_epoch(cfg, parts, dist, s, log)
+            scores = _pack_scores(members, rngs, dist)
+            for g, (cfg, parts, s, log) in enumerate(zip(cfgs, members, states, logs)):
+                _end_of_epoch(cfg, parts, dist, s, log, score=lambda split, g=g: scores(split)[g])
             t_step = time.perf_counter()
         for s, wall, engine, rng, ckpt in zip(states, walls, engines, rngs, ckpts):
             s.wall_s = wall + time.perf_counter() - t0

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from tqdm import tqdm
@@ -171,18 +171,23 @@ def _log_step(cfg: Config, parts: RunParts, state: TrainState, agreed: Any, log:
         bar.set_postfix(loss=f"{agreed.loss:.4f}", lr=f"{lr:.2e}")
 
 
-def _end_of_epoch(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, log: MetricsLog) -> None:
-    """Validation (every run.eval_every epochs and the last), test (the last), alignment."""
+def _end_of_epoch(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, log: MetricsLog,
+                  score: Optional[Callable[[str], Dict[str, Any]]] = None) -> None:
+    """Validation (every run.eval_every epochs and the last), test (the last), alignment.
+    `score(split)`: that split's evaluation of this run when it is computed elsewhere (a pack
+    scores its members in one pass, engine/pack.py)."""
     epoch, last = state.epoch, state.epoch + 1 == cfg.optim.epochs
     lockstep = parts.zero_stage == 3
     if parts.val_data is not None and ((epoch + 1) % cfg.run.eval_every == 0 or last):
         cached = parts.features.val if parts.features else None
-        val = evaluate(parts.engine, parts.val_data if cached is None else cached, parts.engine.device, parts.dtype,
-                       lockstep, dist.comm, **({} if cached is None else POOLED))
+        val = score("val") if score else \
+            evaluate(parts.engine, parts.val_data if cached is None else cached, parts.engine.device, parts.dtype,
+                     lockstep, dist.comm, **({} if cached is None else POOLED))
         state.record_val(val["top1"], val["bad_samples"], epoch + 1)
         log.log("val", state.step, epoch=epoch + 1, **val)
     if last and parts.test_data is not None:
-        test = evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep, dist.comm)
+        test = score("test") if score else \
+            evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep, dist.comm)
         state.test_top1, state.test_bad_samples = test["top1"], test["bad_samples"]
         log.log("test", state.step, epoch=epoch + 1, **test)
     _log_alignment(parts, state.step, log)

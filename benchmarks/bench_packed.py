@@ -1,0 +1,94 @@
+"""Packed training versus the same configs one after another: wall time per config.
+
+G = 8 configs of the demo (configs/demo.yaml: SPT-deep p=8 on the committed vit_tiny_p7_28
+backbone, k-means init, batch 64) that differ in optim.lr (4 values) x optim.weight_decay (2),
+on synthetic 28 px shards (5 classes; 1,600 training, 400 validation and 400 test images),
+2 epochs. Sequential: `train(cfg)` for each config in turn; packed: one `train_pack` of all 8
+(one backbone pass per batch over 8 x 64 rows). Both run in this one process, after a
+warm-up run (imports, DeepSpeed's first initialisation), each with its own empty prototype
+cache and output folder, so both pay the same once-per-process costs; evaluation (validation
+every epoch, test at the end) is member by member in both. The trained tensors of both modes
+are compared too.
+
+Run: OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench_packed.py
+     -> benchmarks/results/packed.json
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "packed.json"
+GRID = "grid: {optim.lr: [0.005, 0.01, 0.02, 0.04], optim.weight_decay: [0.0, 0.0001]}\n"
+
+
+def _at(cfg, out: Path, cache: Path):
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(out)),
+                               method=dataclasses.replace(cfg.method, cache_dir=str(cache)))
+
+
+def main() -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from spt_dist.config.pack import load_pack
+    from spt_dist.data.synthetic import tiny_shards
+    from spt_dist.engine.pack import train_pack
+    from spt_dist.engine.train import train
+    from spt_dist.rundir import run_dir_for
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_packed_"))
+    tiny_shards(tmp / "shards", {"train": [800, 800], "val": [400], "test": [400]}, num_classes=5, size=28)
+    (tmp / "pack.yaml").write_text(GRID)
+    overrides = [f"data.root={tmp / 'shards'}", "data.fraction=1.0", "optim.epochs=2", "optim.warmup_epochs=0.5",
+                 "method.init_images=512", "run.progress=false", "run.loggers=[]",
+                 f"model.checkpoint={ROOT / 'spt_dist/assets/vit_tiny_p7_28_fmnist04.safetensors'}"]
+    cfgs = [m.cfg for m in load_pack(str(ROOT / "configs" / "demo.yaml"), str(tmp / "pack.yaml"), overrides)]
+    warm = time.perf_counter()
+    train(dataclasses.replace(_at(cfgs[0], tmp / "warm", tmp / "cache_warm"),
+                              optim=dataclasses.replace(cfgs[0].optim, epochs=1)))
+    warm = time.perf_counter() - warm
+
+    t = time.perf_counter()
+    seq = [train(_at(c, tmp / "sequential", tmp / "cache_seq")) for c in cfgs]
+    seq_s = time.perf_counter() - t
+    t = time.perf_counter()
+    packed = train_pack([_at(c, tmp / "packed", tmp / "cache_pack") for c in cfgs])
+    pack_s = time.perf_counter() - t
+
+    diffs = []
+    for c in cfgs:
+        a = load_file(str(run_dir_for(_at(c, tmp / "sequential", tmp / "cache_seq")) / "prompt_pack.safetensors"))
+        b = load_file(str(run_dir_for(_at(c, tmp / "packed", tmp / "cache_pack")) / "prompt_pack.safetensors"))
+        diffs.append(max(float((a[k] - b[k]).abs().max()) for k in a))
+    seq_train = sum(r["train_s"] for r in seq)
+    g = len(cfgs)
+    report = {
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads(),
+                    "load_avg_at_end": os.getloadavg()},
+        "setup": {"configs": g, "grid": GRID.strip(), "base": "configs/demo.yaml", "overrides": overrides[1:],
+                  "train_images": 1600, "val_images": 400, "test_images": 400, "batch_size": cfgs[0].data.batch_size,
+                  "steps_per_run": seq[0]["step"]},
+        "warmup_s": round(warm, 2),
+        "sequential_s": round(seq_s, 2), "packed_s": round(pack_s, 2),
+        "sequential_s_per_config": round(seq_s / g, 3), "packed_s_per_config": round(pack_s / g, 3),
+        "ratio": round(seq_s / pack_s, 3),
+        # time inside training steps only (no setup, evaluation, checkpoints): the backbone pass itself
+        "train_steps_s": {"sequential": round(seq_train, 2), "packed": packed[0]["train_s"],
+                          "ratio": round(seq_train / packed[0]["train_s"], 3)},
+        "max_abs_diff_packed_vs_sequential": max(diffs),
+        "top1": {"sequential": [r["top1"] for r in seq], "packed": [r["top1"] for r in packed]},
+    }
+    OUT.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
