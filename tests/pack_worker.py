@@ -2,7 +2,8 @@
 
     python tests/pack_worker.py OUT CONFIG PACK_FILE
 
-Resumes the pack stopped in OUT/killed, trains the same pack uninterrupted in OUT/full and
+Continues member 0 of the pack stopped in OUT/killed alone (a copy of its folder, in
+OUT/continued), resumes the pack in OUT/killed, trains the same pack uninterrupted in OUT/full and
 every member alone (`train`, what `spt train` runs) in OUT/alone; writes OUT/report.json:
 results, run folder names and files, and per member and tensor the largest difference of the
 packed prompt pack to the lone one (`vs_alone`) and whether the resumed pack equals the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,13 +26,18 @@ def main(out: Path, config: str, pack_file: str) -> None:
     import torch
     from safetensors.torch import load_file
 
+    from spt_dist.config import load_config
     from spt_dist.config.pack import load_pack
     from spt_dist.engine.pack import train_pack
     from spt_dist.engine.train import train
     from spt_dist.rundir import run_dir_for
 
     cfgs = [m.cfg for m in load_pack(config, pack_file, ["run.progress=false"])]
-    report = {"resumed": train_pack([_at(c, out / "killed") for c in cfgs]),
+    # A member of the stopped pack continued alone (`spt train RUN_DIR` runs train on its config).
+    lone_dir = run_dir_for(_at(cfgs[0], out / "continued"))
+    shutil.copytree(run_dir_for(_at(cfgs[0], out / "killed")), lone_dir)
+    continued = train(load_config(str(lone_dir / "config.yaml")), run_dir=str(lone_dir))
+    report = {"continued": continued, "resumed": train_pack([_at(c, out / "killed") for c in cfgs]),
               "full": train_pack([_at(c, out / "full") for c in cfgs]),
               "alone": [train(_at(c, out / "alone")) for c in cfgs], "members": []}
     for cfg in cfgs:
@@ -45,6 +52,10 @@ def main(out: Path, config: str, pack_file: str) -> None:
             "resumed_identical": all(torch.equal(full[k], resumed[k]) for k in full) and set(full) == set(resumed),
             "events": [json.loads(line)["event"] for line in (dirs["killed"] / "metrics.jsonl").read_text().splitlines()],
         })
+    full = load_file(str(run_dir_for(_at(cfgs[0], out / "full")) / "prompt_pack.safetensors"))
+    alone = load_file(str(lone_dir / "prompt_pack.safetensors"))
+    report["continued_vs_full"] = {k: [float((full[k] - alone[k]).abs().max()), float(full[k].abs().max())]
+                                   for k in full}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
 
 

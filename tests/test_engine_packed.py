@@ -93,6 +93,14 @@ def test_a_pack_stopped_by_sigterm_resumes_and_finishes_identical_to_an_uninterr
         assert member["events"].count("start") == 2 and "interrupted" in member["events"]
 
 
+def test_a_member_of_a_stopped_pack_continues_alone_from_its_lone_format_checkpoint(packed):
+    _, report = packed
+    assert report["continued"]["status"] == "finished" and report["continued"]["step"] == STEPS
+    assert "pack_size" not in report["continued"]
+    for name, (diff, scale) in report["continued_vs_full"].items():
+        assert diff <= TOLERANCE * max(1.0, scale), (name, diff)
+
+
 def test_a_pack_whose_members_differ_in_a_shared_key_is_refused_naming_it(tmp_path):
     from spt_dist.config import ConfigError
     from spt_dist.config.pack import load_pack
