@@ -1,6 +1,7 @@
 """The worker of tests/test_engine_packed.py, one process:
 
-    python tests/pack_worker.py OUT CONFIG PACK_FILE
+    python tests/pack_worker.py OUT CONFIG PACK_FILE          (one process)
+    torchrun --nproc_per_node 2 tests/pack_worker.py OUT CONFIG PACK_FILE ranks
 
 Continues member 0 of the pack stopped in OUT/killed alone (a copy of its folder, in
 OUT/continued), resumes the pack in OUT/killed, trains the same pack uninterrupted in OUT/full and
@@ -59,6 +60,27 @@ def main(out: Path, config: str, pack_file: str) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
 
 
+def ranks(out: Path, config: str, pack_file: str) -> None:
+    """Under torchrun: the pack and every member alone on the same ranks; OUT/ranks.json (rank 0)."""
+    import torch.distributed as dist
+    from safetensors.torch import load_file
+
+    from spt_dist.config.pack import load_pack
+    from spt_dist.engine.pack import train_pack
+    from spt_dist.engine.train import train
+    from spt_dist.rundir import run_dir_for
+
+    cfgs = [m.cfg for m in load_pack(config, pack_file, ["run.progress=false"])]
+    report = {"pack": train_pack([_at(c, out / "pack") for c in cfgs]),
+              "alone": [train(_at(c, out / "alone")) for c in cfgs], "vs_alone": []}
+    if dist.get_rank() == 0:
+        for cfg in cfgs:
+            a = load_file(str(run_dir_for(_at(cfg, out / "pack")) / "prompt_pack.safetensors"))
+            b = load_file(str(run_dir_for(_at(cfg, out / "alone")) / "prompt_pack.safetensors"))
+            report["vs_alone"].append({k: [float((a[k] - b[k]).abs().max()), float(b[k].abs().max())] for k in b})
+        (out / "ranks.json").write_text(json.dumps(report, indent=1, default=str))
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    (ranks if sys.argv[4:] == ["ranks"] else main)(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
