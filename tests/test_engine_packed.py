@@ -114,6 +114,9 @@ def test_a_pack_whose_members_differ_in_a_shared_key_is_refused_naming_it(tmp_pa
         with pytest.raises(ConfigError, match=rf"'{key}'") as err:
             load_pack(str(cfg), str(tmp_path / "pack.yaml"))
         assert "member 1" in str(err.value)
+    from spt_dist.cli import main as spt
+
+    assert spt(["train", str(cfg), "--pack", str(tmp_path / "pack.yaml")]) == 2  # one `spt: error:` line
     (tmp_path / "pack.yaml").write_text("members: [[optim.lr=0.1], [optim.lr=0.1]]\n")
     from spt_dist.engine.pack import train_pack
 

@@ -101,7 +101,9 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
                 state = TrainState.from_state_dict(ckpt.load(parts.engine, path, rng)["state"])
                 state.reshape(Shape.of(held), shape)
             state.note_world_size(dist.world_size)
-            members.append(parts), rngs.append(rng), states.append(state)
+            members.append(parts)
+            rngs.append(rng)
+            states.append(state)
         dist.comm.agreed(_verify_reads, lead, members[0])
         for cfg, parts, state, path, ckpt, log in zip(cfgs, members, states, resume, ckpts, logs):
             _log_start(log, parts, dist, state, path, ckpt)
