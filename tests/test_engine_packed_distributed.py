@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from engine_helpers import PYTHON, ROOT, make_assets, run, torchrun, write_config
+from engine_helpers import ROOT, make_assets, run, torchrun, write_config
 from test_engine_packed import TOLERANCE
 
 PACK = """\

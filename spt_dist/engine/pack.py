@@ -13,8 +13,9 @@ exactly (the lone resume guarantee, per member). A member folder can also be con
 with `spt train RUN_DIR`. Validation and test passes score every member in one pass of the split
 through the backbone as well (evaluate.evaluate_many).
 
-`wall_s` and `train_s` in a member's results are the pack's (the job's time; `pack_size` says
-over how many runs it was shared).
+The run's phases (preflight, start events, the step log, end-of-epoch evaluation, the optimizer
+check, finish) are train.py's, called per member. `wall_s` and `train_s` in a member's results
+are the pack's (the job's time; `pack_size` says over how many runs it was shared).
 """
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ from .shape import Shape, run_shape, shaped
 from .signals import StopFlag, follow_parent
 from .state import TrainState
 from .step import Agreed, StepVote
-from .train import _end_of_epoch, _finish, _launched, _log_start, _log_step, _optimizer_bytes, _preflight, \
-    _verify_reads
+from .train import end_of_epoch, finish_run, launched, log_start, log_step, optimizer_bytes, preflight_run, \
+    verify_reads
 
 
 def train_pack(cfgs: Sequence[Config], max_steps: Optional[int] = None) -> List[Dict[str, Any]]:
@@ -75,12 +76,12 @@ def train_pack(cfgs: Sequence[Config], max_steps: Optional[int] = None) -> List[
 
 def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Optional[int], stop: StopFlag,
            t0: float) -> List[Dict[str, Any]]:
-    if _launched():
+    if launched():
         follow_parent()
     lead = cfgs[0]
     dist = init_distributed(lead.distributed.backend, lead.distributed.timeout_s)
     for cfg, d in zip(cfgs, dirs):
-        dist.comm.agreed(_preflight, cfg, dist, d)
+        dist.comm.agreed(preflight_run, cfg, dist, d)
     dist.comm.agreed(_pack_memory, lead, len(cfgs))
     with contextlib.ExitStack() as claims:
         dogs = [claims.enter_context(claim_run_dir(c, d, dist)) for c, d in zip(cfgs, dirs)]
@@ -104,9 +105,9 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
             members.append(parts)
             rngs.append(rng)
             states.append(state)
-        dist.comm.agreed(_verify_reads, lead, members[0])
+        dist.comm.agreed(verify_reads, lead, members[0])
         for cfg, parts, state, path, ckpt, log in zip(cfgs, members, states, resume, ckpts, logs):
-            _log_start(log, parts, dist, state, path, ckpt)
+            log_start(log, parts, dist, state, path, ckpt)
             log_weights_check(cfg, log, state.step)
         walls = [s.wall_s for s in states]
         for dog in dogs:
@@ -115,7 +116,7 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
         status, stopped = _loop(shaped_cfgs, members, dist, states, ckpts, rngs, stop, logs, max_steps, t0, dogs)
         for dog in dogs:
             dog.phase = "finish"
-        return [_finish(c, d, p, dist, s, ck, log, status, stopped, stop, t0, w, {"pack_size": pack_size})
+        return [finish_run(c, d, p, dist, s, ck, log, status, stopped, stop, t0, w, {"pack_size": pack_size})
                 for c, d, p, s, ck, log, w in zip(cfgs, dirs, members, states, ckpts, logs, walls)]
 
 
@@ -199,11 +200,11 @@ def _loop(cfgs: List[Config], members: List[RunParts], dist: DistInfo, states: L
                     dog.step = pos.step
                 if first:  # a wrong optimizer state fails at the first step, not at the end
                     for cfg, parts in zip(cfgs, members):
-                        _optimizer_bytes(cfg, parts, dist)
+                        optimizer_bytes(cfg, parts, dist)
                     first, t_step = False, time.perf_counter()
                 for g, (cfg, parts, s, log) in enumerate(zip(cfgs, members, states, logs)):
                     own = Agreed(agreed.losses[g], agreed.stop, agreed.bad_samples, [agreed.losses[g]])
-                    _log_step(cfg, parts, s, own, log, bar if g == 0 else None)
+                    log_step(cfg, parts, s, own, log, bar if g == 0 else None)
                 if agreed.stop:
                     for engine, s, rng, ckpt, log in zip(engines, states, rngs, ckpts, logs):
                         ckpt.maybe_save(engine, s, rng, last=True)
@@ -213,7 +214,7 @@ def _loop(cfgs: List[Config], members: List[RunParts], dist: DistInfo, states: L
                     t_step = time.perf_counter()  # checkpoint time is not training throughput
             scores = _pack_scores(members, rngs, dist)
             for g, (cfg, parts, s, log) in enumerate(zip(cfgs, members, states, logs)):
-                _end_of_epoch(cfg, parts, dist, s, log, score=lambda split, g=g: scores(split)[g])
+                end_of_epoch(cfg, parts, dist, s, log, score=lambda split, g=g: scores(split)[g])
             t_step = time.perf_counter()
         for s, wall, engine, rng, ckpt in zip(states, walls, engines, rngs, ckpts):
             s.wall_s = wall + time.perf_counter() - t0
