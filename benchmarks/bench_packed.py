@@ -10,7 +10,9 @@ cache and output folder, so both pay the same once-per-process costs (a sequenti
 separate `spt train` processes would also pay the imports 8 times: not counted here). The
 modes take turns for ROUNDS rounds and each keeps its fastest (the 2-core machine is shared
 with other work). `train_steps_s` is the time inside training steps only (no setup,
-evaluation, checkpoints). The trained tensors of both modes are compared too.
+evaluation, checkpoints), and `step_forward_backward_s` times the model's forward + backward
+alone (8 lone passes against one packed pass) at the demo's batch and at batch 8. The trained
+tensors of both modes are compared too.
 
 Run: OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench_packed.py
      -> benchmarks/results/packed.json
@@ -34,6 +36,37 @@ GRID = "grid: {optim.lr: [0.005, 0.01, 0.02, 0.04], optim.weight_decay: [0.0, 0.
 def _at(cfg, out: Path, cache: Path):
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=str(out)),
                                method=dataclasses.replace(cfg.method, cache_dir=str(cache)))
+
+
+def step_times(backbone_file: Path, batches=(8, 64), rounds: int = 5) -> dict:
+    """Forward + backward of the demo's model alone: 8 lone passes of B images against one packed
+    pass of 8 x B rows (pack_logits), min seconds over `rounds` alternating rounds, per B."""
+    import torch
+    from torch.nn import functional as F
+
+    from spt_dist.engine.checkpoint import TrainRng
+    from spt_dist.engine.pack_step import pack_logits
+    from spt_dist.model import PromptedViT, build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_tiny_p7_28", checkpoint=str(backbone_file))
+    models = [PromptedViT(backbone, 5, prompt_length=8, deep=True).train() for _ in range(8)]
+    rngs = [TrainRng() for _ in models]
+    out = {}
+    for b in batches:
+        x, y = torch.randn(b, 3, 28, 28), torch.randint(0, 5, (b,))
+        modes = {"lone_x8": lambda: [F.cross_entropy(m(x), y).backward() for m in models],
+                 "packed": lambda: sum(F.cross_entropy(z, y) for z in pack_logits(models, rngs, x)).backward()}
+        times = {k: [] for k in modes}
+        for _ in range(rounds):
+            for k, f in modes.items():
+                t = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t)
+        best = {k: min(v) for k, v in times.items()}
+        out[f"batch_{b}"] = {**{k: round(v, 4) for k, v in best.items()},
+                             "ratio": round(best["lone_x8"] / best["packed"], 3)}
+    return out
 
 
 def main() -> None:
@@ -70,6 +103,7 @@ def main() -> None:
     seq_s, seq_train = min(rounds["sequential"])
     pack_s, pack_train = min(rounds["packed"])
 
+    steps = step_times(ROOT / "spt_dist/assets/vit_tiny_p7_28_fmnist04.safetensors")
     diffs = []
     for c in cfgs:
         a = load_file(str(run_dir_for(_at(c, tmp / "sequential0", tmp / "cache_seq0")) / "prompt_pack.safetensors"))
@@ -90,6 +124,8 @@ def main() -> None:
         # time inside training steps only (no setup, evaluation, checkpoints): the backbone pass itself
         "train_steps_s": {"sequential": round(seq_train, 2), "packed": round(pack_train, 2),
                           "ratio": round(seq_train / pack_train, 3)},
+        # forward + backward only, 8 lone passes vs one packed pass, at the demo's batch and at 8
+        "step_forward_backward_s": steps,
         "rounds": {k: [[round(w, 2), round(t, 2)] for w, t in v] for k, v in rounds.items()},  # [wall, train_s]
         "max_abs_diff_packed_vs_sequential": max(diffs),
         "top1": {"sequential": [r["top1"] for r in seq], "packed": [r["top1"] for r in packed]},
