@@ -58,7 +58,7 @@ FIGURES: List[Figure] = [
     Figure("engine", "training samples/s with / without the decoded-sample cache, after epoch 1, 2 workers",
            "caches.json", ("decoded_cache", "end_to_end_ratio_w2"), "> 1", "bench_caches.py", "x"),
     Figure("engine", "packed G=8 vs 8 runs one after another, wall time per config", "packed.json",
-           ("speedup",), ">= 1.5 (CPU)", "bench_packed.py", "x"),
+           ("ratio",), ">= 1.5 (CPU)", "bench_packed.py", "x"),
     Figure("init", "SPT prototype init time over one training epoch", "prompt_init.json",
            ("summary", "init_over_epoch"), "small", "bench_prompt_init.py", "x"),
     Figure("reliability", "injected faults held (every try of every fault)", "faults.json",

@@ -76,41 +76,78 @@ def load_data(cfg: Config, index: "ShardIndex", inputs: "InputSpec", dist: DistI
     return train, val, test
 
 
+@dataclass
+class SharedParts:
+    """What every run over one backbone and one data stream shares (a pack's members share it)."""
+    index: "ShardIndex"
+    train_data: "TrainData"
+    val_data: Optional["EvalData"]
+    test_data: Optional["EvalData"]
+    inputs: "InputSpec"
+    backbone: Any                           # the timm backbone, weights loaded, on the device
+    weights_fmt: Optional[str]              # the weight file's format (decides model.pool=auto)
+    weights_hash: str
+    rng_after_backbone: Dict[str, Any]      # RNG states a lone run has when it wraps the backbone
+
+
+def build_shared(cfg: Config, dist: DistInfo, shape: "Shape") -> SharedParts:
+    """Index, weights, data readers and the backbone of a run (`cfg` already shaped)."""
+    from spt_dist.data import ShardIndex
+    from spt_dist.model import build_run_backbone, input_spec, read_weights, weights_hash
+
+    from .checkpoint import rng_state
+
+    index = ShardIndex.load(os.path.expanduser(cfg.data.root))
+    weights = read_weights(cfg)
+    inputs = input_spec(cfg, weights.fmt if weights else None)
+    train_data, val_data, test_data = load_data(cfg, index, inputs, dist)
+    seed_everything(cfg.run.seed)  # same head / prompt init on every rank
+    backbone = build_run_backbone(cfg, weights)
+    after = rng_state()
+    fmt = weights.fmt if weights else None
+    del weights  # the tensors live in the backbone now
+    backbone = backbone.to(dist.device)
+    return SharedParts(index, train_data, val_data, test_data, inputs, backbone, fmt, weights_hash(backbone), after)
+
+
 def build_parts(cfg: Config, dist: DistInfo, resuming: bool, shape: Optional["Shape"] = None) -> RunParts:
     """`shape`: the micro-batch and accumulation to train with (engine/shape.py); the config's
     on this world size by default. The run's identity is always `cfg`'s."""
     from .shape import Shape, shaped
 
     shape = shape or Shape(dist.world_size, cfg.data.batch_size, cfg.optim.grad_accum)
+    return build_member(cfg, build_shared(shaped(cfg, shape), dist, shape), dist, resuming, shape)
+
+
+def build_member(cfg: Config, shared: SharedParts, dist: DistInfo, resuming: bool, shape: "Shape") -> RunParts:
+    """Prompts, head, optimizer and engine of one run around the shared backbone; the head and
+    prompts start from the RNG state a lone run has at that point, so a pack's member starts
+    exactly as it would alone."""
+    from spt_dist.model import wrap_backbone
+
+    from .checkpoint import set_rng_state
+    from .shape import shaped
+
     identity_hash, cfg = config_hash(cfg), shaped(cfg, shape)
-    from spt_dist.data import ShardIndex
-    from spt_dist.model import build_model, input_spec, read_weights, weights_hash
-
-    index = ShardIndex.load(os.path.expanduser(cfg.data.root))
-    weights = read_weights(cfg)
-    inputs = input_spec(cfg, weights.fmt if weights else None)
-    train_data, val_data, test_data = load_data(cfg, index, inputs, dist)
-
-    seed_everything(cfg.run.seed)  # same head / prompt init on every rank
-    model = build_model(cfg, index.num_classes, weights).to(dist.device)
-    del weights  # the tensors live in the model now
-    identity = {"config_hash": identity_hash, "backbone": cfg.model.name,
-                "weights_hash": weights_hash(model.backbone),
+    set_rng_state(shared.rng_after_backbone)
+    model = wrap_backbone(cfg, shared.backbone, shared.index.num_classes, shared.weights_fmt).to(dist.device)
+    identity = {"config_hash": identity_hash, "backbone": cfg.model.name, "weights_hash": shared.weights_hash,
                 "prompt_shape": list(model.prompts.shape) if model.prompts is not None else None,
-                "num_classes": index.num_classes, "method": cfg.method.name, "global_batch": shape.global_batch}
-    init = _prompt_init(model, cfg, index, dist, resuming, identity["weights_hash"], inputs)
+                "num_classes": shared.index.num_classes, "method": cfg.method.name,
+                "global_batch": shape.global_batch}
+    init = _prompt_init(model, cfg, shared.index, dist, resuming, identity["weights_hash"], shared.inputs)
     seed_everything(cfg.run.seed + 1000003 * (dist.rank + 1))  # per-rank streams (prompt dropout)
 
     global_batch = cfg.data.batch_size * cfg.optim.grad_accum * dist.world_size
     peak_lr, final_lr = effective_lr(cfg.optim, global_batch)
     optimizer = build_optimizer(param_groups(model.named_parameters(), cfg.optim), cfg.optim, peak_lr)
-    steps_per_epoch = train_data.batches_per_epoch / cfg.optim.grad_accum
+    steps_per_epoch = shared.train_data.batches_per_epoch / cfg.optim.grad_accum
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, peak_lr, final_lr)
     counts = model.param_counts()  # before ZeRO-3 partitions the tensors (numel 0 afterwards)
     engine, _, _ = build_engine(model, optimizer, scheduler, deepspeed_config(cfg, dist.world_size))
     zero_stage, dtype = engine_precision(engine)
-    return RunParts(index, train_data, val_data, test_data, model, engine, identity, counts, peak_lr,
-                    global_batch, dtype, zero_stage, inputs, init)
+    return RunParts(shared.index, shared.train_data, shared.val_data, shared.test_data, model, engine, identity,
+                    counts, peak_lr, global_batch, dtype, zero_stage, shared.inputs, init)
 
 
 def full_trainable_state(model: "PromptedViT") -> Dict[str, torch.Tensor]:

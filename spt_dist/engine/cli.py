@@ -41,10 +41,13 @@ def _train(args: argparse.Namespace) -> int:
 
     multi = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
     try:
-        cfg, run_dir = _load(args.config, args.overrides)
-        if args.no_progress:  # a display setting: a run folder resumes with it too
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, progress=False))
-        results = train(cfg, run_dir=run_dir)
+        if args.pack:
+            results = _train_pack(args)
+        else:
+            cfg, run_dir = _load(args.config, args.overrides)
+            if args.no_progress:  # a display setting: a run folder resumes with it too
+                cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, progress=False))
+            results = train(cfg, run_dir=run_dir)
     except SptError as exc:
         if not multi:
             raise  # one line from `spt`, exit code 2
@@ -70,6 +73,22 @@ PRETRAIN_DEFAULTS = {
             "decoder_dim": 64, "decoder_depth": 2, "decoder_heads": 4, "dtype": "float16", "max_steps": 0},
 }
 _PRETRAIN_KEYS = ("recipe", "shards", "out") + tuple(PRETRAIN_DEFAULTS["mae"])
+
+
+def _train_pack(args: argparse.Namespace) -> list:
+    """`spt train CONFIG --pack FILE`: every member validated, as a whole, before any work."""
+    from spt_dist.config import ConfigError
+    from spt_dist.config.pack import load_pack
+
+    from .pack import train_pack
+
+    if Path(args.config).is_dir():
+        raise ConfigError(f"{args.config} is a run folder; a pack resumes with the same `spt train CONFIG --pack "
+                          f"FILE` command (or a member alone with `spt train RUN_DIR`)")
+    cfgs = [m.cfg for m in load_pack(args.config, args.pack, args.overrides, check_files=True)]
+    if args.no_progress:
+        cfgs = [dataclasses.replace(c, run=dataclasses.replace(c.run, progress=False)) for c in cfgs]
+    return train_pack(cfgs)
 
 
 def pretrain_options(args: argparse.Namespace) -> dict:
@@ -130,6 +149,8 @@ def register(sub) -> None:
     add_config_arguments(p)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar, as run.progress=false (also off when stderr is not a terminal)")
+    p.add_argument("--pack", metavar="FILE", help="train the members of FILE (sweep format: overrides, grid, "
+                   "members) in one job, one backbone pass per batch; each gets its own run folder (training.md)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("pretrain", help="pretrain a small backbone (the embedded demo's): supervised or MAE")

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from tqdm import tqdm
@@ -64,7 +64,7 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
         stop.restore()
 
 
-def _launched() -> bool:
+def launched() -> bool:
     """Started by a launcher (torchrun, srun, submitit) rather than by a person's shell."""
     env = os.environ
     return any(k in env for k in ("TORCHELASTIC_RUN_ID", "SLURM_STEP_ID", "SUBMITIT_EXECUTOR")) \
@@ -72,10 +72,10 @@ def _launched() -> bool:
 
 
 def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag, t0: float) -> Dict[str, Any]:
-    if _launched():
+    if launched():
         follow_parent()
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
-    dist.comm.agreed(_preflight, cfg, dist, run_dir)
+    dist.comm.agreed(preflight_run, cfg, dist, run_dir)
     with claim_run_dir(cfg, run_dir, dist) as watchdog, \
             MetricsLog(run_dir, dist.is_main, dist.comm.agreed(start_trackers, cfg, run_dir, dist.is_main)) as log:
         ckpt = Checkpointer(run_dir / "checkpoints", cfg.run.keep_checkpoints, cfg.run.checkpoint_every, dist,
@@ -84,7 +84,7 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         held = held_shape(cfg, resume_from)
         shape = dist.comm.agreed(run_shape, cfg, dist.world_size, held)
         parts = build_parts(cfg, dist, resuming=resume_from is not None, shape=shape)
-        dist.comm.agreed(_verify_reads, cfg, parts)
+        dist.comm.agreed(verify_reads, cfg, parts)
         parts.features, no_features = build_feature_cache(cfg, parts, dist)
         ckpt.identity, ckpt.shape = parts.identity, shape.as_dict()
         rng, state = TrainRng(), TrainState()
@@ -92,7 +92,7 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
             state = TrainState.from_state_dict(ckpt.load(parts.engine, resume_from, rng)["state"])
             state.reshape(Shape.of(held), shape)
         state.note_world_size(dist.world_size)
-        _log_start(log, parts, dist, state, resume_from, ckpt)
+        log_start(log, parts, dist, state, resume_from, ckpt)
         if cfg.method.name == "linear":
             log.log("feature_cache", state.step, used=parts.features is not None, reason=no_features or None,
                     **(parts.features.report if parts.features else {}))
@@ -100,10 +100,10 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         watchdog.phase, wall_before = "train", state.wall_s
         status, stopped = _loop(shaped(cfg, shape), parts, dist, state, ckpt, rng, stop, log, max_steps, t0, watchdog)
         watchdog.phase = "finish"
-        return _finish(cfg, run_dir, parts, dist, state, ckpt, log, status, stopped, stop, t0, wall_before)
+        return finish_run(cfg, run_dir, parts, dist, state, ckpt, log, status, stopped, stop, t0, wall_before)
 
 
-def _preflight(cfg: Config, dist: DistInfo, run_dir: Path) -> None:
+def preflight_run(cfg: Config, dist: DistInfo, run_dir: Path) -> None:
     """Checked with the shape the run will train with (another micro-batch and accumulation
     when an elastic run continues on another world size)."""
     try:
@@ -139,16 +139,16 @@ def _loop(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, ckpt:
                 state.train_s, state.steps_timed, t_step = state.train_s + now - t_step, state.steps_timed + 1, now
                 watchdog.step = state.step
                 if first:  # a wrong optimizer state fails at the first step, not at the end
-                    _optimizer_bytes(cfg, parts, dist)
+                    optimizer_bytes(cfg, parts, dist)
                     first, t_step = False, time.perf_counter()
-                _log_step(cfg, parts, state, agreed, log, bar)
+                log_step(cfg, parts, state, agreed, log, bar)
                 if agreed.stop:
                     ckpt.maybe_save(engine, state, rng, last=True)
                     log.log("interrupted", state.step, signal=agreed.stop)
                     return "interrupted", agreed.stop
                 if ckpt.maybe_save(engine, state, rng):
                     t_step = time.perf_counter()  # checkpoint time is not training throughput
-            _end_of_epoch(cfg, parts, dist, state, log)
+            end_of_epoch(cfg, parts, dist, state, log)
             t_step = time.perf_counter()
         state.wall_s = wall_before + time.perf_counter() - t0
         ckpt.maybe_save(engine, state, rng, last=True)  # the run folder always holds its final state
@@ -157,35 +157,44 @@ def _loop(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, ckpt:
         bar.close()
 
 
-def _log_step(cfg: Config, parts: RunParts, state: TrainState, agreed: Any, log: MetricsLog, bar: tqdm) -> None:
-    bar.update(1)
+def log_step(cfg: Config, parts: RunParts, state: TrainState, agreed: Any, log: MetricsLog,
+              bar: Optional[tqdm]) -> None:
+    """The train event every run.log_every steps (and at a stop); `bar`: the progress bar, if this run has it."""
+    if bar is not None:
+        bar.update(1)
     if state.step % cfg.run.log_every and not agreed.stop:
         return
     lr = parts.engine.get_lr()[0]
     log.log("train", state.step, epoch=state.epoch, loss=agreed.loss, lr=lr,
             samples_per_s=state.samples_per_s(parts.global_batch), bad_samples=state.bad_samples)
-    bar.set_postfix(loss=f"{agreed.loss:.4f}", lr=f"{lr:.2e}")
+    if bar is not None:
+        bar.set_postfix(loss=f"{agreed.loss:.4f}", lr=f"{lr:.2e}")
 
 
-def _end_of_epoch(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, log: MetricsLog) -> None:
-    """Validation (every run.eval_every epochs and the last), test (the last), alignment."""
+def end_of_epoch(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, log: MetricsLog,
+                  score: Optional[Callable[[str], Dict[str, Any]]] = None) -> None:
+    """Validation (every run.eval_every epochs and the last), test (the last), alignment.
+    `score(split)`: that split's evaluation of this run when it is computed elsewhere (a pack
+    scores its members in one pass, engine/pack.py)."""
     epoch, last = state.epoch, state.epoch + 1 == cfg.optim.epochs
     lockstep = parts.zero_stage == 3
     if parts.val_data is not None and ((epoch + 1) % cfg.run.eval_every == 0 or last):
         cached = parts.features.val if parts.features else None
-        val = evaluate(parts.engine, parts.val_data if cached is None else cached, parts.engine.device, parts.dtype,
-                       lockstep, dist.comm, **({} if cached is None else POOLED))
+        val = score("val") if score else \
+            evaluate(parts.engine, parts.val_data if cached is None else cached, parts.engine.device, parts.dtype,
+                     lockstep, dist.comm, **({} if cached is None else POOLED))
         state.record_val(val["top1"], val["bad_samples"], epoch + 1)
         log.log("val", state.step, epoch=epoch + 1, **val)
     if last and parts.test_data is not None:
-        test = evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep, dist.comm)
+        test = score("test") if score else \
+            evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep, dist.comm)
         state.test_top1, state.test_bad_samples = test["top1"], test["bad_samples"]
         log.log("test", state.step, epoch=epoch + 1, **test)
     _log_alignment(parts, state.step, log)
     state.epoch, state.batch = epoch + 1, 0
 
 
-def _verify_reads(cfg: Config, parts: RunParts) -> None:
+def verify_reads(cfg: Config, parts: RunParts) -> None:
     """data.verify before the first step (error mode only: skip mode handles bad samples)."""
     from spt_dist.data.verify import verify_before_training
 
@@ -193,7 +202,7 @@ def _verify_reads(cfg: Config, parts: RunParts) -> None:
         verify_before_training(cfg.data.verify, parts.train_data, [parts.val_data, parts.test_data], cfg.run.seed)
 
 
-def _log_start(log: MetricsLog, parts: RunParts, dist: DistInfo, state: TrainState, resume_from: Optional[Path],
+def log_start(log: MetricsLog, parts: RunParts, dist: DistInfo, state: TrainState, resume_from: Optional[Path],
                ckpt: Checkpointer) -> None:
     log.log("start", state.step, resumed_from=str(resume_from) if resume_from else None,
             world_size=dist.world_size, **parts.counts, **parts.train_data.mixing.as_dict())
@@ -222,7 +231,7 @@ def _log_alignment(parts: RunParts, step: int, log: MetricsLog) -> None:
     log.log("alignment", step, **alignment_metrics(full_prompts(parts.model), init.reference))
 
 
-def _optimizer_bytes(cfg: Config, parts: RunParts, dist: DistInfo) -> Dict[str, int]:
+def optimizer_bytes(cfg: Config, parts: RunParts, dist: DistInfo) -> Dict[str, int]:
     """Optimizer bytes over all ranks (collective), checked against the trainable count."""
     engine = parts.engine
     per_rank = torch.tensor(list(optimizer_state_bytes(engine).values()), dtype=torch.float64)
@@ -236,7 +245,7 @@ def _resource_report(cfg: Config, parts: RunParts, dist: DistInfo, ckpt: Checkpo
                      stepped: bool) -> Dict[str, Any]:
     """Optimizer bytes (AdamW / momentum state exists from the first step on) and checkpoint bytes."""
     check_frozen_untouched(parts.model)
-    measured = _optimizer_bytes(cfg, parts, dist) if stepped else {"moments": 0, "master": 0}
+    measured = optimizer_bytes(cfg, parts, dist) if stepped else {"moments": 0, "master": 0}
     newest = ckpt.newest_valid()
     return {"optimizer_state_bytes": measured["moments"] + measured["master"],
             "optimizer_moment_bytes": measured["moments"], "optimizer_master_bytes": measured["master"],
@@ -264,11 +273,13 @@ def _results(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, st
     }
 
 
-def _finish(cfg: Config, run_dir: Path, parts: RunParts, dist: DistInfo, state: TrainState, ckpt: Checkpointer,
+def finish_run(cfg: Config, run_dir: Path, parts: RunParts, dist: DistInfo, state: TrainState, ckpt: Checkpointer,
             log: MetricsLog, status: str, stopped: Optional[str], stop: StopFlag, t0: float,
-            wall_before: float) -> Dict[str, Any]:
-    """Resource report, prompt pack (finished runs), results.json, the end event."""
+            wall_before: float, more: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Resource report, prompt pack (finished runs), results.json, the end event; `more`: extra
+    results (a pack member's pack size)."""
     extra = _resource_report(cfg, parts, dist, ckpt, stepped=state.step > 0)
+    extra.update(more or {})
     extra.update(train_s=round(state.train_s, 3), signal=stopped, samples_per_s=state.samples_per_s(parts.global_batch))
     if status == "finished":
         trainable = full_trainable_state(parts.model)  # collective under ZeRO

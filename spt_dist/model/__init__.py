@@ -16,7 +16,7 @@ _EXPORTS = {
     "PromptedViT": "prompted_vit", "vpt_uniform_bound": "prompted_vit",
     "PromptSet": "prompt_stack", "PromptStack": "prompt_stack", "MultiPromptViT": "prompt_stack",
     "build_model": "build", "resolve_pool": "build", "checkpoint_format": "build", "input_spec": "build",
-    "InputSpec": "build", "read_weights": "build",
+    "InputSpec": "build", "read_weights": "build", "build_run_backbone": "build", "wrap_backbone": "build",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Tuple
 
+from torch import nn
+
 from spt_dist.config import Config
 from spt_dist.config.hub import resolve_checkpoint
 from spt_dist.config.registry import backbone_spec, normalization
@@ -65,16 +67,27 @@ def resolve_pool(cfg: Config, fmt: Optional[str] = None) -> str:
 def build_model(cfg: Config, num_classes: int, weights: Optional[Checkpoint] = None) -> PromptedViT:
     """The model of a run: backbone (local checkpoint loaded) + prompts + head, per cfg.method.
     `weights`: the file already read by `read_weights` (read here otherwise)."""
-    m = cfg.model
     ckpt = weights if weights is not None else read_weights(cfg)
-    backbone = build_backbone(m.name, img_size=m.img_size, in_chans=m.in_chans, checkpoint=ckpt)
+    return wrap_backbone(cfg, build_run_backbone(cfg, ckpt), num_classes, ckpt.fmt if ckpt else None)
+
+
+def build_run_backbone(cfg: Config, weights: Optional[Checkpoint]) -> nn.Module:
+    """The run's timm backbone with its weights loaded (draws from the global RNG for timm's init)."""
+    m = cfg.model
+    return build_backbone(m.name, img_size=m.img_size, in_chans=m.in_chans, checkpoint=weights)
+
+
+def wrap_backbone(cfg: Config, backbone: nn.Module, num_classes: int, fmt: Optional[str]) -> PromptedViT:
+    """Prompts + head around `backbone` per cfg.method (a packed run's members share one backbone).
+    `fmt`: the weight file's format (decides the pool under model.pool=auto)."""
+    m = cfg.model
     return PromptedViT(
         backbone,
         num_classes=num_classes,
         prompt_length=cfg.method.prompt_length,
         deep=cfg.method.deep,
         prompt_dropout=cfg.method.prompt_dropout,
-        pool=resolve_pool(cfg, ckpt.fmt if ckpt else None),
+        pool=resolve_pool(cfg, fmt),
         train_backbone=cfg.method.name == "full",
         grad_checkpointing=m.grad_checkpointing,
         head_init=m.head_init,

@@ -7,7 +7,8 @@ runs, resumes unfinished ones from their checkpoints, leaves running ones alone 
 re-selects. Cells progress independently: a cell's final stage starts as soon as its own
 search is complete. Everything submitted in one pass goes out as ONE job array (one
 `launch.array_parallelism` throttle); with the local executor at most that many runs run at
-once. A run that failed is submitted again up to `max_attempts` times, then reported.
+once. A run that failed is submitted again up to `max_attempts` times, then reported. With
+protocol.pack_search, the search runs of a cell that a pass submits are one packed task.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
-from .plan import FINAL, Plan, PlannedRun, unique_runs
+from .plan import FINAL, SEARCH, Plan, PlannedRun, unique_runs
 from .progress import RunState, read_ledger, record, run_state
 from .select import select
 
@@ -50,10 +51,20 @@ def survey(plan: Plan) -> Pass:
     return Pass(states, final, warnings=warnings)
 
 
-def _submit(runs: List[PlannedRun], out_dir) -> None:
-    from .submit import submit_study
+def _groups(runs: List[PlannedRun], pack_search: bool) -> List[List[PlannedRun]]:
+    """One task per run; with protocol.pack_search, a cell's search runs of this pass form one pack."""
+    groups: Dict[str, List[PlannedRun]] = {}
+    for i, r in enumerate(runs):
+        groups.setdefault(f"search/{r.cell.key}" if pack_search and r.stage == SEARCH else f"run/{i}", []).append(r)
+    return list(groups.values())
 
-    subs = submit_study([r.cfg for r in runs], [r.config_path for r in runs])
+
+def _submit(runs: List[PlannedRun], out_dir, pack_search: bool = False) -> None:
+    from .submit import submit_groups
+
+    groups = _groups(runs, pack_search)
+    runs = [r for g in groups for r in g]
+    subs = submit_groups([[r.cfg for r in g] for g in groups], [r.config_path for r in runs])
     record(out_dir, [{"run_dir": str(s.run_dir), "job_id": str(s.job.job_id), "job_folder": str(s.job_folder),
                       "cluster": s.cluster, "stage": r.stage, "cell": r.cell.key, "time": time.time()}
                      for s, r in zip(subs, runs)])
@@ -72,7 +83,7 @@ def step(plan: Plan, max_attempts: int = 2) -> Pass:
         if resolve_cluster(launch.cluster) == "local":  # no array throttle: keep at most N at once
             todo = todo[:max(0, launch.array_parallelism - p.count("running"))]
         if todo:
-            _submit(todo, plan.spec.out_dir)
+            _submit(todo, plan.spec.out_dir, plan.spec.pack_search)
             p.submitted = todo
     return p
 

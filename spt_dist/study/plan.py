@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from spt_dist.config.schema import Config
 
+from .errors import StudyError
 from .spec import AxisValue, Method, StudySpec, _value
 
 SEARCH, FINAL = "search", "final"
@@ -106,11 +107,26 @@ def build_plan(spec: StudySpec, check_final: bool = True) -> Plan:
     if len(set(keys)) != len(keys):
         raise ValueError("two cells share a name; give axis values distinct labels")
     search = {c.key: [make_run(spec, c, SEARCH, p, None) for p in c.grid()] for c in all_cells}
+    if spec.pack_search:
+        for key, runs in search.items():
+            check_packable(key, runs)
     if check_final:
         for c in all_cells:
             for seed in spec.seeds:
                 make_run(spec, c, FINAL, c.grid()[0], seed)
     return Plan(spec, all_cells, search)
+
+
+def check_packable(cell: str, runs: Sequence[PlannedRun]) -> None:
+    """protocol.pack_search: a cell's search runs must form a pack (config/pack.py)."""
+    from spt_dist.config import ConfigError
+    from spt_dist.config.pack import PackMember, check_pack
+
+    try:
+        check_pack([PackMember(r.name, [], r.cfg) for r in runs])
+    except ConfigError as exc:
+        raise StudyError(f"cell {cell}: protocol.pack_search=true, but its search runs cannot be packed: {exc}") \
+            from None
 
 
 def unique_runs(runs: Sequence[PlannedRun]) -> List[PlannedRun]:

@@ -24,6 +24,8 @@ protocol:
   tune: [data.stage=tune]           # overrides of the search stage
   final: [data.stage=final]         # overrides of the final stage
   seeds: [0, 1, 2]                  # final runs per cell (run.seed)
+  pack_search: false                # true: a cell's search runs (those still to run) go out as ONE
+                                    #   packed task (spt train --pack; training.md), each in its own folder
 launch: {array_parallelism: 8}      # launch settings of every run (or a list of launch.key=value)
 ```
 
@@ -43,7 +45,8 @@ from omegaconf import OmegaConf
 from .errors import StudyError
 
 TOP = {"name", "base", "runs_dir", "out_dir", "axes", "methods", "protocol", "launch"}
-PROTOCOL = {"metric": "val_top1", "tune": ["data.stage=tune"], "final": ["data.stage=final"], "seeds": [0, 1, 2]}
+PROTOCOL = {"metric": "val_top1", "tune": ["data.stage=tune"], "final": ["data.stage=final"], "seeds": [0, 1, 2],
+            "pack_search": False}
 METRICS = ("val_top1", "best_val_top1")
 
 
@@ -74,6 +77,7 @@ class StudySpec:
     final: Tuple[str, ...]
     seeds: Tuple[int, ...]
     launch: Tuple[str, ...] = ()
+    pack_search: bool = False
     path: Path = field(default=Path("."))
 
 
@@ -165,6 +169,8 @@ def load_spec(path: str | Path) -> StudySpec:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) \
             or len(set(seeds)) != len(seeds):
         raise StudyError(f"{path}: protocol.seeds must be a non-empty list of distinct integers")
+    if not isinstance(proto["pack_search"], bool):
+        raise StudyError(f"{path}: protocol.pack_search must be true or false")
     base = Path(str(raw["base"]))
     if not base.is_absolute() and (path.parent / base).is_file():
         base = path.parent / base
@@ -177,4 +183,5 @@ def load_spec(path: str | Path) -> StudySpec:
         tune=_overrides(proto["tune"], f"{path}: protocol.tune"),
         final=_overrides(proto["final"], f"{path}: protocol.final"), seeds=tuple(seeds),
         launch=tuple(o if o.startswith("launch.") else f"launch.{o}"
-                     for o in _overrides(raw.get("launch"), f"{path}: launch")), path=path)
+                     for o in _overrides(raw.get("launch"), f"{path}: launch")), path=path,
+        pack_search=proto["pack_search"])

@@ -21,7 +21,7 @@ from spt_dist.errors import SptError
 from spt_dist.rundir import config_clash, default_run_name, run_dir_for
 
 from .executor import make_executor, resolve_cluster
-from .task import TRAIN_FN, TrainTask
+from .task import TRAIN_FN, PackTask, TrainTask
 
 
 class SubmitError(SptError):
@@ -78,7 +78,7 @@ def preflight_on_login_node(cfg: Config) -> None:
     check_eval_splits(preflight.load_index(d.root), d.train_split, d.val_split, d.test_split)
 
 
-def _record(sub: Submitted, config_path: Optional[str]) -> None:
+def _record(sub: Submitted, config_path: Optional[str], pack_run_dirs: Optional[List[str]] = None) -> None:
     info = {
         "job_id": sub.job.job_id,
         "cluster": sub.cluster,
@@ -88,6 +88,8 @@ def _record(sub: Submitted, config_path: Optional[str]) -> None:
         "tasks": sub.cfg.launch.nodes * sub.cfg.launch.tasks_per_node,
         "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if pack_run_dirs:
+        info["pack_run_dirs"] = pack_run_dirs
     sub.job_folder.mkdir(parents=True, exist_ok=True)
     (sub.job_folder / "job.json").write_text(json.dumps(info, indent=2) + "\n")
 
@@ -111,6 +113,17 @@ def submit_run(cfg: Config, config_path: Optional[str] = None, train_fn: str = T
 def submit_study(cfgs: List[Config], config_paths: Iterable[Optional[str]] = (),
                  train_fn: str = TRAIN_FN) -> List[Submitted]:
     """Submit many prepared runs as ONE job array (launch settings of the first config)."""
+    return submit_groups([[c] for c in cfgs], config_paths, train_fn)
+
+
+def submit_groups(groups: List[List[Config]], config_paths: Iterable[Optional[str]] = (),
+                  train_fn: str = TRAIN_FN) -> List[Submitted]:
+    """ONE job array with a task per group: a group of one is a run (TrainTask), a larger group
+    a pack trained in one job (PackTask; its members checked with config.pack.check_pack).
+    One Submitted per config, in order; a pack's members share their job."""
+    from spt_dist.config.pack import PackMember, check_pack
+
+    cfgs = [c for g in groups for c in g]
     if not cfgs:
         raise ConfigError("the sweep expands to no runs")
     names = [c.run.name for c in cfgs]
@@ -118,16 +131,21 @@ def submit_study(cfgs: List[Config], config_paths: Iterable[Optional[str]] = (),
     if twice:
         raise ConfigError(f"two runs of the sweep share a run folder: {', '.join(twice)} "
                           "(give each a different run.name)")
+    for g in groups:
+        if len(g) > 1:
+            check_pack([PackMember(c.run.name, [], c) for c in g])
     launch = cfgs[0].launch
     cluster = resolve_cluster(launch.cluster)
     executor = make_executor(launch, job_name="spt-sweep")
     with _refused_as_error(cluster), executor.batch():
-        jobs = [executor.submit(TrainTask(c, train_fn)) for c in cfgs]
-    paths = list(config_paths) or [None] * len(cfgs)
+        jobs = [executor.submit(TrainTask(g[0], train_fn) if len(g) == 1 else PackTask(g)) for g in groups]
+    paths = iter(list(config_paths) or [None] * len(cfgs))
     subs = []
-    for job, cfg, path in zip(jobs, cfgs, paths):
-        sub = Submitted(job, cfg, run_dir_for(cfg), _job_folder(job), cluster)
-        if cluster != "debug":
-            _record(sub, path)
-        subs.append(sub)
+    for job, group in zip(jobs, groups):
+        for i, cfg in enumerate(group):
+            sub = Submitted(job, cfg, run_dir_for(cfg), _job_folder(job), cluster)
+            path = next(paths)
+            if cluster != "debug" and i == 0:  # job.json names the pack's first member and every member
+                _record(sub, path, [str(run_dir_for(c)) for c in group] if len(group) > 1 else None)
+            subs.append(sub)
     return subs

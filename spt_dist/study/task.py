@@ -1,4 +1,4 @@
-"""The submitit task that runs one training run, and how it is requeued.
+"""The submitit task that runs one training run (or one pack of runs), and how it is requeued.
 
 Order of events on preemption or an approaching time limit (SLURM sends SIGUSR2 to every
 task, `signal_delay_s` before the end):
@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import submitit
 from submitit.core.job_environment import SignalHandler
@@ -38,6 +38,7 @@ from spt_dist.rundir import finished_results, run_dir_for
 from .rendezvous import ATTEMPTS, agree_port, is_transient, job_folder, reset_process_group
 
 TRAIN_FN = "spt_dist.engine.train:train"
+PACK_FN = "spt_dist.engine.pack:train_pack"
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
@@ -61,9 +62,20 @@ class TrainTask:
         self.cfg = cfg
         self.train_fn = train_fn  # "module:function"; the engine's train by default
 
-    def __call__(self) -> Dict[str, Any]:
+    def _finished(self) -> Any:
+        """The results when there is nothing left to train (another config finished there since: an error)."""
+        return finished_results(self.cfg, run_dir_for(self.cfg))
+
+    def _train(self, run_dir: Path) -> Any:
+        return _load(self.train_fn)(self.cfg, str(run_dir))
+
+    @staticmethod
+    def _preempted(results: Any) -> bool:
+        return results.get("status") == "interrupted" and results.get("signal") == "SIGUSR2"
+
+    def __call__(self) -> Any:
         run_dir = run_dir_for(self.cfg)
-        done = finished_results(self.cfg, run_dir)  # another config may have finished there since: an error
+        done = self._finished()
         if done is not None:
             return done
         executor = os.environ.get("SUBMITIT_EXECUTOR", "")
@@ -77,7 +89,7 @@ class TrainTask:
         requeue = _preemption_handler()
         results = self._train_with_retries(run_dir, executor in ("slurm", "local"))
         # Only SLURM's SIGUSR2 (time limit or preemption) asks for a requeue; SIGTERM is a cancel.
-        if results.get("status") == "interrupted" and results.get("signal") == "SIGUSR2" and requeue is not None:
+        if self._preempted(results) and requeue is not None:
             self._requeue(requeue)
         return results
 
@@ -93,7 +105,7 @@ class TrainTask:
                 os.environ["MASTER_PORT"] = str(agree_port(job_folder(), str(env.job_id), attempt, env.global_rank,
                                                            self.cfg.distributed.timeout_s))
             try:
-                return _load(self.train_fn)(self.cfg, str(run_dir))
+                return self._train(run_dir)
             except Exception as exc:  # noqa: BLE001 - only start-up failures that are not the run's
                 started = (metrics.stat().st_size if metrics.exists() else -1) != before  # training began
                 if not is_transient(exc) or attempt + 1 == ATTEMPTS or started:
@@ -117,3 +129,27 @@ class TrainTask:
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on preemption/timeout: only resubmit; the engine saved already."""
         return submitit.helpers.DelayedSubmission(TrainTask(self.cfg, self.train_fn))
+
+
+class PackTask(TrainTask):
+    """A pack's members (config/pack.py) trained as one task by `train_pack` (engine/pack.py): the
+    same environment, retries and requeue as a run; member 0's folder stands for the pack where
+    one folder is needed (its metrics.jsonl tells whether training began)."""
+
+    def __init__(self, cfgs: Sequence[Config], train_fn: str = PACK_FN) -> None:
+        super().__init__(cfgs[0], train_fn)
+        self.cfgs = list(cfgs)
+
+    def _finished(self) -> Any:
+        done = [finished_results(c, run_dir_for(c)) for c in self.cfgs]
+        return None if any(d is None for d in done) else done
+
+    def _train(self, run_dir: Path) -> Any:
+        return _load(self.train_fn)(self.cfgs)
+
+    @staticmethod
+    def _preempted(results: Any) -> bool:
+        return any(TrainTask._preempted(r) for r in results)
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(PackTask(self.cfgs, self.train_fn))
