@@ -32,13 +32,20 @@ launch: {{cluster: {cluster}, array_parallelism: 2}}
 """
 
 
-def make_study(root: Path, cluster: str) -> Path:
+def make_study(root: Path, cluster: str, pack_search: bool = False, search: str = "") -> Path:
+    """The miniature spec; pack_search: a cell's search stage as one packed task; search: another
+    search grid (YAML flow mapping)."""
     from engine_helpers import make_assets
 
     assets = make_assets(root / "assets")
     (root / "base.yaml").write_text(BASE.format(backbone=assets["backbone"], shards=assets["shards"]))
+    text = SPEC.format(root=root, cluster=cluster)
+    if pack_search:
+        text = text.replace("  seeds: [0, 1]\n", "  seeds: [0, 1]\n  pack_search: true\n")
+    if search:
+        text = text.replace("search: {optim.lr: [0.003, 0.05]}", f"search: {search}")
     spec = root / "mini.yaml"
-    spec.write_text(SPEC.format(root=root, cluster=cluster))
+    spec.write_text(text)
     return spec
 
 

@@ -1,5 +1,7 @@
-"""`spt study run` end to end on submitit's local executor: search, selection on validation,
-final stage with seeds, report; idempotent when killed at random points and run again."""
+"""`spt study run` end to end on submitit's local executor: search (a cell's search stage as
+one packed task, protocol.pack_search), selection on validation, final stage with seeds,
+report; idempotent when killed at random points and run again. The unpacked search runs the
+same way on SLURM (tests/test_slurm_jobs.py) and in tests/test_study_local.py."""
 from __future__ import annotations
 
 import json
@@ -7,9 +9,11 @@ import random
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from engine_helpers import PYTHON, ROOT, env
 from spt_dist.cli import main as spt
+from spt_dist.rundir import read_results
 from study_helpers import check_finished_study, make_study
 
 
@@ -20,7 +24,7 @@ def _driver(spec) -> subprocess.Popen:
 
 
 def test_study_killed_at_random_points_finishes_with_every_run_once(tmp_path, capsys):
-    spec = make_study(tmp_path, "local")
+    spec = make_study(tmp_path, "local", pack_search=True)
     rng = random.Random(7)
     for _ in range(2):  # kill the driver (not its jobs) at random moments
         proc = _driver(spec)
@@ -32,6 +36,13 @@ def test_study_killed_at_random_points_finishes_with_every_run_once(tmp_path, ca
     assert final.returncode == 0, out[-4000:]
     selections = check_finished_study(spec)
     ledger = (tmp_path / "study" / "submitted.jsonl").read_text().splitlines()
+    entries = [json.loads(line) for line in ledger]
+    search = {e["run_dir"]: e for e in entries if e["stage"] == "search"}
+    assert len(search) == 2 and all(read_results(d)["pack_size"] == 2 for d in search)
+    first = [e for e in entries if e["stage"] == "search"][0]  # the cell's search went out as one task
+    job = json.loads((Path(first["job_folder"]) / "job.json").read_text())
+    assert sorted(job["pack_run_dirs"]) == sorted(search)
+    assert all("pack_size" not in read_results(e["run_dir"]) for e in entries if e["stage"] == "final")
     # Running it again changes nothing: no submission, the same selection.
     assert spt(["study", "run", str(spec), "--no-wait"]) == 0
     assert (tmp_path / "study" / "submitted.jsonl").read_text().splitlines() == ledger
