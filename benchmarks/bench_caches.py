@@ -177,22 +177,26 @@ def main() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     work = Path(tempfile.mkdtemp(prefix="bench_caches_"))
     result = {"machine": f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(key: str, value: Dict) -> None:  # after each section: a timeout keeps what is done
+        result[key] = value
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
     try:
         if "features" in args.sections:
             demo = ["model.name=vit_tiny_p7_28", f"model.checkpoint={DEMO_WEIGHTS}", "data.preset=small"]
-            result["feature_cache_demo_backbone"] = linear_probe(fmnist_split(work), demo, work / "runs", "demo", args.epochs)
+            save("feature_cache_demo_backbone", linear_probe(fmnist_split(work), demo, work / "runs", "demo",
+                                                             args.epochs))
             if not args.skip_vit_s:
                 vits = ["model.name=vit_s16", "data.preset=vtab"]
-                result["feature_cache_vit_s16"] = linear_probe(jpeg_split(work, "vtab", 256, 1000, 200), vits,
-                                                               work / "runs", "vit_s16", args.epochs,
-                                                               args.plain_epochs)
+                save("feature_cache_vit_s16", linear_probe(jpeg_split(work, "vtab", 256, 1000, 200), vits,
+                                                           work / "runs", "vit_s16", args.epochs, args.plain_epochs))
         if "decoded" in args.sections:
-            result["decoded_cache"] = decoded(jpeg_split(work, "fgvc", 448, 1000, 64), work / "runs",
-                                              args.decoded_epochs)
+            save("decoded_cache", decoded(jpeg_split(work, "fgvc", 448, 1000, 64), work / "runs", args.decoded_epochs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 
 
