@@ -70,7 +70,13 @@ def step_times(backbone_file: Path, batches=(8, 64), rounds: int = 5) -> dict:
 
 
 def main() -> None:
+    import argparse
+
     import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(OUT))
+    out = Path(ap.parse_args().out)
     from safetensors.torch import load_file
 
     from spt_dist.config.pack import load_pack
@@ -130,7 +136,8 @@ def main() -> None:
         "max_abs_diff_packed_vs_sequential": max(diffs),
         "top1": {"sequential": [r["top1"] for r in seq], "packed": [r["top1"] for r in packed]},
     }
-    OUT.write_text(json.dumps(report, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 
 

@@ -8,7 +8,8 @@ order of what matters most, each skipped when the overall deadline would not lea
    world size 1), then smoke_linear_bf16 (the feature cache, bf16) and smoke_zero2_bf16;
 3. step: benchmarks/bench_step.py, bf16, ViT-B/16, ViT-L/16, ViT-H/14 at 224 px, VPT-deep
    p=50 and full fine-tuning, engine vs plain PyTorch: samples/s, MFU, peak memory;
-4. host_syncs: tests/test_engine_host_sync.py under torch's CUDA sync debug mode.
+4. host_syncs: tests/test_engine_host_sync.py under torch's CUDA sync debug mode;
+5. packed (GPU only): benchmarks/bench_packed.py, packed G=8 vs 8 configs one after another.
 
 `--mode cpu` runs the same sections on the CPU with tiny sizes (gloo, a 28 px backbone, few
 images): what a machine without a GPU can check of the script itself.
@@ -133,6 +134,16 @@ def step(check: Check, timeout: float) -> Dict:
     return res
 
 
+def packed(check: Check, timeout: float) -> Dict:
+    """Packed G=8 vs the same 8 configs one after another (benchmarks/bench_packed.py, on the
+    device the run finds: CUDA here)."""
+    out = check.out / "packed.json"
+    res = _run([PY, "benchmarks/bench_packed.py", "--out", str(out)], timeout, check.log)
+    if out.is_file():
+        res["figures"] = json.loads(out.read_text())
+    return res
+
+
 def host_syncs(check: Check, timeout: float) -> Dict:
     res = _run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_engine_host_sync.py"], timeout,
                check.log)
@@ -162,6 +173,8 @@ def main() -> None:
     check.section("smoke_linear_bf16", 45, lambda t: smoke(check, "linear_bf16", [
         "method.name=linear", "precision.dtype=bf16", "optim.epochs=2"], t))
     check.section("host_syncs", 60, lambda t: host_syncs(check, t))
+    if check.mode == "gpu":  # on the CPU the benchmark itself is the figure (benchmarks/results/packed.json)
+        check.section("packed", 90, lambda t: packed(check, t))
     check.section("smoke_zero2_bf16", 45, lambda t: smoke(check, "zero2_bf16", [
         "precision.dtype=bf16", "distributed.zero_stage=2", "optim.epochs=1"], t))
     failed = [k for k, v in check.report["sections"].items() if v.get("rc", 0) != 0 or "error" in v]
