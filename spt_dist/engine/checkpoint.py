@@ -161,7 +161,9 @@ class Checkpointer:
                  config_yaml: str) -> None:
         self.root, self.keep, self.every, self.dist = Path(root), keep, every, dist
         self.identity, self.config_yaml = identity, config_yaml
-        self.shape: Dict[str, int] = {}  # the run's shape (engine/shape.py), recorded in every checkpoint
+        # The run's shape (engine/shape.py), recorded in every checkpoint; full_optimizer: the
+        # ZeRO 1-2 optimizer state is saved whole too (engine/zero_state.py).
+        self.shape: Dict[str, Any] = {}
         self.saved_step = -1
         self.lost: List[str] = []  # checkpoints found corrupt when looking for the newest
 
@@ -196,6 +198,10 @@ class Checkpointer:
         failure = None
         try:
             engine.save_checkpoint(str(tmp / "ds"), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
+            if self.shape.get("full_optimizer"):  # elastic ZeRO 1-2: the state whole as well
+                from .zero_state import save_full
+
+                save_full(engine, tmp, self.dist.is_main)
             torch.save(rng_state(train_rng.state if train_rng else None), tmp / f"rng_rank{self.dist.rank}.pt")
         except (OSError, RuntimeError) as exc:
             if not _disk_full(exc):
@@ -260,10 +266,19 @@ class Checkpointer:
                 raise CheckpointMismatchError(
                     f"checkpoint {path} was written for {key}={held[key]!r}, but this run has {key}={want!r}; "
                     f"it cannot be resumed with this config (use a new run.name or the original config)")
+        # Another world size under ZeRO 1-2 (engine/shape.py allowed it: the state is saved whole):
+        # DeepSpeed's module file without its per-rank optimizer partitions, then the whole state
+        # re-partitioned over this job's ranks.
+        written_by = int((meta.get("shape") or {}).get("world_size", self.dist.world_size))
+        repartition = written_by != self.dist.world_size and engine.zero_optimization_stage() > 0
         load_path, _ = engine.load_checkpoint(str(path / "ds"), tag=TAG, load_module_strict=False,
-                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+                                              load_optimizer_states=not repartition, load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / 'ds'}")
+        if repartition:
+            from .zero_state import load_full
+
+            load_full(engine, path)
         rng_file = path / f"rng_rank{self.dist.rank}.pt"
         if not rng_file.is_file():  # more ranks than wrote the checkpoint (an elastic resume)
             saved = len(list(path.glob("rng_rank*.pt")))

@@ -86,7 +86,8 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         parts = build_parts(cfg, dist, resuming=resume_from is not None, shape=shape)
         dist.comm.agreed(verify_reads, cfg, parts)
         parts.features, no_features = build_feature_cache(cfg, parts, dist)
-        ckpt.identity, ckpt.shape = parts.identity, shape.as_dict()
+        ckpt.identity = parts.identity
+        ckpt.shape = {**shape.as_dict(), "full_optimizer": cfg.launch.elastic and parts.zero_stage in (1, 2)}
         rng, state = TrainRng(), TrainState()
         if resume_from is not None:
             state = TrainState.from_state_dict(ckpt.load(parts.engine, resume_from, rng)["state"])
