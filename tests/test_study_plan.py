@@ -115,3 +115,17 @@ def test_study_plan_command_prints_runs_and_cost(root, capsys):
     assert "12 cells (2 method(s) x 2 x 3 axis values)" in out
     assert "search: 36 runs (linear 24, vpt_deep 12)" in out and "final: 36 runs (3 seed(s) per cell" in out
     assert "training hours" in out and "GFLOP/s" in out
+
+
+def test_named_axis_label_tells_apart_backbones_of_one_architecture(root):
+    # Supervised and MAE weights of the same architecture: model.name alone would give both
+    # values the label 'vit_micro_p4_16' (refused as duplicate); a `label` names each cell.
+    text = SPEC.replace("- {{model.name: vit_micro_p4_16}}", "- {{label: sup, model.name: vit_micro_p4_16}}") \
+               .replace("- {{model.name: vit_micro_reg_p4_16}}", "- {{label: mae, model.name: vit_micro_p4_16}}")
+    plan = build_plan(load_spec(_spec(root, text, "labels.yaml")))
+    assert {c.labels["backbone"] for c in plan.cells} == {"sup", "mae"}
+    cell = next(c for c in plan.cells if c.key == "vpt_deep__backbone-mae__data.fraction-0.5")
+    assert plan.search[cell.key][0].cfg.model.name == "vit_micro_p4_16"  # the label is no override
+    same = SPEC.replace("vit_micro_reg_p4_16}}", "vit_micro_p4_16}}")
+    with pytest.raises(StudyError, match="two values with the same label"):
+        load_spec(_spec(root, same, "same.yaml"))

@@ -113,9 +113,12 @@ def _axes(raw: Any, path: Path) -> List[List[AxisValue]]:
             raise StudyError(f"{path}: axis '{name}' needs a non-empty list of values")
         out = []
         for i, v in enumerate(values):
-            if isinstance(v, dict):  # a named axis: several keys per value
+            if isinstance(v, dict):  # a named axis: several keys per value (and an optional label)
+                v = dict(v)
+                given = v.pop("label", None)
                 sets = _overrides(v, f"{path}: axes.{name}[{i}]")
-                label = next((_label(x) for k, x in v.items() if k.endswith(".name")), f"{name}{i}")
+                label = _label(given) if given is not None else \
+                    next((_label(x) for k, x in v.items() if k.endswith(".name")), f"{name}{i}")
             else:
                 sets, label = (f"{name}={_value(v)}",), _label(v)
             out.append(AxisValue(str(name), label, sets))

@@ -58,7 +58,9 @@ def rows(plan: Plan) -> Tuple[List[Dict[str, Any]], List[str]]:
             "top1": round(statistics.fmean(tops), 3) if tops else None,
             "std": round(statistics.stdev(tops), 3) if len(tops) > 1 else None, "n": len(tops),
             "trainable_params": first.get("trainable_params"), "backbone_params": first.get("backbone_params"),
-            "train_samples": first.get("train_samples"), "backbone": first.get("backbone"),
+            "train_samples": first.get("train_samples"),
+            # a backbone axis's label tells apart backbones of one architecture (supervised vs MAE)
+            "backbone": cell.labels.get("backbone") or first.get("backbone"),
             "selected": ";".join(f"{k}={v}" for k, v in (sel or {}).get("chosen", {}).items()),
             "val": (sel or {}).get("value"), "cpu_hours": round(cpu, 4), "gpu_hours": round(gpu, 4),
             "seed_top1": tops})
