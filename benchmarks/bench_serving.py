@@ -156,28 +156,36 @@ def _png(seed: int, size: int) -> bytes:
 async def _load(url: str, names: List[str], images: List[bytes], concurrency: int, total: int, litserve: bool) -> dict:
     import httpx
 
-    latencies, sem, rng = [], asyncio.Semaphore(concurrency), random.Random(0)
+    latencies, errors, sem, rng = [], [], asyncio.Semaphore(concurrency), random.Random(0)
     jobs = [(rng.choice(names), images[i % len(images)]) for i in range(total)]
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
         async def one(task: str, data: bytes) -> None:
             async with sem:
                 t0 = time.perf_counter()
-                if litserve:
-                    r = await client.post(f"{url}/predict", json={"task": task, "top_k": 1,
-                                                                   "image": base64.b64encode(data).decode()})
-                else:
-                    r = await client.post(f"{url}/v1/tasks/{task}/classify", params={"top_k": 1}, content=data)
-                r.raise_for_status()
+                try:
+                    if litserve:
+                        r = await client.post(f"{url}/predict", json={"task": task, "top_k": 1,
+                                                                       "image": base64.b64encode(data).decode()})
+                    else:
+                        r = await client.post(f"{url}/v1/tasks/{task}/classify", params={"top_k": 1}, content=data)
+                    r.raise_for_status()
+                except httpx.HTTPError as exc:  # counted and reported, not a crash of the benchmark
+                    errors.append(type(exc).__name__)
+                    return
                 latencies.append(time.perf_counter() - t0)
 
         await asyncio.gather(*(one(*jobs[i]) for i in range(min(8, total))))  # warm-up, not counted
         latencies.clear()
+        errors.clear()
         t0 = time.perf_counter()
         await asyncio.gather(*(one(t, d) for t, d in jobs))
         wall = time.perf_counter() - t0
     ms = np.asarray(latencies) * 1000.0
-    return {"concurrency": concurrency, "requests": total, "requests_per_s": round(total / wall, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return {"concurrency": concurrency, "requests": total, "answered": len(latencies),
+            "errors": {e: errors.count(e) for e in sorted(set(errors))},
+            "requests_per_s": round(len(latencies) / wall, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None}
 
 
 def _start(cmd: List[str], env: dict, ready: str) -> subprocess.Popen:
@@ -280,18 +288,32 @@ def main() -> None:
     ap.add_argument("--vitb", action="store_true", help="also the throughput of random ViT-B/16 weights (slow)")
     ap.add_argument("--litserve", default="", help="folder holding the litserve package, for the comparison")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--sections", default="throughput,memory,http",
+                    help="which parts to measure; the others keep their figures from --out")
     args = ap.parse_args()
-    result = {"machine": f"{os.cpu_count()} cores (shared), torch threads {torch.get_num_threads()}, no GPU",
-              "prompt_lengths": list(LENGTHS), "torch": torch.__version__}
+    out, sections = Path(args.out), args.sections.split(",")
+    result = json.loads(out.read_text()) if out.is_file() and len(sections) < 3 else {}
+    result.update(machine=f"{os.cpu_count()} cores (shared), torch threads {torch.get_num_threads()}, no GPU, "
+                          f"load average {os.getloadavg()[0]:.1f} at the start",
+                  prompt_lengths=list(LENGTHS), torch=torch.__version__)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(key: str, value: dict) -> None:  # after each part: a crash keeps what is done
+        result[key] = value
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         demo = write_packs(tmp / "demo", [], str(DEMO), 20)
-        print("throughput, demo backbone", flush=True)
-        result["throughput_vit_tiny_p7_28"] = {"batch": 64, **throughput(str(DEMO), demo, 64, 10, 5)}
-        result["memory_vit_tiny_p7_28"] = memory(str(DEMO), demo, build_separate=True)
-        print(f"  memory: {result['memory_vit_tiny_p7_28']}", flush=True)
-        print("serving over HTTP, demo backbone, 20 tasks", flush=True)
-        result["http_vit_tiny_p7_28_20_tasks"] = serving(demo, args.litserve, [(1, 200), (8, 600), (32, 1200)])
+        if "throughput" in sections:
+            print("throughput, demo backbone", flush=True)
+            save("throughput_vit_tiny_p7_28", {"batch": 64, **throughput(str(DEMO), demo, 64, 10, 5)})
+        if "memory" in sections:
+            save("memory_vit_tiny_p7_28", memory(str(DEMO), demo, build_separate=True))
+            print(f"  memory: {result['memory_vit_tiny_p7_28']}", flush=True)
+        if "http" in sections:
+            print("serving over HTTP, demo backbone, 20 tasks", flush=True)
+            save("http_vit_tiny_p7_28_20_tasks", serving(demo, args.litserve, [(1, 200), (8, 600), (32, 1200)]))
         if args.vitb:
             from spt_dist.model import build_backbone, save_backbone_weights
 
@@ -299,11 +321,9 @@ def main() -> None:
             vitb = save_backbone_weights(build_backbone("vit_b16"), tmp / "vit_b16_random.safetensors")
             packs = write_packs(tmp / "vitb", ["model.name=vit_b16"], vitb, 20)
             print("throughput, ViT-B/16", flush=True)
-            result["throughput_vit_b16"] = {"batch": 16, **throughput(vitb, packs, 16, 2, 2)}
-            result["memory_vit_b16"] = memory(vitb, packs, build_separate=False)
+            save("throughput_vit_b16", {"batch": 16, **throughput(vitb, packs, 16, 2, 2)})
+            save("memory_vit_b16", memory(vitb, packs, build_separate=False))
             print(f"  memory: {result['memory_vit_b16']}", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 
 
