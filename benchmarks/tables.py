@@ -69,6 +69,12 @@ FIGURES: List[Figure] = [
            ("throughput_vit_tiny_p7_28", "T=5", "scheduled_over_single"), ">= 0.9", "bench_serving.py", "x"),
     Figure("serving", "20 separate models over the bank, tensor bytes (demo backbone)", "serving.json",
            ("memory_vit_tiny_p7_28", "separate_over_bank"), "", "bench_serving.py", "x"),
+    Figure("serving", "HTTP requests/s, 8 in flight, 20 tasks: spt serve (FastAPI + uvicorn, batching)", "serving.json",
+           ("http_vit_tiny_p7_28_20_tasks", "fastapi_batched", 1, "requests_per_s"), "", "bench_serving.py"),
+    Figure("serving", "HTTP p99 latency (ms), 8 in flight: spt serve", "serving.json",
+           ("http_vit_tiny_p7_28_20_tasks", "fastapi_batched", 1, "p99_ms"), "", "bench_serving.py"),
+    Figure("serving", "HTTP requests/s, 8 in flight: the same bank behind LitServe's batching", "serving.json",
+           ("http_vit_tiny_p7_28_20_tasks", "litserve_batched", 1, "requests_per_s"), "", "bench_serving.py"),
 ]
 
 
