@@ -271,6 +271,16 @@ class Checkpointer:
         # re-partitioned over this job's ranks.
         written_by = int((meta.get("shape") or {}).get("world_size", self.dist.world_size))
         repartition = written_by != self.dist.world_size and engine.zero_optimization_stage() > 0
+        if repartition:  # the engine's stage (a deepspeed_json may set it), not only the config's
+            why = ("ZeRO-3 partitions the parameters too" if engine.zero_optimization_stage() == 3 else
+                   "fp16's loss-scaler state is not carried over" if engine.fp16_enabled() else
+                   None if (path / "optimizer_full.pt").is_file() else
+                   "it holds the optimizer state only in per-rank partitions (saved without launch.elastic)")
+            if why:
+                raise CheckpointMismatchError(
+                    f"checkpoint {path} was written by {written_by} rank(s) under ZeRO stage "
+                    f"{engine.zero_optimization_stage()} and cannot be re-partitioned over {self.dist.world_size}: "
+                    f"{why}; continue the run on {written_by} rank(s)")
         load_path, _ = engine.load_checkpoint(str(path / "ds"), tag=TAG, load_module_strict=False,
                                               load_optimizer_states=not repartition, load_lr_scheduler_states=True)
         if load_path is None:

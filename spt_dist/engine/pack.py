@@ -20,6 +20,8 @@ are the pack's (the job's time; `pack_size` says over how many runs it was share
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -137,6 +139,14 @@ def _common_resume(ckpts: List[Checkpointer], dist: DistInfo) -> List[Optional[P
     paths = [c.root / f"{PREFIX}{common:08d}" for c in ckpts]
     ok = common >= 0 and all(p == n or verify(p) is None for p, n in zip(paths, newest)) if dist.is_main else None
     if dist.comm.broadcast_object(ok):
+        if dist.is_main:  # saves of some members past the common step: aside, or rotation counts them
+            for c in ckpts:
+                for ahead in sorted(c.root.glob(f"{PREFIX}*")):
+                    if ahead.name[len(PREFIX):].isdigit() and int(ahead.name[len(PREFIX):]) > common:
+                        aside = ahead.with_name(f".ahead_{ahead.name}")
+                        shutil.rmtree(aside, ignore_errors=True)
+                        os.replace(ahead, aside)
+        dist.comm.barrier()
         return paths
     if dist.is_main:
         print("spt: the pack's members hold no common checkpoint step; the pack starts again from step 0",
