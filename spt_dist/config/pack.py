@@ -23,12 +23,10 @@ import dataclasses
 import itertools
 from typing import Any, Dict, List, Sequence, Tuple
 
-from omegaconf import OmegaConf
-
 from .errors import ConfigError
 from .load import load_config
 from .schema import Config
-from .sweep import expand
+from .sweep import expand, read_grid_file
 
 PACK_FREE = frozenset({
     "optim.name", "optim.lr", "optim.lr_scaling", "optim.momentum", "optim.weight_decay",
@@ -115,20 +113,9 @@ def _member_lists(raw: Any, path: str) -> List[List[str]]:
 
 def read_pack_file(path: str) -> Tuple[Dict[str, List[str]], List[str], List[List[str]]]:
     """(grid, overrides, member override lists) of a pack file."""
-    try:
-        raw = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as exc:
-        raise ConfigError(f"{path}: cannot parse pack YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a pack file is a mapping with overrides, grid and/or members")
-    unknown = set(raw) - set(PACK_FILE_KEYS)
-    if unknown:
-        extra = " (the run file is the CONFIG argument of `spt train`)" if unknown & {"config", "configs"} else ""
-        raise ConfigError(f"{path}: unknown pack key(s) {', '.join(sorted(unknown))}{extra}; "
-                          f"allowed: {', '.join(PACK_FILE_KEYS)}")
-    grid = {str(k): [str(v) for v in (vs if isinstance(vs, list) else [vs])]
-            for k, vs in (raw.get("grid") or {}).items()}
-    return grid, [str(o) for o in raw.get("overrides") or []], _member_lists(raw.get("members"), path)
+    raw, grid, overrides = read_grid_file(path, "pack", PACK_FILE_KEYS, (
+        ("config", "configs"), " (the run file is the CONFIG argument of `spt train`)"))
+    return grid, overrides, _member_lists(raw.get("members"), path)
 
 
 def load_pack(config: str, pack_file: str, overrides: Sequence[str] = (),

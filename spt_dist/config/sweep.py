@@ -14,7 +14,7 @@ import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
@@ -67,22 +67,32 @@ def is_sweep_file(path: str) -> bool:
     return hasattr(raw, "keys") and bool({"config", "configs", "grid"} & set(raw.keys()))
 
 
-def load_sweep_file(path: str) -> tuple:
-    """(configs, grid, overrides) from a sweep YAML."""
+def read_grid_file(path: str, kind: str, allowed: Sequence[str], hint: Tuple[Sequence[str], str] = ((), "")
+                   ) -> Tuple[dict, Dict[str, List[str]], List[str]]:
+    """(raw mapping, grid, overrides) of a sweep-format YAML file (`kind`: sweep or pack), its
+    keys checked against `allowed`; hint = (keys, text): text is added to the unknown-key error
+    when one of those keys is among the unknown ones."""
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as exc:
-        raise ConfigError(f"{path}: cannot parse sweep YAML: {exc}") from None
+        raise ConfigError(f"{path}: cannot parse {kind} YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a sweep file is a mapping with config/configs, overrides, grid")
-    unknown = set(raw) - {"config", "configs", "overrides", "grid"}
+        raise ConfigError(f"{path}: a {kind} file is a mapping with {', '.join(allowed)}")
+    unknown = set(raw) - set(allowed)
     if unknown:
-        raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; "
-                          "allowed: config, configs, overrides, grid")
+        extra = hint[1] if unknown & set(hint[0]) else ""
+        raise ConfigError(f"{path}: unknown {kind} key(s) {', '.join(sorted(unknown))}{extra}; "
+                          f"allowed: {', '.join(allowed)}")
+    grid = {str(k): [str(v) for v in (vs if isinstance(vs, list) else [vs])]
+            for k, vs in (raw.get("grid") or {}).items()}
+    return raw, grid, [str(o) for o in raw.get("overrides") or []]
+
+
+def load_sweep_file(path: str) -> tuple:
+    """(configs, grid, overrides) from a sweep YAML."""
+    raw, grid, overrides = read_grid_file(path, "sweep", ("config", "configs", "overrides", "grid"))
     base = Path(path).parent
     def _at(p: str) -> str:
         return str(base / p) if not Path(p).is_absolute() and (base / p).exists() else p
     configs = [_at(str(c)) for c in ([raw["config"]] if raw.get("config") else []) + list(raw.get("configs") or [])]
-    grid = {str(k): [str(v) for v in (vs if isinstance(vs, list) else [vs])]
-            for k, vs in (raw.get("grid") or {}).items()}
-    return configs, grid, [str(o) for o in raw.get("overrides") or []]
+    return configs, grid, overrides
