@@ -26,33 +26,39 @@ def tiny_fs(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def _fill(folder: Path) -> Path:
-    filler = folder / f"filler-{uuid.uuid4().hex}"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
+def _fill(filler) -> None:
+    """Write zeros through an already open file until the file system refuses."""
+    try:
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+    except OSError:
+        pass
+    filler.close()
+
+
+def _usage(folder: Path) -> str:
+    return subprocess.run(["du", "-ak", str(folder)], capture_output=True, text=True).stdout[-3000:]
 
 
 def test_disk_full_is_named_and_the_run_resumes(tmp_path, tiny_fs):
     assets = make_assets(tmp_path / "assets")
     config = write_config(tmp_path / "cfg.yaml", assets, tiny_fs / "runs", epochs=60, every=4)
     run = tiny_fs / "runs" / "full"
+    # opened before the run starts, so that filling never depends on creating a file on a busy fs
+    filler_path = tiny_fs / f"filler-{uuid.uuid4().hex}"
+    filler = open(filler_path, "wb")
     proc = subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "train", str(config), "run.name=full",
                              "data.batch_size=16", "optim.warmup_epochs=0"], cwd=ROOT, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_step(run / "metrics.jsonl", 5, proc, timeout=180)
-    filler = _fill(tiny_fs)
+    _fill(filler)
     out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 2, out[-3000:]
+    assert proc.returncode == 2, out[-3000:] + _usage(tiny_fs)
     assert f"spt: error: no space left on {run}" in out, out[-3000:]
     assert "unexpected pos" not in out
     assert not list((run / "checkpoints").glob(".tmp_*")), "a partial checkpoint was left behind"
-    filler.unlink()
+    filler_path.unlink()
     shutil.rmtree(run / "tb", ignore_errors=True)  # TensorBoard's writer may hold a broken file
     resumed = subprocess.run([PYTHON, "-m", "spt_dist.cli", "train", str(run)], cwd=ROOT, env=env(),
                              capture_output=True, text=True, timeout=600)
