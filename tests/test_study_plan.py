@@ -115,6 +115,7 @@ def test_study_plan_command_prints_runs_and_cost(root, capsys):
     assert "12 cells (2 method(s) x 2 x 3 axis values)" in out
     assert "search: 36 runs (linear 24, vpt_deep 12)" in out and "final: 36 runs (3 seed(s) per cell" in out
     assert "training hours" in out and "GFLOP/s" in out
+    assert "rank-hours in all" in out and "of start-up" in out
 
 
 def test_named_axis_label_tells_apart_backbones_of_one_architecture(root):
@@ -129,3 +130,40 @@ def test_named_axis_label_tells_apart_backbones_of_one_architecture(root):
     same = SPEC.replace("vit_micro_reg_p4_16}}", "vit_micro_p4_16}}")
     with pytest.raises(StudyError, match="two values with the same label"):
         load_spec(_spec(root, same, "same.yaml"))
+
+
+def test_cost_counts_evaluation_passes_and_measured_startup(root):
+    from dataclasses import replace
+
+    from spt_dist.config.load import to_yaml
+    from spt_dist.engine.preflight import training_samples
+    from spt_dist.study.cost import STARTUP_S, estimate, forward_samples, measured_startup
+
+    plan = build_plan(load_spec(_spec(root)))
+    cell = next(c for c in plan.cells if c.key == "linear__backbone-vit_micro_p4_16__data.fraction-0.5")
+    search, final = plan.search[cell.key][0], plan.final(cell, cell.grid()[0])[0]
+    assert forward_samples(search.cfg) == 12 * 2  # val (12 images) after each of 2 epochs, no test
+    assert forward_samples(final.cfg) == 12  # test once, no val
+    every2 = replace(search.cfg, run=replace(search.cfg.run, eval_every=3), optim=replace(search.cfg.optim, epochs=7))
+    assert forward_samples(every2) == 12 * 3  # epochs 3, 6 and the last (7)
+    assert training_samples(final.cfg) == 48  # half of the 96 training images
+    spt_all = replace(final.cfg, method=replace(final.cfg.method, name="spt", init="kmeans", prompt_length=2,
+                                                init_images=0))
+    assert forward_samples(spt_all) == 12 + 48  # + prototypes from the whole (fraction of the) training split
+    spt_some = replace(spt_all, method=replace(spt_all.method, init_images=20))
+    assert forward_samples(spt_some) == 12 + 20
+
+    pool = root / "startup_pool"
+    for i, (wall, train) in enumerate([(30.0, 10.0), (17.0, 10.0), (12.0, 10.0)]):
+        run = pool / f"run{i}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(to_yaml(final.cfg))
+        (run / "results.json").write_text(f'{{"status": "finished", "wall_s": {wall}, "train_s": {train}}}')
+    fast = 1e30  # FLOP/s: evaluation costs nothing, what is left is start-up
+    assert measured_startup(pool, {}, fast) == pytest.approx(7.0)  # the median of 20, 7 and 2
+    assert measured_startup(root / "nothing_here", {}, fast) is None
+
+    cost = estimate([search, final], training_samples, {}, 1e9, startup_s=None)
+    assert cost["startup_seconds"] == 2 * STARTUP_S and not cost["startup_measured"]
+    assert cost["total_seconds"] == pytest.approx(cost["seconds"] + cost["eval_seconds"] + 2 * STARTUP_S)
+    assert cost["eval_seconds"] > 0

@@ -1,6 +1,9 @@
 """What a study will cost before it runs: samples to process per run, at a rate measured by
 earlier runs of the same shape (their results.json), else estimated from FLOPs at this
-machine's measured matmul rate.
+machine's measured matmul rate; and what a run costs beyond its training steps: its
+evaluation passes (val every run.eval_every epochs and at the end, test at the end, SPT's
+prototype images), forward only, and its start-up (process, DeepSpeed, index, checkpoint
+load), measured from earlier runs' wall_s where there are any.
 
 A run's shape is what decides its speed: backbone, image size, prompt length and depth,
 method (whether gradients flow through the backbone), per-rank batch, world size, precision.
@@ -8,6 +11,7 @@ method (whether gradients flow through the backbone), per-rank batch, world size
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple
@@ -72,17 +76,80 @@ def machine_flops(seconds: float = 0.3) -> float:
     return n * 2 * 512 ** 3 / (time.perf_counter() - start)
 
 
-def estimate(runs: Iterable[Any], samples_of, rates: Dict[Tuple, float], flops_rate: Optional[float]) -> Dict:
-    """Seconds of training over `runs` (PlannedRun) and how each rate was found."""
-    total, measured, estimated = 0.0, 0, 0
+STARTUP_S = 20.0  # a CPU rank's start-up on the development machine, where no earlier run measured it
+
+
+def forward_samples(cfg: Config) -> int:
+    """Samples a run passes forward only: val passes, the test pass and SPT's prototype images."""
+    from spt_dist.engine.preflight import load_index, training_samples
+
+    size = {name: split.num_samples for name, split in load_index(cfg.data.root).splits.items()}
+    epochs, every = cfg.optim.epochs, cfg.run.eval_every
+    n = 0
+    if cfg.data.val_split:
+        n += size.get(cfg.data.val_split, 0) * (epochs // every + (epochs % every != 0))
+    if cfg.data.test_split:
+        n += size.get(cfg.data.test_split, 0)
+    if cfg.method.name == "spt" and cfg.method.init != "vpt":
+        train = training_samples(cfg)
+        n += min(cfg.method.init_images, train) if cfg.method.init_images else train
+    return n
+
+
+def _grad_factor(cfg: Config) -> float:
+    return 3.0 if cfg.method.name == "full" or cfg.method.prompt_length > 0 else 1.0
+
+
+def measured_startup(runs_dir: Path, rates: Dict[Tuple, float], flops_rate: float) -> Optional[float]:
+    """Median seconds a finished run under runs_dir spent outside training and evaluation."""
+    from spt_dist.config import load_config
+
+    extra = []
+    for path in Path(runs_dir).glob("*/results.json"):
+        try:
+            res = json.loads(path.read_text())
+            if res.get("status") != "finished" or not res.get("wall_s") or res.get("train_s") is None:
+                continue
+            cfg = load_config(str(path.parent / "config.yaml"))
+            eval_s = forward_samples(cfg) / _forward_rate(cfg, rates, flops_rate)
+        except Exception:  # an unreadable or older folder: not a reference
+            continue
+        extra.append(max(0.0, float(res["wall_s"]) - float(res["train_s"]) - eval_s))
+    return statistics.median(extra) if extra else None
+
+
+def _train_rate(cfg: Config, rates: Dict[Tuple, float], flops_rate: float) -> Tuple[float, bool]:
+    rate = rates.get(shape(cfg))
+    if rate:
+        return rate, True
+    world = cfg.launch.nodes * cfg.launch.tasks_per_node
+    return flops_rate * world / flops_per_sample(cfg), False
+
+
+def _forward_rate(cfg: Config, rates: Dict[Tuple, float], flops_rate: float) -> float:
+    """Forward-only samples/s: a training rate without its backward passes."""
+    rate, measured = _train_rate(cfg, rates, flops_rate)
+    if measured and cfg.method.name == "linear":
+        # a measured linear probe may train on cached features: price its forwards by FLOPs
+        world = cfg.launch.nodes * cfg.launch.tasks_per_node
+        return flops_rate * world / flops_per_sample(cfg)
+    return rate * _grad_factor(cfg)
+
+
+def estimate(runs: Iterable[Any], samples_of, rates: Dict[Tuple, float], flops_rate: Optional[float],
+             startup_s: Optional[float] = None) -> Dict:
+    """Seconds over `runs` (PlannedRun): of training, of evaluation passes, of start-up; and how
+    each training rate was found. `startup_s`: per run (measured_startup), else STARTUP_S."""
+    flops_rate = flops_rate or machine_flops()
+    train, evals, n_runs, measured, estimated = 0.0, 0.0, 0, 0, 0
     for r in runs:
-        samples = r.cfg.optim.epochs * samples_of(r.cfg)
-        rate = rates.get(shape(r.cfg))
-        if rate:
-            measured += 1
-        else:
-            estimated += 1
-            world = r.cfg.launch.nodes * r.cfg.launch.tasks_per_node
-            rate = (flops_rate or machine_flops()) * world / flops_per_sample(r.cfg)
-        total += samples / rate
-    return {"seconds": total, "runs_measured": measured, "runs_estimated": estimated}
+        rate, was_measured = _train_rate(r.cfg, rates, flops_rate)
+        measured += was_measured
+        estimated += not was_measured
+        n_runs += 1
+        train += r.cfg.optim.epochs * samples_of(r.cfg) / rate
+        evals += forward_samples(r.cfg) / _forward_rate(r.cfg, rates, flops_rate)
+    per_run = STARTUP_S if startup_s is None else startup_s
+    return {"seconds": train, "eval_seconds": evals, "startup_seconds": per_run * n_runs,
+            "startup_per_run": per_run, "startup_measured": startup_s is not None,
+            "total_seconds": train + evals + per_run * n_runs, "runs_measured": measured, "runs_estimated": estimated}

@@ -15,7 +15,7 @@ def _plan(spec_path: str):
 def _cmd_plan(args: argparse.Namespace) -> int:
     from spt_dist.engine.preflight import training_samples
 
-    from .cost import estimate, machine_flops, measured_rates
+    from .cost import estimate, machine_flops, measured_rates, measured_startup
     from .driver import survey
 
     plan = _plan(args.spec)
@@ -35,11 +35,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     rates, flops = measured_rates(spec.runs_dir), machine_flops()
     first_final = [plan.final(c, c.grid()[0])[0] for c in plan.cells]
     finals = [r for c, f in zip(plan.cells, first_final) for r in [f] * len(spec.seeds)]
-    cost = estimate([r for runs in plan.search.values() for r in runs] + finals, training_samples, rates, flops)
+    cost = estimate([r for runs in plan.search.values() for r in runs] + finals, training_samples, rates, flops,
+                    measured_startup(spec.runs_dir, rates, flops))
     hours = cost["seconds"] / 3600
     print(f"  cost: about {hours:.2f} training hours of the runs' ranks ({cost['runs_measured']} runs from measured "
           f"rates of earlier runs of the same shape, {cost['runs_estimated']} from FLOPs at this machine's "
           f"{flops / 1e9:.0f} GFLOP/s)")
+    how = "measured: median of earlier runs" if cost["startup_measured"] else "assumed, no earlier run here"
+    print(f"        about {cost['total_seconds'] / 3600:.2f} rank-hours in all: + {cost['eval_seconds'] / 3600:.2f} h "
+          f"of evaluation and prototype passes, + {cost['startup_seconds'] / 3600:.2f} h of start-up "
+          f"({cost['startup_per_run']:.0f} s per run, {how})")
     return 0
 
 
