@@ -1,8 +1,8 @@
 """The evidence study's numbers, curves and claim checks, from the study's files only.
 
-Reads study specs (default: the three parts, configs/study/evidence_fewshot.yaml,
-evidence_length.yaml, evidence_fraction.yaml), their selections and the run folders
-`spt study run` wrote, and writes:
+Reads study specs (default: every part, configs/study/evidence_*.yaml), their selections and
+the run folders `spt study run` wrote, and writes (a part whose run folders are all absent
+here keeps its entry from the JSON already there, and says so):
   benchmarks/results/evidence.json      per cell: test top-1 of every seed, mean, std (n-1), n,
                                          the selected lr and its val top-1; the claim checks;
                                          the alignment of the prompts to the token prototypes
@@ -18,6 +18,7 @@ Run: python benchmarks/evidence.py [SPEC ...]
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -102,10 +103,28 @@ def _diff(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
     return {"diff": round(a["top1"] - b["top1"], 3), "se": se}
 
 
+def _length(method: str) -> Optional[int]:
+    """Prompt length from a method's name (`vpt_deep_p16`, `spt_deep_p16_mean_pool`), else None."""
+    m = re.search(r"_p(\d+)(?:_|$)", method)
+    return int(m.group(1)) if m else None
+
+
+def _against(cells, fr, pairs) -> List[Dict[str, Any]]:
+    """Per backbone, each (a, b) method pair's difference a - b, where both cells exist."""
+    out = []
+    for bb in sorted({c["backbone"] for c in cells if "backbone" in c}):
+        for a, b in pairs:
+            x, y = _get(cells, a, backbone=bb, fraction=fr), _get(cells, b, backbone=bb, fraction=fr)
+            if x and y:
+                out.append({"backbone": bb, "fraction": fr, "a": a, "b": b, "a_top1": x["top1"], "a_std": x["std"],
+                            "b_top1": y["top1"], "b_std": y["std"], **_diff(x, y)})
+    return out
+
+
 def claims(cells: List[Dict[str, Any]]) -> Dict[str, Any]:
     backbones = sorted({c["backbone"] for c in cells if "backbone" in c})
     fractions = sorted({c["fraction"] for c in cells if "fraction" in c}, key=lambda s: float(s[1:]))
-    lengths = sorted({int(c["method"].rsplit("_p", 1)[1]) for c in cells if "_p" in c["method"]})
+    lengths = sorted({_length(c["method"]) for c in cells if _length(c["method"]) is not None})
     out: Dict[str, Any] = {"spt_minus_vpt": [], "spt_gain_by_backbone": {}, "length_spread": [],
                            "fraction": [], "alignment": []}
     gains = defaultdict(list)
@@ -141,6 +160,11 @@ def claims(cells: List[Dict[str, Any]]) -> Dict[str, Any]:
             if len(pts) > 1:
                 out["fraction"].append({"backbone": bb, "method": m,
                                         "by_fraction": sorted(pts, key=lambda t: t[1] or 0)})
+    # other methods and SPT's other prototype strategies, against VPT-deep and SPT-deep (k-means)
+    methods = sorted({c["method"] for c in cells})
+    pairs = [(m, ref) for m in methods for ref in ("vpt_deep_p16", "spt_deep_p16")
+             if m != ref and (m.startswith("spt_deep_p16_") or m in ("full", "linear"))]
+    out["versus"] = [d for fr in fractions for d in _against(cells, fr, pairs)]
     for c in cells:
         if c["alignment"] and c["method"].startswith(("vpt", "spt")):
             out["alignment"].append({"cell": c["cell"], "start": c["alignment"][0][1], "end": c["alignment"][-1][1],
@@ -195,12 +219,19 @@ def plots(cells: List[Dict[str, Any]], prefix: str) -> List[str]:
     return [str(p1.relative_to(ROOT)), str(p2.relative_to(ROOT))]
 
 
+PARTS = ("fewshot", "length", "fraction", "capacity", "methods", "digits")
+
+
 def main(argv: List[str]) -> int:
-    specs = argv or [f"configs/study/evidence_{p}.yaml" for p in ("fewshot", "length", "fraction")]
-    result: Dict[str, Any] = {"studies": {}}
+    specs = argv or [f"configs/study/evidence_{p}.yaml" for p in PARTS]
+    before = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {"studies": {}}
+    result: Dict[str, Any] = {"studies": dict(before.get("studies", {}))}
     for spec in specs:
         data = collect(spec)
         name = Path(spec).stem
+        if all(c["top1"] is None for c in data["cells"]) and name in result["studies"]:
+            print(f"{name}: no finished run here; its entry in {OUT_JSON.name} is kept as it was")
+            continue
         prefix = name.replace("evidence_", "") + "_"
         data["claims"] = claims(data["cells"])
         data["figures"] = plots(data["cells"], prefix)

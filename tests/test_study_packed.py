@@ -1,6 +1,7 @@
-"""protocol.pack_search: a search grid whose runs cannot form one pack is refused when the
-study is planned, naming the key. (A cell's search stage going out as one packed task, end to
-end: tests/test_study_run.py.)"""
+"""protocol.pack_search: a prompt method's search grid whose runs cannot form one pack is
+refused when the study is planned, naming the key; a linear probe's cells run one task per run
+beside packed prompt cells. (A cell's search stage going out as one packed task, end to end:
+tests/test_study_run.py.)"""
 from __future__ import annotations
 
 import pytest
@@ -15,4 +16,38 @@ def test_a_search_grid_that_cannot_be_packed_is_refused_naming_the_key(tmp_path)
 
     spec = make_study(tmp_path, "local", pack_search=True, search="{method.prompt_length: [2, 4]}")
     with pytest.raises(StudyError, match="method.prompt_length"):
+        build_plan(load_spec(spec))
+
+
+LINEAR = ("methods:\n", "methods:\n  linear:\n    overrides: [method.name=linear, method.prompt_length=0, "
+                        "method.deep=false]\n    search: {optim.lr: [0.01, 0.1]}\n")
+
+
+def test_cells_packed_training_cannot_train_run_one_task_per_run(tmp_path):
+    from spt_dist.study.driver import _groups
+    from spt_dist.study.plan import SEARCH, build_plan
+    from spt_dist.study.spec import load_spec
+
+    spec = make_study(tmp_path, "local", pack_search=True)
+    spec.write_text(spec.read_text().replace(*LINEAR))
+    plan = build_plan(load_spec(spec))
+    assert [c.method.name for c in plan.cells] == ["linear", "vpt_deep"]
+    assert plan.packed == [plan.cells[1].key]  # the linear probe's cell is not packed
+    runs = [r for c in plan.cells for r in plan.search[c.key]]
+    groups = _groups(runs, plan.packed)
+    assert [[r.cfg.method.name for r in g] for g in groups] == [["linear"], ["linear"], ["vpt", "vpt"]]
+    assert all(r.stage == SEARCH for g in groups for r in g)
+    finals = plan.final(plan.cells[1], plan.cells[1].grid()[0])
+    assert [len(g) for g in _groups(finals, plan.packed)] == [1, 1]  # the final stage: one task per seed
+
+
+def test_pack_search_with_nothing_to_pack_is_refused(tmp_path):
+    from spt_dist.study.errors import StudyError
+    from spt_dist.study.plan import build_plan
+    from spt_dist.study.spec import load_spec
+
+    spec = make_study(tmp_path, "local", pack_search=True)
+    text = spec.read_text().replace(*LINEAR)
+    spec.write_text(text[:text.index("  vpt_deep:")] + text[text.index("protocol:"):])
+    with pytest.raises(StudyError, match="no method of this study is a prompt method"):
         build_plan(load_spec(spec))

@@ -63,6 +63,11 @@ def _flat(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def packable_method(cfg) -> bool:
+    """Whether packed training can train this config's method (prompt methods with prompts)."""
+    return cfg.method.name in PACK_METHODS and cfg.method.prompt_length > 0
+
+
 def check_pack(members: Sequence[PackMember]) -> None:
     """The whole pack at once: agreement on every key outside PACK_FREE, and what the packed
     engine supports (prompt methods, ZeRO stage 0, fp32, two checkpoints kept)."""
@@ -71,7 +76,7 @@ def check_pack(members: Sequence[PackMember]) -> None:
     first = _flat(dataclasses.asdict(members[0].cfg))
     for i, m in enumerate(members):
         cfg = m.cfg
-        if cfg.method.name not in PACK_METHODS or not cfg.method.prompt_length:
+        if not packable_method(cfg):
             raise ConfigError(f"pack member {i} ({m.label}): method.name={cfg.method.name!r} with "
                               f"method.prompt_length={cfg.method.prompt_length}; packed training is for prompt "
                               f"methods ({', '.join(PACK_METHODS)}) with prompt_length >= 1")

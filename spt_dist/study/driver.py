@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 from .plan import FINAL, SEARCH, Plan, PlannedRun, unique_runs
 from .progress import RunState, read_ledger, record, run_state
@@ -51,18 +51,20 @@ def survey(plan: Plan) -> Pass:
     return Pass(states, final, warnings=warnings)
 
 
-def _groups(runs: List[PlannedRun], pack_search: bool) -> List[List[PlannedRun]]:
-    """One task per run; with protocol.pack_search, a cell's search runs of this pass form one pack."""
+def _groups(runs: List[PlannedRun], packed: Sequence[str]) -> List[List[PlannedRun]]:
+    """One task per run; the search runs of this pass of a cell in `packed` (protocol.pack_search)
+    form one pack."""
     groups: Dict[str, List[PlannedRun]] = {}
     for i, r in enumerate(runs):
-        groups.setdefault(f"search/{r.cell.key}" if pack_search and r.stage == SEARCH else f"run/{i}", []).append(r)
+        pack = r.stage == SEARCH and r.cell.key in packed
+        groups.setdefault(f"search/{r.cell.key}" if pack else f"run/{i}", []).append(r)
     return list(groups.values())
 
 
-def _submit(runs: List[PlannedRun], out_dir, pack_search: bool = False) -> None:
+def _submit(runs: List[PlannedRun], out_dir, packed: Sequence[str] = ()) -> None:
     from .submit import submit_groups
 
-    groups = _groups(runs, pack_search)
+    groups = _groups(runs, packed)
     runs = [r for g in groups for r in g]
     subs = submit_groups([[r.cfg for r in g] for g in groups], [r.config_path for r in runs])
     record(out_dir, [{"run_dir": str(s.run_dir), "job_id": str(s.job.job_id), "job_folder": str(s.job_folder),
@@ -83,7 +85,7 @@ def step(plan: Plan, max_attempts: int = 2) -> Pass:
         if resolve_cluster(launch.cluster) == "local":  # no array throttle: keep at most N at once
             todo = todo[:max(0, launch.array_parallelism - p.count("running"))]
         if todo:
-            _submit(todo, plan.spec.out_dir, plan.spec.pack_search)
+            _submit(todo, plan.spec.out_dir, plan.packed)
             p.submitted = todo
     return p
 

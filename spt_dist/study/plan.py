@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -95,6 +95,7 @@ class Plan:
     spec: StudySpec
     cells: List[Cell]
     search: Dict[str, List[PlannedRun]]   # cell key -> runs
+    packed: List[str] = field(default_factory=list)  # protocol.pack_search: cells whose search is one pack
 
     def final(self, cell: Cell, point: Dict[str, Any]) -> List[PlannedRun]:
         return [make_run(self.spec, cell, FINAL, point, seed) for seed in self.spec.seeds]
@@ -107,18 +108,30 @@ def build_plan(spec: StudySpec, check_final: bool = True) -> Plan:
     if len(set(keys)) != len(keys):
         raise ValueError("two cells share a name; give axis values distinct labels")
     search = {c.key: [make_run(spec, c, SEARCH, p, None) for p in c.grid()] for c in all_cells}
-    if spec.pack_search:
-        for key, runs in search.items():
-            check_packable(key, runs)
+    packed = packed_cells(spec, search) if spec.pack_search else []
     if check_final:
         for c in all_cells:
             for seed in spec.seeds:
                 make_run(spec, c, FINAL, c.grid()[0], seed)
-    return Plan(spec, all_cells, search)
+    return Plan(spec, all_cells, search, packed)
+
+
+def packed_cells(spec: StudySpec, search: Dict[str, List[PlannedRun]]) -> List[str]:
+    """protocol.pack_search: the cells of prompt methods, each checked to form a pack; a linear
+    probe's or full fine-tuning's cells (which packed training cannot train) run one task per run."""
+    from spt_dist.config.pack import packable_method
+
+    keys = [key for key, runs in search.items() if packable_method(runs[0].cfg)]
+    if not keys:
+        raise StudyError(f"{spec.name}: protocol.pack_search=true, but no method of this study is a prompt "
+                         f"method with prompts (vpt, spt with method.prompt_length >= 1); nothing could be packed")
+    for key in keys:
+        check_packable(key, search[key])
+    return keys
 
 
 def check_packable(cell: str, runs: Sequence[PlannedRun]) -> None:
-    """protocol.pack_search: a cell's search runs must form a pack (config/pack.py)."""
+    """A prompt method's cell under protocol.pack_search: its search runs must form a pack (config/pack.py)."""
     from spt_dist.config import ConfigError
     from spt_dist.config.pack import PackMember, check_pack
 

@@ -24,7 +24,7 @@ protocol:
   tune: [data.stage=tune]           # overrides of the search stage
   final: [data.stage=final]         # overrides of the final stage
   seeds: [0, 1, 2]                  # final runs per cell (run.seed)
-  pack_search: false                # true: a cell's search runs (those still to run) go out as ONE
+  pack_search: false                # true: a prompt cell's search runs (those still to run) go out as ONE
                                     #   packed task (spt train --pack; training.md), each in its own folder
 launch: {array_parallelism: 8}      # launch settings of every run (or a list of launch.key=value)
 ```

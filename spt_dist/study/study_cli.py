@@ -30,6 +30,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"    {c.key}: {len(plan.search[c.key])} runs, e.g. {plan.search[c.key][0].name}")
     print(f"  final: {len(plan.cells) * len(spec.seeds)} runs ({len(spec.seeds)} seed(s) per cell, after selection "
           f"on {spec.metric})")
+    if spec.pack_search:
+        lone = [c.key for c in plan.cells if c.key not in plan.packed]
+        print(f"  pack_search: {len(plan.packed)} cell(s) search as one packed task each"
+              + (f"; {len(lone)} cell(s) of methods packed training cannot train (linear, full) one task per run"
+                 if lone else ""))
     p = survey(plan)
     print(f"  already: {p.count('done')} done, {p.count('running')} running, {len(p.final)} cells selected")
     rates, flops = measured_rates(spec.runs_dir), machine_flops()
