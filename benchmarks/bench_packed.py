@@ -14,7 +14,7 @@ evaluation, checkpoints), and `step_forward_backward_s` times the model's forwar
 alone (8 lone passes against one packed pass) at the demo's batch and at batch 8. The trained
 tensors of both modes are compared too.
 
-Run: OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench_packed.py
+Run: OMP_NUM_THREADS=2 DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench_packed.py   (as benchmarks/run_all does)
      -> benchmarks/results/packed.json
 """
 from __future__ import annotations
