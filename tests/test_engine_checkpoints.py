@@ -265,3 +265,34 @@ def test_every_checkpoint_corrupt_is_said_loudly_and_the_run_starts_over(tmp_pat
     lost = [e for e in events if e["event"] == "checkpoints_lost"]
     assert len(lost) == 1 and sorted(lost[0]["corrupt"]) == ["step_00000006", "step_00000007"]
     assert lost[0]["resumed_from"] is None
+
+
+def test_a_rank_added_by_an_elastic_resume_draws_a_stream_of_its_own(tmp_path):
+    import random
+
+    import numpy as np
+
+    from spt_dist.engine.checkpoint import TrainRng, added_rank_rng, rng_state, set_rng_state
+
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    path = tmp_path / "rng_rank0.pt"
+    torch.save(rng_state(), path)
+    saved = torch.load(path, weights_only=True)  # as the checkpoint's loader reads it
+
+    def draws(state):
+        rng = TrainRng()
+        set_rng_state(state, rng)
+        with rng.active():
+            masks = torch.rand(64)
+        return masks, np.random.rand(4).tolist(), random.random()
+
+    base = draws(saved)
+    assert torch.equal(base[0], draws(saved)[0])  # rank 0 continues its own stream exactly
+    r1, r2 = draws(added_rank_rng(saved, 1)), draws(added_rank_rng(saved, 2))
+    for other in (r1, r2):
+        assert not torch.equal(other[0], base[0]) and other[1] != base[1] and other[2] != base[2]
+    assert not torch.equal(r1[0], r2[0])
+    again = draws(added_rank_rng(saved, 1))  # the same checkpoint and rank: the same stream
+    assert torch.equal(again[0], r1[0]) and again[1:] == r1[1:]

@@ -78,9 +78,27 @@ def rng_state(torch_state: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     state = {"torch": torch.get_rng_state() if torch_state is None else torch_state,
              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
              "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this rank's own device: a resume may see fewer or other GPUs
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
+
+
+def added_rank_rng(state: Dict[str, Any], rank: int) -> Dict[str, Any]:
+    """RNG states for a rank that did not write the checkpoint (an elastic resume onto more
+    ranks), from the state of the rank it borrows: a stream of its own, derived from that state
+    and its rank, so that two ranks never draw the same prompt-dropout masks."""
+    import hashlib
+
+    digest = hashlib.sha256(state["torch"].numpy().tobytes() + b"rank%d" % rank).digest()
+    seed = int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+    name, keys, pos, has_gauss, cached = np.random.RandomState(seed % 2 ** 32).get_state()
+    version, internal, gauss = random.Random(seed).getstate()
+    out = {"torch": torch.Generator().manual_seed(seed).get_state(),
+           "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+           "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
+    if "cuda_device" in state or "cuda" in state:
+        out["cuda_seed"] = seed + 1  # CUDA's generator is seeded in place (its state has another layout)
+    return out
 
 
 def set_rng_state(state: Dict[str, Any], train_rng: Optional[TrainRng] = None) -> None:
@@ -92,8 +110,13 @@ def set_rng_state(state: Dict[str, Any], train_rng: Optional[TrainRng] = None) -
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(int(x) for x in internal.tolist()), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():
+        if "cuda_seed" in state:
+            torch.cuda.manual_seed(int(state["cuda_seed"]))
+        elif "cuda_device" in state:
+            torch.cuda.set_rng_state(state["cuda_device"])
+        elif "cuda" in state and torch.cuda.current_device() < len(state["cuda"]):  # every visible GPU's (older)
+            torch.cuda.set_rng_state(state["cuda"][torch.cuda.current_device()])
 
 
 def verify(folder: Path) -> Optional[str]:
@@ -290,9 +313,12 @@ class Checkpointer:
 
             load_full(engine, path)
         rng_file = path / f"rng_rank{self.dist.rank}.pt"
-        if not rng_file.is_file():  # more ranks than wrote the checkpoint (an elastic resume)
+        if rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=True)
+        else:  # more ranks than wrote the checkpoint (an elastic resume): a stream of its own
             saved = len(list(path.glob("rng_rank*.pt")))
-            rng_file = path / f"rng_rank{self.dist.rank % max(1, saved)}.pt"
-        set_rng_state(torch.load(rng_file, weights_only=True), train_rng)
+            borrowed = torch.load(path / f"rng_rank{self.dist.rank % max(1, saved)}.pt", weights_only=True)
+            rng = added_rank_rng(borrowed, self.dist.rank)
+        set_rng_state(rng, train_rng)
         self.saved_step = int(meta["state"]["step"])
         return meta
