@@ -30,8 +30,16 @@ def _inner(engine: Any) -> torch.optim.Optimizer:
 
 
 def _state_keys(engine: Any) -> List[str]:
-    keys = sorted({k for state in _inner(engine).state.values() for k in state if k != "step"})
-    return keys
+    """The optimizer state entries (exp_avg, ...), the same list on every rank: the union of what
+    each rank's partitions hold, so that every rank makes the same collective calls after it."""
+    import torch.distributed as dist
+
+    keys = {k for state in _inner(engine).state.values() for k in state if k != "step"}
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        every: List[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, sorted(keys))
+        keys = set().union(*every)
+    return sorted(keys)
 
 
 def _relink(engine: Any) -> None:
