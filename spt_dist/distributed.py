@@ -67,10 +67,7 @@ class Comm:
     # -- agreeing on failures ----------------------------------------------------------------
     def agree(self, error: Optional[str], kind: Type[Exception] = SptError) -> None:
         """Raise `kind` on every rank if any rank passes an error message."""
-        errors: List[Optional[str]] = [error]
-        if self.active:
-            errors = [None] * self.world_size
-            tdist.all_gather_object(errors, error)
+        errors: List[Optional[str]] = self.all_gather_object(error)
         failed = [(r, e) for r, e in enumerate(errors) if e is not None]
         if failed:
             if len({e for _, e in failed}) == 1 and len(failed) == self.world_size:
@@ -124,6 +121,14 @@ class Comm:
         box = [obj]
         tdist.broadcast_object_list(box, src)
         return box[0]
+
+    def all_gather_object(self, obj: Any) -> List[Any]:
+        """Every rank's picklable `obj`, in rank order."""
+        if not self.active:
+            return [obj]
+        out: List[Any] = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
 
     def all_gather_rows(self, tensor: torch.Tensor) -> List[torch.Tensor]:
         """Every rank's (n_r, ...) tensor, n_r varying by rank: sizes first, pad, gather, trim."""

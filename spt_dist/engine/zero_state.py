@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
+from spt_dist.distributed import Comm
+
 FILE = "optimizer_full.pt"
 
 
@@ -32,14 +34,8 @@ def _inner(engine: Any) -> torch.optim.Optimizer:
 def _state_keys(engine: Any) -> List[str]:
     """The optimizer state entries (exp_avg, ...), the same list on every rank: the union of what
     each rank's partitions hold, so that every rank makes the same collective calls after it."""
-    import torch.distributed as dist
-
-    keys = {k for state in _inner(engine).state.values() for k in state if k != "step"}
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        every: List[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(every, sorted(keys))
-        keys = set().union(*every)
-    return sorted(keys)
+    keys = sorted({k for state in _inner(engine).state.values() for k in state if k != "step"})
+    return sorted(set().union(*Comm.current().all_gather_object(keys)))
 
 
 def _relink(engine: Any) -> None:
