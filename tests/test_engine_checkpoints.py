@@ -296,3 +296,43 @@ def test_a_rank_added_by_an_elastic_resume_draws_a_stream_of_its_own(tmp_path):
     assert not torch.equal(r1[0], r2[0])
     again = draws(added_rank_rng(saved, 1))  # the same checkpoint and rank: the same stream
     assert torch.equal(again[0], r1[0]) and again[1:] == r1[1:]
+
+
+@pytest.fixture
+def cuda_generator(monkeypatch):
+    """torch.cuda's RNG functions over a CPU generator standing in for one device's (this
+    machine has no GPU; the real thing runs in benchmarks/gpu_check.sh)."""
+    device = torch.Generator().manual_seed(123)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device_=None: device.get_state())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device_=None: device.set_state(state))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: device.manual_seed(seed))
+    return device
+
+
+def test_prompt_dropout_on_a_gpu_draws_from_the_runs_own_cuda_stream(cuda_generator):
+    from spt_dist.engine.checkpoint import TrainRng, added_rank_rng, rng_state, set_rng_state
+
+    def draw(rng):  # a dropout mask as the CUDA generator would make it
+        with rng.active():
+            return torch.rand(8, generator=cuda_generator)
+
+    a, b = TrainRng(), TrainRng()  # two pack members created from the same state
+    outer = cuda_generator.get_state()
+    first = draw(a)
+    assert torch.equal(cuda_generator.get_state(), outer)  # the global CUDA stream is left alone
+    assert torch.equal(draw(b), first)  # each member draws what it would draw alone
+    saved = rng_state(a)
+    assert torch.equal(saved["train_cuda"], a.cuda) and "cuda_device" in saved
+    expected = draw(a)  # what the run draws next
+    resumed = TrainRng()
+    set_rng_state(saved, resumed)
+    assert torch.equal(draw(resumed), expected)  # the resumed run continues the masks exactly
+    added = TrainRng()
+    set_rng_state(added_rank_rng(saved, 1), added)
+    added_first = draw(added)
+    assert not torch.equal(added_first, expected)  # an added rank: a CUDA stream of its own
+    again = TrainRng()
+    set_rng_state(added_rank_rng(saved, 1), again)
+    assert torch.equal(draw(again), added_first)  # derived from the checkpoint: the same every time

@@ -53,52 +53,77 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 class TrainRng:
-    """The torch RNG stream of the training forward passes (prompt dropout), kept apart from
-    the global one: DataLoader iterators draw a seed from the global RNG when they are
-    created, which would shift every later dropout mask after a mid-epoch resume."""
+    """The RNG streams of the training forward passes (prompt dropout), kept apart from the
+    global ones: DataLoader iterators draw a seed from the global RNG when they are created,
+    which would shift every later dropout mask after a mid-epoch resume. On a GPU the masks come
+    from the CUDA generator, so its state is swapped in and out too; each pack member then
+    draws its own masks there as on the CPU."""
 
     def __init__(self) -> None:
         self.state = torch.get_rng_state()
+        self.cuda: Optional[torch.Tensor] = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
 
     @contextmanager
     def active(self) -> Iterator[None]:
         outer = torch.get_rng_state()
+        outer_cuda = torch.cuda.get_rng_state() if self.cuda is not None else None
         torch.set_rng_state(self.state)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda)
         try:
             yield
         finally:
             self.state = torch.get_rng_state()
             torch.set_rng_state(outer)
+            if self.cuda is not None:
+                self.cuda = torch.cuda.get_rng_state()
+                torch.cuda.set_rng_state(outer_cuda)
 
 
-def rng_state(torch_state: Optional[torch.Tensor] = None) -> Dict[str, Any]:
-    """RNG states as tensors and plain containers (loadable with weights_only=True)."""
+def rng_state(train_rng: Optional[TrainRng] = None) -> Dict[str, Any]:
+    """RNG states as tensors and plain containers (loadable with weights_only=True); with
+    `train_rng`, its streams stand for torch's."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state() if torch_state is None else torch_state,
+    state = {"torch": torch.get_rng_state() if train_rng is None else train_rng.state,
              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
              "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
     if torch.cuda.is_available():  # this rank's own device: a resume may see fewer or other GPUs
         state["cuda_device"] = torch.cuda.get_rng_state()
+        if train_rng is not None and train_rng.cuda is not None:
+            state["train_cuda"] = train_rng.cuda
     return state
 
 
 def added_rank_rng(state: Dict[str, Any], rank: int) -> Dict[str, Any]:
     """RNG states for a rank that did not write the checkpoint (an elastic resume onto more
-    ranks), from the state of the rank it borrows: a stream of its own, derived from that state
-    and its rank, so that two ranks never draw the same prompt-dropout masks."""
+    ranks), from the state of the rank it borrows: a stream of its own, derived from every saved
+    stream of that rank and this rank, so that two ranks never draw the same prompt-dropout
+    masks and a later resume does not replay an earlier one's."""
     import hashlib
 
-    digest = hashlib.sha256(state["torch"].numpy().tobytes() + b"rank%d" % rank).digest()
-    seed = int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+    h = hashlib.sha256(b"rank%d" % rank)
+    for key in ("torch", "train_cuda", "cuda_device"):
+        if torch.is_tensor(state.get(key)):
+            h.update(state[key].numpy().tobytes())
+    seed = int.from_bytes(h.digest()[:8], "little") & (2 ** 63 - 1)
     name, keys, pos, has_gauss, cached = np.random.RandomState(seed % 2 ** 32).get_state()
     version, internal, gauss = random.Random(seed).getstate()
     out = {"torch": torch.Generator().manual_seed(seed).get_state(),
            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
            "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
-    if "cuda_device" in state or "cuda" in state:
+    if any(k in state for k in ("cuda_device", "train_cuda", "cuda")):
         out["cuda_seed"] = seed + 1  # CUDA's generator is seeded in place (its state has another layout)
     return out
+
+
+def _cuda_state_of_seed(seed: int) -> torch.Tensor:
+    outer = torch.cuda.get_rng_state()
+    torch.cuda.manual_seed(seed)
+    try:
+        return torch.cuda.get_rng_state()
+    finally:
+        torch.cuda.set_rng_state(outer)
 
 
 def set_rng_state(state: Dict[str, Any], train_rng: Optional[TrainRng] = None) -> None:
@@ -110,13 +135,21 @@ def set_rng_state(state: Dict[str, Any], train_rng: Optional[TrainRng] = None) -
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(int(x) for x in internal.tolist()), gauss))
-    if torch.cuda.is_available():
-        if "cuda_seed" in state:
-            torch.cuda.manual_seed(int(state["cuda_seed"]))
-        elif "cuda_device" in state:
-            torch.cuda.set_rng_state(state["cuda_device"])
-        elif "cuda" in state and torch.cuda.current_device() < len(state["cuda"]):  # every visible GPU's (older)
-            torch.cuda.set_rng_state(state["cuda"][torch.cuda.current_device()])
+    if not torch.cuda.is_available():
+        return
+    if "cuda_seed" in state:  # a rank added by an elastic resume
+        torch.cuda.manual_seed(int(state["cuda_seed"]))
+        if train_rng is not None and train_rng.cuda is not None:
+            train_rng.cuda = _cuda_state_of_seed(int(state["cuda_seed"]) + 1)
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"])
+    elif "cuda" in state and torch.cuda.current_device() < len(state["cuda"]):
+        # older checkpoints: every visible GPU's state; with another device layout this may be a
+        # valid but other device's stream
+        torch.cuda.set_rng_state(state["cuda"][torch.cuda.current_device()])
+    if train_rng is not None and train_rng.cuda is not None and "train_cuda" in state:
+        train_rng.cuda = state["train_cuda"]
 
 
 def verify(folder: Path) -> Optional[str]:
@@ -225,7 +258,7 @@ class Checkpointer:
                 from .zero_state import save_full
 
                 save_full(engine, tmp, self.dist.is_main)
-            torch.save(rng_state(train_rng.state if train_rng else None), tmp / f"rng_rank{self.dist.rank}.pt")
+            torch.save(rng_state(train_rng), tmp / f"rng_rank{self.dist.rank}.pt")
         except (OSError, RuntimeError) as exc:
             if not _disk_full(exc):
                 raise
