@@ -114,8 +114,8 @@ def test_study_plan_command_prints_runs_and_cost(root, capsys):
     out = capsys.readouterr().out
     assert "12 cells (2 method(s) x 2 x 3 axis values)" in out
     assert "search: 36 runs (linear 24, vpt_deep 12)" in out and "final: 36 runs (3 seed(s) per cell" in out
-    assert "training hours" in out and "GFLOP/s" in out
-    assert "rank-hours in all" in out and "of start-up" in out
+    assert "hours of the runs' wall time" in out and "h training" in out and "GFLOP/s" in out
+    assert "h evaluation and prototype passes" in out and "72 jobs x 20 s, assumed" in out
 
 
 def test_named_axis_label_tells_apart_backbones_of_one_architecture(root):
@@ -132,38 +132,77 @@ def test_named_axis_label_tells_apart_backbones_of_one_architecture(root):
         load_spec(_spec(root, same, "same.yaml"))
 
 
-def test_cost_counts_evaluation_passes_and_measured_startup(root):
+def test_cost_counts_forward_passes_as_the_engine_makes_them(root):
     from dataclasses import replace
 
-    from spt_dist.config.load import to_yaml
     from spt_dist.engine.preflight import training_samples
-    from spt_dist.study.cost import STARTUP_S, estimate, forward_samples, measured_startup
+    from spt_dist.study.cost import STARTUP_S, estimate, feature_cached, forward_samples
 
     plan = build_plan(load_spec(_spec(root)))
     cell = next(c for c in plan.cells if c.key == "linear__backbone-vit_micro_p4_16__data.fraction-0.5")
     search, final = plan.search[cell.key][0], plan.final(cell, cell.grid()[0])[0]
-    assert forward_samples(search.cfg) == 12 * 2  # val (12 images) after each of 2 epochs, no test
-    assert forward_samples(final.cfg) == 12  # test once, no val
-    every2 = replace(search.cfg, run=replace(search.cfg.run, eval_every=3), optim=replace(search.cfg.optim, epochs=7))
-    assert forward_samples(every2) == 12 * 3  # epochs 3, 6 and the last (7)
     assert training_samples(final.cfg) == 48  # half of the 96 training images
-    spt_all = replace(final.cfg, method=replace(final.cfg.method, name="spt", init="kmeans", prompt_length=2,
-                                                init_images=0))
-    assert forward_samples(spt_all) == 12 + 48  # + prototypes from the whole (fraction of the) training split
-    spt_some = replace(spt_all, method=replace(spt_all.method, init_images=20))
-    assert forward_samples(spt_some) == 12 + 20
+    # A linear probe under the small preset trains on the feature cache: one pass over train and
+    # val (engine/features.py), then none; the final run's test pass once.
+    assert feature_cached(search.cfg) and forward_samples(search.cfg) == 48 + 12
+    assert forward_samples(final.cfg) == 48 + 12
+    uncached = replace(search.cfg, method=replace(search.cfg.method, feature_cache="never"))
+    assert forward_samples(uncached) == 12 * 2  # val (12 images) after each of 2 epochs
+    every3 = replace(uncached, run=replace(uncached.run, eval_every=3), optim=replace(uncached.optim, epochs=7))
+    assert forward_samples(every3) == 12 * 3  # epochs 3, 6 and the last (7)
 
+    vcell = next(c for c in plan.cells if c.key == "vpt_deep__backbone-vit_micro_p4_16__data.fraction-0.5")
+    vpt = plan.search[vcell.key][0].cfg
+    assert not vpt.method.track_alignment and forward_samples(vpt) == 12 * 2  # no prototype pass
+    aligned = replace(vpt, method=replace(vpt.method, track_alignment=True))
+    assert forward_samples(aligned) == 12 * 2 + 48  # the alignment reference's prototypes: every training image
+    spt_some = replace(vpt, method=replace(vpt.method, name="spt", init="kmeans", init_images=20))
+    assert forward_samples(spt_some) == 12 * 2 + 20
+    drawn = replace(spt_some, method=replace(spt_some.method, init_images=100, init_replacement=True,
+                                             init_transform="train"))
+    assert forward_samples(drawn) == 12 * 2 + 100  # 100 augmented draws from 48 images
+
+    # Two search runs of one cell share their prototypes through the cache: priced once.
+    runs = [replace(r, cfg=replace(r.cfg, method=replace(r.cfg.method, track_alignment=True)))
+            for r in plan.search[vcell.key]]
+    huge = 1e30  # FLOP/s: only counts matter below
+    one = estimate(runs[:1], training_samples, {}, huge)
+    two = estimate(runs, training_samples, {}, huge)
+    assert two["forward_seconds"] == pytest.approx(one["forward_seconds"] * (24 * 2 + 48) / (24 + 48))
+    # A packed cell's search runs are one job: one set-up.
+    assert two["jobs"] == 2 and two["startup_seconds"] == 2 * STARTUP_S and not two["startup_measured"]
+    packed = estimate(runs, training_samples, {}, huge, packed=[vcell.key])
+    assert packed["jobs"] == 1 and packed["startup_seconds"] == STARTUP_S
+    assert packed["total_seconds"] == pytest.approx(packed["seconds"] + packed["forward_seconds"] + STARTUP_S)
+
+
+def test_cost_measures_setup_from_earlier_runs_and_skips_odd_folders(root):
+    from spt_dist.config.load import to_yaml
+    from spt_dist.study.cost import flops_per_sample, forward_samples, measured_rates, measured_startup
+
+    plan = build_plan(load_spec(_spec(root)))
+    cell = next(c for c in plan.cells if c.key == "vpt_deep__backbone-vit_micro_p4_16__data.fraction-0.5")
+    cfg = plan.search[cell.key][0].cfg
     pool = root / "startup_pool"
-    for i, (wall, train) in enumerate([(30.0, 10.0), (17.0, 10.0), (12.0, 10.0)]):
+    rows = [(30.0, 10.0, None), (17.0, 10.0, None), (12.0, 10.0, None), (99.0, 1.0, 4)]  # the last: a pack member
+    for i, (wall, train, pack) in enumerate(rows):
         run = pool / f"run{i}"
         run.mkdir(parents=True)
-        (run / "config.yaml").write_text(to_yaml(final.cfg))
-        (run / "results.json").write_text(f'{{"status": "finished", "wall_s": {wall}, "train_s": {train}}}')
-    fast = 1e30  # FLOP/s: evaluation costs nothing, what is left is start-up
-    assert measured_startup(pool, {}, fast) == pytest.approx(7.0)  # the median of 20, 7 and 2
-    assert measured_startup(root / "nothing_here", {}, fast) is None
+        (run / "config.yaml").write_text(to_yaml(cfg))
+        extra = f', "pack_size": {pack}' if pack else ""
+        (run / "results.json").write_text(f'{{"status": "finished", "wall_s": {wall}, "train_s": {train}, '
+                                          f'"samples_per_s": {100.0 * (i + 1)}{extra}}}')
+    for i, text in enumerate(["[]", "null", '{"status": "finished", "wall_s": "12s", "train_s": [1]}', "{"]):
+        odd = pool / f"odd{i}"
+        odd.mkdir()
+        (odd / "config.yaml").write_text(to_yaml(cfg))
+        (odd / "results.json").write_text(text)
+    (pool / "noconfig").mkdir()
+    (pool / "noconfig" / "results.json").write_text('{"status": "finished", "wall_s": 5, "train_s": 1}')
+    # FLOP/s at which this config's forward passes take 2 s: set-up = wall - train - 2
+    flops = flops_per_sample(cfg, backward=False) * forward_samples(cfg) / 2.0
+    assert measured_startup(pool, flops) == pytest.approx(5.0)  # the median of 18, 5 and 0 (clamped)
+    assert measured_startup(root / "nothing_here", flops) is None
+    assert list(measured_rates(pool).values()) == [300.0]  # the fastest lone run; the pack member's is the pack's
 
-    cost = estimate([search, final], training_samples, {}, 1e9, startup_s=None)
-    assert cost["startup_seconds"] == 2 * STARTUP_S and not cost["startup_measured"]
-    assert cost["total_seconds"] == pytest.approx(cost["seconds"] + cost["eval_seconds"] + 2 * STARTUP_S)
-    assert cost["eval_seconds"] > 0
+

@@ -100,6 +100,11 @@ def random_flip(img: Image.Image, rng: random.Random) -> Image.Image:
     return img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
 
+def draws_randomly(preset: str, train: bool) -> bool:
+    """Whether a preset's transform draws from its rng: training with fgvc / spt_fgvc (crops, flips)."""
+    return train and preset in ("fgvc", "spt_fgvc")
+
+
 class ImageTransform:
     def __init__(self, preset: str, img_size: int, mean: Sequence[float], std: Sequence[float], train: bool):
         if preset not in PRESETS:
@@ -118,7 +123,7 @@ class ImageTransform:
     @property
     def random(self) -> bool:
         """Whether the transform draws from its rng: training with fgvc / spt_fgvc (crops, flips)."""
-        return self.train and self.preset in ("fgvc", "spt_fgvc")
+        return draws_randomly(self.preset, self.train)
 
     def pixels(self, data: Union[bytes, Image.Image], rng: Optional[random.Random] = None) -> np.ndarray:
         """Decoded, resized and cropped image (img_size, img_size, 3): uint8, float32 for vtab."""

@@ -121,7 +121,14 @@ def packed_cells(spec: StudySpec, search: Dict[str, List[PlannedRun]]) -> List[s
     probe's or full fine-tuning's cells (which packed training cannot train) run one task per run."""
     from spt_dist.config.pack import packable_method
 
-    keys = [key for key, runs in search.items() if packable_method(runs[0].cfg)]
+    keys = []
+    for key, runs in search.items():
+        can = {packable_method(r.cfg) for r in runs}
+        if len(can) > 1:
+            raise StudyError(f"cell {key}: protocol.pack_search=true, but its search grid mixes prompt methods with "
+                             f"methods packed training cannot train; give them separate methods in the spec")
+        if can == {True}:
+            keys.append(key)
     if not keys:
         raise StudyError(f"{spec.name}: protocol.pack_search=true, but no method of this study is a prompt "
                          f"method with prompts (vpt, spt with method.prompt_length >= 1); nothing could be packed")

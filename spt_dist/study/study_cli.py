@@ -41,15 +41,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     first_final = [plan.final(c, c.grid()[0])[0] for c in plan.cells]
     finals = [r for c, f in zip(plan.cells, first_final) for r in [f] * len(spec.seeds)]
     cost = estimate([r for runs in plan.search.values() for r in runs] + finals, training_samples, rates, flops,
-                    measured_startup(spec.runs_dir, rates, flops))
-    hours = cost["seconds"] / 3600
-    print(f"  cost: about {hours:.2f} training hours of the runs' ranks ({cost['runs_measured']} runs from measured "
-          f"rates of earlier runs of the same shape, {cost['runs_estimated']} from FLOPs at this machine's "
-          f"{flops / 1e9:.0f} GFLOP/s)")
-    how = "measured: median of earlier runs" if cost["startup_measured"] else "assumed, no earlier run here"
-    print(f"        about {cost['total_seconds'] / 3600:.2f} rank-hours in all: + {cost['eval_seconds'] / 3600:.2f} h "
-          f"of evaluation and prototype passes, + {cost['startup_seconds'] / 3600:.2f} h of start-up "
-          f"({cost['startup_per_run']:.0f} s per run, {how})")
+                    measured_startup(spec.runs_dir, flops), plan.packed)
+    print(f"  cost: about {cost['total_seconds'] / 3600:.2f} hours of the runs' wall time, one after another:")
+    print(f"        {cost['seconds'] / 3600:.2f} h training ({cost['runs_measured']} runs at measured rates of earlier "
+          f"runs of the same shape, {cost['runs_estimated']} from FLOPs at this machine's {flops / 1e9:.0f} GFLOP/s)")
+    how = "measured: the median of earlier runs here" if cost["startup_measured"] else "assumed: no earlier run here"
+    print(f"        + {cost['forward_seconds'] / 3600:.2f} h evaluation and prototype passes, + "
+          f"{cost['startup_seconds'] / 3600:.2f} h set-up ({cost['jobs']} jobs x {cost['startup_per_job']:.0f} s, {how})")
     return 0
 
 
