@@ -147,15 +147,15 @@ def test_pretrained_file_loads_as_mae_and_loss_falls(tmp_path, capsys):
         assert torch.equal(loaded["fc_norm.weight"], want[0]) and torch.equal(loaded["fc_norm.bias"], want[1])
 
 
-@pytest.mark.parametrize("name", ["vit_tiny_p7_28", "vit_mini_p7_28"])
-def test_committed_mae_backbones_load_as_mae(name):
+@pytest.mark.parametrize("name, mib", [("vit_tiny_p7_28", 3), ("vit_mini_p7_28", 3), ("vit_small_p7_28", 8)])
+def test_committed_mae_backbones_load_as_mae(name, mib):
     from spt_dist.model.summary import summarize
     from spt_dist.model.weights import read_checkpoint
 
     path = ROOT / "spt_dist" / "assets" / f"mae_{name}_fmnist04.pth"
     if not path.is_file():
         pytest.skip(f"{path.name} not committed")
-    assert path.stat().st_size < 3 * 2 ** 20 and detect_format(path) == "mae"
+    assert path.stat().st_size < mib * 2 ** 20 and detect_format(path) == "mae"
     summary = summarize(str(path))  # what `spt weights check` reports
     assert (summary.layout, summary.pos_embed) == ("mae-with-decoder", "sincos-mae")
     with torch.serialization.safe_globals([argparse.Namespace]):

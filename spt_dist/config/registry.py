@@ -42,6 +42,7 @@ BACKBONES: Dict[str, BackboneSpec] = _specs(
                  img_size=16, no_embed_class=True),
     BackboneSpec("vit_tiny_p7_28", patch_size=7, embed_dim=96, depth=4, num_heads=3, img_size=28),
     BackboneSpec("vit_mini_p7_28", patch_size=7, embed_dim=128, depth=6, num_heads=4, img_size=28),
+    BackboneSpec("vit_small_p7_28", patch_size=7, embed_dim=192, depth=8, num_heads=6, img_size=28),
     BackboneSpec("vit_s16", patch_size=16, embed_dim=384, depth=12, num_heads=6),
     # The capacities of the papers.
     BackboneSpec("vit_b16", patch_size=16, embed_dim=768, depth=12, num_heads=12),
