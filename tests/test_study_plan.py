@@ -206,3 +206,38 @@ def test_cost_measures_setup_from_earlier_runs_and_skips_odd_folders(root):
     assert list(measured_rates(pool).values()) == [300.0]  # the fastest lone run; the pack member's is the pack's
 
 
+
+
+def test_a_selection_made_from_an_earlier_spec_s_runs_is_set_aside_not_reused(root, tmp_path, capfd):
+    import json
+
+    from spt_dist.study.select import current_selection, select
+
+    def cell_runs(text):
+        plan = build_plan(load_spec(_spec(root, text, "sel.yaml")))
+        cell = next(c for c in plan.cells if c.key == "vpt_deep__backbone-vit_micro_p4_16__data.fraction-0.5")
+        return cell, plan.search[cell.key]
+
+    def finish(runs, values):
+        for r, v in zip(runs, values):
+            r.run_dir.mkdir(parents=True, exist_ok=True)
+            (r.run_dir / "results.json").write_text(json.dumps({"status": "finished", "val_top1": v}))
+
+    text = SPEC.replace("out_dir: {root}/study", f"out_dir: {tmp_path}/study").replace("runs_dir: {root}/pool",
+                                                                                      f"runs_dir: {tmp_path}/pool")
+    cell, before = cell_runs(text)
+    finish(before, [60.0, 50.0])
+    first = select(tmp_path / "study", cell, before, "val_top1")
+    assert first["chosen"] == {"optim.lr": 0.05}
+    # The spec is edited (more epochs): other search runs, where the other lr wins.
+    cell, after = cell_runs(text.replace("protocol:", "protocol:\n  tune: [data.stage=tune, optim.epochs=3]"))
+    assert {r.name for r in after}.isdisjoint({r.name for r in before})
+    assert current_selection(tmp_path / "study", cell, after) is None  # the report does not show the old one
+    assert select(tmp_path / "study", cell, after, "val_top1") is None  # new runs not finished: nothing chosen yet
+    assert "made from other search runs" in capfd.readouterr().err
+    stale = tmp_path / "study" / "selections" / f"{cell.key}.json.stale-1"
+    assert json.loads(stale.read_text())["chosen"] == {"optim.lr": 0.05}
+    finish(after, [40.0, 70.0])
+    second = select(tmp_path / "study", cell, after, "val_top1")
+    assert second["chosen"] == {"optim.lr": 0.5} and current_selection(tmp_path / "study", cell, after) == second
+    assert select(tmp_path / "study", cell, after, "val_top1") == second  # and kept from now on

@@ -4,13 +4,16 @@ The metric is read from each search run's results.json (protocol.metric: `val_to
 last epoch's, or `best_val_top1`). Ties go to the earlier point of the grid (list a grid in
 the order you prefer on ties, e.g. VPT: the smaller learning rate first). The choice is
 written to `out_dir/selections/<cell>.json` once and never recomputed: rerunning a study
-after a crash cannot select differently. Warnings name a choice on the edge of a numeric
+after a crash cannot select differently. A selection made from other search runs than the
+spec's current ones (the spec was edited: another grid, epochs, data...) is moved aside,
+saying so, and the cell is selected again from its current runs. Warnings name a choice on the edge of a numeric
 grid axis (the search may have been too narrow) and exact ties (a setting that changed
 nothing).
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -22,6 +25,16 @@ from .plan import Cell, PlannedRun
 FOLDER = "selections"
 
 
+def set_aside(path: Path) -> Path:
+    """Rename `path` to the first free `<name>.stale-<n>`; returns the new path."""
+    n = 1
+    while path.with_name(f"{path.name}.stale-{n}").exists():
+        n += 1
+    target = path.with_name(f"{path.name}.stale-{n}")
+    path.rename(target)
+    return target
+
+
 def selection_path(out_dir: Path, cell: Cell) -> Path:
     return Path(out_dir) / FOLDER / f"{cell.key}.json"
 
@@ -29,6 +42,17 @@ def selection_path(out_dir: Path, cell: Cell) -> Path:
 def read_selection(out_dir: Path, cell: Cell) -> Optional[Dict[str, Any]]:
     path = selection_path(out_dir, cell)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def made_from(selection: Dict[str, Any], runs: Sequence[PlannedRun]) -> bool:
+    """Whether `selection` was made from exactly these search runs (not from an earlier spec's)."""
+    return sorted(str(c.get("run")) for c in selection.get("candidates", [])) == sorted(r.name for r in runs)
+
+
+def current_selection(out_dir: Path, cell: Cell, runs: Sequence[PlannedRun]) -> Optional[Dict[str, Any]]:
+    """The cell's selection if it was made from its current search runs, else None."""
+    done = read_selection(out_dir, cell)
+    return done if done is not None and made_from(done, runs) else None
 
 
 def _warnings(cell: Cell, candidates: List[Dict[str, Any]], best: Dict[str, Any]) -> List[str]:
@@ -54,7 +78,12 @@ def select(out_dir: Path, cell: Cell, runs: Sequence[PlannedRun], metric: str) -
     None while some are not."""
     done = read_selection(out_dir, cell)
     if done is not None:
-        return done
+        if made_from(done, runs):
+            return done
+        stale = set_aside(selection_path(out_dir, cell))
+        print(f"spt: the selection of cell {cell.key} was made from other search runs than the spec's now (the "
+              f"spec changed): moved to {stale}; selecting again from the current search runs",
+              file=sys.stderr, flush=True)
     candidates = []
     for r in runs:
         res = read_results(r.run_dir)

@@ -22,7 +22,7 @@ from spt_dist.rundir import read_results
 from .driver import survey
 from .fit import fit_power_law
 from .plan import Plan
-from .select import read_selection
+from .select import current_selection
 
 
 def _hours(results: List[Dict[str, Any]]) -> Tuple[float, float]:
@@ -50,7 +50,7 @@ def rows(plan: Plan) -> Tuple[List[Dict[str, Any]], List[str]]:
                                                                 if failed else ""))
         elif len(done) < len(p.final[cell.key]):
             missing.append(f"{cell.key}: {len(done)} of {len(p.final[cell.key])} final runs finished")
-        sel = read_selection(plan.spec.out_dir, cell)
+        sel = current_selection(plan.spec.out_dir, cell, plan.search[cell.key])
         tops = [r["top1"] for r in done]
         cpu, gpu = _hours([r for r in search + final if r])
         first = done[0] if done else {}
