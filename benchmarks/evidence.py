@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spt_dist.study.plan import build_plan  # noqa: E402
-from spt_dist.study.select import current_selection  # noqa: E402
+from spt_dist.study.select import select  # noqa: E402
 from spt_dist.study.spec import load_spec  # noqa: E402
 from spt_dist.study.summary import rows  # noqa: E402
 
@@ -62,7 +62,7 @@ def collect(spec_path: str) -> Dict[str, Any]:
     table, missing = rows(plan)
     cells = []
     for cell, row in zip(plan.cells, table):
-        sel = current_selection(plan.spec.out_dir, cell, plan.search[cell.key]) or {}
+        sel = select(plan.spec.out_dir, cell, plan.search[cell.key], plan.spec.metric, write=False) or {}
         chosen = sel.get("chosen", {})
         # the selected search run (its val curve) and the final runs (loss, alignment)
         search_dir = next((r.run_dir for r in plan.search[cell.key] if r.point == chosen), None)

@@ -51,3 +51,12 @@ def test_pack_search_with_nothing_to_pack_is_refused(tmp_path):
     spec.write_text(text[:text.index("  vpt_deep:")] + text[text.index("protocol:"):])
     with pytest.raises(StudyError, match="no method of this study is a prompt method"):
         build_plan(load_spec(spec))
+
+
+def test_report_hours_count_a_pack_once():
+    from spt_dist.study.summary import _hours
+
+    # 4 members of one pack each record the pack's 1 h on 2 ranks; together they cost 2 rank-hours
+    members = [{"wall_s": 3600.0, "world_size": 2, "pack_size": 4, "device": "cpu"}] * 4
+    assert _hours(members) == (2.0, 0.0)
+    assert _hours([{"wall_s": 1800.0, "world_size": 1, "device": "cuda"}]) == (0.0, 0.5)  # a lone run

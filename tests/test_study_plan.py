@@ -232,12 +232,15 @@ def test_a_selection_made_from_an_earlier_spec_s_runs_is_set_aside_not_reused(ro
     # The spec is edited (more epochs): other search runs, where the other lr wins.
     cell, after = cell_runs(text.replace("protocol:", "protocol:\n  tune: [data.stage=tune, optim.epochs=3]"))
     assert {r.name for r in after}.isdisjoint({r.name for r in before})
-    assert current_selection(tmp_path / "study", cell, after) is None  # the report does not show the old one
+    assert current_selection(tmp_path / "study", cell, after, "val_top1") is None  # the report does not show it
+    assert select(tmp_path / "study", cell, after, "val_top1", write=False) is None  # plan / status / report:
+    assert not list((tmp_path / "study" / "selections").glob("*.stale-*"))  # they only read
     assert select(tmp_path / "study", cell, after, "val_top1") is None  # new runs not finished: nothing chosen yet
     assert "made from other search runs" in capfd.readouterr().err
     stale = tmp_path / "study" / "selections" / f"{cell.key}.json.stale-1"
     assert json.loads(stale.read_text())["chosen"] == {"optim.lr": 0.05}
     finish(after, [40.0, 70.0])
     second = select(tmp_path / "study", cell, after, "val_top1")
-    assert second["chosen"] == {"optim.lr": 0.5} and current_selection(tmp_path / "study", cell, after) == second
+    assert second["chosen"] == {"optim.lr": 0.5} and current_selection(tmp_path / "study", cell, after, "val_top1") == second
     assert select(tmp_path / "study", cell, after, "val_top1") == second  # and kept from now on
+    assert current_selection(tmp_path / "study", cell, after, "best_val_top1") is None  # made on another metric

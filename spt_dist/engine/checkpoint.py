@@ -38,7 +38,8 @@ CORRUPT = ".corrupt_"
 
 
 class CheckpointMismatchError(SptError, ValueError):
-    """A checkpoint that belongs to another config, backbone, prompt shape or world size."""
+    """A checkpoint that belongs to another config, backbone, prompt shape or global batch (or
+    another world size, without launch.elastic)."""
 
 
 def _files(folder: Path) -> List[Path]:
@@ -210,7 +211,7 @@ class Checkpointer:
     """Save / find / load the trainable state of a DeepSpeed engine in `root`, and decide when.
 
     `identity` is what a checkpoint must match to be resumed (backbone weights, prompt shape,
-    classes, world size, the config hash); `config_yaml` is stored beside it for people.
+    classes, global batch, the config hash); `config_yaml` is stored beside it for people.
     """
 
     def __init__(self, root: Path, keep: int, every: int, dist: DistInfo, identity: Dict[str, Any],

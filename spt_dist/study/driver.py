@@ -37,13 +37,14 @@ def runs_of(plan: Plan, final: Dict[str, List[PlannedRun]]) -> List[PlannedRun]:
     return unique_runs([r for c in plan.cells for r in plan.search[c.key] + final.get(c.key, [])])
 
 
-def survey(plan: Plan) -> Pass:
-    """States of every run, selections made where a cell's search is complete."""
+def survey(plan: Plan, write: bool = True) -> Pass:
+    """States of every run, selections made where a cell's search is complete (`write=False`:
+    computed without saving them, for the commands that only read)."""
     spec, ledger = plan.spec, read_ledger(plan.spec.out_dir)
     final: Dict[str, List[PlannedRun]] = {}
     warnings: List[str] = []
     for cell in plan.cells:
-        chosen = select(spec.out_dir, cell, plan.search[cell.key], spec.metric)
+        chosen = select(spec.out_dir, cell, plan.search[cell.key], spec.metric, write=write)
         if chosen is not None:
             final[cell.key] = plan.final(cell, chosen["chosen"])
             warnings += chosen["warnings"]

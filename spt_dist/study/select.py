@@ -5,8 +5,9 @@ last epoch's, or `best_val_top1`). Ties go to the earlier point of the grid (lis
 the order you prefer on ties, e.g. VPT: the smaller learning rate first). The choice is
 written to `out_dir/selections/<cell>.json` once and never recomputed: rerunning a study
 after a crash cannot select differently. A selection made from other search runs than the
-spec's current ones (the spec was edited: another grid, epochs, data...) is moved aside,
-saying so, and the cell is selected again from its current runs. Warnings name a choice on the edge of a numeric
+spec's current ones, or on another metric (the spec was edited: another grid, epochs, data,
+protocol.metric...), is moved aside by `spt study run`, saying so, and the cell is selected
+again from its current runs; plan, status and report only read (write=False). Warnings name a choice on the edge of a numeric
 grid axis (the search may have been too narrow) and exact ties (a setting that changed
 nothing).
 """
@@ -44,15 +45,17 @@ def read_selection(out_dir: Path, cell: Cell) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def made_from(selection: Dict[str, Any], runs: Sequence[PlannedRun]) -> bool:
-    """Whether `selection` was made from exactly these search runs (not from an earlier spec's)."""
-    return sorted(str(c.get("run")) for c in selection.get("candidates", [])) == sorted(r.name for r in runs)
+def made_from(selection: Dict[str, Any], runs: Sequence[PlannedRun], metric: str) -> bool:
+    """Whether `selection` was made on `metric` from exactly these search runs (not from an
+    earlier spec's)."""
+    return selection.get("metric") == metric and \
+        sorted(str(c.get("run")) for c in selection.get("candidates", [])) == sorted(r.name for r in runs)
 
 
-def current_selection(out_dir: Path, cell: Cell, runs: Sequence[PlannedRun]) -> Optional[Dict[str, Any]]:
-    """The cell's selection if it was made from its current search runs, else None."""
+def current_selection(out_dir: Path, cell: Cell, runs: Sequence[PlannedRun], metric: str) -> Optional[Dict[str, Any]]:
+    """The cell's saved selection if it was made on `metric` from its current search runs, else None."""
     done = read_selection(out_dir, cell)
-    return done if done is not None and made_from(done, runs) else None
+    return done if done is not None and made_from(done, runs, metric) else None
 
 
 def _warnings(cell: Cell, candidates: List[Dict[str, Any]], best: Dict[str, Any]) -> List[str]:
@@ -73,17 +76,20 @@ def _warnings(cell: Cell, candidates: List[Dict[str, Any]], best: Dict[str, Any]
     return out
 
 
-def select(out_dir: Path, cell: Cell, runs: Sequence[PlannedRun], metric: str) -> Optional[Dict[str, Any]]:
-    """The cell's selection: read if made before; made now if every search run is finished;
-    None while some are not."""
+def select(out_dir: Path, cell: Cell, runs: Sequence[PlannedRun], metric: str,
+           write: bool = True) -> Optional[Dict[str, Any]]:
+    """The cell's selection: read if made before (from these runs, on this metric); made now if
+    every search run is finished; None while some are not. `write=False` (plan, status,
+    report): nothing is written or moved, a selection not yet saved is computed in memory."""
     done = read_selection(out_dir, cell)
     if done is not None:
-        if made_from(done, runs):
+        if made_from(done, runs, metric):
             return done
-        stale = set_aside(selection_path(out_dir, cell))
-        print(f"spt: the selection of cell {cell.key} was made from other search runs than the spec's now (the "
-              f"spec changed): moved to {stale}; selecting again from the current search runs",
-              file=sys.stderr, flush=True)
+        if write:
+            stale = set_aside(selection_path(out_dir, cell))
+            print(f"spt: the selection of cell {cell.key} was made from other search runs or on another metric "
+                  f"than the spec's now (the spec changed): moved to {stale}; selecting again from the current "
+                  f"search runs", file=sys.stderr, flush=True)
     candidates = []
     for r in runs:
         res = read_results(r.run_dir)
@@ -97,6 +103,8 @@ def select(out_dir: Path, cell: Cell, runs: Sequence[PlannedRun], metric: str) -
     best = max(candidates, key=lambda c: c["value"])  # max keeps the first of equal values
     choice = {"cell": cell.key, "metric": metric, "chosen": best["point"], "value": best["value"],
               "run": best["run"], "candidates": candidates, "warnings": _warnings(cell, candidates, best)}
+    if not write:
+        return choice
     path = selection_path(out_dir, cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():  # another driver may have written it meanwhile: keep the first

@@ -35,7 +35,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(f"  pack_search: {len(plan.packed)} cell(s) search as one packed task each"
               + (f"; {len(lone)} cell(s) of methods packed training cannot train (linear, full) one task per run"
                  if lone else ""))
-    p = survey(plan)
+    p = survey(plan, write=False)
     print(f"  already: {p.count('done')} done, {p.count('running')} running, {len(p.final)} cells selected")
     rates, flops = measured_rates(spec.runs_dir), machine_flops()
     first_final = [plan.final(c, c.grid()[0])[0] for c in plan.cells]
@@ -65,7 +65,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from .driver import survey
 
     plan = _plan(args.spec)
-    p = survey(plan)
+    p = survey(plan, write=False)
     failed = 0
     for cell in plan.cells:
         for stage, runs in (("search", plan.search[cell.key]), ("final", p.final.get(cell.key, []))):

@@ -22,13 +22,14 @@ from spt_dist.rundir import read_results
 from .driver import survey
 from .fit import fit_power_law
 from .plan import Plan
-from .select import current_selection
+from .select import select
 
 
 def _hours(results: List[Dict[str, Any]]) -> Tuple[float, float]:
     cpu = gpu = 0.0
     for r in results:
-        h = (r.get("wall_s") or 0.0) * (r.get("world_size") or 1) / 3600.0
+        # a pack member's wall time is the whole pack's: its share is 1 / pack_size of it
+        h = (r.get("wall_s") or 0.0) * (r.get("world_size") or 1) / (r.get("pack_size") or 1) / 3600.0
         if r.get("device", "cpu") == "cuda":
             gpu += h
         else:
@@ -37,7 +38,7 @@ def _hours(results: List[Dict[str, Any]]) -> Tuple[float, float]:
 
 
 def rows(plan: Plan) -> Tuple[List[Dict[str, Any]], List[str]]:
-    p = survey(plan)
+    p = survey(plan, write=False)
     out, missing = [], []
     for cell in plan.cells:
         search = [read_results(r.run_dir) for r in plan.search[cell.key]]
@@ -50,7 +51,7 @@ def rows(plan: Plan) -> Tuple[List[Dict[str, Any]], List[str]]:
                                                                 if failed else ""))
         elif len(done) < len(p.final[cell.key]):
             missing.append(f"{cell.key}: {len(done)} of {len(p.final[cell.key])} final runs finished")
-        sel = current_selection(plan.spec.out_dir, cell, plan.search[cell.key])
+        sel = select(plan.spec.out_dir, cell, plan.search[cell.key], plan.spec.metric, write=False)
         tops = [r["top1"] for r in done]
         cpu, gpu = _hours([r for r in search + final if r])
         first = done[0] if done else {}
@@ -184,7 +185,7 @@ def write_study_report(plan: Plan, out_dir: Optional[Path] = None) -> Dict[str, 
     fit_cols = ["error_vs", "method", "at", "exponent", "exponent_se", "a", "points"]
     _write_csv(out / "fits.csv", fit_rows, fit_cols)
     plots = _plots(table, fit_rows, out)
-    sel_warnings = survey(plan).warnings
+    sel_warnings = survey(plan, write=False).warnings
     md = [f"# Study {plan.spec.name}", "",
           f"Test top-1 (%) of the final stage: mean and sample standard deviation (n-1) over "
           f"{len(plan.spec.seeds)} seed(s); hyper-parameters selected on {plan.spec.metric}.", ""]
