@@ -1,8 +1,8 @@
 """The evidence study's numbers, curves and claim checks, from the study's files only.
 
 Reads study specs (default: every part, configs/study/evidence_*.yaml), their selections and
-the run folders `spt study run` wrote, and writes (a part whose run folders are all absent
-here keeps its entry from the JSON already there, and says so):
+the run folders `spt study run` wrote, and writes (a part with fewer finished cells here than
+its entry in the JSON already there keeps that entry, and says so):
   benchmarks/results/evidence.json      per cell: test top-1 of every seed, mean, std (n-1), n,
                                          the selected lr and its val top-1; the claim checks;
                                          the alignment of the prompts to the token prototypes
@@ -229,8 +229,10 @@ def main(argv: List[str]) -> int:
     for spec in specs:
         data = collect(spec)
         name = Path(spec).stem
-        if all(c["top1"] is None for c in data["cells"]) and name in result["studies"]:
-            print(f"{name}: no finished run here; its entry in {OUT_JSON.name} is kept as it was")
+        done = sum(c["top1"] is not None for c in data["cells"])
+        before_done = sum(c.get("top1") is not None for c in result["studies"].get(name, {}).get("cells", []))
+        if done < before_done:  # run folders gone (another machine, a cleaned pool): keep the fuller entry
+            print(f"{name}: {done} finished cells here, {before_done} in {OUT_JSON.name}: its entry is kept as it was")
             continue
         prefix = name.replace("evidence_", "") + "_"
         data["claims"] = claims(data["cells"])
