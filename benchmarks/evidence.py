@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from spt_dist.study.plan import build_plan  # noqa: E402
-from spt_dist.study.select import select  # noqa: E402
+from spt_dist.study.driver import survey  # noqa: E402
 from spt_dist.study.spec import load_spec  # noqa: E402
 from spt_dist.study.summary import rows  # noqa: E402
 
@@ -59,10 +59,11 @@ def _mean_std(xs: List[float]) -> Dict[str, Any]:
 
 def collect(spec_path: str) -> Dict[str, Any]:
     plan = build_plan(load_spec(spec_path))
-    table, missing = rows(plan)
+    p = survey(plan, write=False)
+    table, missing = rows(plan, p)
     cells = []
     for cell, row in zip(plan.cells, table):
-        sel = select(plan.spec.out_dir, cell, plan.search[cell.key], plan.spec.metric, write=False) or {}
+        sel = p.selections.get(cell.key, {})
         chosen = sel.get("chosen", {})
         # the selected search run (its val curve) and the final runs (loss, alignment)
         search_dir = next((r.run_dir for r in plan.search[cell.key] if r.point == chosen), None)

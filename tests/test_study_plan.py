@@ -178,7 +178,7 @@ def test_cost_counts_forward_passes_as_the_engine_makes_them(root):
 
 def test_cost_measures_setup_from_earlier_runs_and_skips_odd_folders(root):
     from spt_dist.config.load import to_yaml
-    from spt_dist.study.cost import flops_per_sample, forward_samples, measured_rates, measured_startup
+    from spt_dist.study.cost import flops_per_sample, forward_samples, measured_rates, measured_startup, reference_runs
 
     plan = build_plan(load_spec(_spec(root)))
     cell = next(c for c in plan.cells if c.key == "vpt_deep__backbone-vit_micro_p4_16__data.fraction-0.5")
@@ -201,9 +201,13 @@ def test_cost_measures_setup_from_earlier_runs_and_skips_odd_folders(root):
     (pool / "noconfig" / "results.json").write_text('{"status": "finished", "wall_s": 5, "train_s": 1}')
     # FLOP/s at which this config's forward passes take 2 s: set-up = wall - train - 2
     flops = flops_per_sample(cfg, backward=False) * forward_samples(cfg) / 2.0
-    assert measured_startup(pool, flops) == pytest.approx(5.0)  # the median of 18, 5 and 0 (clamped)
-    assert measured_startup(root / "nothing_here", flops) is None
-    assert list(measured_rates(pool).values()) == [300.0]  # the fastest lone run; the pack member's is the pack's
+    refs = reference_runs(pool)
+    # the pack member, unreadable results and the folder without a config are no references; the
+    # finished one with non-numeric times is, and each figure below skips its bad fields
+    assert len(refs) == 4
+    assert measured_startup(refs, flops) == pytest.approx(5.0)  # the median of 18, 5 and 0 (clamped)
+    assert measured_startup(reference_runs(root / "nothing_here"), flops) is None
+    assert list(measured_rates(refs).values()) == [300.0]  # the fastest lone run; the pack member's is the pack's
 
 
 
@@ -211,7 +215,7 @@ def test_cost_measures_setup_from_earlier_runs_and_skips_odd_folders(root):
 def test_a_selection_made_from_an_earlier_spec_s_runs_is_set_aside_not_reused(root, tmp_path, capfd):
     import json
 
-    from spt_dist.study.select import current_selection, select
+    from spt_dist.study.select import made_from, read_selection, select
 
     def cell_runs(text):
         plan = build_plan(load_spec(_spec(root, text, "sel.yaml")))
@@ -232,7 +236,7 @@ def test_a_selection_made_from_an_earlier_spec_s_runs_is_set_aside_not_reused(ro
     # The spec is edited (more epochs): other search runs, where the other lr wins.
     cell, after = cell_runs(text.replace("protocol:", "protocol:\n  tune: [data.stage=tune, optim.epochs=3]"))
     assert {r.name for r in after}.isdisjoint({r.name for r in before})
-    assert current_selection(tmp_path / "study", cell, after, "val_top1") is None  # the report does not show it
+    assert not made_from(read_selection(tmp_path / "study", cell), after, "val_top1")
     assert select(tmp_path / "study", cell, after, "val_top1", write=False) is None  # plan / status / report:
     assert not list((tmp_path / "study" / "selections").glob("*.stale-*"))  # they only read
     assert select(tmp_path / "study", cell, after, "val_top1") is None  # new runs not finished: nothing chosen yet
@@ -241,6 +245,7 @@ def test_a_selection_made_from_an_earlier_spec_s_runs_is_set_aside_not_reused(ro
     assert json.loads(stale.read_text())["chosen"] == {"optim.lr": 0.05}
     finish(after, [40.0, 70.0])
     second = select(tmp_path / "study", cell, after, "val_top1")
-    assert second["chosen"] == {"optim.lr": 0.5} and current_selection(tmp_path / "study", cell, after, "val_top1") == second
+    assert second["chosen"] == {"optim.lr": 0.5} and read_selection(tmp_path / "study", cell) == second
+    assert select(tmp_path / "study", cell, after, "val_top1", write=False) == second  # what the report shows
     assert select(tmp_path / "study", cell, after, "val_top1") == second  # and kept from now on
-    assert current_selection(tmp_path / "study", cell, after, "best_val_top1") is None  # made on another metric
+    assert not made_from(second, after, "best_val_top1")  # made on another metric: stale

@@ -54,10 +54,10 @@ def _prompt_init(model: "PromptedViT", cfg: Config, index: "ShardIndex", dist: D
     On resume the prompts come from the checkpoint, so it only runs for the reference (its
     cache makes that cheap).
     """
-    from spt_dist.prompt_init import initialize_prompts
+    from spt_dist.prompt_init import has_prototype_pass, initialize_prompts
 
     m = cfg.method
-    if not m.prompt_length or not (m.name == "spt" or m.track_alignment) or (resuming and not m.track_alignment):
+    if not has_prototype_pass(m) or (resuming and not m.track_alignment):
         return None
     return initialize_prompts(model, cfg, index, dist, dist.device, backbone_hash=backbone_hash, inputs=inputs)
 

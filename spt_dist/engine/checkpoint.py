@@ -81,14 +81,19 @@ class TrainRng:
                 torch.cuda.set_rng_state(outer_cuda)
 
 
+def _states(torch_state: torch.Tensor, numpy_state: Tuple, python_state: Tuple) -> Dict[str, Any]:
+    """torch, numpy and python RNG states as tensors and plain containers (weights_only loadable)."""
+    name, keys, pos, has_gauss, cached = numpy_state
+    version, internal, gauss = python_state
+    return {"torch": torch_state, "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
+
+
 def rng_state(train_rng: Optional[TrainRng] = None) -> Dict[str, Any]:
     """RNG states as tensors and plain containers (loadable with weights_only=True); with
     `train_rng`, its streams stand for torch's."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state() if train_rng is None else train_rng.state,
-             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-             "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
+    state = _states(torch.get_rng_state() if train_rng is None else train_rng.state, np.random.get_state(),
+                    random.getstate())
     if torch.cuda.is_available():  # this rank's own device: a resume may see fewer or other GPUs
         state["cuda_device"] = torch.cuda.get_rng_state()
         if train_rng is not None and train_rng.cuda is not None:
@@ -108,11 +113,8 @@ def added_rank_rng(state: Dict[str, Any], rank: int) -> Dict[str, Any]:
         if torch.is_tensor(state.get(key)):
             h.update(state[key].numpy().tobytes())
     seed = int.from_bytes(h.digest()[:8], "little") & (2 ** 63 - 1)
-    name, keys, pos, has_gauss, cached = np.random.RandomState(seed % 2 ** 32).get_state()
-    version, internal, gauss = random.Random(seed).getstate()
-    out = {"torch": torch.Generator().manual_seed(seed).get_state(),
-           "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-           "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
+    out = _states(torch.Generator().manual_seed(seed).get_state(), np.random.RandomState(seed % 2 ** 32).get_state(),
+                  random.Random(seed).getstate())
     if any(k in state for k in ("cuda_device", "train_cuda", "cuda")):
         out["cuda_seed"] = seed + 1  # CUDA's generator is seeded in place (its state has another layout)
     return out

@@ -39,6 +39,17 @@ POOLED = {"pooled": True}  # the model call on cached features: only the head ru
 Batch = Tuple[torch.Tensor, torch.Tensor, List[str]]
 
 
+def data_problem(cfg: Config) -> Optional[str]:
+    """What in the data settings keeps the feature cache from serving a linear probe, or None."""
+    from spt_dist.data.transforms import draws_randomly
+
+    if draws_randomly(cfg.data.preset, train=True):
+        return f"data.preset={cfg.data.preset} draws random crops and flips for training"
+    if cfg.data.shuffle != "exact":
+        return "data.shuffle=stream: the batch plan is known only when the shards are read"
+    return None
+
+
 def feature_cache_problem(cfg: Config, parts: "RunParts") -> Optional[str]:
     """Why the feature cache cannot serve this run, or None when it can."""
     if cfg.method.feature_cache == "never":
@@ -46,10 +57,9 @@ def feature_cache_problem(cfg: Config, parts: "RunParts") -> Optional[str]:
     trainable = [n for n, _ in parts.model.named_trainable_parameters() if not n.startswith("head.")]
     if trainable:
         return f"more than the head trains (first: {trainable[0]})"
-    if parts.train_data.transform.random:
-        return f"data.preset={cfg.data.preset} draws random crops and flips for training"
-    if cfg.data.shuffle != "exact":
-        return "data.shuffle=stream: the batch plan is known only when the shards are read"
+    problem = data_problem(cfg)
+    if problem:
+        return problem
     if parts.zero_stage == 3:
         return "ZeRO-3 partitions the frozen backbone"
     rows = parts.train_data.num_samples + (len(parts.val_data.locations()) if parts.val_data else 0)

@@ -14,6 +14,12 @@ STRATEGY_KINDS = {
 STRATEGIES = tuple(STRATEGY_KINDS)
 
 
+def has_prototype_pass(method) -> bool:
+    """Whether a run with these `method` settings computes token prototypes: SPT's init, or the
+    alignment reference of any prompt method."""
+    return bool(method.prompt_length) and (method.name == "spt" or method.track_alignment)
+
+
 @dataclass(frozen=True)
 class InitPlan:
     strategies: Tuple[str, ...]  # prototype sets to compute from one pass, e.g. ("mean_pool", "kmeans")

@@ -22,7 +22,7 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from spt_dist.config.registry import backbone_spec
 from spt_dist.config.schema import Config
@@ -33,10 +33,9 @@ STARTUP_S = 20.0  # a CPU rank's set-up on the development machine, where no ear
 def feature_cached(cfg: Config) -> bool:
     """Whether a linear probe trains on the feature cache (engine/features.py's conditions that the
     config decides; the memory bound aside)."""
-    from spt_dist.data.transforms import draws_randomly
+    from spt_dist.engine.features import data_problem
 
-    return (cfg.method.name == "linear" and cfg.method.feature_cache != "never"
-            and not draws_randomly(cfg.data.preset, train=True) and cfg.data.shuffle == "exact"
+    return (cfg.method.name == "linear" and cfg.method.feature_cache != "never" and data_problem(cfg) is None
             and cfg.distributed.zero_stage != 3)
 
 
@@ -53,8 +52,13 @@ def _number(x: Any) -> Optional[float]:
     return float(x)
 
 
+def reference_runs(runs_dir: Path) -> List[Tuple[Dict[str, Any], Config]]:
+    """(results, config) of every finished lone run under runs_dir, read once for every figure
+    below; odd or older folders are skipped."""
+    return list(_lone_results(runs_dir))
+
+
 def _lone_results(runs_dir: Path) -> Iterable[Tuple[Dict[str, Any], Config]]:
-    """(results, config) of every finished lone run under runs_dir; odd or older folders are skipped."""
     from spt_dist.config import load_config
 
     for path in Path(runs_dir).glob("*/results.json"):
@@ -68,10 +72,10 @@ def _lone_results(runs_dir: Path) -> Iterable[Tuple[Dict[str, Any], Config]]:
         yield res, cfg
 
 
-def measured_rates(runs_dir: Path) -> Dict[Tuple, float]:
-    """Training samples/s of finished lone runs under runs_dir, by shape (the fastest seen)."""
+def measured_rates(refs: Sequence[Tuple[Dict[str, Any], Config]]) -> Dict[Tuple, float]:
+    """Training samples/s of the reference runs, by shape (the fastest seen)."""
     rates: Dict[Tuple, float] = {}
-    for res, cfg in _lone_results(runs_dir):
+    for res, cfg in refs:
         rate = _number(res.get("samples_per_s"))
         if rate and rate > 0:
             key = shape(cfg)
@@ -121,8 +125,10 @@ def _sizes(cfg: Config) -> Dict[str, int]:
 def prototype_key(cfg: Config) -> Optional[Tuple]:
     """What a run's prototype pass depends on (a run with the same key under the same cache
     reads it from the prototype cache), or None when the run has no prototype pass."""
+    from spt_dist.prompt_init import has_prototype_pass
+
     m = cfg.method
-    if not m.prompt_length or not (m.name == "spt" or m.track_alignment):
+    if not has_prototype_pass(m):
         return None
     d = cfg.data
     return (cfg.model.name, cfg.model.checkpoint, d.root, d.train_split, d.fraction, d.fraction_seed, d.preset,
@@ -176,11 +182,11 @@ def _forward_rate(cfg: Config, flops_rate: float) -> float:
     return flops_rate * world / flops_per_sample(cfg, backward=False)
 
 
-def measured_startup(runs_dir: Path, flops_rate: float) -> Optional[float]:
-    """Median seconds a finished lone run under runs_dir spent outside its training steps and
-    forward passes (priced by FLOPs at `flops_rate`)."""
+def measured_startup(refs: Sequence[Tuple[Dict[str, Any], Config]], flops_rate: float) -> Optional[float]:
+    """Median seconds the reference runs spent outside their training steps and forward passes
+    (priced by FLOPs at `flops_rate`)."""
     extra = []
-    for res, cfg in _lone_results(runs_dir):
+    for res, cfg in refs:
         wall, train = _number(res.get("wall_s")), _number(res.get("train_s"))
         if wall is None or train is None:
             continue

@@ -28,6 +28,7 @@ class Pass:
     final: Dict[str, List[PlannedRun]]            # cell key -> final runs (selected cells only)
     submitted: List[PlannedRun] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    selections: Dict[str, Dict] = field(default_factory=dict)  # cell key -> its selection (selected cells)
 
     def count(self, state: str) -> int:
         return sum(1 for s in self.states.values() if s.state == state)
@@ -43,13 +44,15 @@ def survey(plan: Plan, write: bool = True) -> Pass:
     spec, ledger = plan.spec, read_ledger(plan.spec.out_dir)
     final: Dict[str, List[PlannedRun]] = {}
     warnings: List[str] = []
+    selections: Dict[str, Dict] = {}
     for cell in plan.cells:
         chosen = select(spec.out_dir, cell, plan.search[cell.key], spec.metric, write=write)
         if chosen is not None:
+            selections[cell.key] = chosen
             final[cell.key] = plan.final(cell, chosen["chosen"])
             warnings += chosen["warnings"]
     states = {str(r.run_dir): run_state(r.run_dir, ledger.get(str(r.run_dir), [])) for r in runs_of(plan, final)}
-    return Pass(states, final, warnings=warnings)
+    return Pass(states, final, warnings=warnings, selections=selections)
 
 
 def _groups(runs: List[PlannedRun], packed: Sequence[str]) -> List[List[PlannedRun]]:

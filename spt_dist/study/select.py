@@ -52,12 +52,6 @@ def made_from(selection: Dict[str, Any], runs: Sequence[PlannedRun], metric: str
         sorted(str(c.get("run")) for c in selection.get("candidates", [])) == sorted(r.name for r in runs)
 
 
-def current_selection(out_dir: Path, cell: Cell, runs: Sequence[PlannedRun], metric: str) -> Optional[Dict[str, Any]]:
-    """The cell's saved selection if it was made on `metric` from its current search runs, else None."""
-    done = read_selection(out_dir, cell)
-    return done if done is not None and made_from(done, runs, metric) else None
-
-
 def _warnings(cell: Cell, candidates: List[Dict[str, Any]], best: Dict[str, Any]) -> List[str]:
     out = []
     for key, values in cell.method.search:

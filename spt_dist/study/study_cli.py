@@ -15,7 +15,7 @@ def _plan(spec_path: str):
 def _cmd_plan(args: argparse.Namespace) -> int:
     from spt_dist.engine.preflight import training_samples
 
-    from .cost import estimate, machine_flops, measured_rates, measured_startup
+    from .cost import estimate, machine_flops, measured_rates, measured_startup, reference_runs
     from .driver import survey
 
     plan = _plan(args.spec)
@@ -37,11 +37,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                  if lone else ""))
     p = survey(plan, write=False)
     print(f"  already: {p.count('done')} done, {p.count('running')} running, {len(p.final)} cells selected")
-    rates, flops = measured_rates(spec.runs_dir), machine_flops()
+    refs, flops = reference_runs(spec.runs_dir), machine_flops()
     first_final = [plan.final(c, c.grid()[0])[0] for c in plan.cells]
     finals = [r for c, f in zip(plan.cells, first_final) for r in [f] * len(spec.seeds)]
-    cost = estimate([r for runs in plan.search.values() for r in runs] + finals, training_samples, rates, flops,
-                    measured_startup(spec.runs_dir, flops), plan.packed)
+    cost = estimate([r for runs in plan.search.values() for r in runs] + finals, training_samples,
+                    measured_rates(refs), flops, measured_startup(refs, flops), plan.packed)
     print(f"  cost: about {cost['total_seconds'] / 3600:.2f} hours of the runs' wall time, one after another:")
     print(f"        {cost['seconds'] / 3600:.2f} h training ({cost['runs_measured']} runs at measured rates of earlier "
           f"runs of the same shape, {cost['runs_estimated']} from FLOPs at this machine's {flops / 1e9:.0f} GFLOP/s)")

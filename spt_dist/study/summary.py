@@ -19,10 +19,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from spt_dist.rundir import read_results
 
-from .driver import survey
+from .driver import Pass, survey
 from .fit import fit_power_law
 from .plan import Plan
-from .select import select
 
 
 def _hours(results: List[Dict[str, Any]]) -> Tuple[float, float]:
@@ -37,8 +36,9 @@ def _hours(results: List[Dict[str, Any]]) -> Tuple[float, float]:
     return cpu, gpu
 
 
-def rows(plan: Plan) -> Tuple[List[Dict[str, Any]], List[str]]:
-    p = survey(plan, write=False)
+def rows(plan: Plan, p: Optional[Pass] = None) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """Per cell its table row, and what is missing; `p`: the survey, when the caller has it."""
+    p = p or survey(plan, write=False)
     out, missing = [], []
     for cell in plan.cells:
         search = [read_results(r.run_dir) for r in plan.search[cell.key]]
@@ -51,7 +51,7 @@ def rows(plan: Plan) -> Tuple[List[Dict[str, Any]], List[str]]:
                                                                 if failed else ""))
         elif len(done) < len(p.final[cell.key]):
             missing.append(f"{cell.key}: {len(done)} of {len(p.final[cell.key])} final runs finished")
-        sel = select(plan.spec.out_dir, cell, plan.search[cell.key], plan.spec.metric, write=False)
+        sel = p.selections.get(cell.key)
         tops = [r["top1"] for r in done]
         cpu, gpu = _hours([r for r in search + final if r])
         first = done[0] if done else {}
@@ -176,7 +176,8 @@ def _save(fig, path: Path) -> Path:
 def write_study_report(plan: Plan, out_dir: Optional[Path] = None) -> Dict[str, Any]:
     out = Path(out_dir or plan.spec.out_dir / "report")
     out.mkdir(parents=True, exist_ok=True)
-    table, missing = rows(plan)
+    p = survey(plan, write=False)
+    table, missing = rows(plan, p)
     fit_rows = fits(table)
     axes = [a[0].axis for a in plan.spec.axes]
     cols = ["method", *axes, "top1", "std", "n", "trainable_params", "backbone_params", "train_samples",
@@ -185,7 +186,7 @@ def write_study_report(plan: Plan, out_dir: Optional[Path] = None) -> Dict[str, 
     fit_cols = ["error_vs", "method", "at", "exponent", "exponent_se", "a", "points"]
     _write_csv(out / "fits.csv", fit_rows, fit_cols)
     plots = _plots(table, fit_rows, out)
-    sel_warnings = survey(plan, write=False).warnings
+    sel_warnings = p.warnings
     md = [f"# Study {plan.spec.name}", "",
           f"Test top-1 (%) of the final stage: mean and sample standard deviation (n-1) over "
           f"{len(plan.spec.seeds)} seed(s); hyper-parameters selected on {plan.spec.metric}.", ""]
