@@ -27,11 +27,11 @@ def tiny_fs(tmp_path):
 
 
 def _fill(filler) -> None:
-    """Write zeros through an already open file until the file system refuses."""
+    """Write zeros through an already open, unbuffered file until the file system refuses (no
+    buffered bytes are left for close to fail on)."""
     try:
         while True:
             filler.write(b"\0" * 65536)
-            filler.flush()
     except OSError:
         pass
     filler.close()
@@ -47,7 +47,7 @@ def test_disk_full_is_named_and_the_run_resumes(tmp_path, tiny_fs):
     run = tiny_fs / "runs" / "full"
     # opened before the run starts, so that filling never depends on creating a file on a busy fs
     filler_path = tiny_fs / f"filler-{uuid.uuid4().hex}"
-    filler = open(filler_path, "wb")
+    filler = open(filler_path, "wb", buffering=0)
     proc = subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "train", str(config), "run.name=full",
                              "data.batch_size=16", "optim.warmup_epochs=0"], cwd=ROOT, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
