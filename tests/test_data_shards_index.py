@@ -129,6 +129,14 @@ def test_split_patterns_and_inferred_classes(built, tmp_path):
     assert spt(["shards", "index", str(root), "--split", "a=*.tar", "b=train*"]) == 2
 
 
+def test_splits_from_file_names():
+    from spt_dist.data.indexer import split_of_name
+
+    names = {"train-000012.tar": "train", "val_3.tar": "val", "test.tar": "test", "imagenet-val-0001.tar": "imagenet-val",
+             "000012.tar": "train", "7.tar": "train"}  # a bare number: webdataset's `%06d` naming, one split
+    assert {n: split_of_name(n) for n in names} == names
+
+
 def test_samples_without_label_are_named_or_skipped(tmp_path, capsys):
     root = tmp_path / "nolabel"
     root.mkdir()

@@ -21,8 +21,11 @@ from .tarscan import scan_shard
 
 
 def split_of_name(name: str) -> str:
-    """`train-000012.tar` -> `train`; `val_3.tar` -> `val`; `test.tar` -> `test`."""
+    """`train-000012.tar` -> `train`; `val_3.tar` -> `val`; `test.tar` -> `test`; a bare number
+    (`000012.tar`, webdataset's usual `%06d` naming) -> `train`."""
     stem = name[:-4] if name.endswith(".tar") else name
+    if stem.isdigit():
+        return "train"
     m = re.match(r"^(.*?)[-_.]?\d+$", stem)
     return m.group(1) if m and m.group(1) else stem
 

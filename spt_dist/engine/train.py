@@ -270,7 +270,7 @@ def _results(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, st
         "best_val_epoch": state.best_val_epoch, "best_val_top1": state.best_val_top1,
         "bad_samples": state.bad_samples, "val_bad_samples": state.val_bad_samples,
         "test_bad_samples": state.test_bad_samples,
-        "mixing_ratio": round(parts.train_data.mixing.ratio, 4), **extra,
+        **parts.train_data.mixing.as_dict(), **extra,
     }
 
 
