@@ -7,7 +7,7 @@ import pytest
 
 from spt_dist.config import ConfigError, load_config
 from spt_dist.config.load import CONFIG_ROOT
-from spt_dist.config.protocol import departures, protocol_names, recipe_keys
+from spt_dist.config.protocol import ALWAYS, EXEMPT, departures, protocol_names, recipe_keys, treatment
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
@@ -19,10 +19,12 @@ VPT = {
     "model.mean": IMAGENET[0],            # src/data/transforms.py:8-10, src/data/datasets/tf_dataset.py:75
     "model.std": IMAGENET[1],             # src/data/transforms.py:9, src/data/datasets/tf_dataset.py:76
     "model.pool": "auto",                 # CLS; MAE: x[:, 1:].mean(1) (src/models/vit_prompt/vit_mae.py:122-124)
+    "model.img_size": 224,                # src/configs/config.py:124 DATA.CROPSIZE
     "model.head_init": "kaiming",         # src/models/mlp.py:53-57, special_bias=True (vit_models.py:164)
     "model.mae_head_norm": "new",         # src/models/vit_backbones/vit_mae.py:21-26
     "data.batch_size": 128,               # configs/base-prompt.yaml:25; per task 64 or 128 (demo.ipynb:123, 145, 168)
     "data.drop_last": False,              # src/data/loader.py:55-58: drop_last=False on one GPU
+    "data.shuffle": "exact",              # src/data/loader.py:39, 44, 62: a new permutation every epoch
     "optim.name": "sgd",                  # configs/base-prompt.yaml:14
     "optim.momentum": 0.9,                # configs/base-prompt.yaml:15
     "optim.lr_scaling": "linear",         # tune_vtab.py:100, tune_fgvc.py:31
@@ -69,10 +71,13 @@ SPT = {
     "model.mean": IMAGENET[0],            # Dataset/VTAB.py:55, Dataset/FGVC.py:51
     "model.std": IMAGENET[1],
     "model.pool": "auto",                 # Models/vpt.py:35-36; Models/MAE_vpt.py:38-40
+    "model.img_size": 224,                # train.py:107; Dataset/VTAB.py:46, Dataset/FGVC.py:42
     "model.head_init": "trunc_normal",    # train.py:250-251
     "model.head_init_std": 0.02,          # train.py:250
     "model.mae_head_norm": "pretrained",  # Models/MAE_vit.py:14-19, 33-35
     "data.batch_size": 32,                # README.md:80, 112 (global: train.py:72)
+    "data.drop_last": True,               # train.py:87
+    "data.shuffle": "exact",              # train.py:76-77: DistributedSampler(shuffle=True)
     "optim.name": "adamw",                # train.py:288-289
     "optim.lr_scaling": "none",           # train.py:289
     "optim.lr": 0.001,                    # README.md:115
@@ -187,13 +192,56 @@ def test_departures_are_listed_with_both_values():
     assert [d.key for d in departures(load_config(_path("spt_vtab"), ["optim.lr=0.05"]), "spt_vtab")] == ["optim.lr"]
 
 
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_every_setting_of_the_schema_is_judged(name):
+    # A new schema key must be pinned by the presets, compared always, or exempted with a reason.
+    how = treatment(name)
+    assert "unjudged" not in how.values(), [k for k, v in how.items() if v == "unjudged"]
+    assert {how[k] for k in recipe_keys(name) if k in how} <= {"recipe", "by depth", "by world size",
+                                                              "global batch", "stage"}
+    stale = [k for k in list(ALWAYS) + list(EXEMPT) if not any(x == k or x.startswith(k) for x in how)]
+    assert not stale, stale
+
+
+@pytest.mark.parametrize("name, overrides, expected", [
+    # Settings no preset file set before: each changes what the run computes.
+    ("vpt_fgvc", ["data.fraction=0.1", "model.img_size=384", "data.shuffle=stream"],
+     {"data.fraction": (0.1, 1.0), "model.img_size": (384, 224), "data.shuffle": ("stream", "exact")}),
+    ("spt_vtab", ["data.drop_last=false"], {"data.drop_last": (False, True)}),  # SPT's train.py:87 drops it
+    # data.stage=custom naming the final stage's training split and validating on val200 inside it.
+    ("vpt_vtab", ["data.stage=custom", "data.train_split=train800val200", "data.val_split=val200",
+                  "data.test_split=test"], {"data.val_split": ("val200", None)}),
+    ("vpt_vtab", ["data.stage=custom", "data.train_split=train800", "data.val_split=val200",
+                  "data.test_split=null"], {}),  # the tuning stage's splits, written out
+    ("spt_fgvc", ["data.tune.val=test"], {"data.val_split": ("test", "val")}),
+    ("spt_fgvc", ["data.final.train=trainval"], {}),  # the final table is not read by a tuning run
+    ("spt_vtab", ["method.init=kmeans", "method.kmeans_iters=5"], {"method.init": ("kmeans", "random_sample")}),
+    ("vpt_vtab", ["method.window_layout=spt", "model.head_init_std=0.5"], {}),  # unused by VPT's init and head
+    ("spt_vtab", ["data.on_bad_sample=skip", "distributed.deepspeed_json=ds.json"],
+     {"data.on_bad_sample": ("skip", "error"), "distributed.deepspeed_json": ("ds.json", None)}),
+])
+def test_settings_the_preset_files_leave_to_defaults_are_compared(name, overrides, expected):
+    got = {d.key: (d.ours, d.official) for d in departures(load_config(_path(name), overrides), name)}
+    assert got == expected
+
+
 def test_global_batch_is_compared_not_the_per_rank_one():
+    # What the presets tell users to do on 8 ranks: VPT 128 / 8 with drop_last (its code drops the
+    # last batch on more than one GPU), SPT 32 / 8.
     eight = load_config(_path("vpt_vtab"), ["data.batch_size=16", "launch.tasks_per_node=8", "data.drop_last=true"])
-    # 16 x 8 = 128; VPT keeps its last partial batch on one GPU only: on 8 ranks it is dropped.
-    assert [d.key for d in departures(eight, "vpt_vtab")] == ["data.batch_size", "data.drop_last"]
-    alone = load_config(_path("spt_vtab"), ["data.batch_size=64"])
-    assert {d.key: (d.ours, d.official) for d in departures(alone, "spt_vtab")} == \
-        {"data.batch_size": (64, 32), "global batch": (64, 32)}
+    assert departures(eight, "vpt_vtab") == []
+    assert departures(load_config(_path("spt_vtab"), ["data.batch_size=4", "launch.tasks_per_node=8"]),
+                      "spt_vtab") == []
+    assert departures(load_config(_path("spt_vtab"), ["data.batch_size=8", "optim.grad_accum=4"]), "spt_vtab") == []
+    alone = departures(load_config(_path("spt_vtab"), ["data.batch_size=64"]), "spt_vtab")
+    assert [(d.key, d.ours, d.official) for d in alone] == [("global batch", 64, 32)]
+    assert alone[0].note == "data.batch_size 64 x optim.grad_accum 1 x world size 1"
+    # The world size may come from the command line (torchrun): VPT keeps the last batch on one rank only.
+    one = load_config(_path("vpt_vtab"), ["data.batch_size=16"])
+    assert [(d.key, d.ours, d.official) for d in departures(one, "vpt_vtab", world_size=8)] == \
+        [("data.drop_last", False, True)]
+    assert [d.key for d in departures(one, "vpt_vtab")] == ["global batch"]  # 16 on one rank
+    assert [d.key for d in departures(eight, "vpt_vtab", world_size=1)] == ["data.drop_last", "global batch"]
 
 
 @pytest.mark.parametrize("name", ["vpt_vtab", "vpt_fgvc"])
@@ -202,9 +250,9 @@ def test_vpts_batch_size_is_set_per_task(name):
     for batch in (64, 128):
         assert departures(load_config(_path(name), [f"data.batch_size={batch}"]), name) == []
     two = load_config(_path(name), ["data.batch_size=32", "launch.tasks_per_node=2", "data.drop_last=true"])
-    assert [d.key for d in departures(two, name)] == ["data.batch_size", "data.drop_last"]  # global 64: a task's
+    assert departures(two, name) == []  # global 64: a task's
     odd = {d.key: d for d in departures(load_config(_path(name), ["data.batch_size=96"]), name)}
-    assert list(odd) == ["data.batch_size", "global batch"]
+    assert list(odd) == ["global batch"]
     assert "per task, one of {64, 128} (demo.ipynb:123" in odd["global batch"].note
     assert (odd["global batch"].ours, odd["global batch"].official) == (96, 128)
 
@@ -237,14 +285,22 @@ def test_cli_show_protocol(capsys):
     from spt_dist.cli import main
 
     assert main(["config", "show", _path("spt_vtab"), "--protocol", "spt_vtab"]) == 0
-    assert capsys.readouterr().out == "no departures from protocol spt_vtab (configs/protocol/spt_vtab.yaml)\n"
+    assert capsys.readouterr().out == ("no departures from protocol spt_vtab (configs/protocol/spt_vtab.yaml) "
+                                       "on 1 rank (launch.nodes x launch.tasks_per_node)\n")
+    assert main(["config", "show", _path("vpt_vtab"), "data.batch_size=16", "--protocol", "vpt_vtab",
+                 "--world-size", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:3] == ["data.drop_last", "false", "true"]
+    assert lines[2].startswith("1 setting(s) depart from protocol vpt_vtab on 8 ranks (--world-size)")
+    assert main(["config", "show", _path("vpt_vtab"), "--world-size", "8"]) == 2
+    assert "--world-size judges a run against a protocol" in capsys.readouterr().err
     assert main(["config", "show", _path("spt_vtab"), "optim.epochs=30", "model.mae_head_norm=new",
                  "--protocol", "spt_vtab"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["setting", "this", "config", "spt_vtab"]
     assert lines[1].split() == ["model.mae_head_norm", "new", "pretrained"]
     assert lines[2].split() == ["optim.epochs", "30", "100"]
-    assert lines[3].startswith("2 setting(s) depart from protocol spt_vtab")
+    assert lines[3].startswith("2 setting(s) depart from protocol spt_vtab on 1 rank")
     with pytest.raises(SystemExit):
         main(["config", "show", _path("spt_vtab"), "--protocol", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err

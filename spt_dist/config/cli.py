@@ -1,8 +1,9 @@
-"""`spt config show CONFIG [key=value ...] [--protocol NAME]`."""
+"""`spt config show CONFIG [key=value ...] [--protocol NAME [--world-size N]]`."""
 from __future__ import annotations
 
 import argparse
 
+from .errors import ConfigError
 from .load import load_config, to_yaml
 
 
@@ -13,14 +14,22 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    if args.world_size is not None and not args.protocol:
+        raise ConfigError("--world-size judges a run against a protocol: give it with --protocol NAME")
     cfg = load_config(args.config, args.overrides, check_files=args.check_files)
     if args.protocol:
         from .protocol import departure_table
 
-        print(departure_table(cfg, args.protocol), end="")
+        print(departure_table(cfg, args.protocol, args.world_size), end="")
     else:
         print(to_yaml(cfg), end="")
     return 0
+
+
+def _ranks(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of ranks >= 1, got {text!r}")
+    return int(text)
 
 
 def _backbones(args: argparse.Namespace) -> int:
@@ -45,4 +54,7 @@ def register(sub) -> None:
     show.add_argument("--protocol", metavar="NAME", choices=protocol_names(),
                       help="instead of the config, list where it departs from an official recipe "
                            f"(configs/protocol/NAME.yaml): {', '.join(protocol_names())}")
+    show.add_argument("--world-size", metavar="N", type=_ranks, default=None,
+                      help="with --protocol: the ranks the run trains on, for the global batch and VPT's "
+                           "drop_last (default: launch.nodes x launch.tasks_per_node)")
     show.set_defaults(func=_show)

@@ -1,18 +1,30 @@
 """Where a resolved config departs from an official recipe (`spt config show --protocol NAME`).
 
-The recipe is the preset file configs/protocol/NAME.yaml itself: every key it sets is a
-setting of the official code (its comment names the source), so the file is the only place
-a value is written. Values the official code chooses per task (VPT's lr and weight decay from
-its tuning grids, its batch size from its commands) are listed here with the values it uses:
-any of them is the recipe. Values it sets by prompt depth (VPT's prompt dropout) are compared
-with the one for the config's method.deep. One derived row, the global batch, is compared
-too, since the official batch sizes are global.
+The recipe is the preset file configs/protocol/NAME.yaml plus the rules here; every setting
+of the schema is judged in exactly one way (`treatment`):
+- recipe: a key the preset file sets itself (its comment names the official source, or says
+  the value is a choice of ours), compared with the file's value;
+- always: a key in ALWAYS that the files leave to their defaults but that changes what a run
+  computes, compared with the value the preset resolves to;
+- global batch: data.batch_size and optim.grad_accum are compared only through the global
+  batch (per-rank batch x grad_accum x world size), since the official batch sizes are global;
+- splits: data.train_split / val_split / test_split are compared with the preset's table of
+  the run's data.stage (data.stage=custom: the nearer of the tune and final tables), which is
+  what the stage keys (data.stage, data.tune.*, data.final.*) decide;
+- exempt: a key in EXEMPT, with the reason it is not part of a recipe (the run's inputs, the
+  variant it studies, settings that give the same numbers, where and how it runs).
+Values the official code chooses per task (VPT's lr, weight decay and batch from its grids and
+commands) are in GRIDS: any of them is the recipe. Values that follow the prompt depth
+(BY_DEPTH) or the world size (BY_WORLD, VPT's drop_last) are compared with the official
+code's value for the run's depth or world size. A compared key whose setting is not used by
+the official config or by the run (ONLY_WHEN: momentum without SGD, k-means settings without
+k-means) is skipped: its owner key already departs, or it changes nothing.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
@@ -22,7 +34,11 @@ from .schema import Config
 
 PROTOCOL_ROOT = CONFIG_ROOT / "protocol"
 GLOBAL_BATCH = "global batch"
-GLOBAL_BATCH_RULE = "data.batch_size x optim.grad_accum x launch.nodes x launch.tasks_per_node"
+LAUNCH_WORLD = "launch.nodes x launch.tasks_per_node"
+BATCH_KEYS = ("data.batch_size", "optim.grad_accum")
+SPLIT_KEYS = {"data.train_split": "train", "data.val_split": "val", "data.test_split": "test"}
+STAGE_KEYS = ("data.stage", "data.tune.", "data.final.")
+STAGES = ("tune", "final")
 
 _VPT_WD = (0.01, 0.001, 0.0001, 0.0)
 # DATA.BATCH_SIZE of VPT's commands: 64 for dmlab and eurosat, 128 for sun397 and the tuning runs.
@@ -30,16 +46,89 @@ _VPT_BATCH = ((64, 128), "demo.ipynb:123, 145, 168, 812, 828")
 # key -> (values the official code uses per task, where); KMnP/vpt tune_vtab.py / tune_fgvc.py, demo.ipynb.
 GRIDS: Dict[str, Dict[str, Tuple[Tuple[float, ...], str]]] = {
     "vpt_vtab": {"optim.lr": ((50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05), "tune_vtab.py:245-251"),
-                 "optim.weight_decay": (_VPT_WD, "tune_vtab.py:251"), "data.batch_size": _VPT_BATCH},
+                 "optim.weight_decay": (_VPT_WD, "tune_vtab.py:251"), GLOBAL_BATCH: _VPT_BATCH},
     "vpt_fgvc": {"optim.lr": ((5.0, 2.5, 1.0, 50.0, 25.0, 10.0, 0.5, 0.25, 0.1), "tune_fgvc.py:152-156"),
-                 "optim.weight_decay": (_VPT_WD, "tune_fgvc.py:157"), "data.batch_size": _VPT_BATCH},
+                 "optim.weight_decay": (_VPT_WD, "tune_fgvc.py:157"), GLOBAL_BATCH: _VPT_BATCH},
 }
 # key -> (deep, shallow, where): VPT's commands set MODEL.PROMPT.DROPOUT 0.1 for every deep run
-# and none for shallow ones.
+# and none for shallow ones; SPT's README gives 20 prompts deep, 100 shallow.
 _VPT_DROPOUT = (0.1, 0.0, "demo.ipynb:126, 148, 171, 814, 830; shallow: demo.ipynb:28")
+_SPT_LENGTH = (20, 100, "README.md:89")
 BY_DEPTH: Dict[str, Dict[str, Tuple[Any, Any, str]]] = {
     "vpt_vtab": {"method.prompt_dropout": _VPT_DROPOUT},
     "vpt_fgvc": {"method.prompt_dropout": _VPT_DROPOUT},
+    "spt_vtab": {"method.prompt_length": _SPT_LENGTH},
+    "spt_fgvc": {"method.prompt_length": _SPT_LENGTH},
+}
+# key -> (one rank, more ranks, where): VPT's train loader keeps the last partial batch on one
+# GPU and drops it on more (SPT's always drops it: its presets set data.drop_last=true).
+_VPT_DROP_LAST = (False, True, "src/data/loader.py:55-58: drop_last = NUM_GPUS > 1")
+BY_WORLD: Dict[str, Dict[str, Tuple[Any, Any, str]]] = {
+    "vpt_vtab": {"data.drop_last": _VPT_DROP_LAST},
+    "vpt_fgvc": {"data.drop_last": _VPT_DROP_LAST},
+}
+# Settings that change what a run computes and that the preset files leave to their defaults
+# (or set for some presets only): compared with the preset's resolved value. key -> that value's meaning.
+ALWAYS: Dict[str, str] = {
+    "model.head_init_std": "std of the trunc-normal head init",
+    "method.window_layout": "SPT's windows",
+    "method.init_images": "prototype images drawn",
+    "method.init_replacement": "prototype draws with replacement",
+    "method.init_transform": "prototype images' transform",
+    "method.init_candidates": "ours: candidate tokens kept per layer for the prototypes",
+    "method.kmeans_iters": "ours: k-means iterations",
+    "method.kmeans_tol": "ours: k-means tolerance",
+    "data.fraction": "1.0: the whole split, as both codes train on",
+    "data.fraction_seed": "the subset drawn by data.fraction",
+    "data.on_bad_sample": "error: both codes stop on an unreadable image; skip trains on fewer",
+    "optim.momentum": "SGD momentum",
+    "optim.sgd_no_decay": "SGD tensors without weight decay",
+    "optim.prompt_weight_decay": "AdamW's prompt weight decay",
+    "distributed.deepspeed_json": "null: no raw DeepSpeed settings over the run's",
+}
+_PROTOTYPES = ("random_sample", "mean_pool", "max_pool", "kmeans")
+# key -> (the setting it needs, test on a flat config): compared only when both configs use it.
+ONLY_WHEN: Dict[str, Tuple[str, Callable[[Dict[str, Any]], bool]]] = {
+    "model.head_init_std": ("model.head_init=trunc_normal", lambda c: c["model.head_init"] == "trunc_normal"),
+    "optim.momentum": ("optim.name=sgd", lambda c: c["optim.name"] == "sgd"),
+    "optim.sgd_no_decay": ("optim.name=sgd", lambda c: c["optim.name"] == "sgd"),
+    "optim.prompt_weight_decay": ("optim.name=adamw", lambda c: c["optim.name"] == "adamw"),
+    "method.window_layout": ("mean_pool / max_pool", lambda c: c["method.init"] in ("mean_pool", "max_pool")),
+    "method.kmeans_iters": ("method.init=kmeans", lambda c: c["method.init"] == "kmeans"),
+    "method.kmeans_tol": ("method.init=kmeans", lambda c: c["method.init"] == "kmeans"),
+    "data.fraction_seed": ("data.fraction < 1", lambda c: c["data.fraction"] < 1.0),
+    **{k: ("prototypes", lambda c: c["method.init"] in _PROTOTYPES and c["method.prompt_length"] > 0)
+       for k in ("method.init_images", "method.init_replacement", "method.init_transform",
+                 "method.init_candidates")},
+}
+# key (or "prefix.") -> why it is no part of a recipe.
+EXEMPT: Dict[str, str] = {
+    "defaults": "composition, not a setting",
+    "model.name": "the backbone a run studies (both codes report several; the presets compose model/vit_b16)",
+    "model.checkpoint": "the weights file (the presets' comments name each code's files)",
+    "model.checkpoint_format": "how the weights file is read",
+    "model.in_chans": "3 is the only value",
+    "model.grad_checkpointing": "recomputes activations: the same numbers",
+    "method.prompt_length": "VPT: tuned per task (the paper's tables); SPT: BY_DEPTH",
+    "method.deep": "the variant a run studies (deep or shallow); BY_DEPTH values follow it",
+    "method.init_batch_size": "batching of the prototype pass",
+    "method.cache_dir": "where prototypes are cached",
+    "method.track_alignment": "a diagnostic",
+    "method.feature_cache": "the same features, computed once",
+    "data.root": "the task",
+    "data.eval_batch_size": "batching of evaluation",
+    "data.num_workers": "loader processes: augmentation is seeded per sample",
+    "data.cache_mb": "decoded samples kept between epochs: the same pixels",
+    "data.shuffle_buffer": "stream mode only (data.shuffle is compared)",
+    "data.stream_shards": "stream mode only (data.shuffle is compared)",
+    "data.mixing_check": "a check", "data.min_mixing": "a check", "data.verify": "a check",
+    "data.duplicate_images": "a check: genuine duplicate images shared with training (data/overlap.py)",
+    "run.seed": "a draw: the recipes' numbers are over seeds (VPT's final runs: 5)",
+    "run.": "output, logging, checkpoint and evaluation cadence (resume is exact; the last epoch is "
+            "always evaluated)",
+    "launch.": "where and how a run is launched: the world size enters through the global batch and BY_WORLD",
+    "distributed.zero_stage": "ZeRO partitions state: the same update",
+    "distributed.backend": "the collective library", "distributed.timeout_s": "a timeout",
 }
 
 
@@ -71,6 +160,7 @@ def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+
 def recipe_keys(name: str) -> List[str]:
     """The dotted keys the protocol file sets itself (its `defaults` only supply the rest)."""
     raw = OmegaConf.to_container(OmegaConf.load(protocol_path(name)))
@@ -78,56 +168,122 @@ def recipe_keys(name: str) -> List[str]:
     return list(_flatten(raw))
 
 
-def _global_batch(cfg: Config) -> int:
-    return cfg.data.batch_size * cfg.optim.grad_accum * cfg.launch.nodes * cfg.launch.tasks_per_node
+def _flat(cfg: Config) -> Dict[str, Any]:
+    return _flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
+
+
+def _exempt(key: str) -> Optional[str]:
+    return EXEMPT.get(key) or next((why for k, why in EXEMPT.items() if k.endswith(".") and key.startswith(k)), None)
+
+
+def treatment(name: str, cfg: Optional[Config] = None) -> Dict[str, str]:
+    """How each setting of `cfg` (default: the preset itself) is judged against protocol `name`:
+    recipe, always, by depth, by world size, global batch, splits, stage, or exempt."""
+    recipe, by_depth, by_world = set(recipe_keys(name)), BY_DEPTH.get(name, {}), BY_WORLD.get(name, {})
+    out = {}
+    for key in _flat(cfg if cfg is not None else load_config(str(protocol_path(name)))):
+        if key in BATCH_KEYS:
+            out[key] = "global batch"
+        elif key in SPLIT_KEYS:
+            out[key] = "splits"
+        elif key.startswith(STAGE_KEYS):
+            out[key] = "stage"
+        elif key in by_depth:
+            out[key] = "by depth"
+        elif key in by_world:
+            out[key] = "by world size"
+        elif key in recipe:
+            out[key] = "recipe"
+        elif key in ALWAYS:
+            out[key] = "always"
+        elif _exempt(key):
+            out[key] = "exempt"
+        else:
+            out[key] = "unjudged"  # a schema key without a rule: tests/test_protocols.py refuses it
+    return out
+
+
+def launch_world_size(cfg: Config) -> int:
+    return cfg.launch.nodes * cfg.launch.tasks_per_node
 
 
 def _per_task(values: Tuple[Any, ...], where: str) -> str:
     return f"per task, one of {{{', '.join(map(str, values))}}} ({where})"
 
 
-def departures(cfg: Config, name: str) -> List[Departure]:
-    """Every recipe setting whose resolved value differs from protocol `name`'s."""
+def _split_departures(cfg: Config, official: Config) -> List[Departure]:
+    ours = {k: getattr(cfg.data, k.split(".")[1]) for k in SPLIT_KEYS}
+    tables = {s: {k: getattr(getattr(official.data, s), n) for k, n in SPLIT_KEYS.items()} for s in STAGES}
+    if cfg.data.stage in STAGES:
+        stage, note = cfg.data.stage, f"data.{cfg.data.stage} of the preset"
+    else:  # custom: the nearer stage (a tie: tune)
+        stage = min(STAGES, key=lambda s: sum(ours[k] != tables[s][k] for k in SPLIT_KEYS))
+        note = f"data.stage=custom: the preset's nearer stage, data.{stage}"
+    return [Departure(k, ours[k], tables[stage][k], note) for k in SPLIT_KEYS if ours[k] != tables[stage][k]]
+
+
+def departures(cfg: Config, name: str, world_size: Optional[int] = None) -> List[Departure]:
+    """Every setting whose resolved value departs from protocol `name`'s recipe, on `world_size`
+    ranks (default: launch.nodes x launch.tasks_per_node)."""
+    world = launch_world_size(cfg) if world_size is None else world_size
     official = load_config(str(protocol_path(name)))
-    ours_flat = _flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    ref_flat = _flatten(OmegaConf.to_container(OmegaConf.structured(official)))
-    grids, by_depth = GRIDS.get(name, {}), BY_DEPTH.get(name, {})
+    ours_flat, ref_flat = _flat(cfg), _flat(official)
+    grids, by_depth, by_world = GRIDS.get(name, {}), BY_DEPTH.get(name, {}), BY_WORLD.get(name, {})
     out = []
-    for key in recipe_keys(name):
-        ours, ref = ours_flat[key], ref_flat[key]
-        if key in by_depth:
+    for key, how in treatment(name, cfg).items():
+        if how in ("recipe", "always") and key in ONLY_WHEN:
+            used = ONLY_WHEN[key][1]
+            if not (used(ours_flat) and used(ref_flat)):
+                continue
+        ours, ref = ours_flat[key], ref_flat.get(key)
+        if how == "by depth":
             deep, shallow, where = by_depth[key]
             ref = deep if cfg.method.deep else shallow
             if ours != ref:
                 out.append(Departure(key, ours, ref, f"{deep} deep, {shallow} shallow ({where})"))
-        elif key in grids:
+        elif how == "by world size":
+            one, more, where = by_world[key]
+            ref = one if world == 1 else more
+            if ours != ref:
+                out.append(Departure(key, ours, ref, f"{one} on one rank, {more} on more ({where})"))
+        elif how in ("recipe", "always") and key in grids:
             values, where = grids[key]
             if ours not in values:
                 out.append(Departure(key, ours, ref, _per_task(values, where)))
-        elif ours != ref:
-            out.append(Departure(key, ours, ref))
-    ours_g, ref_g = _global_batch(cfg), _global_batch(official)
-    batches = grids.get("data.batch_size")
-    if (ours_g not in batches[0]) if batches else ours_g != ref_g:
-        note = f"{GLOBAL_BATCH_RULE}; {_per_task(*batches)}" if batches else GLOBAL_BATCH_RULE
-        out.append(Departure(GLOBAL_BATCH, ours_g, ref_g, note))
+        elif how in ("recipe", "always") and ours != ref:
+            out.append(Departure(key, ours, ref, "" if how == "recipe" else ALWAYS[key]))
+    out += _split_departures(cfg, official)
+    ours_g = cfg.data.batch_size * cfg.optim.grad_accum * world
+    ref_g = official.data.batch_size * official.optim.grad_accum
+    rule = (f"data.batch_size {cfg.data.batch_size} x optim.grad_accum {cfg.optim.grad_accum} "
+            f"x world size {world}")
+    if GLOBAL_BATCH in grids:
+        values, where = grids[GLOBAL_BATCH]
+        if ours_g not in values:
+            out.append(Departure(GLOBAL_BATCH, ours_g, ref_g, f"{rule}; {_per_task(values, where)}"))
+    elif ours_g != ref_g:
+        out.append(Departure(GLOBAL_BATCH, ours_g, ref_g, rule))
     return out
 
 
 def _show(value: Any) -> str:
-    return "null" if value is None else str(value)
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def departure_table(cfg: Config, name: str) -> str:
-    """Side-by-side text table of `departures` (a line saying so when there are none)."""
-    rows = departures(cfg, name)
+def departure_table(cfg: Config, name: str, world_size: Optional[int] = None) -> str:
+    """Side-by-side text table of `departures` (a line saying so when there are none), naming
+    the world size it judged and where it came from (--world-size, or the launch settings)."""
+    world = launch_world_size(cfg) if world_size is None else world_size
+    source = "--world-size" if world_size is not None else LAUNCH_WORLD
+    rows = departures(cfg, name, world)
     where = protocol_path(name).relative_to(CONFIG_ROOT.parent)
+    on = f"on {world} rank{'s' if world > 1 else ''} ({source})"
     if not rows:
-        return f"no departures from protocol {name} ({where})\n"
+        return f"no departures from protocol {name} ({where}) {on}\n"
     cells = [("setting", "this config", name, "")] + [(d.key, _show(d.ours), _show(d.official), d.note)
                                                      for d in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(3)]
     lines = ["  ".join(c[i].ljust(widths[i]) for i in range(3)) + (f"  {c[3]}" if c[3] else "") for c in cells]
-    lines.append(f"{len(rows)} setting(s) depart from protocol {name} ({where}; "
+    lines.append(f"{len(rows)} setting(s) depart from protocol {name} {on} ({where}; "
                  f"its comments name the official source of each value)")
     return "\n".join(line.rstrip() for line in lines) + "\n"

@@ -128,6 +128,10 @@ class DataConfig:
                                "than a uniform shuffle (see data.min_mixing)")
     min_mixing: float = bounded(0.9, 0.0, 1.0, help="lowest allowed ratio of distinct classes per batch, "
                                 "planned vs uniform")
+    duplicate_images: int = bounded(0, 0, help="byte-identical images under other keys that a validation "
+                                    "or test split may share with the training split (each): that many "
+                                    "train with a warning, more are an error; the same sample (same key) "
+                                    "in both is always an error")
     on_bad_sample: str = choice("error", "error", "skip")
     verify: str = choice("headers", "headers", "full", "none", help="read checks before training (error mode): "
                          "headers = every val/test sample and 256 training ones; full = every sample and "
