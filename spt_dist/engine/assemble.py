@@ -68,7 +68,7 @@ def load_data(cfg: Config, index: "ShardIndex", inputs: "InputSpec", dist: DistI
     from spt_dist.data.overlap import check_eval_splits
 
     d = cfg.data
-    check_eval_splits(index, d.train_split, d.val_split, d.test_split)
+    check_eval_splits(index, d.train_split, d.val_split, d.test_split, d.duplicate_images)
     args = (*inputs, dist.rank, dist.world_size)
     train = TrainData(d, index, *args, seed=cfg.run.seed, grad_accum=cfg.optim.grad_accum)
     val = EvalData(d, index, d.val_split, *args) if d.val_split else None

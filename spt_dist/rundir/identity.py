@@ -25,8 +25,8 @@ NEUTRAL_RUN = {"out_dir": "", "name": "", "progress": True, "log_every": 1, "loc
 
 
 # Settings that only change how fast the numbers come (the caches give the same batches, and
-# the same results within float summation order: docs/training.md).
-NEUTRAL_KEYS = ("data.cache_mb", "method.feature_cache")
+# the same results within float summation order: docs/training.md), or whether a run may start.
+NEUTRAL_KEYS = ("data.cache_mb", "method.feature_cache", "data.duplicate_images")
 
 
 def config_hash(cfg: Config) -> str:

@@ -75,7 +75,7 @@ def preflight_on_login_node(cfg: Config) -> None:
     from spt_dist.data.overlap import check_eval_splits
 
     d = cfg.data
-    check_eval_splits(preflight.load_index(d.root), d.train_split, d.val_split, d.test_split)
+    check_eval_splits(preflight.load_index(d.root), d.train_split, d.val_split, d.test_split, d.duplicate_images)
 
 
 def _record(sub: Submitted, config_path: Optional[str], pack_run_dirs: Optional[List[str]] = None) -> None:
