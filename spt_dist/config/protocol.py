@@ -245,7 +245,7 @@ def departures(cfg: Config, name: str, world_size: Optional[int] = None) -> List
             one, more, where = by_world[key]
             ref = one if world == 1 else more
             if ours != ref:
-                out.append(Departure(key, ours, ref, f"{one} on one rank, {more} on more ({where})"))
+                out.append(Departure(key, ours, ref, f"{_show(one)} on one rank, {_show(more)} on more ({where})"))
         elif how in ("recipe", "always") and key in grids:
             values, where = grids[key]
             if ours not in values:
