@@ -275,6 +275,31 @@ def test_model_file_without_head_through_the_config(tmp_path):
     assert weights_hash(build_model(cfg, num_classes=3).backbone) == weights_hash(src)
 
 
+def test_timm_copy_of_mae_without_wrapper_needs_its_format(tmp_path):
+    # timm's vit_*.mae files: MAE's encoder in timm's names, flat, no head, no decoder, no mask
+    # token; the fixed sin-cos pos_embed (MAE's formula) is what says MAE. A supervised headless
+    # file (a learned pos_embed) stays timm.
+    from spt_dist.model.mae import sincos_with_class_row
+
+    src = _source()
+    state = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(state, str(tmp_path / "learned.safetensors"))
+    assert detect_format(tmp_path / "learned.safetensors") == "timm"
+    state["pos_embed"] = sincos_with_class_row(32, 4)
+    save_file(state, str(tmp_path / "mae.safetensors"))
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    for path in (tmp_path / "mae.safetensors", tmp_path / "pytorch_model.bin"):
+        with pytest.raises(CheckpointError, match=r"pos_embed is MAE's fixed sin-cos.*"
+                                                  r"model.checkpoint_format=mae or model.checkpoint_format=timm"):
+            detect_format(path)
+        with pytest.raises(CheckpointError, match="model.checkpoint_format=mae"):
+            build_backbone(NAME, checkpoint=path)
+    mae = build_backbone(NAME, checkpoint=tmp_path / "mae.safetensors", checkpoint_format="mae")
+    assert isinstance(mae.norm, torch.nn.Identity) and torch.equal(mae.fc_norm.weight, torch.ones(32))
+    timm = build_backbone(NAME, checkpoint=tmp_path / "mae.safetensors", checkpoint_format="timm")
+    assert torch.equal(timm.norm.weight, src.norm.weight) and torch.equal(timm.pos_embed, state["pos_embed"])
+
+
 @pytest.mark.parametrize("marks", [{"mask_token": torch.zeros(1, 1, 32)},
                                    {"decoder_embed.weight": torch.zeros(16, 32), "mask_token": torch.zeros(1, 1, 16)}])
 def test_real_mae_pretraining_layouts_are_detected(tmp_path, marks):

@@ -110,7 +110,23 @@ def _classify(wrapper: Optional[str], state: Dict[str, torch.Tensor], path: str)
             f"fc_norm: an MAE encoder (released pretraining files look like this) or a supervised "
             f"backbone saved without its head, which pool and normalise differently; say which with "
             f"model.checkpoint_format=mae or model.checkpoint_format=timm")
+    if not any(k.startswith(("head.", "fc_norm")) for k in keys) and _mae_positions(state, "cls_token" in state):
+        raise CheckpointError(
+            f"{path}: a file without a head or fc_norm whose pos_embed is MAE's fixed sin-cos: an MAE encoder "
+            f"in timm's names (timm's vit_*.mae files look like this), which MAE's recipes pool by the mean of "
+            f"the tokens and timm by the class token; say which with model.checkpoint_format=mae or "
+            f"model.checkpoint_format=timm")
     return "timm"
+
+
+def _mae_positions(state: Dict[str, object], class_token: bool) -> bool:
+    """Whether the file's pos_embed is MAE's fixed 2-D sin-cos table (positive evidence of MAE)."""
+    pos = state.get("pos_embed")
+    if not isinstance(pos, torch.Tensor) or pos.ndim != 3 or pos.shape[1] < 2:
+        return False
+    from .summary import pos_embed_kind
+
+    return pos_embed_kind(pos[0].float().numpy(), class_token) == "sincos-mae"
 
 
 def detect_format(path: PathLike) -> str:
@@ -118,13 +134,18 @@ def detect_format(path: PathLike) -> str:
 
     .npz -> npz; `module.`-prefixed keys -> mocov3; MAE's decoder or mask token, or a
     {'model': ...} dict with fc_norm -> mae; a {'model': ...} dict with a head -> timm; one
-    with neither -> CheckpointError (ambiguous: set the format); anything else -> timm.
+    with neither -> CheckpointError (ambiguous: set the format); another file without a head
+    or fc_norm whose pos_embed is MAE's sin-cos table (timm's copies of MAE) -> CheckpointError
+    too; anything else -> timm.
     """
     path = os.path.expanduser(str(path))
     if path.endswith(".safetensors") and os.path.isfile(path):
         from safetensors import safe_open
-        with safe_open(path, framework="pt") as f:  # keys only, no tensor is read
-            return _classify(None, dict.fromkeys(f.keys()), path)
+        with safe_open(path, framework="pt") as f:  # keys, and only pos_embed of the tensors
+            state = dict.fromkeys(f.keys())
+            if "pos_embed" in state:
+                state["pos_embed"] = f.get_tensor("pos_embed")
+            return _classify(None, state, path)
     return read_checkpoint(path).fmt
 
 
