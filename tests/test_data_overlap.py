@@ -103,3 +103,16 @@ def test_a_run_trains_with_allowed_duplicates(twins, tmp_path, capsys):
     with pytest.warns(UserWarning, match="allowed by data.duplicate_images=1"):
         assert spt(args + ["run.name=allowed", "data.duplicate_images=1"]) == 0
     assert (tmp_path / "allowed" / "results.json").is_file()
+
+
+def test_the_login_node_check_reads_the_allowance(twins):
+    from spt_dist.config import load_config
+    from spt_dist.study.submit import preflight_on_login_node
+
+    base = ["model.name=vit_micro_p4_16", "method.name=linear", "method.prompt_length=0", "method.init=vpt",
+            f"data.root={twins.root}", "data.train_split=train", "data.val_split=val", "data.test_split=test",
+            "data.batch_size=1", "optim.epochs=1", "optim.warmup_epochs=0"]
+    with pytest.raises(DataError, match=r"data.duplicate_images=1 allows them \(now 0\)"):
+        preflight_on_login_node(load_config(None, base))
+    with pytest.warns(UserWarning, match="allowed by data.duplicate_images=1"):
+        preflight_on_login_node(load_config(None, base + ["data.duplicate_images=1"]))
