@@ -160,7 +160,6 @@ def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-
 def recipe_keys(name: str) -> List[str]:
     """The dotted keys the protocol file sets itself (its `defaults` only supply the rest)."""
     raw = OmegaConf.to_container(OmegaConf.load(protocol_path(name)))
@@ -199,7 +198,7 @@ def treatment(name: str, cfg: Optional[Config] = None) -> Dict[str, str]:
         elif _exempt(key):
             out[key] = "exempt"
         else:
-            out[key] = "unjudged"  # a schema key without a rule: tests/test_protocols.py refuses it
+            out[key] = "unjudged"  # a schema key without a rule (tests/test_protocols.py refuses it): compared
     return out
 
 
@@ -231,6 +230,7 @@ def departures(cfg: Config, name: str, world_size: Optional[int] = None) -> List
     grids, by_depth, by_world = GRIDS.get(name, {}), BY_DEPTH.get(name, {}), BY_WORLD.get(name, {})
     out = []
     for key, how in treatment(name, cfg).items():
+        how = "always" if how == "unjudged" else how
         if how in ("recipe", "always") and key in ONLY_WHEN:
             used = ONLY_WHEN[key][1]
             if not (used(ours_flat) and used(ref_flat)):
@@ -251,7 +251,7 @@ def departures(cfg: Config, name: str, world_size: Optional[int] = None) -> List
             if ours not in values:
                 out.append(Departure(key, ours, ref, _per_task(values, where)))
         elif how in ("recipe", "always") and ours != ref:
-            out.append(Departure(key, ours, ref, "" if how == "recipe" else ALWAYS[key]))
+            out.append(Departure(key, ours, ref, ALWAYS.get(key, "") if how == "always" else ""))
     out += _split_departures(cfg, official)
     ours_g = cfg.data.batch_size * cfg.optim.grad_accum * world
     ref_g = official.data.batch_size * official.optim.grad_accum
