@@ -217,6 +217,10 @@ def test_every_setting_of_the_schema_is_judged(name):
     ("spt_fgvc", ["data.final.train=trainval"], {}),  # the final table is not read by a tuning run
     ("spt_vtab", ["method.init=kmeans", "method.kmeans_iters=5"], {"method.init": ("kmeans", "random_sample")}),
     ("vpt_vtab", ["method.window_layout=spt", "model.head_init_std=0.5"], {}),  # unused by VPT's init and head
+    # SPT's README.md:89: 20 prompts deep, 100 shallow.
+    ("spt_vtab", ["method.prompt_length=10"], {"method.prompt_length": (10, 20)}),
+    ("spt_fgvc", ["method.deep=false", "method.prompt_length=100"], {}),
+    ("spt_fgvc", ["method.deep=false"], {"method.prompt_length": (20, 100)}),
     ("spt_vtab", ["data.on_bad_sample=skip", "distributed.deepspeed_json=ds.json"],
      {"data.on_bad_sample": ("skip", "error"), "distributed.deepspeed_json": ("ds.json", None)}),
 ])
