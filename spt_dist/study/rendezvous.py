@@ -104,16 +104,28 @@ def reservations_dir() -> Path:
 
 def pick_port(key: int, attempt: int, where: Optional[Path] = None) -> int:
     """A candidate port that can be bound now and that no other task here reserved; reserved
-    for this process."""
+    for this process. Without a writable reservations folder: the first bindable candidate."""
     where = Path(where or reservations_dir())
-    where.mkdir(parents=True, exist_ok=True)
-    with open(where / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        lock = open(where / ".lock", "a")
+    except OSError:  # no node-local folder (full, read-only): binding alone decides
+        lock = None
+    try:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
         now = time.time()
         for port in candidate_ports(key, attempt):
-            if not _reserved(where / str(port), now) and _bindable(port):
-                (where / str(port)).write_text(json.dumps({"pid": os.getpid(), "time": now}))
+            if (lock is None or not _reserved(where / str(port), now)) and _bindable(port):
+                if lock is not None:
+                    try:
+                        (where / str(port)).write_text(json.dumps({"pid": os.getpid(), "time": now}))
+                    except OSError:
+                        pass  # unreserved, still free now
                 return port
+    finally:
+        if lock is not None:
+            lock.close()
     raise OSError(f"EADDRINUSE: no free rendezvous port among the candidates of job number {key}")
 
 
