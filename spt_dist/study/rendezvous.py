@@ -167,10 +167,11 @@ def gave_up(exc: BaseException, ports) -> StartupError:
     """The one line a task ends with when every attempt failed at start-up."""
     first = (str(exc).strip().splitlines() or [""])[0][:200]
     tried = ", ".join(str(p) for p in ports) or "none"
+    host = socket.gethostname()
     return StartupError(
-        f"the run could not start on {socket.gethostname()} after {ATTEMPTS} attempts (rendezvous ports tried: "
-        f"{tried}; last: {type(exc).__name__}: {first}); nothing was trained: submit it again (`spt study run` "
-        f"does); if it recurs on this node of a SLURM cluster, keep jobs off it (--sbatch exclude={socket.gethostname()})")
+        f"the run could not start on {host} after {ATTEMPTS} attempts (rendezvous ports tried: {tried}; last: "
+        f"{type(exc).__name__}: {first}); nothing was trained: submit it again (`spt study run` does); if it "
+        f"recurs on this node of a SLURM cluster, keep jobs off it (--sbatch exclude={host})")
 
 
 def reset_process_group() -> None:
