@@ -4,7 +4,7 @@
 # its own lr search on the validation split, the choice carried to a 2-seed final stage, then the
 # table, plots and fitted curves.
 #   bash launch/study_demo.sh              # on the SLURM cluster if `sbatch` answers, else locally
-#   CLUSTER=local bash launch/study_demo.sh
+#   CLUSTER=local bash launch/study_demo.sh   # (or CLUSTER=slurm): passed as `spt study run --cluster`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,11 +17,6 @@ if [ -z "${CLUSTER:-}" ]; then
   if command -v sbatch >/dev/null && sinfo -h >/dev/null 2>&1; then CLUSTER=slurm; else CLUSTER=local; fi
 fi
 SPEC=configs/study/mini_fmnist.yaml
-if [ "$CLUSTER" != auto ]; then  # the spec says cluster: auto; pin the choice made above
-  sed "s/cluster: auto/cluster: $CLUSTER/" "$SPEC" > configs/study/.mini_fmnist.$CLUSTER.yaml
-  SPEC=configs/study/.mini_fmnist.$CLUSTER.yaml
-fi
-.venv/bin/spt study plan "$SPEC"
-.venv/bin/spt study run "$SPEC" --poll 5
-.venv/bin/spt study report "$SPEC"
+.venv/bin/spt study plan "$SPEC" --cluster "$CLUSTER"
+.venv/bin/spt study run "$SPEC" --cluster "$CLUSTER" --poll 5  # writes the report when the study finishes
 cat runs/studies/mini_fmnist/report/study.md

@@ -71,6 +71,9 @@ def check_finished_study(spec_path: Path) -> Dict:
     for cell in plan.cells:
         search = {r.point["optim.lr"]: read_results(r.run_dir) for r in plan.search[cell.key]}
         assert all(res["status"] == "finished" and res["top1"] is None for res in search.values())  # no test pass
+        for r in plan.search[cell.key]:  # the configured lr and weight decay, beside the effective lr
+            res = search[r.point["optim.lr"]]
+            assert res["base_lr"] == r.point["optim.lr"] and res["weight_decay"] == r.cfg.optim.weight_decay
         best = max(search, key=lambda lr: (search[lr]["val_top1"], -list(search).index(lr)))
         sel = json.loads((plan.spec.out_dir / "selections" / f"{cell.key}.json").read_text())
         assert sel["chosen"] == {"optim.lr": best} and sel["value"] == search[best]["val_top1"]
@@ -79,8 +82,24 @@ def check_finished_study(spec_path: Path) -> Dict:
         for r in finals:
             res = read_results(r.run_dir)
             assert res["status"] == "finished" and isinstance(res["top1"], float) and res["val_top1"] is None
-            assert r.cfg.optim.lr == best
+            assert r.cfg.optim.lr == best == res["base_lr"] and res["weight_decay"] == r.cfg.optim.weight_decay
         selections[cell.key] = sel
     for state in p.states:
         assert len(starts(Path(state))) == 1, state  # trained exactly once
     return selections
+
+
+def check_report(out_dir: Path, cells: int = 1, seeds: int = 2) -> None:
+    """The report `spt study run` wrote when the study finished: table (Markdown, CSV), fits, plots."""
+    import csv
+
+    report = Path(out_dir) / "report"
+    with open(report / "study.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == cells and all(int(r["n"]) == seeds and float(r["top1"]) >= 0 for r in rows)
+    assert all(r["selected"].startswith("optim.lr=") for r in rows)
+    md = (report / "study.md").read_text()
+    assert md.startswith("# Study ") and "sample standard deviation (n-1)" in md and "| method |" in md
+    assert (report / "fits.csv").read_text().startswith("error_vs,method,at,exponent,exponent_se")
+    for name in ("top1_vs_data.png", "top1_vs_params.png", "scaling_fit.png"):
+        assert (report / name).stat().st_size > 1000, name

@@ -158,7 +158,7 @@ def test_cli_show_prints_resolved_config_and_rejects_bad(capsys):
 
 
 def test_every_shipped_sweep_expands_to_valid_runs():
-    from spt_dist.study.sweep import expand, load_sweep_file
+    from spt_dist.config.sweep import expand, load_sweep_file
 
     sweeps = sorted(CONFIG_ROOT.rglob("*.sweep.yaml"))
     assert sweeps

@@ -159,7 +159,7 @@ def test_finished_run_is_not_rerun(reference, study):
 
 def test_job_array_of_a_sweep(slurm, study, capsys):
     from spt_dist.study import prepare, submit_study
-    from spt_dist.study.sweep import expand, parse_grid
+    from spt_dist.config.sweep import expand, parse_grid
 
     points = expand([str(study / "run.yaml")], parse_grid(["method.prompt_length=2,3,5"]),
                     ["run.name=sweep", "optim.epochs=1", "launch.tasks_per_node=1"])
@@ -286,17 +286,22 @@ def test_sbatch_true_is_a_bare_flag(slurm, study):
 
 
 def test_study_end_to_end_on_slurm(slurm, tmp_path):
-    """The miniature study through the real scheduler: one job array per driver pass."""
+    """The miniature study through the real scheduler: one job array per driver pass; the
+    report written when the study finishes, and again from the study's folder."""
     from spt_dist.cli import main
-    from study_helpers import check_finished_study, make_study
+    from study_helpers import check_finished_study, check_report, make_study
 
     spec = make_study(tmp_path, "slurm")
     assert main(["study", "run", str(spec), "--poll", "2"]) == 0
     check_finished_study(spec)
+    check_report(tmp_path / "study")
     ledger = [json.loads(line) for line in (tmp_path / "study" / "submitted.jsonl").read_text().splitlines()]
     assert {e["cluster"] for e in ledger} == {"slurm"} and len(ledger) == 4
     assert all("_" in e["job_id"] for e in ledger)  # array tasks: <array id>_<index>
-    assert main(["study", "report", str(spec)]) == 0
+    for path in (tmp_path / "study" / "report").iterdir():
+        path.unlink()
+    assert main(["study", "report", str(tmp_path / "study")]) == 0
+    check_report(tmp_path / "study")
 
 
 def test_elastic_job_asks_for_a_node_range(slurm, tmp_path):

@@ -1,5 +1,7 @@
-"""The same submission path without SLURM: submitit's local executor (one process per task)
-and the in-process debug executor, with the real training engine on tiny shards."""
+"""The submission path without SLURM: submitit's local executor (one process per task) and the
+in-process debug executor, with the real training engine on tiny shards; and the miniature
+study, unpacked, end to end on the local executor with one command (the packed search:
+tests/test_study_run.py; on SLURM: tests/test_slurm_jobs.py)."""
 import json
 import subprocess
 import sys
@@ -51,6 +53,21 @@ def test_debug_executor_runs_in_process(run_file):
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert printed["results"]["status"] == "finished" and printed["results"]["world_size"] == 1
     assert printed["run_dir"].endswith("/debug1")
+
+
+def test_study_end_to_end_on_the_local_executor(tmp_path):
+    """`spt study run SPEC --cluster local`, the spec asking for another executor: search (one
+    task per run), selection on validation, the final stage with seeds, the report."""
+    from spt_dist.cli import main
+    from study_helpers import check_finished_study, check_report, make_study
+
+    spec = make_study(tmp_path, "debug")
+    assert main(["study", "run", str(spec), "--cluster", "local", "--poll", "1"]) == 0
+    check_finished_study(spec)
+    check_report(tmp_path / "study")
+    ledger = [json.loads(line) for line in (tmp_path / "study" / "submitted.jsonl").read_text().splitlines()]
+    assert {e["cluster"] for e in ledger} == {"local"} and len(ledger) == 4
+    assert len({e["job_id"] for e in ledger if e["stage"] == "search"}) == 2  # not packed: a job per run
 
 
 def test_building_the_parser_imports_no_torch():

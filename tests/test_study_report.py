@@ -98,9 +98,9 @@ def test_unknown_metric_is_an_error_listing_the_available_ones(runs, tmp_path, c
 
 
 def test_plot_never_averages_runs_that_differ_in_more_than_the_seed(runs):
-    from spt_dist.study.report import _series
+    from spt_dist.study.report import plot_series
 
-    series, _ = _series(collect(str(runs)), "data.fraction", "params_m")
+    series, _ = plot_series(collect(str(runs)), "data.fraction", "params_m")
     # spt-deep runs differ in the backbone only at fraction 1.0: each gets its own line.
     assert sorted(series) == ["spt-deep model.name=vit_micro_p4_16", "spt-deep model.name=vit_tiny_p7_28",
                               "vpt-deep"]

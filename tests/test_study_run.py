@@ -1,7 +1,9 @@
-"""`spt study run` end to end on submitit's local executor: search (a cell's search stage as
-one packed task, protocol.pack_search), selection on validation, final stage with seeds,
-report; idempotent when killed at random points and run again. The unpacked search runs the
-same way on SLURM (tests/test_slurm_jobs.py) and in tests/test_study_local.py."""
+"""`spt study run` end to end on submitit's local executor with a packed search (a cell's
+search stage as one packed task, protocol.pack_search): selection on validation, final stage
+with seeds, `spt study status` and `spt study report`; idempotent when the driver is killed
+at random points and run again. The unpacked study runs end to end on the local executor in
+tests/test_study_local.py (with the report `spt study run` writes) and on SLURM in
+tests/test_slurm_jobs.py."""
 from __future__ import annotations
 
 import json
@@ -18,8 +20,8 @@ from study_helpers import check_finished_study, make_study
 
 
 def _driver(spec) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "study", "run", str(spec), "--poll", "1"], cwd=ROOT,
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "study", "run", str(spec), "--poll", "1", "--no-report"],
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
 
@@ -44,7 +46,7 @@ def test_study_killed_at_random_points_finishes_with_every_run_once(tmp_path, ca
     assert sorted(job["pack_run_dirs"]) == sorted(search)
     assert all("pack_size" not in read_results(e["run_dir"]) for e in entries if e["stage"] == "final")
     # Running it again changes nothing: no submission, the same selection.
-    assert spt(["study", "run", str(spec), "--no-wait"]) == 0
+    assert spt(["study", "run", str(spec), "--no-wait", "--no-report"]) == 0
     assert (tmp_path / "study" / "submitted.jsonl").read_text().splitlines() == ledger
     assert check_finished_study(spec) == selections
     capsys.readouterr()

@@ -2,7 +2,7 @@
 import pytest
 
 from spt_dist.config import ConfigError
-from spt_dist.study.sweep import expand, load_sweep_file, parse_grid
+from spt_dist.config.sweep import expand, load_sweep_file, parse_grid
 
 
 def test_grid_product_with_distinct_suffixes():
@@ -46,7 +46,7 @@ def test_duplicate_run_folders_are_rejected(tmp_path):
 
 
 def test_sweep_file_without_grid_is_a_sweep_file(tmp_path):
-    from spt_dist.study.sweep import is_sweep_file
+    from spt_dist.config.sweep import is_sweep_file
 
     (tmp_path / "run.yaml").write_text("optim:\n  lr: 0.1\n")
     sweep = tmp_path / "sweep.yaml"

@@ -68,7 +68,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from .submit import prepare, submit_study
-    from .sweep import expand, is_sweep_file, load_sweep_file, parse_grid
+    from spt_dist.config.sweep import expand, is_sweep_file, load_sweep_file, parse_grid
 
     configs, grid, overrides = [args.config], {}, []
     if args.config and Path(args.config).is_file() and is_sweep_file(args.config):

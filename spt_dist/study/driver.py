@@ -5,10 +5,12 @@ Each pass reads the state from files (run folders, selections, the ledger), so t
 idempotent: after a crash, a cancel or a lost login node, running it again skips finished
 runs, resumes unfinished ones from their checkpoints, leaves running ones alone and never
 re-selects. Cells progress independently: a cell's final stage starts as soon as its own
-search is complete. Everything submitted in one pass goes out as ONE job array (one
-`launch.array_parallelism` throttle); with the local executor at most that many runs run at
-once. A run that failed is submitted again up to `max_attempts` times, then reported. With
-protocol.pack_search, the search runs of a cell that a pass submits are one packed task.
+search is complete. Everything submitted in one pass goes out as ONE job array; each pass
+submits only as many tasks as keep the study's queued and running tasks at most
+`launch.array_parallelism` (a packed cell's search is one task), so that throttles the whole
+study, on SLURM and on the local executor alike. A run that failed is submitted again up to
+`max_attempts` times, then reported. With protocol.pack_search, the search runs of a cell
+that a pass submits are one packed task.
 """
 from __future__ import annotations
 
@@ -55,9 +57,9 @@ def survey(plan: Plan, write: bool = True) -> Pass:
     return Pass(states, final, warnings=warnings, selections=selections)
 
 
-def _groups(runs: List[PlannedRun], packed: Sequence[str]) -> List[List[PlannedRun]]:
-    """One task per run; the search runs of this pass of a cell in `packed` (protocol.pack_search)
-    form one pack."""
+def task_groups(runs: List[PlannedRun], packed: Sequence[str]) -> List[List[PlannedRun]]:
+    """The tasks `runs` go out as: one per run; the search runs of this pass of a cell in
+    `packed` (protocol.pack_search) form one pack."""
     groups: Dict[str, List[PlannedRun]] = {}
     for i, r in enumerate(runs):
         pack = r.stage == SEARCH and r.cell.key in packed
@@ -65,10 +67,9 @@ def _groups(runs: List[PlannedRun], packed: Sequence[str]) -> List[List[PlannedR
     return list(groups.values())
 
 
-def _submit(runs: List[PlannedRun], out_dir, packed: Sequence[str] = ()) -> None:
+def _submit(groups: List[List[PlannedRun]], out_dir) -> None:
     from .submit import submit_groups
 
-    groups = _groups(runs, packed)
     runs = [r for g in groups for r in g]
     subs = submit_groups([[r.cfg for r in g] for g in groups], [r.config_path for r in runs])
     record(out_dir, [{"run_dir": str(s.run_dir), "job_id": str(s.job.job_id), "job_folder": str(s.job_folder),
@@ -76,27 +77,44 @@ def _submit(runs: List[PlannedRun], out_dir, packed: Sequence[str] = ()) -> None
                      for s, r in zip(subs, runs)])
 
 
-def step(plan: Plan, max_attempts: int = 2) -> Pass:
-    """One pass: survey, then submit every run that may run now."""
-    from .executor import resolve_cluster
+def live_tasks(p: Pass) -> int:
+    """Tasks of this study queued or running (the members of a pack are one task)."""
+    return len({s.job or run_dir for run_dir, s in p.states.items() if s.state == "running"})
 
-    p = survey(plan)
+
+def to_submit(plan: Plan, p: Pass, max_attempts: int = 2) -> List[List[PlannedRun]]:
+    """The tasks a pass submits: runs pending, or failed with attempts left, as task_groups makes
+    them, so many that at most launch.array_parallelism tasks of the study are queued or running."""
     todo = [r for r in runs_of(plan, p.final)
             if p.states[str(r.run_dir)].state == "pending"
             or (p.states[str(r.run_dir)].state == "failed" and p.states[str(r.run_dir)].attempts < max_attempts)]
-    if todo:
-        launch = todo[0].cfg.launch
-        if resolve_cluster(launch.cluster) == "local":  # no array throttle: keep at most N at once
-            todo = todo[:max(0, launch.array_parallelism - p.count("running"))]
-        if todo:
-            _submit(todo, plan.spec.out_dir, plan.packed)
-            p.submitted = todo
+    if not todo:
+        return []
+    return task_groups(todo, plan.packed)[:max(0, todo[0].cfg.launch.array_parallelism - live_tasks(p))]
+
+
+def step(plan: Plan, max_attempts: int = 2) -> Pass:
+    """One pass: survey, then submit what may run now (to_submit), on every executor alike."""
+    p = survey(plan)
+    groups = to_submit(plan, p, max_attempts)
+    if groups:
+        _submit(groups, plan.spec.out_dir)
+        p.submitted = [r for g in groups for r in g]
     return p
+
+
+def complete(plan: Plan, p: Pass) -> bool:
+    """Every cell selected and every run of both stages finished."""
+    return len(p.final) == len(plan.cells) and p.count("done") == len(p.states)
 
 
 def run_study(plan: Plan, wait: bool = True, poll_s: float = 5.0, max_attempts: int = 2,
               log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Pass:
-    """Drive the study until every run is done or nothing more can run; returns the last pass."""
+    """Drive the study until every run is done or nothing more can run; returns the last pass.
+    The spec is saved in its out_dir first (spec.SAVED), for status and report given the folder."""
+    from .spec import save_spec
+
+    save_spec(plan.spec)
     shown: set = set()
     while True:
         p = step(plan, max_attempts)
@@ -108,9 +126,8 @@ def run_study(plan: Plan, wait: bool = True, poll_s: float = 5.0, max_attempts: 
         log(f"study {plan.spec.name}: {p.count('done')} done, {p.count('running')} running, "
             f"{p.count('failed')} failed, {p.count('pending')} pending; {len(p.final)}/{len(plan.cells)} cells "
             f"selected ({n_final} final runs)" + (f"; submitted {len(p.submitted)}" if p.submitted else ""))
-        complete = len(p.final) == len(plan.cells) and p.count("done") == len(p.states)
         stuck = not p.submitted and p.count("running") == 0
-        if complete or stuck or not wait:
+        if complete(plan, p) or stuck or not wait:
             return p
         time.sleep(poll_s)
 

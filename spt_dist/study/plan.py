@@ -10,6 +10,8 @@ hash, so the same config asked for twice (by two stages, two cells or two studie
 Every search config, and every final config with the first grid point standing in for the
 selection, is loaded and checked like `spt submit` checks one (files, preflight) when the plan
 is built: a bad axis key or an impossible combination fails before anything is submitted.
+`build_plan(spec, check=False)` (status, report) validates the configs but opens no data or
+weight file: it only names the runs, whose results files are then read.
 """
 from __future__ import annotations
 
@@ -79,10 +81,11 @@ def overrides(spec: StudySpec, cell: Cell, stage: str, point: Dict[str, Any], se
     return out
 
 
-def make_run(spec: StudySpec, cell: Cell, stage: str, point: Dict[str, Any], seed: Optional[int]) -> PlannedRun:
+def make_run(spec: StudySpec, cell: Cell, stage: str, point: Dict[str, Any], seed: Optional[int],
+             check: bool = True) -> PlannedRun:
     from .submit import prepare
 
-    cfg = prepare(spec.base, overrides(spec, cell, stage, point, seed))
+    cfg = prepare(spec.base, overrides(spec, cell, stage, point, seed), check=check)
     return PlannedRun(stage, cell, point, seed, cfg, spec.base)
 
 
@@ -96,24 +99,26 @@ class Plan:
     cells: List[Cell]
     search: Dict[str, List[PlannedRun]]   # cell key -> runs
     packed: List[str] = field(default_factory=list)  # protocol.pack_search: cells whose search is one pack
+    check: bool = True                    # configs checked against their files (False: only named)
 
     def final(self, cell: Cell, point: Dict[str, Any]) -> List[PlannedRun]:
-        return [make_run(self.spec, cell, FINAL, point, seed) for seed in self.spec.seeds]
+        return [make_run(self.spec, cell, FINAL, point, seed, self.check) for seed in self.spec.seeds]
 
 
-def build_plan(spec: StudySpec, check_final: bool = True) -> Plan:
-    """Every search run, validated; the final stage validated with the first grid point."""
+def build_plan(spec: StudySpec, check_final: bool = True, check: bool = True) -> Plan:
+    """Every search run, validated; the final stage validated with the first grid point.
+    `check=False`: validated without opening data or weight files (for commands that only read)."""
     all_cells = cells(spec)
     keys = [c.key for c in all_cells]
     if len(set(keys)) != len(keys):
         raise ValueError("two cells share a name; give axis values distinct labels")
-    search = {c.key: [make_run(spec, c, SEARCH, p, None) for p in c.grid()] for c in all_cells}
+    search = {c.key: [make_run(spec, c, SEARCH, p, None, check) for p in c.grid()] for c in all_cells}
     packed = packed_cells(spec, search) if spec.pack_search else []
-    if check_final:
+    if check_final and check:
         for c in all_cells:
             for seed in spec.seeds:
                 make_run(spec, c, FINAL, c.grid()[0], seed)
-    return Plan(spec, all_cells, search, packed)
+    return Plan(spec, all_cells, search, packed, check)
 
 
 def packed_cells(spec: StudySpec, search: Dict[str, List[PlannedRun]]) -> List[str]:

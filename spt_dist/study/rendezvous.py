@@ -1,39 +1,76 @@
-"""The rendezvous port of a submitted multi-task job, and retries of transient start-up failures.
+"""The rendezvous port of a submitted job (one task or several), and retries of transient
+start-up failures.
 
-submitit derives MASTER_PORT from a hash of the job id, so two array tasks on one node can draw
-the same port, and nothing checks that a port is free. Here the port is a function of the
-numeric SLURM job id (array tasks have consecutive ids, so tasks running side by side get
-different ports) and of the attempt number; rank 0 takes the first candidate it can bind and
-writes it to `<job folder>/rendezvous/<job id>.<attempt>.json`, which the other tasks read
-(submitit's job folder is on a filesystem every node of the job shares). A start-up failure
-that is not the run's fault (the port taken between the check and the bind, a peer that could
-not connect) is retried, up to ATTEMPTS times, with the next attempt's port.
+submitit derives MASTER_PORT from a hash of the job id, so two jobs on one node can draw the
+same port, and nothing checks that a port is free. Here the first candidate port is a function
+of the job's number (`port_key`: SLURM's own per-task job id, which every job or array task
+running at the same time has to itself and which consecutive array tasks have consecutive;
+else the array id and task id; under the local executor submitit's local job id), and later
+candidates and attempts step away from it. The task that opens the port (rank 0) takes the first candidate
+that it can bind and that no other task of this user on this node reserved in the last
+HOLD_S seconds (`pick_port`: the reservations live in a node-local folder, chosen under a file
+lock, so two tasks starting at the same moment never choose the same port). A job of several
+tasks writes the choice to `<job folder>/rendezvous/<job id>.<restart>.<attempt>.json`, which
+the other tasks read (submitit's job folder is on a filesystem every node of the job shares).
+
+A start-up failure that is not the run's fault (the port taken between the choice and the bind
+by a process outside spt, a peer that could not connect) is retried, up to ATTEMPTS times, each
+attempt on other ports; when the attempts are spent the task fails with one line saying so.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import socket
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Mapping, Optional
+
+from spt_dist.errors import SptError
 
 BASE, SPAN = 20000, 40000
 ATTEMPTS = 3
+HOLD_S = 300.0           # a reservation keeps a port from other tasks until its owner has bound it
 TRANSIENT = ("EADDRINUSE", "Address already in use", "DistNetworkError", "DistStoreError",
              "Connection reset by peer", "Connection refused")
 
 
-def candidate_ports(job_id: str, attempt: int, n: int = 16):
-    """Ports to try, in order: distinct for consecutive job ids, shifted by the attempt."""
-    digits = re.sub(r"\D", "", str(job_id)) or "0"
-    first = int(digits) % SPAN
+class StartupError(SptError):
+    """A run that could not start (its rendezvous failed) after every attempt."""
+
+
+def port_key(job_id: str = "", environ: Mapping[str, str] = os.environ) -> int:
+    """The job's number: SLURM_JOB_ID (one per running job or array task), else
+    SLURM_ARRAY_JOB_ID and SLURM_ARRAY_TASK_ID, else `job_id` as submitit writes it ("A_i" for
+    task i of array A, "J" for a job, a process id for the local executor, whose jobs may have
+    inherited the SLURM variables of the shell that started them)."""
+    local = environ.get("SUBMITIT_EXECUTOR") == "local"
+    if not local and str(environ.get("SLURM_JOB_ID", "")).isdigit():
+        return int(environ["SLURM_JOB_ID"])
+    array, task = str(environ.get("SLURM_ARRAY_JOB_ID", "")), str(environ.get("SLURM_ARRAY_TASK_ID", ""))
+    if local or not (array.isdigit() and task.isdigit()):
+        m = re.fullmatch(r"\s*(\d+)(?:_(\d+))?\s*", str(job_id or environ.get("SUBMITIT_LOCAL_JOB_ID", "")))
+        if m is None:
+            raise ValueError(f"cannot read a job number from job id {job_id!r}")
+        if m.group(2) is None:
+            return int(m.group(1))
+        array, task = m.group(1), m.group(2)
+    # tasks of one array apart by their task id, arrays submitted one after another by 1000
+    return int(array) * 1000 + int(task)
+
+
+def candidate_ports(key: int, attempt: int, n: int = 16) -> Iterator[int]:
+    """Ports to try, in order: distinct first ports for keys less than SPAN apart; every
+    attempt starts elsewhere."""
     for i in range(n):
-        yield BASE + (first + attempt * 7919 + i * 104729) % SPAN
+        yield BASE + (key + attempt * 7919 + i * 104729) % SPAN
 
 
-def _free(port: int) -> bool:
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -43,13 +80,61 @@ def _free(port: int) -> bool:
     return True
 
 
-def agree_port(folder: Path, job_id: str, attempt: int, rank: int, timeout_s: float = 300.0) -> int:
-    """Rank 0 picks a free candidate and publishes it; the others wait for it."""
-    path = Path(folder) / "rendezvous" / f"{job_id}.{attempt}.json"
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reserved(path: Path, now: float) -> bool:
+    try:
+        held = json.loads(path.read_text())
+        return now - float(held["time"]) < HOLD_S and _alive(int(held["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def reservations_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"spt-ports-{os.getuid()}"
+
+
+def pick_port(key: int, attempt: int, where: Optional[Path] = None) -> int:
+    """A candidate port that can be bound now and that no other task here reserved; reserved
+    for this process. Without a writable reservations folder: the first bindable candidate."""
+    where = Path(where or reservations_dir())
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        lock = open(where / ".lock", "a")
+    except OSError:  # no node-local folder (full, read-only): binding alone decides
+        lock = None
+    try:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        now = time.time()
+        for port in candidate_ports(key, attempt):
+            if (lock is None or not _reserved(where / str(port), now)) and _bindable(port):
+                if lock is not None:
+                    try:
+                        (where / str(port)).write_text(json.dumps({"pid": os.getpid(), "time": now}))
+                    except OSError:
+                        pass  # unreserved, still free now
+                return port
+    finally:
+        if lock is not None:
+            lock.close()
+    raise OSError(f"EADDRINUSE: no free rendezvous port among the candidates of job number {key}")
+
+
+def agree_port(folder: Path, job_id: str, key: int, attempt: int, rank: int, timeout_s: float = 300.0,
+               restart: str = "0") -> int:
+    """Rank 0 picks a free port and publishes it; the other tasks of the job wait for it."""
+    path = Path(folder) / "rendezvous" / f"{job_id}.{restart}.{attempt}.json"
     if rank == 0:
-        port = next((p for p in candidate_ports(job_id, attempt) if _free(p)), None)
-        if port is None:
-            raise OSError(f"EADDRINUSE: no free rendezvous port among the candidates of job {job_id}")
+        port = pick_port(key, attempt)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"port": port}))
@@ -64,13 +149,35 @@ def agree_port(folder: Path, job_id: str, attempt: int, rank: int, timeout_s: fl
     raise TimeoutError(f"DistStoreError: rank {rank} waited {timeout_s:.0f} s for rank 0's rendezvous port ({path})")
 
 
+def job_port(env, attempt: int, timeout_s: float) -> int:
+    """This attempt's MASTER_PORT for the task `env` (a submitit JobEnvironment) belongs to."""
+    key = port_key(str(env.job_id))
+    if env.num_tasks == 1:
+        return pick_port(key, attempt)
+    return agree_port(job_folder(), str(env.job_id), key, attempt, env.global_rank, timeout_s,
+                      os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
 def is_transient(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}"
     return any(t in text for t in TRANSIENT)
 
 
+def gave_up(exc: BaseException, ports) -> StartupError:
+    """The one line a task ends with when every attempt failed at start-up."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    tried = ", ".join(str(p) for p in ports) or "none"
+    host = socket.gethostname()
+    return StartupError(
+        f"the run could not start on {host} after {ATTEMPTS} attempts (rendezvous ports tried: {tried}; last: "
+        f"{type(exc).__name__}: {first}); nothing was trained: submit it again (`spt study run` does); if it "
+        f"recurs on this node of a SLURM cluster, keep jobs off it (--sbatch exclude={host})")
+
+
 def reset_process_group() -> None:
     """Leave a half-made process group before the next attempt."""
+    if "torch.distributed" not in sys.modules:
+        return  # nothing made one
     try:
         import torch.distributed as dist
 

@@ -162,7 +162,7 @@ def write_table(rows: List[Dict[str, Any]], out: Path, by: Sequence[str], metric
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def _series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> tuple:
+def plot_series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> tuple:
     """Per line: (x, mean, std) at the largest value of `fixed_key` the line has, and that value.
     A line is a method, split further by any setting its runs differ in (apart from the seed,
     the x and the fixed key): runs that differ in, say, the learning rate are never averaged."""
@@ -208,7 +208,7 @@ def plot(records: Sequence[RunRecord], out: Path, metric: Optional[str] = None) 
               (axes[1], "data.fraction", "params_m", "training data fraction", "backbone params (M)")]
     for ax, x_key, fixed_key, xlabel, fixed_label in panels:
         xs = set()
-        series, fixed_at = _series(records, x_key, fixed_key)
+        series, fixed_at = plot_series(records, x_key, fixed_key)
         for method, pts in series.items():
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",

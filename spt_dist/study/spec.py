@@ -31,16 +31,19 @@ launch: {array_parallelism: 8}      # launch settings of every run (or a list of
 
 Overrides may be a list of `key=value` strings or a mapping of dotted keys. Everything is
 validated when the spec is loaded: unknown spec keys, empty axes, and (in plan.py) every run
-config of both stages, before anything runs.
+config of both stages, before anything runs. `spt study run` saves the spec, its paths made
+absolute, as `out_dir/spec.yaml` (SAVED), so `spt study status|report OUT_DIR` find it.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 from omegaconf import OmegaConf
+
+from spt_dist.io import write_text_atomic
 
 from .errors import StudyError
 
@@ -48,6 +51,7 @@ TOP = {"name", "base", "runs_dir", "out_dir", "axes", "methods", "protocol", "la
 PROTOCOL = {"metric": "val_top1", "tune": ["data.stage=tune"], "final": ["data.stage=final"], "seeds": [0, 1, 2],
             "pack_search": False}
 METRICS = ("val_top1", "best_val_top1")
+SAVED = "spec.yaml"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class StudySpec:
     launch: Tuple[str, ...] = ()
     pack_search: bool = False
     path: Path = field(default=Path("."))
+    raw: Dict[str, Any] = field(default_factory=dict)   # the spec as written
 
 
 def _value(v: Any) -> str:
@@ -147,7 +152,13 @@ def _methods(raw: Any, path: Path) -> List[Method]:
 
 
 def load_spec(path: str | Path) -> StudySpec:
+    """A spec file, or a study's out_dir (the spec `spt study run` saved there)."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / SAVED).is_file():
+            raise StudyError(f"{path} is a folder without {SAVED} (`spt study run` saves the spec in the study's "
+                             f"out_dir); give the spec file")
+        path = path / SAVED
     if not path.is_file():
         raise StudyError(f"study spec '{path}' not found")
     try:
@@ -187,4 +198,16 @@ def load_spec(path: str | Path) -> StudySpec:
         final=_overrides(proto["final"], f"{path}: protocol.final"), seeds=tuple(seeds),
         launch=tuple(o if o.startswith("launch.") else f"launch.{o}"
                      for o in _overrides(raw.get("launch"), f"{path}: launch")), path=path,
-        pack_search=proto["pack_search"])
+        pack_search=proto["pack_search"], raw=raw)
+
+
+def save_spec(spec: StudySpec) -> Path:
+    """`out_dir/spec.yaml`: the spec as written, its base, runs_dir and out_dir made absolute."""
+    import yaml
+
+    raw = dict(spec.raw, base=str(Path(spec.base).resolve()), runs_dir=str(spec.runs_dir), out_dir=str(spec.out_dir))
+    path = spec.out_dir / SAVED
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, f"# saved by `spt study run` from {spec.path.resolve()}\n"
+                      + yaml.safe_dump(raw, sort_keys=False))
+    return path

@@ -5,11 +5,19 @@ import argparse
 import sys
 
 
-def _plan(spec_path: str):
+def _plan(args: argparse.Namespace, check: bool = True):
+    """The plan of `args.spec` (a spec file or a study's out_dir); `check=False` for the
+    commands that only read results (no data or weight file is opened); --cluster wins over
+    the spec's launch.cluster."""
+    from dataclasses import replace
+
     from .plan import build_plan
     from .spec import load_spec
 
-    return build_plan(load_spec(spec_path))
+    spec = load_spec(args.spec)
+    if getattr(args, "cluster", None):
+        spec = replace(spec, launch=spec.launch + (f"launch.cluster={args.cluster}",))
+    return build_plan(spec, check=check)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -18,7 +26,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .cost import estimate, machine_flops, measured_rates, measured_startup, reference_runs
     from .driver import survey
 
-    plan = _plan(args.spec)
+    plan = _plan(args)
     spec = plan.spec
     n_search = sum(len(v) for v in plan.search.values())
     print(f"study {spec.name}: {len(plan.cells)} cells ({len(spec.methods)} method(s) x "
@@ -52,19 +60,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .driver import run_study
+    from .driver import complete, run_study
 
-    p = run_study(_plan(args.spec), wait=not args.no_wait, poll_s=args.poll, max_attempts=args.max_attempts)
+    plan = _plan(args)
+    p = run_study(plan, wait=not args.no_wait, poll_s=args.poll, max_attempts=args.max_attempts)
     failed = [k for k, s in p.states.items() if s.state == "failed"]
     for k in failed:
         print(f"failed: {k}:\n{p.states[k].error}", file=sys.stderr)
+    if not args.no_report and (not args.no_wait or complete(plan, p)):
+        _print_report(plan, None)
     return 1 if failed else 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from .driver import survey
 
-    plan = _plan(args.spec)
+    plan = _plan(args, check=False)
     p = survey(plan, write=False)
     failed = 0
     for cell in plan.cells:
@@ -82,9 +93,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    return _print_report(_plan(args, check=False), args.out)
+
+
+def _print_report(plan, out) -> int:
     from .summary import write_study_report
 
-    summary = write_study_report(_plan(args.spec), args.out)
+    summary = write_study_report(plan, out)
     print(f"{summary['cells']} cells ({summary['complete']} complete), {summary['fits']} fits -> {summary['out']}/"
           f"study.md, study.csv, fits.csv, {', '.join(p.rsplit('/', 1)[-1] for p in summary['plots'])}")
     for m in summary["missing"]:
@@ -100,9 +115,15 @@ def register(sub) -> None:
                              ("status", _cmd_status, "per cell and stage: done, running, failed, pending"),
                              ("report", _cmd_report, "table, plots and fitted scaling curves")):
         p = study.add_parser(name, help=text)
-        p.add_argument("spec", help="study spec YAML (see configs/study/)")
+        p.add_argument("spec", help="study spec YAML (see configs/study/)"
+                       + ("" if name in ("plan", "run") else ", or the study's out_dir (where `run` saved it)"))
         p.set_defaults(func=func)
+        if name in ("plan", "run"):
+            p.add_argument("--cluster", choices=("slurm", "local"),
+                           help="where the runs go; overrides the spec's launch.cluster")
         if name == "run":
+            p.add_argument("--no-report", action="store_true",
+                           help="do not write the report when the study finishes (spt study report does)")
             p.add_argument("--no-wait", action="store_true", help="one pass: submit what can run now, then return")
             p.add_argument("--poll", type=float, default=10.0, help="seconds between passes")
             p.add_argument("--max-attempts", type=int, default=2, help="submissions of a failing run before giving up")

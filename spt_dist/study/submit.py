@@ -48,9 +48,10 @@ class Submitted:
     cluster: str
 
 
-def prepare(path: Optional[str], overrides: Sequence[str] = (), name_suffix: str = "") -> Config:
-    """Load and validate (files included) before anything is submitted; fix the run folder."""
-    cfg = load_config(path, list(overrides), check_files=True)
+def prepare(path: Optional[str], overrides: Sequence[str] = (), name_suffix: str = "", check: bool = True) -> Config:
+    """Load and validate (files included; `check=False`: none opened) before anything is submitted;
+    fix the run folder."""
+    cfg = load_config(path, list(overrides), check_files=check)
     # The engine's own naming, so `spt train` and `spt submit` of one config share a run folder.
     name = (cfg.run.name or default_run_name(cfg)) + name_suffix
     out_dir = str(Path(cfg.run.out_dir).expanduser().resolve())  # jobs may start elsewhere
@@ -58,7 +59,8 @@ def prepare(path: Optional[str], overrides: Sequence[str] = (), name_suffix: str
     clash = config_clash(cfg, run_dir_for(cfg))  # a reused run.name with another config
     if clash:
         raise ConfigError(clash)
-    preflight_on_login_node(cfg)
+    if check:
+        preflight_on_login_node(cfg)
     return cfg
 
 

@@ -7,7 +7,8 @@ search and final runs (wall time x ranks). Cells that are incomplete or failed a
 never dropped. Plots: top-1 against training samples (one panel per backbone), against
 backbone parameters (per training-set size), against trainable parameters; and the error
 (100 - top-1) with a power law fitted per method over training samples and over backbone
-parameters, whose exponents and standard errors go into fits.csv and the Markdown report.
+parameters (scaling_fit.png: one panel each, with the fitted lines), whose exponents and
+standard errors go into fits.csv and the Markdown report.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .fit import fit_power_law
 from .plan import Plan
 
 
-def _hours(results: List[Dict[str, Any]]) -> Tuple[float, float]:
+def rank_hours(results: List[Dict[str, Any]]) -> Tuple[float, float]:
     cpu = gpu = 0.0
     for r in results:
         # a pack member's wall time is the whole pack's: its share is 1 / pack_size of it
@@ -53,7 +54,7 @@ def rows(plan: Plan, p: Optional[Pass] = None) -> Tuple[List[Dict[str, Any]], Li
             missing.append(f"{cell.key}: {len(done)} of {len(p.final[cell.key])} final runs finished")
         sel = p.selections.get(cell.key)
         tops = [r["top1"] for r in done]
-        cpu, gpu = _hours([r for r in search + final if r])
+        cpu, gpu = rank_hours([r for r in search + final if r])
         first = done[0] if done else {}
         row.update({
             "top1": round(statistics.fmean(tops), 3) if tops else None,
@@ -147,21 +148,37 @@ def _plots(table: List[Dict[str, Any]], fit_rows: List[Dict[str, Any]], out: Pat
             ax.legend(fontsize=7)
     paths.append(_save(fig, out / "top1_vs_params.png"))
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for f in [f for f in fit_rows if f["error_vs"] == "train_samples"]:
-        pts = [(r["train_samples"], 100 - t) for r in done if r["method"] == f["method"]
-               and f"backbone={r['backbone']}" == f["at"] for t in r["seed_top1"]]
-        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", alpha=0.5)[0]
-        xs = sorted({p[0] for p in pts})
-        ax.plot(xs, [f["a"] * x ** (-f["exponent"]) for x in xs], "-", color=line.get_color(),
-                label=f"{f['method']} {f['at']}: b={f['exponent']:.2f}±{f['exponent_se']:.2f}")
-    ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel("training samples")
-    ax.set_ylabel("test error (%)"), ax.grid(alpha=0.3, which="both")
-    if ax.lines:
-        ax.legend(fontsize=6)
-    ax.set_title("error = a * samples^-b", fontsize=10)
-    paths.append(_save(fig, out / "scaling_fit.png"))
+    paths.append(_save(fit_figure(done, fit_rows), out / "scaling_fit.png"))
     return paths
+
+
+def fit_figure(done: List[Dict[str, Any]], fit_rows: List[Dict[str, Any]]):
+    """The error against training samples and against backbone parameters (log-log), every
+    seed's point and the fitted power laws, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, x_name, label, fixed in ((axes[0], "train_samples", "training samples", "backbone"),
+                                     (axes[1], "backbone_params", "backbone parameters", "train_samples")):
+        for f in [f for f in fit_rows if f["error_vs"] == x_name]:
+            pts = [(r[x_name], 100 - t) for r in done if r["method"] == f["method"]
+                   and f"{fixed}={r[fixed]}" == f["at"] for t in r["seed_top1"]]
+            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", alpha=0.5)[0]
+            xs = sorted({p[0] for p in pts})
+            ax.plot(xs, [f["a"] * x ** (-f["exponent"]) for x in xs], "-", color=line.get_color(),
+                    label=f"{f['method']} {f['at']}: b={f['exponent']:.2f}±{f['exponent_se']:.2f}")
+        ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel(label)
+        ax.set_ylabel("test error (%)"), ax.grid(alpha=0.3, which="both")
+        if ax.lines:
+            ax.legend(fontsize=6)
+        else:
+            ax.text(0.5, 0.5, "no fit: fewer than 3 points at 2 distinct x", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
+        ax.set_title(f"error = a * ({label})^-b", fontsize=10)
+    return fig
 
 
 def _save(fig, path: Path) -> Path:

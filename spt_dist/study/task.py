@@ -35,7 +35,7 @@ from submitit.core.job_environment import SignalHandler
 from spt_dist.config.schema import Config
 from spt_dist.rundir import finished_results, run_dir_for
 
-from .rendezvous import ATTEMPTS, agree_port, is_transient, job_folder, reset_process_group
+from .rendezvous import ATTEMPTS, gave_up, is_transient, job_port, reset_process_group
 
 TRAIN_FN = "spt_dist.engine.train:train"
 PACK_FN = "spt_dist.engine.pack:train_pack"
@@ -94,22 +94,25 @@ class TrainTask:
         return results
 
     def _train_with_retries(self, run_dir: Path, submitted: bool) -> Dict[str, Any]:
-        """The run, its rendezvous port agreed through the job folder; a transient start-up
-        failure is retried with the next attempt's port (rendezvous.py)."""
+        """The run, on a rendezvous port free on this node (rendezvous.py; every task of a
+        submitted job, one task or several); a transient start-up failure is retried on other
+        ports, and when the attempts are spent the task fails with one line (StartupError)."""
         env = submitit.JobEnvironment() if submitted else None
-        multi = env is not None and env.num_tasks > 1
         metrics = Path(run_dir) / "metrics.jsonl"
+        ports = []
         for attempt in range(ATTEMPTS):
             before = metrics.stat().st_size if metrics.exists() else -1
-            if multi:
-                os.environ["MASTER_PORT"] = str(agree_port(job_folder(), str(env.job_id), attempt, env.global_rank,
-                                                           self.cfg.distributed.timeout_s))
+            if env is not None:
+                ports.append(job_port(env, attempt, self.cfg.distributed.timeout_s))
+                os.environ["MASTER_PORT"] = str(ports[-1])
             try:
                 return self._train(run_dir)
             except Exception as exc:  # noqa: BLE001 - only start-up failures that are not the run's
                 started = (metrics.stat().st_size if metrics.exists() else -1) != before  # training began
-                if not is_transient(exc) or attempt + 1 == ATTEMPTS or started:
+                if not is_transient(exc) or started:
                     raise
+                if attempt + 1 == ATTEMPTS:
+                    raise gave_up(exc, ports) from exc
                 print(f"spt: start-up failed ({type(exc).__name__}: {exc}); attempt {attempt + 2} of {ATTEMPTS}",
                       file=sys.stderr, flush=True)
                 reset_process_group()
