@@ -79,7 +79,8 @@ def recipe_keys(name: str) -> List[str]:
 
 
 def _global_batch(cfg: Config) -> int:
-    return cfg.data.batch_size * cfg.optim.grad_accum * cfg.launch.nodes * cfg.launch.tasks_per_node
+    la = cfg.launch
+    return cfg.data.global_batch or cfg.data.batch_size * cfg.optim.grad_accum * la.nodes * la.tasks_per_node
 
 
 def _per_task(values: Tuple[Any, ...], where: str) -> str:
