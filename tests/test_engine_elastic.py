@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine_helpers import ROOT, make_assets, run, torchrun, write_config
+from engine_helpers import ROOT, env, free_port, losses, make_assets, run, torchrun, write_config
 from spt_dist.config import ConfigError, load_config
 from spt_dist.config.schema import DataConfig
 from spt_dist.data import TrainData
@@ -84,6 +86,10 @@ def test_shape_choice_keeps_the_global_batch_or_names_what_would():
     with pytest.raises(CheckpointMismatchError, match="distributed.zero_stage.*only in 2 per-rank partitions"):
         run_shape(zero2, 1, held)  # saved without the whole optimizer state
     assert run_shape(zero2, 1, {**held, "full_optimizer": True}) == Shape(1, 8, 2)
+    zero1 = _cfg("launch.elastic=true", "distributed.zero_stage=1")
+    with pytest.raises(CheckpointMismatchError, match="'distributed.zero_stage' = 1.*only in 2 per-rank partitions"):
+        run_shape(zero1, 4, held)
+    assert run_shape(zero1, 4, {**held, "full_optimizer": True}) == Shape(4, 4, 1)
     zero3 = _cfg("distributed.zero_stage=3")  # elastic + ZeRO-3 is refused by the config already (below)
     with pytest.raises(CheckpointMismatchError, match="ZeRO-3 partitions the parameters.*zero_stage 0, 1 or 2"):
         run_shape(dataclasses.replace(zero3, launch=dataclasses.replace(zero3.launch, elastic=True)), 1,
@@ -161,20 +167,46 @@ def test_a_run_moves_from_2_ranks_to_1_and_back_with_the_uninterrupted_result(tm
         torch.testing.assert_close(pack[k], ref[k], rtol=1e-5, atol=1e-6)
 
 
-def test_a_zero2_run_moves_from_2_ranks_to_1_with_the_uninterrupted_result(tmp_path, assets):
+def _spt_train(config: Path, nproc: int, *overrides: str) -> list:
+    """`spt train` on `nproc` ranks, each started as torchrun would (RANK, WORLD_SIZE, ...)."""
+    port, cmd = free_port(), [sys.executable, "-m", "spt_dist.cli", "train", str(config), *overrides]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=dict(env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
+                                                      LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1",
+                                                      MASTER_PORT=str(port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(nproc)]
+    return [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+
+
+def test_a_zero2_run_moves_from_1_rank_to_2_and_back_with_the_uninterrupted_result(tmp_path, assets):
     """ZeRO 2 partitions the AdamW moments and fp32 master weights by rank: the elastic run's
-    checkpoints hold them whole as well, and 1 rank re-partitions them (engine/zero_state.py)."""
+    checkpoints hold them whole as well, and the new ranks re-partition them
+    (engine/zero_state.py), into more partitions (1 -> 2, the added rank with an RNG stream
+    derived from rank 0's) and into fewer (2 -> 1). data.global_batch=16 makes the run started
+    on 1 rank (8 x 2 accumulation) the same run as the 2-rank reference (2 x 8)."""
     config = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=2, every=3)
     common = ["distributed.zero_stage=2", "optim.name=adamw", "optim.lr=0.01", "method.prompt_dropout=0.0",
-              "launch.elastic=true"]
+              "launch.elastic=true", "data.global_batch=16"]
     _run(config, 2, 0, "run.name=reference", *common)
-    _run(config, 2, 5, "run.name=moved", *common)
-    saved = sorted((tmp_path / "runs" / "moved" / "checkpoints").glob("step_*"))
+    _run(config, 1, 5, "run.name=moved", *common)                        # 1 rank x 8 x 2, workers 0
+    moved = tmp_path / "runs" / "moved"
+    saved = sorted((moved / "checkpoints").glob("step_*"))
     assert saved and all((p / "optimizer_full.pt").is_file() for p in saved)
-    _run(config, 1, 0, "run.name=moved", "data.num_workers=2", *common)
-    results = json.loads((tmp_path / "runs" / "moved" / "results.json").read_text())
-    assert results["status"] == "finished" and results["world_sizes"] == [2, 1] and results["zero_stage"] == 2
+    # 3 ranks cannot carry the global batch of 16: refused by `spt train` before any step
+    refused = _spt_train(config, 3, "run.name=moved", *common)
+    assert [rc for rc, _ in refused] == [2, 2, 2], refused
+    assert "global batch of 16 (1 ranks x 8 x 2 accumulation steps) cannot be split over 3 rank(s); world sizes " \
+           "that keep it: 1, 2, 4, 8, 16" in refused[0][1]
+    assert max(e["step"] for e in map(json.loads, (moved / "metrics.jsonl").read_text().splitlines())
+               if e["event"] == "train") == 5 and sorted((moved / "checkpoints").glob("step_*")) == saved
+    _run(config, 2, 11, "run.name=moved", "data.num_workers=2", *common)  # 2 ranks x 8, workers 2
+    assert (moved / "checkpoints" / "step_00000011" / "rng_rank1.pt").is_file()
+    _run(config, 1, 0, "run.name=moved", *common)                         # 1 rank x 8 x 2, workers 0
+    results = json.loads((moved / "results.json").read_text())
+    assert results["status"] == "finished" and results["world_sizes"] == [1, 2, 1] and results["zero_stage"] == 2
+    assert results["global_batch"] == 16 and results["step"] == 16
     ref = load_file(str(tmp_path / "runs" / "reference" / "prompt_pack.safetensors"))
-    pack = load_file(str(tmp_path / "runs" / "moved" / "prompt_pack.safetensors"))
+    pack = load_file(str(moved / "prompt_pack.safetensors"))
     for k in ref:  # fp32 sums in another order (one step at a wrong lr missed it by 1.5e-3)
         torch.testing.assert_close(pack[k], ref[k], rtol=1e-5, atol=1e-6)
+    # every optimizer step trained on the reference's samples: the same loss at every step
+    assert losses(moved)[-16:] == pytest.approx(losses(tmp_path / "runs" / "reference"), rel=1e-4, abs=1e-6)
