@@ -342,3 +342,19 @@ def test_a_node_range_whose_world_sizes_cannot_keep_the_global_batch_is_refused(
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "'data.global_batch' = 8 cannot be split over 3 rank(s)" in proc.stderr, proc.stderr
     assert "submitted job" not in proc.stdout and not (study / "jobs_elastic_bad").exists()
+
+
+def test_every_launch_key_is_a_flag_and_in_the_launch_table():
+    import dataclasses
+
+    from spt_dist.cli import build_parser
+    from spt_dist.config.schema import LaunchConfig
+    from spt_dist.study.cli import LAUNCH_FLAGS
+
+    keys = {f.name for f in dataclasses.fields(LaunchConfig)} - {"sbatch_extra"}  # --sbatch K=V
+    assert set(LAUNCH_FLAGS) == keys
+    table = (ROOT / "docs" / "slurm.md").read_text()
+    assert all(f"`{k}`" in table for k in keys), sorted(k for k in keys if f"`{k}`" not in table)
+    args = build_parser().parse_args(["submit", "run.yaml", "--elastic", "--min-nodes", "2"])
+    assert (args.launch_elastic, args.launch_min_nodes) == ("true", 2)
+    assert build_parser().parse_args(["submit", "run.yaml", "--elastic", "false"]).launch_elastic == "false"
