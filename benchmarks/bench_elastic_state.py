@@ -65,7 +65,8 @@ def _bytes(folder: Path) -> int:
 def _universal(ckpt: Path, out: Path) -> dict:
     """DeepSpeed's universal-checkpoint conversion of `ckpt`, in a process of its own."""
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt),
-           "--output_folder", str(out), "--num_extract_workers", "1", "--num_merge_workers", "1", "--inject_missing_state"]
+           "--output_folder", str(out), "--num_extract_workers", "1", "--num_merge_workers", "1",
+           "--inject_missing_state"]  # without it: "Required universal_checkpoint_info state is missing"
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     wall = round(time.perf_counter() - t0, 2)

@@ -3,16 +3,16 @@
 The global batch G = W x B x A is part of a run's identity. A run starts on the world size it
 finds with the config's B and A, or, with data.global_batch set, with the shape of that G chosen
 by the rule below (so one config trains one G whatever the first allocation); every checkpoint
-records the shape. A resumed run on another
-world size W' (launch.elastic=true) keeps G by choosing B' and A' with W' x B' x A' = G: the
-same B if G / (W' x B) is whole (more or fewer accumulation steps), else the same A if that
-micro-batch is no larger than B, else the largest B' below B that divides (a micro-batch never
-grows past B, so a step needs no more memory than the config's). Its optimizer steps then see the same samples (data/order.py:
-step s is the same slice of the epoch's permutation for every shape), so the result equals an
-uninterrupted run's up to the order of floating-point sums. With ZeRO stage 0 the optimizer
-state is the same on every rank and loads on any world size; ZeRO 1-2 partition it by rank and
-DeepSpeed refuses another data-parallel size, so elastic runs also save it whole and
-re-partition it (engine/zero_state.py); ZeRO 3 (partitioned parameters) is refused.
+records the shape. A resumed run on another world size W' (launch.elastic=true) keeps G by
+choosing B' and A' with W' x B' x A' = G: the same B if G / (W' x B) is whole (more or fewer
+accumulation steps), else the same A if that micro-batch is no larger than B, else the largest
+B' below B that divides (a micro-batch never grows past B, so a step needs no more memory than
+the config's). Its optimizer steps then see the same samples (data/order.py: step s is the same
+slice of the epoch's permutation for every shape), so the result equals an uninterrupted run's
+up to the order of floating-point sums. With ZeRO stage 0 the optimizer state is the same on
+every rank and loads on any world size; ZeRO 1-2 partition it by rank and DeepSpeed refuses
+another data-parallel size, so elastic runs also save it whole and re-partition it
+(engine/zero_state.py); ZeRO 3 (partitioned parameters) is refused.
 """
 from __future__ import annotations
 
