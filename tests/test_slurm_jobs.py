@@ -311,8 +311,55 @@ def test_elastic_job_asks_for_a_node_range(slurm, tmp_path):
     from spt_dist.study.executor import make_executor
 
     cfg = load_config(None, ["launch.cluster=slurm", "launch.elastic=true", "launch.nodes=4", "launch.min_nodes=2",
-                             f"launch.folder={tmp_path}"])
+                             "data.global_batch=48", f"launch.folder={tmp_path}"])
     script = _make_sbatch_string(command="true", folder=str(tmp_path), **make_executor(cfg.launch)._executor.parameters)
     assert [line for line in script.splitlines() if "--nodes" in line] == ["#SBATCH --nodes=2-4"]
     with pytest.raises(ConfigError, match="launch.min_nodes"):
         load_config(None, ["launch.nodes=4", "launch.min_nodes=2"])  # a range without elastic
+
+
+def test_elastic_job_on_fewer_nodes_is_judged_by_its_run(slurm, study):
+    """Submitted for 1-2 nodes, the job gets the cluster's one node: one task of the two
+    submitit counted. `spt submit --wait` waits for the task that ran and the run's results.json."""
+    proc = subprocess.run([*SPT, "submit", str(study / "run.yaml"), "run.name=elastic_wait", "optim.epochs=1",
+                           "--tasks-per-node", "1", "--nodes", "2", "--min-nodes", "1", "--elastic", "--wait"],
+                          capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert printed["tasks"] == 1 and printed["results"]["status"] == "finished"
+    assert printed["results"]["world_sizes"] == [1] and printed["results"]["step"] == 256 // 4
+    job = printed["job"]
+    assert json.loads((study / "jobs" / job / "job.json").read_text())["tasks"] == 2  # what was submitted
+    assert not list((study / "jobs" / job).glob("*_1_result.pkl"))                    # task 1 never ran
+
+
+def test_a_node_range_whose_world_sizes_cannot_keep_the_global_batch_is_refused(slurm, study):
+    proc = subprocess.run([*SPT, "submit", str(study / "run.yaml"), "run.name=elastic_bad", "--nodes", "3",
+                           "--min-nodes", "1", "--elastic", "--tasks-per-node", "1", "--folder",
+                           str(study / "jobs_elastic_bad")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "'data.global_batch' = 0" in proc.stderr and "a first allocation of 1 rank(s) gives 4, which 3 rank(s)" \
+        in proc.stderr and "world sizes 1, 2, 3" in proc.stderr and "multiple of 6" in proc.stderr, proc.stderr
+    proc = subprocess.run([*SPT, "submit", str(study / "run.yaml"), "run.name=elastic_bad", "data.global_batch=8",
+                           "--nodes", "3", "--min-nodes", "1", "--elastic", "--tasks-per-node", "1", "--folder",
+                           str(study / "jobs_elastic_bad")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "'data.global_batch' = 8 cannot be split over 3 rank(s)" in proc.stderr, proc.stderr
+    assert "submitted job" not in proc.stdout and not (study / "jobs_elastic_bad").exists()
+
+
+def test_every_launch_key_is_a_flag_and_in_the_launch_table():
+    import dataclasses
+
+    from spt_dist.cli import build_parser
+    from spt_dist.config.schema import LaunchConfig
+    from spt_dist.study.cli import LAUNCH_FLAGS
+
+    keys = {f.name for f in dataclasses.fields(LaunchConfig)} - {"sbatch_extra"}  # --sbatch K=V
+    assert set(LAUNCH_FLAGS) == keys
+    table = (ROOT / "docs" / "slurm.md").read_text()
+    assert all(f"`{k}`" in table for k in keys), sorted(k for k in keys if f"`{k}`" not in table)
+    args = build_parser().parse_args(["submit", "run.yaml", "--elastic", "--min-nodes", "2"])
+    assert (args.launch_elastic, args.launch_min_nodes) == ("true", 2)
+    assert build_parser().parse_args(["submit", "run.yaml", "--elastic", "false"]).launch_elastic == "false"

@@ -6,8 +6,9 @@ of the schema is judged in exactly one way (`treatment`):
   the value is a choice of ours), compared with the file's value;
 - always: a key in ALWAYS that the files leave to their defaults but that changes what a run
   computes, compared with the value the preset resolves to;
-- global batch: data.batch_size and optim.grad_accum are compared only through the global
-  batch (per-rank batch x grad_accum x world size), since the official batch sizes are global;
+- global batch: data.batch_size, optim.grad_accum and data.global_batch are compared only
+  through the global batch (data.global_batch when set, else per-rank batch x grad_accum x
+  world size), since the official batch sizes are global;
 - splits: data.train_split / val_split / test_split are compared with the preset's table of
   the run's data.stage (data.stage=custom: the nearer of the tune and final tables), which is
   what the stage keys (data.stage, data.tune.*, data.final.*) decide;
@@ -35,7 +36,7 @@ from .schema import Config
 PROTOCOL_ROOT = CONFIG_ROOT / "protocol"
 GLOBAL_BATCH = "global batch"
 LAUNCH_WORLD = "launch.nodes x launch.tasks_per_node"
-BATCH_KEYS = ("data.batch_size", "optim.grad_accum")
+BATCH_KEYS = ("data.batch_size", "optim.grad_accum", "data.global_batch")
 SPLIT_KEYS = {"data.train_split": "train", "data.val_split": "val", "data.test_split": "test"}
 STAGE_KEYS = ("data.stage", "data.tune.", "data.final.")
 STAGES = ("tune", "final")
@@ -253,10 +254,13 @@ def departures(cfg: Config, name: str, world_size: Optional[int] = None) -> List
         elif how in ("recipe", "always") and ours != ref:
             out.append(Departure(key, ours, ref, ALWAYS.get(key, "") if how == "always" else ""))
     out += _split_departures(cfg, official)
-    ours_g = cfg.data.batch_size * cfg.optim.grad_accum * world
     ref_g = official.data.batch_size * official.optim.grad_accum
-    rule = (f"data.batch_size {cfg.data.batch_size} x optim.grad_accum {cfg.optim.grad_accum} "
-            f"x world size {world}")
+    if cfg.data.global_batch:
+        ours_g, rule = cfg.data.global_batch, f"data.global_batch {cfg.data.global_batch}"
+    else:
+        ours_g = cfg.data.batch_size * cfg.optim.grad_accum * world
+        rule = (f"data.batch_size {cfg.data.batch_size} x optim.grad_accum {cfg.optim.grad_accum} "
+                f"x world size {world}")
     if GLOBAL_BATCH in grids:
         values, where = grids[GLOBAL_BATCH]
         if ours_g not in values:

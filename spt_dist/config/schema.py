@@ -112,6 +112,9 @@ class DataConfig:
     tune: StageSplits = field(default_factory=StageSplits)
     final: StageSplits = field(default_factory=lambda: StageSplits(train="train", val=None, test="test"))
     batch_size: int = bounded(32, 1, help="per-rank micro batch")
+    global_batch: int = bounded(0, 0, help="samples per optimizer step over all ranks, the same on every world "
+                                "size (micro-batch data.batch_size or less, accumulation to fill); 0 = "
+                                "data.batch_size x optim.grad_accum x the first world size")
     drop_last: bool = field(default=True, metadata={
         "help": "drop each epoch's last partial global batch (equal full batches on every rank); false "
                 "trains it as a short batch, on one rank only (VPT's code on one GPU)"})

@@ -1,24 +1,25 @@
 """The shape a run trains with: world size, per-rank micro-batch, gradient accumulation.
 
-The global batch G = W x B x A is part of a run's identity. A run starts with the config's B and
-A on the world size it finds; every checkpoint records the shape. A resumed run on another
-world size W' (launch.elastic=true) keeps G by choosing B' and A' with W' x B' x A' = G: the
-same B if G / (W' x B) is whole (more or fewer accumulation steps), else the same A, else the
-largest B' below B that divides. Its optimizer steps then see the same samples (data/order.py:
-step s is the same slice of the epoch's permutation for every shape), so the result equals an
-uninterrupted run's up to the order of floating-point sums. With ZeRO stage 0 the optimizer
-state is the same on every rank and loads on any world size; ZeRO 1-2 partition it by rank and
-DeepSpeed refuses another data-parallel size, so elastic runs also save it whole and
-re-partition it (engine/zero_state.py); ZeRO 3 (partitioned parameters) is refused.
+The global batch G = W x B x A is part of a run's identity. A run starts on the world size it
+finds with the config's B and A, or, with data.global_batch set, with the shape of that G chosen
+by the rule below (so one config trains one G whatever the first allocation); every checkpoint
+records the shape. A resumed run on another world size W' (launch.elastic=true) keeps G by
+choosing B' and A' with W' x B' x A' = G: the same B if G / (W' x B) is whole (more or fewer
+accumulation steps), else the same A if that micro-batch is no larger than B, else the largest
+B' below B that divides (a micro-batch never grows past B, so a step needs no more memory than
+the config's). Its optimizer steps then see the same samples (data/order.py: step s is the same
+slice of the epoch's permutation for every shape), so the result equals an uninterrupted run's
+up to the order of floating-point sums. With ZeRO stage 0 the optimizer state is the same on
+every rank and loads on any world size; ZeRO 1-2 partition it by rank and DeepSpeed refuses
+another data-parallel size, so elastic runs also save it whole and re-partition it
+(engine/zero_state.py); ZeRO 3 (partitioned parameters) is refused.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from spt_dist.config import Config
-
-from .checkpoint import CheckpointMismatchError
+from spt_dist.config import Config, ConfigError
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def _splits(g: int, world: int, batch: int, accum: int) -> Optional[Shape]:
     per_rank = g // world
     if per_rank % batch == 0:
         return Shape(world, batch, per_rank // batch)
-    if per_rank % accum == 0:
+    if per_rank % accum == 0 and per_rank // accum <= batch:
         return Shape(world, per_rank // accum, accum)
     b = next(b for b in range(min(batch, per_rank), 0, -1) if per_rank % b == 0)
     return Shape(world, b, per_rank // b)
@@ -55,11 +56,25 @@ def workable_world_sizes(g: int, limit: int = 64) -> List[int]:
     return [w for w in range(1, min(g, limit) + 1) if g % w == 0]
 
 
+def first_shape(cfg: Config, world_size: int) -> Shape:
+    """The shape a new run starts with on `world_size` ranks (torch-free: the login node checks it)."""
+    g = cfg.data.global_batch
+    if not g:
+        return Shape(world_size, cfg.data.batch_size, cfg.optim.grad_accum)
+    shape = _splits(g, world_size, cfg.data.batch_size, cfg.optim.grad_accum)
+    if shape is None:
+        raise ConfigError(f"config key 'data.global_batch' = {g} cannot be split over {world_size} rank(s); "
+                          f"world sizes that keep it: {', '.join(map(str, workable_world_sizes(g)))}")
+    return shape
+
+
 def run_shape(cfg: Config, world_size: int, held: Optional[Dict[str, Any]]) -> Shape:
     """The shape to train with now; `held` is the newest checkpoint's recorded shape (None:
     a new run, or one saved before shapes were recorded)."""
+    from .checkpoint import CheckpointMismatchError  # torch: only when there is a checkpoint
+
     if held is None:
-        return Shape(world_size, cfg.data.batch_size, cfg.optim.grad_accum)
+        return first_shape(cfg, world_size)
     old = Shape.of(held)
     if old.world_size == world_size:
         return old

@@ -38,6 +38,8 @@ def config_hash(cfg: Config) -> str:
     for dotted in NEUTRAL_KEYS:
         section, key = dotted.split(".")
         tree[section].pop(key, None)
+    if not cfg.data.global_batch:  # the default: runs named before the key existed keep their hash
+        tree["data"].pop("global_batch", None)
     return hashlib.sha256(dump_yaml(tree).encode()).hexdigest()[:8]
 
 

@@ -17,13 +17,18 @@ LAUNCH_FLAGS = {
     "cluster": str, "folder": str, "nodes": int, "gpus_per_node": int, "tasks_per_node": int,
     "cpus_per_task": int, "mem_gb": int, "timeout_min": int, "partition": str, "account": str,
     "qos": str, "constraint": str, "max_requeues": int, "signal_delay_s": int, "array_parallelism": int,
+    "elastic": bool, "min_nodes": int,
 }
 
 
 def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("launch (override the config's launch section)")
     for key, kind in LAUNCH_FLAGS.items():
-        group.add_argument("--" + key.replace("_", "-"), dest=f"launch_{key}", type=kind, metavar=key.upper())
+        flag, dest = "--" + key.replace("_", "-"), f"launch_{key}"
+        if kind is bool:  # `--elastic` alone is true; `--elastic false` turns it off
+            group.add_argument(flag, dest=dest, nargs="?", const="true", choices=("true", "false"))
+        else:
+            group.add_argument(flag, dest=dest, type=kind, metavar=key.upper())
     group.add_argument("--sbatch", nargs="+", default=[], metavar="KEY=VALUE",
                        help="extra sbatch options, e.g. --sbatch mail-type=END exclusive=true")
     group.add_argument("--wait", action="store_true", help="wait for the job(s) and print the results")
@@ -46,14 +51,18 @@ def _print_submitted(sub) -> None:
 
 
 def _wait(subs) -> int:
+    """Each run judged by its own results.json and the tasks that started (study/wait.py)."""
+    from .wait import wait_for
+
     failed = 0
     for sub in subs:
-        try:
-            results = sub.job.results()
-            print(json.dumps({"job": sub.job.job_id, "run_dir": str(sub.run_dir), "results": results[0]}, default=str))
-        except Exception as exc:  # the job's traceback is in the message
+        out = wait_for(sub)
+        if out.error:
             failed += 1
-            print(f"job {sub.job.job_id} failed:\n{exc}", file=sys.stderr)
+            print(f"job {out.job_id} failed:\n{out.error}", file=sys.stderr)
+        else:
+            print(json.dumps({"job": out.job_id, "run_dir": str(out.run_dir), "tasks": out.tasks,
+                              "results": out.results}, default=str))
     return 1 if failed else 0
 
 

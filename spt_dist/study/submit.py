@@ -72,8 +72,12 @@ def preflight_on_login_node(cfg: Config) -> None:
     if cfg.distributed.backend == "nccl" and la.gpus_per_node == 0 and resolve_cluster(la.cluster) != "debug":
         raise ConfigError("config key 'distributed.backend' = 'nccl' needs GPUs, but launch.gpus_per_node = 0; "
                           "request GPUs (--gpus-per-node N --tasks-per-node N) or use distributed.backend=auto")
-    world = la.nodes * la.tasks_per_node
-    preflight.check_run(cfg, world, None, preflight.training_samples(cfg))
+    from spt_dist.config.batch import launch_world_sizes
+    from spt_dist.engine.shape import first_shape, shaped
+
+    samples = preflight.training_samples(cfg)
+    for world in launch_world_sizes(la):  # an elastic job may start on any node count of its range
+        preflight.check_run(shaped(cfg, first_shape(cfg, world)), world, None, samples)
     from spt_dist.data.overlap import check_eval_splits
 
     d = cfg.data
