@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
+from .dotted import flatten
 from .errors import ConfigError
 from .load import CONFIG_ROOT, load_config
 from .schema import Config
@@ -152,24 +153,17 @@ def protocol_path(name: str) -> Path:
     return path
 
 
-def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    out: Dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}{key}."))
-    return out
 
 
 def recipe_keys(name: str) -> List[str]:
     """The dotted keys the protocol file sets itself (its `defaults` only supply the rest)."""
     raw = OmegaConf.to_container(OmegaConf.load(protocol_path(name)))
     raw.pop("defaults", None)
-    return list(_flatten(raw))
+    return list(flatten(raw))
 
 
 def _flat(cfg: Config) -> Dict[str, Any]:
-    return _flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    return flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
 
 
 def _exempt(key: str) -> Optional[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from spt_dist.config import Config, ConfigError
+from spt_dist.config.dotted import flatten
 from spt_dist.io import write_json_atomic
 
 # logger -> (the package it imports, the setup.py extra that installs it)
@@ -122,7 +123,7 @@ class MLflow:
             experiment_id = client.get_experiment_by_name(name).experiment_id
         run = client.create_run(experiment_id, run_name=run_dir.name, tags={"spt.run_dir": str(run_dir.resolve())})
         flat = OmegaConf.to_container(OmegaConf.structured(cfg))
-        params = [Param(k, str(v)[:500]) for k, v in _flatten(flat).items()]
+        params = [Param(k, str(v)[:500]) for k, v in flatten(flat).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             client.log_batch(run.info.run_id, params=params[i:i + 100])
         return run.info.run_id
@@ -140,13 +141,6 @@ class MLflow:
 TRACKERS = {t.name: t for t in (TensorBoard, WandB, MLflow)}
 
 
-def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    out: Dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}{key}."))
-    return out
 
 
 def _load_ids(run_dir: Path) -> Dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from spt_dist.config.dotted import flatten
 from spt_dist.rundir.identity import NEUTRAL_KEYS, NEUTRAL_RUN
 
 from .errors import StudyError
@@ -37,13 +38,6 @@ class RunRecord:
     status: str
 
 
-def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(tree, dict):
-        out: Dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 def backbone_params_m(name: str) -> Optional[float]:
@@ -61,7 +55,7 @@ def backbone_params_m(name: str) -> Optional[float]:
 
 
 def _metric(results: Dict[str, Any], key: Optional[str]) -> Optional[float]:
-    flat = _flatten(results)
+    flat = flatten(results)
     for k in ([key] if key else METRIC_FALLBACKS):
         if isinstance(flat.get(k), (int, float)):
             return float(flat[k])
@@ -79,8 +73,8 @@ def collect(runs_dir: str, metric: Optional[str] = None) -> List[RunRecord]:
         except ValueError as exc:
             raise StudyError(f"{path}: not valid JSON ({exc})") from None
         cfg_file = path.parent / "config.yaml"
-        values = _flatten(OmegaConf.to_container(OmegaConf.load(cfg_file))) if cfg_file.is_file() else {}
-        values.update({f"results.{k}": v for k, v in _flatten(results).items()})
+        values = flatten(OmegaConf.to_container(OmegaConf.load(cfg_file))) if cfg_file.is_file() else {}
+        values.update({f"results.{k}": v for k, v in flatten(results).items()})
         deep = "-deep" if values.get("method.deep") else ""
         values["method"] = f"{values.get('method.name', '?')}{deep}"
         values["params_m"] = backbone_params_m(str(values.get("model.name")))
