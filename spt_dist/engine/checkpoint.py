@@ -15,7 +15,6 @@ rotation (the newest `keep` step folders) counts only valid checkpoints.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -30,7 +29,7 @@ import torch
 
 from spt_dist.distributed import DistInfo
 from spt_dist.errors import SptError
-from spt_dist.io import DiskFullError, file_sha256
+from spt_dist.io import DiskFullError, file_sha256, is_disk_full
 
 TAG = "state"
 PREFIX = "step_"
@@ -176,12 +175,6 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _disk_full(exc: BaseException) -> bool:
-    """An error of a write that ran out of space (torch's zip writer says only "unexpected pos")."""
-    return (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) \
-        or "unexpected pos" in str(exc) or "No space left" in str(exc)
-
-
 def _step_folders(root: Path) -> List[Tuple[int, Path]]:
     if not root.is_dir():
         return []
@@ -263,7 +256,7 @@ class Checkpointer:
                 save_full(engine, tmp, self.dist.is_main)
             torch.save(rng_state(train_rng), tmp / f"rng_rank{self.dist.rank}.pt")
         except (OSError, RuntimeError) as exc:
-            if not _disk_full(exc):
+            if not is_disk_full(exc):
                 raise
             failure = f"no space left on {self.root} while saving checkpoint step {step} ({type(exc).__name__})"
         try:
@@ -279,7 +272,7 @@ class Checkpointer:
                 _write_json(tmp / "manifest.json", {"step": step, "files": files})
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                if _disk_full(exc):
+                if is_disk_full(exc):
                     raise DiskFullError(f"no space left on {self.root} while saving checkpoint step {step}") from None
                 raise
             if final.exists():  # the same step saved again (e.g. stop right after a periodic save)

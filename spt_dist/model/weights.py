@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from spt_dist.errors import SptError
+from spt_dist.io import atomic_path
 
 FORMATS = ("timm", "npz", "mae", "mocov3")
 MAE_HEAD_NORMS = ("new", "pretrained")
@@ -305,7 +306,6 @@ def save_backbone_weights(model: nn.Module, path: PathLike, metadata: Optional[D
     path = Path(os.path.expanduser(str(path)))
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in _backbone_state(model).items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "timm", **(metadata or {})})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "timm", **(metadata or {})})
     return str(path)
