@@ -20,6 +20,9 @@ from .optim import build_optimizer, build_scheduler, effective_lr, param_groups
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
+    from timm.models.vision_transformer import VisionTransformer
+
+    from .features import FeatureCache
 
     from .shape import Shape
 
@@ -44,7 +47,7 @@ class RunParts:
     zero_stage: int                         # the engine's ZeRO stage
     inputs: "InputSpec"
     prompt_init: Optional["InitResult"] = None
-    features: Optional[Any] = None          # features.FeatureCache of a linear probe, set by train.py
+    features: Optional["FeatureCache"] = None  # a linear probe's feature cache, set by train.py
 
 
 def _prompt_init(model: "PromptedViT", cfg: Config, index: "ShardIndex", dist: DistInfo, resuming: bool,
@@ -84,7 +87,7 @@ class SharedParts:
     val_data: Optional["EvalData"]
     test_data: Optional["EvalData"]
     inputs: "InputSpec"
-    backbone: Any                           # the timm backbone, weights loaded, on the device
+    backbone: "VisionTransformer"           # the timm backbone, weights loaded, on the device
     weights_fmt: Optional[str]              # the weight file's format (decides model.pool=auto)
     weights_hash: str
     rng_after_backbone: Dict[str, Any]      # RNG states a lone run has when it wraps the backbone

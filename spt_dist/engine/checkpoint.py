@@ -22,7 +22,7 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +30,11 @@ import torch
 from spt_dist.distributed import DistInfo
 from spt_dist.errors import SptError
 from spt_dist.io import DiskFullError, file_sha256, is_disk_full
+
+if TYPE_CHECKING:
+    from spt_dist.config import Config
+
+    from .state import TrainState
 
 TAG = "state"
 PREFIX = "step_"
@@ -185,7 +190,7 @@ def _step_folders(root: Path) -> List[Tuple[int, Path]]:
     return sorted(found)
 
 
-def held_shape(cfg: Any, path: Optional[Path]) -> Optional[Dict[str, int]]:
+def held_shape(cfg: "Config", path: Optional[Path]) -> Optional[Dict[str, int]]:
     """The shape (world size, micro-batch, accumulation) the checkpoint at `path` was written
     with; older checkpoints recorded only the world size (with the config's batch and accumulation)."""
     if path is None:
@@ -228,7 +233,7 @@ class Checkpointer:
         steps = _step_folders(Path(root))
         return steps[-1][1] if steps else None
 
-    def maybe_save(self, engine: Any, state: Any, rng: TrainRng, last: bool = False) -> bool:
+    def maybe_save(self, engine: Any, state: "TrainState", rng: TrainRng, last: bool = False) -> bool:
         """Save when `last` (a stop or the end) or every `every` steps, never twice for a step.
         Collective: every rank calls it at the same point."""
         if state.step == self.saved_step or not (last or state.step % self.every == 0) or state.step == 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from spt_dist.config import Config
 from spt_dist.config.hub import is_hub_name, parse_hub_name, resolve_checkpoint
@@ -18,6 +18,9 @@ from .identify import describe, describe_match, identify, md5_finding
 from .known import KNOWN, Known, Recipe
 from .summary import summarize
 from .weights import CheckpointError, detect_format
+
+if TYPE_CHECKING:
+    from spt_dist.rundir.metrics import MetricsLog
 
 # The checkpoint_format each layout loads with (MAE's recipes need "mae" whatever the layout).
 LAYOUT_FORMAT = {"jax-vit": "npz", "big_vision": "npz", "mae-pretrain": "mae", "mae-with-decoder": "mae",
@@ -125,7 +128,7 @@ def check_weights(target: str, cfg: Optional[Config] = None, md5: bool = True) -
     return report
 
 
-def log_weights_check(cfg: Config, log: Any, step: int) -> None:
+def log_weights_check(cfg: Config, log: "MetricsLog", step: int) -> None:
     """The check at run start (rank 0): the event in metrics.jsonl, warnings on stderr; never raises."""
     if not (log.enabled and cfg.model.checkpoint):
         return
