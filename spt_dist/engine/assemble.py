@@ -50,8 +50,8 @@ class RunParts:
     features: Optional["FeatureCache"] = None  # a linear probe's feature cache, set by train.py
 
 
-def _prompt_init(model: "PromptedViT", cfg: Config, index: "ShardIndex", dist: DistInfo, resuming: bool,
-                 backbone_hash: str, inputs: "InputSpec") -> Optional["InitResult"]:
+def _prompt_init(model: "PromptedViT", cfg: Config, shared: "SharedParts", dist: DistInfo, resuming: bool,
+                 backbone_hash: str) -> Optional["InitResult"]:
     """SPT's prototype init and/or the alignment reference (spt_dist.prompt_init).
 
     On resume the prompts come from the checkpoint, so it only runs for the reference (its
@@ -62,7 +62,8 @@ def _prompt_init(model: "PromptedViT", cfg: Config, index: "ShardIndex", dist: D
     m = cfg.method
     if not has_prototype_pass(m) or (resuming and not m.track_alignment):
         return None
-    return initialize_prompts(model, cfg, index, dist, dist.device, backbone_hash=backbone_hash, inputs=inputs)
+    return initialize_prompts(model, cfg, shared.index, dist.comm, dist.device, backbone_hash=backbone_hash,
+                              inputs=shared.inputs, train_keys=shared.train_data.selected_keys)
 
 
 def load_data(cfg: Config, index: "ShardIndex", inputs: "InputSpec", dist: DistInfo):
@@ -138,7 +139,7 @@ def build_member(cfg: Config, shared: SharedParts, dist: DistInfo, resuming: boo
                 "prompt_shape": list(model.prompts.shape) if model.prompts is not None else None,
                 "num_classes": shared.index.num_classes, "method": cfg.method.name,
                 "global_batch": shape.global_batch}
-    init = _prompt_init(model, cfg, shared.index, dist, resuming, identity["weights_hash"], shared.inputs)
+    init = _prompt_init(model, cfg, shared, dist, resuming, identity["weights_hash"])
     seed_everything(cfg.run.seed + 1000003 * (dist.rank + 1))  # per-rank streams (prompt dropout)
 
     global_batch = cfg.data.batch_size * cfg.optim.grad_accum * dist.world_size

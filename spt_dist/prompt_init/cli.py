@@ -43,7 +43,7 @@ def _init(args: argparse.Namespace) -> int:
     index = ShardIndex.load(os.path.expanduser(cfg.data.root))
     seed_everything(cfg.run.seed)  # as in training: the same model (random backbone included)
     model = build_model(cfg, index.num_classes).to(dist.device)
-    result = initialize_prompts(model, cfg, index, dist, dist.device)  # errors: alike on every rank
+    result = initialize_prompts(model, cfg, index, dist.comm, dist.device)  # errors: alike on every rank
     if dist.rank == 0:
         print(_format_stats(result))
         if args.save:
