@@ -5,6 +5,7 @@ pooling, and its weights hash (computed once) keys the prototype cache and the p
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Optional
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from spt_dist.data import EvalData, ShardIndex, TrainData
     from spt_dist.model import InputSpec, PromptedViT
+    from spt_dist.model.weights import Checkpoint
     from spt_dist.prompt_init import InitResult
 
 
@@ -47,6 +49,7 @@ class RunParts:
     zero_stage: int                         # the engine's ZeRO stage
     inputs: "InputSpec"
     prompt_init: Optional["InitResult"] = None
+    weights_read: Optional["Checkpoint"] = None  # the weight file as read (tensors dropped): the weights check
     features: Optional["FeatureCache"] = None  # a linear probe's feature cache, set by train.py
 
 
@@ -92,6 +95,7 @@ class SharedParts:
     weights_fmt: Optional[str]              # the weight file's format (decides model.pool=auto)
     weights_hash: str
     rng_after_backbone: Dict[str, Any]      # RNG states a lone run has when it wraps the backbone
+    weights_read: Optional["Checkpoint"] = None  # the weight file as read (tensors dropped): the weights check
 
 
 def build_shared(cfg: Config, dist: DistInfo, shape: "Shape") -> SharedParts:
@@ -108,10 +112,11 @@ def build_shared(cfg: Config, dist: DistInfo, shape: "Shape") -> SharedParts:
     seed_everything(cfg.run.seed)  # same head / prompt init on every rank
     backbone = build_run_backbone(cfg, weights)
     after = rng_state()
-    fmt = weights.fmt if weights else None
+    read = dataclasses.replace(weights, state={}) if weights else None
     del weights  # the tensors live in the backbone now
     backbone = backbone.to(dist.device)
-    return SharedParts(index, train_data, val_data, test_data, inputs, backbone, fmt, weights_hash(backbone), after)
+    return SharedParts(index, train_data, val_data, test_data, inputs, backbone, read.fmt if read else None,
+                       weights_hash(backbone), after, read)
 
 
 def build_parts(cfg: Config, dist: DistInfo, resuming: bool, shape: Optional["Shape"] = None) -> RunParts:
@@ -151,7 +156,8 @@ def build_member(cfg: Config, shared: SharedParts, dist: DistInfo, resuming: boo
     engine, _, _ = build_engine(model, optimizer, scheduler, deepspeed_config(cfg, dist.world_size))
     zero_stage, dtype = engine_precision(engine)
     return RunParts(shared.index, shared.train_data, shared.val_data, shared.test_data, model, engine, identity,
-                    counts, peak_lr, global_batch, dtype, zero_stage, shared.inputs, init)
+                    counts, peak_lr, global_batch, dtype, zero_stage, shared.inputs, init,
+                    weights_read=shared.weights_read)
 
 
 def full_trainable_state(model: "PromptedViT") -> Dict[str, torch.Tensor]:

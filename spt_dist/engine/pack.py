@@ -113,7 +113,7 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
         dist.comm.agreed(verify_reads, lead, members[0])
         for cfg, parts, state, path, ckpt, log in zip(cfgs, members, states, resume, ckpts, logs):
             log_start(log, parts, dist, state, path, ckpt)
-            log_weights_check(cfg, log, state.step)
+            log_weights_check(cfg, log, state.step, parts.weights_read)
         walls = [s.wall_s for s in states]
         for dog in dogs:
             dog.phase = "train"

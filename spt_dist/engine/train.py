@@ -100,7 +100,7 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         if cfg.method.name == "linear":
             log.log("feature_cache", state.step, used=parts.features is not None, reason=no_features or None,
                     **(parts.features.report if parts.features else {}))
-        log_weights_check(cfg, log, state.step)
+        log_weights_check(cfg, log, state.step, parts.weights_read)
         watchdog.phase, wall_before = "train", state.wall_s
         status, stopped = _loop(shaped(cfg, shape), parts, dist, state, ckpt, rng, stop, log, max_steps, t0, watchdog)
         watchdog.phase = "finish"

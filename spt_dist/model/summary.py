@@ -184,8 +184,19 @@ def _safetensors(path: str, out: Summary) -> Summary:
 
 def _torch(path: str, out: Summary) -> Summary:
     wrapper, state = _raw_state(path)  # memory-mapped: shapes without reading the tensors
+    return _of_state(out, wrapper, state)
+
+
+def _of_state(out: Summary, wrapper: Optional[str], state) -> Summary:
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     return state_summary(out, shapes, wrapper, lambda name: state[name].float().numpy())
+
+
+def summary_of_state(path: str, wrapper: Optional[str], state) -> Summary:
+    """The Summary of a .safetensors / torch file from the state dict already read from it
+    (weights.read_checkpoint), as `summarize(path)` gives it, without opening the file again."""
+    container = "safetensors" if path.endswith(".safetensors") else "torch"
+    return _of_state(Summary(path, os.path.getsize(path), container, "unknown"), wrapper, state)
 
 
 def summarize(path: str) -> Summary:

@@ -10,13 +10,16 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 import torch
 from torch import nn
 
 from spt_dist.errors import SptError
 from spt_dist.io import atomic_path
+
+if TYPE_CHECKING:
+    from .summary import Summary
 
 FORMATS = ("timm", "npz", "mae", "mocov3")
 MAE_HEAD_NORMS = ("new", "pretrained")
@@ -35,10 +38,14 @@ class CheckpointError(SptError, ValueError):
 
 @dataclass
 class Checkpoint:
-    """A weights file read once: its format and (for state-dict formats) the backbone tensors."""
+    """A weights file read once: its format and (for state-dict formats) the backbone tensors,
+    and what the weights check reports of the file, from the same read."""
     path: str
     fmt: str
     state: Dict[str, torch.Tensor] = field(default_factory=dict)  # empty for npz (read by timm)
+    summary: Optional["Summary"] = None  # of the file as it is (None for npz: its headers are read then)
+    detected: Optional[str] = None       # what checkpoint_format=auto reads it as; None: undecided, see
+    undecided: Optional[str] = None      # why (detect_format's CheckpointError)
 
     @property
     def uses_fc_norm(self) -> bool:
@@ -153,15 +160,24 @@ def read_checkpoint(path: PathLike, fmt: str = "auto", mae_head_norm: str = "new
     if path.endswith(".npz") or fmt == "npz":
         if fmt not in ("auto", "npz"):
             raise CheckpointError(f"{path}: a .npz file is format 'npz', not '{fmt}'")
-        return Checkpoint(path, "npz")
+        return Checkpoint(path, "npz", detected="npz")
+    from .summary import summary_of_state  # summary.py reads files with this module's readers
+
     wrapper, state = _raw_state(path)
-    resolved = _classify(wrapper, state, path) if fmt == "auto" else fmt
+    summary = summary_of_state(path, wrapper, state)
+    try:
+        detected, undecided = _classify(wrapper, state, path), None
+    except CheckpointError as exc:
+        if fmt == "auto":
+            raise
+        detected, undecided = None, str(exc)
+    resolved = detected if fmt == "auto" else fmt
     if any(k.startswith("module.") for k in state):
         state = _strip_prefix(state, path)
     state = {k: v for k, v in state.items() if not k.startswith(_DROP_PREFIXES)}
     if resolved == "mae" and "norm.weight" in state and "fc_norm.weight" not in state:
         state = _mae_pretrain_to_global_pool(state, keep_norm=mae_head_norm == "pretrained")
-    return Checkpoint(path, resolved, state)
+    return Checkpoint(path, resolved, state, summary, detected, undecided)
 
 
 def _mae_pretrain_to_global_pool(state: Dict[str, torch.Tensor], keep_norm: bool) -> Dict[str, torch.Tensor]:
