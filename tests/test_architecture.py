@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 PACKAGE = Path(__file__).resolve().parents[1] / "spt_dist"
 
@@ -112,3 +112,50 @@ def test_an_upward_import_anywhere_is_found(tmp_path):
     for rel in additions:
         assert any(v.startswith(f"spt_dist/{rel}:") for v in found), (rel, found)
     assert len(found) == len(additions), found
+
+
+def _file_of(module: str, root: Path) -> Optional[Path]:
+    base = root.parent.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def circles(root: Path = PACKAGE) -> List[List[str]]:
+    """Chains of files that import each other (a package's __init__ only re-exports: left out)."""
+    edges: Dict[Path, set] = {}
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        targets = {_file_of(t, root) for _, t in imports_of(path, _module_of(path, root)) if t.startswith("spt_dist.")}
+        edges[path] = {t for t in targets if t is not None and t != path and t.name != "__init__.py"}
+    found, state = [], {}
+
+    def visit(node: Path, chain: List[Path]) -> None:
+        state[node] = "open"
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append([str(p.relative_to(root.parent)) for p in chain[chain.index(nxt):] + [nxt]])
+            elif nxt not in state:
+                visit(nxt, chain + [nxt])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_no_two_files_import_each_other():
+    assert circles() == []
+
+
+def test_a_circle_of_files_is_found(tmp_path):
+    import shutil
+
+    copy = tmp_path / "spt_dist"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "assets"))
+    with open(copy / "engine" / "shape.py", "a") as f:  # train.py imports shape.py
+        f.write("\nif False:\n    from .train import train\n")
+    assert any(c[0].endswith("shape.py") or "spt_dist/engine/shape.py" in c for c in circles(copy))

@@ -11,14 +11,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Sequence
 
 from .index import DataError
 
 if TYPE_CHECKING:
     from spt_dist.config.schema import DataConfig
 
-    from .loader import TrainData
 
 BATCH_LIMIT = 2000  # planned batches looked at (over all ranks): enough for a stable mean
 RANK_LIMIT = 8      # ranks whose plan is simulated (spread over the world): each costs a pass
@@ -58,7 +57,7 @@ def mean_distinct(batches: Sequence[Sequence[int]]) -> float:
     return sum(len(set(b)) for b in batches) / len(batches)
 
 
-def mixing_report(data: "TrainData") -> MixingReport:
+def mixing_report(data: Any) -> MixingReport:
     """`data` is a TrainData: its plan for epoch 0 over all ranks (the same on every rank)."""
     w = data.world_size
     ranks = sorted({r * w // min(w, RANK_LIMIT) for r in range(min(w, RANK_LIMIT))})

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
     from timm.models.vision_transformer import VisionTransformer
 
-    from .features import FeatureCache
+    from .feature_data import FeatureCache
 
     from .shape import Shape
 

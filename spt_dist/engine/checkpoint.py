@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from spt_dist.distributed import DistInfo
-from spt_dist.errors import SptError
 from spt_dist.io import DiskFullError, file_sha256, is_disk_full
+
+from .errors import CheckpointMismatchError
 
 if TYPE_CHECKING:
     from spt_dist.config import Config
@@ -39,11 +40,6 @@ if TYPE_CHECKING:
 TAG = "state"
 PREFIX = "step_"
 CORRUPT = ".corrupt_"
-
-
-class CheckpointMismatchError(SptError, ValueError):
-    """A checkpoint that belongs to another config, backbone, prompt shape or global batch (or
-    another world size, without launch.elastic)."""
 
 
 def _files(folder: Path) -> List[Path]:

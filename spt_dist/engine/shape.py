@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from spt_dist.config import Config
 
-from .checkpoint import CheckpointMismatchError
+from .errors import CheckpointMismatchError
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,13 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from spt_dist.errors import SptError
 from spt_dist.io import atomic_path
-
-if TYPE_CHECKING:
-    from .summary import Summary
 
 FORMATS = ("timm", "npz", "mae", "mocov3")
 MAE_HEAD_NORMS = ("new", "pretrained")
@@ -37,13 +34,22 @@ class CheckpointError(SptError, ValueError):
 
 
 @dataclass
+class FileKeys:
+    """A state-dict file's own layout, as read: what summary.py summarises without the file."""
+    wrapper: Optional[str]                  # the dict the state sat in ('model', 'state_dict', ...)
+    shapes: Dict[str, Tuple[int, ...]]      # every key of the file
+    pos_embeds: Dict[str, torch.Tensor]     # the position embeddings: the only values it reads
+    size: int                               # bytes on disk
+
+
+@dataclass
 class Checkpoint:
     """A weights file read once: its format and (for state-dict formats) the backbone tensors,
-    and what the weights check reports of the file, from the same read."""
+    and what the weights check needs of the file, from the same read."""
     path: str
     fmt: str
     state: Dict[str, torch.Tensor] = field(default_factory=dict)  # empty for npz (read by timm)
-    summary: Optional["Summary"] = None  # of the file as it is (None for npz: its headers are read then)
+    keys: Optional[FileKeys] = None      # None for npz (the check reads its headers)
     detected: Optional[str] = None       # what checkpoint_format=auto reads it as; None: undecided, see
     undecided: Optional[str] = None      # why (detect_format's CheckpointError)
 
@@ -161,10 +167,9 @@ def read_checkpoint(path: PathLike, fmt: str = "auto", mae_head_norm: str = "new
         if fmt not in ("auto", "npz"):
             raise CheckpointError(f"{path}: a .npz file is format 'npz', not '{fmt}'")
         return Checkpoint(path, "npz", detected="npz")
-    from .summary import summary_of_state  # summary.py reads files with this module's readers
-
     wrapper, state = _raw_state(path)
-    summary = summary_of_state(path, wrapper, state)
+    keys = FileKeys(wrapper, {k: tuple(v.shape) for k, v in state.items()},
+                    {k: v for k, v in state.items() if k.endswith("pos_embed")}, os.path.getsize(path))
     try:
         detected, undecided = _classify(wrapper, state, path), None
     except CheckpointError as exc:
@@ -177,7 +182,7 @@ def read_checkpoint(path: PathLike, fmt: str = "auto", mae_head_norm: str = "new
     state = {k: v for k, v in state.items() if not k.startswith(_DROP_PREFIXES)}
     if resolved == "mae" and "norm.weight" in state and "fc_norm.weight" not in state:
         state = _mae_pretrain_to_global_pool(state, keep_norm=mae_head_norm == "pretrained")
-    return Checkpoint(path, resolved, state, summary, detected, undecided)
+    return Checkpoint(path, resolved, state, keys, detected, undecided)
 
 
 def _mae_pretrain_to_global_pool(state: Dict[str, torch.Tensor], keep_norm: bool) -> Dict[str, torch.Tensor]:

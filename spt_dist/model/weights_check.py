@@ -16,7 +16,7 @@ from spt_dist.config.hub import is_hub_name, parse_hub_name, resolve_checkpoint
 
 from .identify import describe, describe_match, identify, md5_finding
 from .known import KNOWN, Known, Recipe
-from .summary import summarize
+from .summary import summarize, summary_of_keys
 from .weights import Checkpoint, CheckpointError, detect_format
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def check_weights(target: str, cfg: Optional[Config] = None, md5: bool = True,
     `read`: the file as read_weights read it, so that a run's check does not read it again."""
     path = read.path if read is not None else resolve_checkpoint(target)
     hub_name = parse_hub_name(target)[0] if is_hub_name(target) else None
-    s = read.summary if read is not None and read.summary is not None else summarize(path)
+    s = summary_of_keys(path, read.keys) if read is not None and read.keys is not None else summarize(path)
     match = identify(s, hub_name)
     k = match.entry
     line, warning, fmt = _format_line(path, k, read)
