@@ -1,11 +1,13 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a part.
 
-Every writer of the project goes through `atomic_path` (write to a temporary name unique to
-the writer in the same folder, fsync it, rename it over the target, fsync the folder), so an
-interrupted or failed write leaves no truncated file under a final name and no temporary file
-behind. A write that fails for want of space is reported as DiskFullError ("no space left on
-<folder> ..."), whatever library wrote the bytes: safetensors and torch do not raise OSError
-(`is_disk_full` recognises them).
+Every file the project writes under its final name goes through `atomic_path` (write to a
+temporary name unique to the writer in the same folder, fsync it, rename it over the target,
+fsync the folder), so an interrupted or failed write leaves no truncated file under a final
+name and no temporary file behind. Three writes are atomic otherwise: a checkpoint's files
+(written inside its temporary step folder, which is renamed whole), the run lock (created with
+O_EXCL) and metrics.jsonl (appended, a line at a time). A write that fails for want of space
+is reported as DiskFullError ("no space left on <folder> ..."), whatever library wrote the
+bytes: safetensors and torch do not raise OSError (`is_disk_full` recognises them).
 """
 from __future__ import annotations
 
