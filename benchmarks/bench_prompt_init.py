@@ -75,7 +75,7 @@ def _reset_peak() -> None:
 def _streaming(n: int, device: str) -> Dict[str, float]:
     from spt_dist.distributed import Comm
     from spt_dist.prompt_init.extract import stream_candidates
-    from spt_dist.prompt_init.plan import InitPlan
+    from spt_dist.prompt_init.pass_plan import InitPlan
     from spt_dist.prompt_init.prototypes import combine
 
     model = _model(device)

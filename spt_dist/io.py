@@ -1,8 +1,13 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a part.
 
-Every writer of the project goes through `atomic_path` (write to a temporary name in the
-same folder, flush, rename over the target), so an interrupted or failed write leaves no
-truncated file under a final name. A full disk is reported as such, naming the file.
+Every file the project writes under its final name goes through `atomic_path` (write to a
+temporary name unique to the writer in the same folder, fsync it, rename it over the target,
+fsync the folder), so an interrupted or failed write leaves no truncated file under a final
+name and no temporary file behind. Three writes are atomic otherwise: a checkpoint's files
+(written inside its temporary step folder, which is renamed whole), the run lock (created with
+O_EXCL) and metrics.jsonl (appended, a line at a time). A write that fails for want of space
+is reported as DiskFullError ("no space left on <folder> ..."), whatever library wrote the
+bytes: safetensors and torch do not raise OSError (`is_disk_full` recognises them).
 """
 from __future__ import annotations
 
@@ -10,42 +15,82 @@ import errno
 import hashlib
 import json
 import os
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 from spt_dist.errors import SptError
 
 PathLike = Union[str, os.PathLike]
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# What libraries that hide the OSError say: safetensors ("... No space left on device (os error
+# 28)"), torch's zip writer ("unexpected pos ..." once the stream has failed).
+_FULL_WORDS = ("No space left", "Disk quota exceeded", f"os error {errno.ENOSPC}", f"os error {errno.EDQUOT}",
+               "unexpected pos")
 
 
 class DiskFullError(SptError, OSError):
     """No space (or quota) left where a file had to be written."""
 
 
+def is_disk_full(exc: BaseException, folder: Optional[PathLike] = None) -> bool:
+    """Whether `exc` (or an error it was raised from) is a write that ran out of space; with
+    `folder`, an I/O error while that folder's file system has no free block counts as well."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            return True
+        if any(word in str(seen) for word in _FULL_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if folder is not None and isinstance(exc, (OSError, RuntimeError)):
+        try:
+            return os.statvfs(folder).f_bavail == 0
+        except OSError:
+            return False
+    return False
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it is renamed to `path`."""
+    """Yield a temporary path next to `path` for the caller (or any library) to write; on
+    success it is fsynced and renamed to `path`. On any failure the temporary file is removed;
+    a failure for want of space is raised as DiskFullError naming the folder."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left on {path.parent} while writing {path.name}") from None
+        try:
+            _fsync(path.parent, directory=True)
+        except OSError:  # some file systems cannot fsync a folder; the rename is done
+            pass
+    except Exception as exc:
+        if not isinstance(exc, DiskFullError) and is_disk_full(exc, path.parent):
+            raise DiskFullError(f"no space left on {path.parent} while writing {path.name}") from exc
         raise
     finally:
-        if tmp.exists():
+        try:
             tmp.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:

@@ -171,13 +171,13 @@ def test_every_shipped_sweep_expands_to_valid_runs():
 
 
 def test_fast_composition_equals_the_source_by_source_one():
-    """Configs are merged as plain data in one step; the result must be what merging file by
-    file and override by override into the schema gives, for every shipped run file."""
+    """`compose` merges configs as plain data in one step; the result must be what merging file
+    by file and override by override into the schema gives, for every shipped run file."""
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
-    from spt_dist.config.load import _compose_fast, _compose_slow
+    from spt_dist.config.load import compose, compose_by_source
 
     root = Path(__file__).resolve().parents[1] / "configs"
     files = sorted(str(p) for p in root.rglob("*.yaml") if "defaults" in p.read_text() or p.parent.name == "protocol")
@@ -185,5 +185,5 @@ def test_fast_composition_equals_the_source_by_source_one():
     overrides = ["optim.lr=0.3", "data.fraction=0.5", "model.mean=[0.5,0.5,0.5]", "model.std=[1,1,1]",
                  "launch.sbatch_extra.mail-type=END", "run.name=''"]
     for path in files:
-        fast, slow = _compose_fast(path, overrides), _compose_slow(path, overrides)
+        fast, slow = compose(path, overrides), compose_by_source(path, overrides)
         assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(slow), path

@@ -2,7 +2,6 @@
 on a real (tiny) tmpfs, filled while the run trains."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import uuid
@@ -14,16 +13,8 @@ from engine_helpers import PYTHON, ROOT, env, make_assets, wait_for_step, write_
 
 
 @pytest.fixture
-def tiny_fs(tmp_path):
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode:
-        pytest.skip("needs root to mount a small tmpfs")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+def tiny_fs(tmpfs):
+    return tmpfs("64m")
 
 
 def _fill(filler) -> None:

@@ -195,3 +195,19 @@ def test_a_micro_backbone_round_trips_and_stays_unknown(tmp_path):
     report = check_weights(str(tmp_path / "w.safetensors"))
     assert report.record["known"] is None and "model.name=vit_micro_p4_16" in "\n".join(report.lines)
     assert weights_hash(build_backbone("vit_micro_p4_16", checkpoint=tmp_path / "w.safetensors")) == weights_hash(src)
+
+
+@pytest.mark.parametrize("overrides", [["model.checkpoint_format=mae"], ["model.checkpoint_format=timm"]])
+def test_the_run_check_reports_from_the_read_file_without_reading_it_again(tmp_path, overrides):
+    """read_weights' Checkpoint carries the summary and the detected format: the check built from
+    it is the check of the file, and needs no file (here: the file is gone)."""
+    from spt_dist.model import read_weights
+
+    cfg = _mae_run(tmp_path, *overrides)  # an MAE pretraining file: auto cannot decide its format
+    from_file = check_weights(cfg.model.checkpoint, cfg, md5=False)
+    read = dataclasses.replace(read_weights(cfg), state={})
+    (tmp_path / "mae_pretrain_vit_base.pth").unlink()
+    from_read = check_weights(cfg.model.checkpoint, cfg, md5=False, read=read)
+    assert (from_read.lines, from_read.warnings, from_read.record) == \
+        (from_file.lines, from_file.warnings, from_file.record)
+    assert any("format: not decided by its keys" in line for line in from_read.lines)

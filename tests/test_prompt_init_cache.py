@@ -1,17 +1,17 @@
 """Prototype cache (hit skips the forward pass; any change of key misses) and single-process errors."""
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from spt_dist.config import ConfigError, load_config
 from spt_dist.data import ShardIndex, write_shards
+from spt_dist.distributed import Comm
 from spt_dist.data.sources.builtin import digits_source
 from spt_dist.model import build_model, weights_hash
 from spt_dist.prompt_init import PromptInitError, initialize_prompts
 
-ONE = SimpleNamespace(rank=0, world_size=1)
+ONE = Comm()  # one process
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,21 @@ def test_init_images_drawn_with_replacement(shards, tmp_path):
     assert res.images == len(train) and res.prompts.shape == (3, 4, 32)
     cfg, index, _, _ = _setup(shards, tmp_path, "method.init_replacement=true", "method.init_images=7")
     assert sum(select_init_draws(cfg, index).values()) == 7
+
+
+def test_the_training_selection_of_the_data_stage_is_the_one_used(shards, tmp_path):
+    """The run's TrainData passes its selected keys down: the prototypes (and their cache key)
+    are those of the selection made here, and other keys give other prototypes."""
+    from spt_dist.data import TrainData
+    from spt_dist.model import input_spec
+
+    cfg, index, model, calls = _setup(shards, tmp_path, "data.fraction=0.5", "data.batch_size=4")
+    inputs = input_spec(cfg)
+    train = TrainData(cfg.data, index, *inputs, rank=0, world_size=1, seed=cfg.run.seed)
+    passed = initialize_prompts(model, cfg, index, ONE, "cpu", inputs=inputs, train_keys=train.selected_keys)
+    assert not passed.cache_hit and calls
+    again = initialize_prompts(model, cfg, index, ONE, "cpu")  # selected here: the same key, a hit
+    assert again.cache_hit and torch.equal(again.prompts, passed.prompts)
+    others = sorted(set(index.split("train").keys()) - set(train.selected_keys))
+    other = initialize_prompts(model, cfg, index, ONE, "cpu", inputs=inputs, train_keys=others)
+    assert not other.cache_hit and not torch.equal(other.prompts, passed.prompts)

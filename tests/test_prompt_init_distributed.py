@@ -5,7 +5,6 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,9 +15,9 @@ from safetensors.torch import load_file
 from spt_dist.config import load_config
 from spt_dist.data import ShardIndex, write_shards
 from spt_dist.data.sources.builtin import digits_source
+from spt_dist.distributed import Comm
 from spt_dist.model import build_model
 from spt_dist.prompt_init import PromptInitError, initialize_prompts
-from spt_dist.distributed import Comm
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["model.name=vit_micro_p4_16", "method.name=spt", "method.prompt_length=4", "method.deep=true",
@@ -63,7 +62,7 @@ def _run(root, overrides, rank, world):
     cfg = _cfg(root, overrides)
     index = ShardIndex.load(root)
     model = _model(cfg, index, deep=True if "+model_deep" in overrides else None)
-    return initialize_prompts(model, cfg, index, SimpleNamespace(rank=rank, world_size=world), "cpu"), model
+    return initialize_prompts(model, cfg, index, Comm(rank, world), "cpu"), model
 
 
 def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:

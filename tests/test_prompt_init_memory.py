@@ -38,7 +38,7 @@ def _child(n: int, retain: bool) -> None:
 
     from spt_dist.model import PromptedViT, build_backbone
     from spt_dist.prompt_init.extract import stream_candidates
-    from spt_dist.prompt_init.plan import STRATEGIES, InitPlan
+    from spt_dist.prompt_init.pass_plan import STRATEGIES, InitPlan
 
     torch.manual_seed(0)
     model = PromptedViT(build_backbone("vit_micro_p4_16"), 3, prompt_length=P, deep=True)

@@ -9,7 +9,7 @@ from spt_dist.prompt_init.candidates import window_bounds, window_tokens
 from spt_dist.distributed import Comm
 from spt_dist.prompt_init.draws import draw_with_replacement
 from spt_dist.prompt_init.extract import stream_candidates
-from spt_dist.prompt_init.plan import InitPlan
+from spt_dist.prompt_init.pass_plan import InitPlan
 from spt_dist.prompt_init.prototypes import combine
 
 # SPT's train.py: window = L // (p - 1); p - 1 windows [i w, (i + 1) w); the last window is
@@ -140,7 +140,7 @@ def test_each_draw_is_augmented_on_its_own_deterministically_on_any_number_of_ra
 
 
 def test_prototypes_through_the_training_transform(digits):
-    from types import SimpleNamespace
+    from spt_dist.distributed import Comm
 
     from spt_dist.data import ShardIndex
     from spt_dist.model import build_model
@@ -155,7 +155,7 @@ def test_prototypes_through_the_training_transform(digits):
         index = ShardIndex.load(digits)
         torch.manual_seed(0)
         model = build_model(cfg, index.num_classes)
-        return initialize_prompts(model, cfg, index, SimpleNamespace(rank=0, world_size=1), "cpu").prompts
+        return initialize_prompts(model, cfg, index, Comm(), "cpu").prompts
 
     train = prompts("method.init_transform=train")
     assert torch.equal(prompts("method.init_transform=train"), train)  # deterministic

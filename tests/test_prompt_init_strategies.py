@@ -8,7 +8,7 @@ from spt_dist.model import PromptedViT, build_backbone
 from spt_dist.prompt_init.candidates import CandidatePool
 from spt_dist.distributed import Comm
 from spt_dist.prompt_init.extract import stream_candidates
-from spt_dist.prompt_init.plan import STRATEGIES, InitPlan
+from spt_dist.prompt_init.pass_plan import STRATEGIES, InitPlan
 from spt_dist.prompt_init.priority import token_priorities
 from spt_dist.prompt_init.prototypes import Prototypes, combine
 

@@ -104,8 +104,10 @@ def _check_overrides(overrides: Sequence[str]) -> None:
                           f"list the files under `defaults:` in a run file, or override their keys one by one")
 
 
-def _compose_slow(path: Optional[str], overrides: Sequence[str]) -> DictConfig:
-    """Source by source: an error names the file or the override it comes from."""
+def compose_by_source(path: Optional[str], overrides: Sequence[str]) -> DictConfig:
+    """The reference composition: file by file, override by override, into the schema; an error
+    names the file or the override it comes from. `compose` gives the same tree in one merge
+    (and falls back to this one to explain an error)."""
     cfg = OmegaConf.structured(Config)
     origins: Dict[str, str] = {}
     methods = MethodKeys()
@@ -170,7 +172,7 @@ def _deep_update(into: dict, other: dict) -> None:
 
 def _compose_fast(path: Optional[str], overrides: Sequence[str]) -> DictConfig:
     """Every source merged as plain data, then ONE merge into the schema (a config loads in
-    milliseconds, which a study of hundreds of runs needs). Any error: see _compose_slow."""
+    milliseconds, which a study of hundreds of runs needs). Any error: see compose_by_source."""
     sources: List[tuple] = []
     if path:
         _sources(_resolve(path, None), [], sources)
@@ -208,7 +210,7 @@ def compose(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictCo
     except ConfigError:
         raise
     except (OmegaConfBaseException, ValueError, TypeError, KeyError):
-        cfg = _compose_slow(path, overrides)  # raises the precise error (or agrees)
+        cfg = compose_by_source(path, overrides)  # raises the precise error (or agrees)
     cfg.defaults = []  # composed away: the result is self-contained
     return cfg
 

@@ -11,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
 
+from spt_dist.io import write_text_atomic
+
 from .index import DataError, ShardIndex
 
 KEYS_FILE = "train_keys.txt"
@@ -61,7 +63,7 @@ def select_count(index: ShardIndex, split: str, n: int, seed: int) -> List[str]:
 def write_selected_keys(run_dir: str | Path, keys: Sequence[str]) -> Path:
     path = Path(run_dir) / KEYS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{k}\n" for k in keys))
+    write_text_atomic(path, "".join(f"{k}\n" for k in keys))
     return path
 
 

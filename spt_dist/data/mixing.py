@@ -11,9 +11,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Sequence
 
 from .index import DataError
+
+if TYPE_CHECKING:
+    from spt_dist.config.schema import DataConfig
+
 
 BATCH_LIMIT = 2000  # planned batches looked at (over all ranks): enough for a stable mean
 RANK_LIMIT = 8      # ranks whose plan is simulated (spread over the world): each costs a pass
@@ -69,7 +73,7 @@ def mixing_report(data: Any) -> MixingReport:
 MIN_BATCHES = 16  # fewer planned batches: the mean is too noisy to judge
 
 
-def check_mixing(report: MixingReport, cfg: Any) -> None:
+def check_mixing(report: MixingReport, cfg: "DataConfig") -> None:
     """Stream mode, per data.mixing_check: error (default), warn, or ignore, when the ratio is
     below data.min_mixing. The exact shuffle is uniform by construction: reported, not checked."""
     if cfg.shuffle == "exact" or cfg.mixing_check == "ignore" or report.batches < MIN_BATCHES \

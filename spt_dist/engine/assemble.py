@@ -5,6 +5,7 @@ pooling, and its weights hash (computed once) keys the prototype cache and the p
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Optional
@@ -20,11 +21,15 @@ from .optim import build_optimizer, build_scheduler, effective_lr, param_groups
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
+    from timm.models.vision_transformer import VisionTransformer
+
+    from .feature_data import FeatureCache
 
     from .shape import Shape
 
     from spt_dist.data import EvalData, ShardIndex, TrainData
     from spt_dist.model import InputSpec, PromptedViT
+    from spt_dist.model.weights import Checkpoint
     from spt_dist.prompt_init import InitResult
 
 
@@ -44,11 +49,12 @@ class RunParts:
     zero_stage: int                         # the engine's ZeRO stage
     inputs: "InputSpec"
     prompt_init: Optional["InitResult"] = None
-    features: Optional[Any] = None          # features.FeatureCache of a linear probe, set by train.py
+    weights_read: Optional["Checkpoint"] = None  # the weight file as read (tensors dropped): the weights check
+    features: Optional["FeatureCache"] = None  # a linear probe's feature cache, set by train.py
 
 
-def _prompt_init(model: "PromptedViT", cfg: Config, index: "ShardIndex", dist: DistInfo, resuming: bool,
-                 backbone_hash: str, inputs: "InputSpec") -> Optional["InitResult"]:
+def _prompt_init(model: "PromptedViT", cfg: Config, shared: "SharedParts", dist: DistInfo, resuming: bool,
+                 backbone_hash: str) -> Optional["InitResult"]:
     """SPT's prototype init and/or the alignment reference (spt_dist.prompt_init).
 
     On resume the prompts come from the checkpoint, so it only runs for the reference (its
@@ -59,7 +65,8 @@ def _prompt_init(model: "PromptedViT", cfg: Config, index: "ShardIndex", dist: D
     m = cfg.method
     if not has_prototype_pass(m) or (resuming and not m.track_alignment):
         return None
-    return initialize_prompts(model, cfg, index, dist, dist.device, backbone_hash=backbone_hash, inputs=inputs)
+    return initialize_prompts(model, cfg, shared.index, dist.comm, dist.device, backbone_hash=backbone_hash,
+                              inputs=shared.inputs, train_keys=shared.train_data.selected_keys)
 
 
 def load_data(cfg: Config, index: "ShardIndex", inputs: "InputSpec", dist: DistInfo):
@@ -84,10 +91,11 @@ class SharedParts:
     val_data: Optional["EvalData"]
     test_data: Optional["EvalData"]
     inputs: "InputSpec"
-    backbone: Any                           # the timm backbone, weights loaded, on the device
+    backbone: "VisionTransformer"           # the timm backbone, weights loaded, on the device
     weights_fmt: Optional[str]              # the weight file's format (decides model.pool=auto)
     weights_hash: str
     rng_after_backbone: Dict[str, Any]      # RNG states a lone run has when it wraps the backbone
+    weights_read: Optional["Checkpoint"] = None  # the weight file as read (tensors dropped): the weights check
 
 
 def build_shared(cfg: Config, dist: DistInfo, shape: "Shape") -> SharedParts:
@@ -104,10 +112,11 @@ def build_shared(cfg: Config, dist: DistInfo, shape: "Shape") -> SharedParts:
     seed_everything(cfg.run.seed)  # same head / prompt init on every rank
     backbone = build_run_backbone(cfg, weights)
     after = rng_state()
-    fmt = weights.fmt if weights else None
+    read = dataclasses.replace(weights, state={}) if weights else None
     del weights  # the tensors live in the backbone now
     backbone = backbone.to(dist.device)
-    return SharedParts(index, train_data, val_data, test_data, inputs, backbone, fmt, weights_hash(backbone), after)
+    return SharedParts(index, train_data, val_data, test_data, inputs, backbone, read.fmt if read else None,
+                       weights_hash(backbone), after, read)
 
 
 def build_parts(cfg: Config, dist: DistInfo, resuming: bool, shape: Optional["Shape"] = None) -> RunParts:
@@ -135,7 +144,7 @@ def build_member(cfg: Config, shared: SharedParts, dist: DistInfo, resuming: boo
                 "prompt_shape": list(model.prompts.shape) if model.prompts is not None else None,
                 "num_classes": shared.index.num_classes, "method": cfg.method.name,
                 "global_batch": shape.global_batch}
-    init = _prompt_init(model, cfg, shared.index, dist, resuming, identity["weights_hash"], shared.inputs)
+    init = _prompt_init(model, cfg, shared, dist, resuming, identity["weights_hash"])
     seed_everything(cfg.run.seed + 1000003 * (dist.rank + 1))  # per-rank streams (prompt dropout)
 
     global_batch = cfg.data.batch_size * cfg.optim.grad_accum * dist.world_size
@@ -147,7 +156,8 @@ def build_member(cfg: Config, shared: SharedParts, dist: DistInfo, resuming: boo
     engine, _, _ = build_engine(model, optimizer, scheduler, deepspeed_config(cfg, dist.world_size))
     zero_stage, dtype = engine_precision(engine)
     return RunParts(shared.index, shared.train_data, shared.val_data, shared.test_data, model, engine, identity,
-                    counts, peak_lr, global_batch, dtype, zero_stage, shared.inputs, init)
+                    counts, peak_lr, global_batch, dtype, zero_stage, shared.inputs, init,
+                    weights_read=shared.weights_read)
 
 
 def full_trainable_state(model: "PromptedViT") -> Dict[str, torch.Tensor]:

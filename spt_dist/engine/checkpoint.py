@@ -15,7 +15,6 @@ rotation (the newest `keep` step folders) counts only valid checkpoints.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -23,23 +22,24 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from spt_dist.distributed import DistInfo
-from spt_dist.errors import SptError
-from spt_dist.io import DiskFullError, file_sha256
+from spt_dist.io import DiskFullError, file_sha256, is_disk_full
+
+from .errors import CheckpointMismatchError
+
+if TYPE_CHECKING:
+    from spt_dist.config import Config
+
+    from .state import TrainState
 
 TAG = "state"
 PREFIX = "step_"
 CORRUPT = ".corrupt_"
-
-
-class CheckpointMismatchError(SptError, ValueError):
-    """A checkpoint that belongs to another config, backbone, prompt shape or global batch (or
-    another world size, without launch.elastic)."""
 
 
 def _files(folder: Path) -> List[Path]:
@@ -176,12 +176,6 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _disk_full(exc: BaseException) -> bool:
-    """An error of a write that ran out of space (torch's zip writer says only "unexpected pos")."""
-    return (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) \
-        or "unexpected pos" in str(exc) or "No space left" in str(exc)
-
-
 def _step_folders(root: Path) -> List[Tuple[int, Path]]:
     if not root.is_dir():
         return []
@@ -192,7 +186,7 @@ def _step_folders(root: Path) -> List[Tuple[int, Path]]:
     return sorted(found)
 
 
-def held_shape(cfg: Any, path: Optional[Path]) -> Optional[Dict[str, int]]:
+def held_shape(cfg: "Config", path: Optional[Path]) -> Optional[Dict[str, int]]:
     """The shape (world size, micro-batch, accumulation) the checkpoint at `path` was written
     with; older checkpoints recorded only the world size (with the config's batch and accumulation)."""
     if path is None:
@@ -235,7 +229,7 @@ class Checkpointer:
         steps = _step_folders(Path(root))
         return steps[-1][1] if steps else None
 
-    def maybe_save(self, engine: Any, state: Any, rng: TrainRng, last: bool = False) -> bool:
+    def maybe_save(self, engine: Any, state: "TrainState", rng: TrainRng, last: bool = False) -> bool:
         """Save when `last` (a stop or the end) or every `every` steps, never twice for a step.
         Collective: every rank calls it at the same point."""
         if state.step == self.saved_step or not (last or state.step % self.every == 0) or state.step == 0:
@@ -263,7 +257,7 @@ class Checkpointer:
                 save_full(engine, tmp, self.dist.is_main)
             torch.save(rng_state(train_rng), tmp / f"rng_rank{self.dist.rank}.pt")
         except (OSError, RuntimeError) as exc:
-            if not _disk_full(exc):
+            if not is_disk_full(exc):
                 raise
             failure = f"no space left on {self.root} while saving checkpoint step {step} ({type(exc).__name__})"
         try:
@@ -279,7 +273,7 @@ class Checkpointer:
                 _write_json(tmp / "manifest.json", {"step": step, "files": files})
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                if _disk_full(exc):
+                if is_disk_full(exc):
                     raise DiskFullError(f"no space left on {self.root} while saving checkpoint step {step}") from None
                 raise
             if final.exists():  # the same step saved again (e.g. stop right after a periodic save)

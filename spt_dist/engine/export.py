@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 import torch
 
@@ -20,6 +20,9 @@ from spt_dist.errors import SptError
 
 from .ds_engine import dtype_name
 
+if TYPE_CHECKING:
+    from spt_dist.model import InputSpec
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -27,7 +30,7 @@ class PackMismatchError(SptError, ValueError):
     """A backbone file whose weights are not the ones the pack was trained on."""
 
 
-def pack_metadata(cfg: Config, weights_hash: str, pool: str, classes: List[str], inputs: Any,
+def pack_metadata(cfg: Config, weights_hash: str, pool: str, classes: List[str], inputs: "InputSpec",
                   dtype: torch.dtype) -> Dict[str, str]:
     """What `spt predict` needs to rebuild and check the model (safetensors metadata: strings)."""
     return {

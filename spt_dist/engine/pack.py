@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -49,6 +49,9 @@ from .state import TrainState
 from .step import Agreed, StepVote
 from .train import end_of_epoch, finish_run, launched, log_start, log_step, optimizer_bytes, preflight_run, \
     verify_reads
+
+if TYPE_CHECKING:
+    from .watchdog import Watchdog
 
 
 def train_pack(cfgs: Sequence[Config], max_steps: Optional[int] = None) -> List[Dict[str, Any]]:
@@ -110,7 +113,7 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
         dist.comm.agreed(verify_reads, lead, members[0])
         for cfg, parts, state, path, ckpt, log in zip(cfgs, members, states, resume, ckpts, logs):
             log_start(log, parts, dist, state, path, ckpt)
-            log_weights_check(cfg, log, state.step)
+            log_weights_check(cfg, log, state.step, parts.weights_read)
         walls = [s.wall_s for s in states]
         for dog in dogs:
             dog.phase = "train"
@@ -177,7 +180,7 @@ def _pack_scores(members: List[RunParts], rngs: List[TrainRng], dist: DistInfo) 
 
 def _loop(cfgs: List[Config], members: List[RunParts], dist: DistInfo, states: List[TrainState],
           ckpts: List[Checkpointer], rngs: List[TrainRng], stop: StopFlag, logs: List[MetricsLog],
-          max_steps: Optional[int], t0: float, dogs: List[Any]) -> tuple:
+          max_steps: Optional[int], t0: float, dogs: List["Watchdog"]) -> Tuple[str, Optional[str]]:
     """train.py's loop for G members over one data stream: the same steps, votes, checkpoints
     and evaluations, per member. Returns (status, stop reason)."""
     lead, pos = members[0], states[0]  # every member's position is the same

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional
 
 from spt_dist.config import Config, ConfigError
 
+from .errors import CheckpointMismatchError
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -71,7 +73,6 @@ def first_shape(cfg: Config, world_size: int) -> Shape:
 def run_shape(cfg: Config, world_size: int, held: Optional[Dict[str, Any]]) -> Shape:
     """The shape to train with now; `held` is the newest checkpoint's recorded shape (None:
     a new run, or one saved before shapes were recorded)."""
-    from .checkpoint import CheckpointMismatchError  # torch: only when there is a checkpoint
 
     if held is None:
         return first_shape(cfg, world_size)

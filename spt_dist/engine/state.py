@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+if TYPE_CHECKING:
+    from .shape import Shape
 
 
 @dataclass
@@ -36,7 +39,7 @@ class TrainState:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
 
-    def reshape(self, old: Any, new: Any) -> None:
+    def reshape(self, old: "Shape", new: "Shape") -> None:
         """The position within the epoch for another shape (engine/shape.py): the same number of
         samples of the epoch's permutation consumed, counted in the new micro-batches."""
         if (old.world_size, old.batch_size) == (new.world_size, new.batch_size):

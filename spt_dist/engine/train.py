@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -38,7 +38,10 @@ from .features import POOLED, build_feature_cache
 from .signals import StopFlag, follow_parent
 from .shape import Shape, run_shape, shaped
 from .state import TrainState
-from .step import StepVote, train_step
+from .step import Agreed, StepVote, train_step
+
+if TYPE_CHECKING:
+    from .watchdog import Watchdog
 
 
 def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] = None) -> Dict[str, Any]:
@@ -97,7 +100,7 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         if cfg.method.name == "linear":
             log.log("feature_cache", state.step, used=parts.features is not None, reason=no_features or None,
                     **(parts.features.report if parts.features else {}))
-        log_weights_check(cfg, log, state.step)
+        log_weights_check(cfg, log, state.step, parts.weights_read)
         watchdog.phase, wall_before = "train", state.wall_s
         status, stopped = _loop(shaped(cfg, shape), parts, dist, state, ckpt, rng, stop, log, max_steps, t0, watchdog)
         watchdog.phase = "finish"
@@ -116,7 +119,7 @@ def preflight_run(cfg: Config, dist: DistInfo, run_dir: Path) -> None:
 
 
 def _loop(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, ckpt: Checkpointer, rng: TrainRng,
-          stop: StopFlag, log: MetricsLog, max_steps: Optional[int], t0: float, watchdog: Any) -> tuple:
+          stop: StopFlag, log: MetricsLog, max_steps: Optional[int], t0: float, watchdog: "Watchdog") -> Tuple[str, Optional[str]]:
     """Epochs of steps until the last epoch or an agreed stop; returns (status, stop reason)."""
     engine, accum = parts.engine, cfg.optim.grad_accum
     data, forward = (parts.features.train, POOLED) if parts.features else (parts.train_data, {})
@@ -158,7 +161,7 @@ def _loop(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, ckpt:
         bar.close()
 
 
-def log_step(cfg: Config, parts: RunParts, state: TrainState, agreed: Any, log: MetricsLog,
+def log_step(cfg: Config, parts: RunParts, state: TrainState, agreed: Agreed, log: MetricsLog,
               bar: Optional[tqdm]) -> None:
     """The train event every run.log_every steps (and at a stop); `bar`: the progress bar, if this run has it."""
     if bar is not None:

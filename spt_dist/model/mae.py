@@ -19,6 +19,8 @@ import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from spt_dist.io import atomic_path
+
 from .summary import mae_sincos
 
 
@@ -161,7 +163,6 @@ def save_mae_checkpoint(model: MaskedAutoencoder, path: os.PathLike, args: Dict[
     state = {k: v.detach().cpu().to(dtype).contiguous().clone() for k, v in model.mae_state_dict().items()}
     payload = {"model": state, "epoch": int(args.get("epochs", 0)) - 1, "args": argparse.Namespace(**args),
                "spt_metadata": {str(k): str(v) for k, v in metadata.items()}}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return str(path)

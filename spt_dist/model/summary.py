@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .weights import _DROP_PREFIXES, _MAE_MARKS, _NPZ_PREFIXES, CheckpointError, _raw_state
+from .weights import _DROP_PREFIXES, _MAE_MARKS, _NPZ_PREFIXES, CheckpointError, FileKeys, _raw_state
 
 Shapes = Dict[str, Tuple[int, ...]]
 
@@ -186,6 +186,13 @@ def _torch(path: str, out: Summary) -> Summary:
     wrapper, state = _raw_state(path)  # memory-mapped: shapes without reading the tensors
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     return state_summary(out, shapes, wrapper, lambda name: state[name].float().numpy())
+
+
+def summary_of_keys(path: str, keys: FileKeys) -> Summary:
+    """The Summary of a .safetensors / torch file from its keys as weights.read_checkpoint read
+    them: what `summarize(path)` gives, without the file."""
+    out = Summary(path, keys.size, "safetensors" if path.endswith(".safetensors") else "torch", "unknown")
+    return state_summary(out, keys.shapes, keys.wrapper, lambda name: keys.pos_embeds[name].float().numpy())
 
 
 def summarize(path: str) -> Summary:

@@ -10,12 +10,13 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from spt_dist.errors import SptError
+from spt_dist.io import atomic_path
 
 FORMATS = ("timm", "npz", "mae", "mocov3")
 MAE_HEAD_NORMS = ("new", "pretrained")
@@ -33,11 +34,24 @@ class CheckpointError(SptError, ValueError):
 
 
 @dataclass
+class FileKeys:
+    """A state-dict file's own layout, as read: what summary.py summarises without the file."""
+    wrapper: Optional[str]                  # the dict the state sat in ('model', 'state_dict', ...)
+    shapes: Dict[str, Tuple[int, ...]]      # every key of the file
+    pos_embeds: Dict[str, torch.Tensor]     # the position embeddings: the only values it reads
+    size: int                               # bytes on disk
+
+
+@dataclass
 class Checkpoint:
-    """A weights file read once: its format and (for state-dict formats) the backbone tensors."""
+    """A weights file read once: its format and (for state-dict formats) the backbone tensors,
+    and what the weights check needs of the file, from the same read."""
     path: str
     fmt: str
     state: Dict[str, torch.Tensor] = field(default_factory=dict)  # empty for npz (read by timm)
+    keys: Optional[FileKeys] = None      # None for npz (the check reads its headers)
+    detected: Optional[str] = None       # what checkpoint_format=auto reads it as; None: undecided, see
+    undecided: Optional[str] = None      # why (detect_format's CheckpointError)
 
     @property
     def uses_fc_norm(self) -> bool:
@@ -173,15 +187,23 @@ def read_checkpoint(path: PathLike, fmt: str = "auto", mae_head_norm: str = "new
     if path.endswith(".npz") or fmt == "npz":
         if fmt not in ("auto", "npz"):
             raise CheckpointError(f"{path}: a .npz file is format 'npz', not '{fmt}'")
-        return Checkpoint(path, "npz")
+        return Checkpoint(path, "npz", detected="npz")
     wrapper, state = _raw_state(path)
-    resolved = _classify(wrapper, state, path) if fmt == "auto" else fmt
+    keys = FileKeys(wrapper, {k: tuple(v.shape) for k, v in state.items()},
+                    {k: v for k, v in state.items() if k.endswith("pos_embed")}, os.path.getsize(path))
+    try:
+        detected, undecided = _classify(wrapper, state, path), None
+    except CheckpointError as exc:
+        if fmt == "auto":
+            raise
+        detected, undecided = None, str(exc)
+    resolved = detected if fmt == "auto" else fmt
     if any(k.startswith("module.") for k in state):
         state = _strip_prefix(state, path)
     state = {k: v for k, v in state.items() if not k.startswith(_DROP_PREFIXES)}
     if resolved == "mae" and "norm.weight" in state and "fc_norm.weight" not in state:
         state = _mae_pretrain_to_global_pool(state, keep_norm=mae_head_norm == "pretrained")
-    return Checkpoint(path, resolved, state)
+    return Checkpoint(path, resolved, state, keys, detected, undecided)
 
 
 def _mae_pretrain_to_global_pool(state: Dict[str, torch.Tensor], keep_norm: bool) -> Dict[str, torch.Tensor]:
@@ -326,7 +348,6 @@ def save_backbone_weights(model: nn.Module, path: PathLike, metadata: Optional[D
     path = Path(os.path.expanduser(str(path)))
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in _backbone_state(model).items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "timm", **(metadata or {})})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "timm", **(metadata or {})})
     return str(path)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from spt_dist.config import Config
 from spt_dist.config.hub import is_hub_name, parse_hub_name, resolve_checkpoint
 
 from .identify import describe, describe_match, identify, md5_finding
 from .known import KNOWN, Known, Recipe
-from .summary import summarize
-from .weights import CheckpointError, detect_format
+from .summary import summarize, summary_of_keys
+from .weights import Checkpoint, CheckpointError, detect_format
+
+if TYPE_CHECKING:
+    from spt_dist.rundir.metrics import MetricsLog
 
 # The checkpoint_format each layout loads with (MAE's recipes need "mae" whatever the layout).
 LAYOUT_FORMAT = {"jax-vit": "npz", "big_vision": "npz", "mae-pretrain": "mae", "mae-with-decoder": "mae",
@@ -77,10 +80,18 @@ def run_findings(cfg: Config, k: Known, fmt: str) -> Dict[str, List[str]]:
     return {"notes": notes, "warnings": warnings}
 
 
-def _format_line(path: str, k: Optional[Known]) -> tuple:
+def _detected(path: str, read: Optional[Checkpoint]) -> str:
+    if read is None:
+        return detect_format(path)
+    if read.detected is None:
+        raise CheckpointError(read.undecided)
+    return read.detected
+
+
+def _format_line(path: str, k: Optional[Known], read: Optional[Checkpoint] = None) -> Tuple[str, Optional[str], Optional[str]]:
     """(the line on the file's format, a warning or None, the format `auto` resolves to or None)."""
     try:
-        fmt = detect_format(path)
+        fmt = _detected(path, read)
     except CheckpointError as exc:
         hint = f"; as {k.name} it is format {entry_format(k)}: set model.checkpoint_format={entry_format(k)}" \
             if k else ""
@@ -92,14 +103,16 @@ def _format_line(path: str, k: Optional[Known]) -> tuple:
     return f"format: {fmt} (what model.checkpoint_format=auto reads it as)", warning, fmt
 
 
-def check_weights(target: str, cfg: Optional[Config] = None, md5: bool = True) -> Report:
-    """Report on `target` (a path or an hf-hub name); with `cfg`, also on how that run uses it."""
-    path = resolve_checkpoint(target)
+def check_weights(target: str, cfg: Optional[Config] = None, md5: bool = True,
+                  read: Optional[Checkpoint] = None) -> Report:
+    """Report on `target` (a path or an hf-hub name); with `cfg`, also on how that run uses it.
+    `read`: the file as read_weights read it, so that a run's check does not read it again."""
+    path = read.path if read is not None else resolve_checkpoint(target)
     hub_name = parse_hub_name(target)[0] if is_hub_name(target) else None
-    s = summarize(path)
+    s = summary_of_keys(path, read.keys) if read is not None and read.keys is not None else summarize(path)
     match = identify(s, hub_name)
     k = match.entry
-    line, warning, fmt = _format_line(path, k)
+    line, warning, fmt = _format_line(path, k, read)
     report = Report(describe(s) + [line] + describe_match(match))
     report.warnings += [warning] if warning else []
     if hub_name and any(e.name == hub_name for e in KNOWN) and (k is None or k.name != hub_name):
@@ -125,12 +138,13 @@ def check_weights(target: str, cfg: Optional[Config] = None, md5: bool = True) -
     return report
 
 
-def log_weights_check(cfg: Config, log: Any, step: int) -> None:
-    """The check at run start (rank 0): the event in metrics.jsonl, warnings on stderr; never raises."""
+def log_weights_check(cfg: Config, log: "MetricsLog", step: int, read: Optional[Checkpoint] = None) -> None:
+    """The check at run start (rank 0): the event in metrics.jsonl, warnings on stderr; never raises.
+    `read`: the run's weight file as read_weights read it (the file is then not read again)."""
     if not (log.enabled and cfg.model.checkpoint):
         return
     try:
-        report = check_weights(cfg.model.checkpoint, cfg, md5=False)  # an md5 of 2.5 GB at every start: no
+        report = check_weights(cfg.model.checkpoint, cfg, md5=False, read=read)  # an md5 of 2.5 GB at every start: no
     except Exception as exc:  # noqa: BLE001 - a check that informs must not end the run
         report = Report([], [f"the weights check could not read {cfg.model.checkpoint}: {exc}"])
         report.record = {"warnings": report.warnings}

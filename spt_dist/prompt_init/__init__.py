@@ -11,7 +11,7 @@ _EXPORTS = {
     "PromptInitError": "errors",
     "InitResult": "initialize", "initialize_prompts": "initialize", "select_init_keys": "initialize",
     "select_init_draws": "initialize",
-    "STRATEGIES": "plan", "InitPlan": "plan", "has_prototype_pass": "plan",
+    "STRATEGIES": "pass_plan", "InitPlan": "pass_plan", "has_prototype_pass": "pass_plan",
 }
 __all__ = sorted(_EXPORTS)
 

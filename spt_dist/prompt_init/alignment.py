@@ -15,6 +15,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from spt_dist.io import atomic_path
+
 PREFIX = "align/"
 
 
@@ -84,6 +86,7 @@ def plot_alignment(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or None)
     plt.close(fig)
     return out

@@ -3,7 +3,7 @@
 The key covers the backbone weights, the data (index content hash and the exact selected
 keys), the preprocessing, the layers, p, the seed, the candidate budget and the k-means
 settings; not the world size or batch size, which do not change the result. Files are
-written to a temporary name and renamed, so a reader never sees half a file.
+written through spt_dist.io.atomic_path, so a reader never sees half a file.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional, Sequence
 
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from spt_dist.io import atomic_path
 
 from .prototypes import Prototypes
 
@@ -51,9 +53,8 @@ def load_prototypes(path: Path, fields: Dict[str, Any]) -> Optional[Prototypes]:
 
 def save_prototypes(path: Path, protos: Prototypes, fields: Dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     meta = {"key": cache_key(fields), "fields": json.dumps(fields, sort_keys=True),
             "stats": json.dumps(protos.stats)}
-    save_file({"prototypes": protos.tensor.detach().cpu().contiguous()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"prototypes": protos.tensor.detach().cpu().contiguous()}, str(tmp), metadata=meta)
     return path

@@ -19,10 +19,13 @@ def _format_stats(result) -> str:
 def _save(result, path: str) -> str:
     from safetensors.torch import save_file
 
+    from spt_dist.io import atomic_path
+
     tensors = {name: t.detach().cpu().contiguous() for name, t in
                (("prompts", result.prompts), ("reference", result.reference)) if t is not None}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(tensors, path, metadata={"strategy": result.strategy, "images": str(result.images)})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"strategy": result.strategy, "images": str(result.images)})
     return path
 
 
@@ -40,7 +43,7 @@ def _init(args: argparse.Namespace) -> int:
     index = ShardIndex.load(os.path.expanduser(cfg.data.root))
     seed_everything(cfg.run.seed)  # as in training: the same model (random backbone included)
     model = build_model(cfg, index.num_classes).to(dist.device)
-    result = initialize_prompts(model, cfg, index, dist, dist.device)  # errors: alike on every rank
+    result = initialize_prompts(model, cfg, index, dist.comm, dist.device)  # errors: alike on every rank
     if dist.rank == 0:
         print(_format_stats(result))
         if args.save:

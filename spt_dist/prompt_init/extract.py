@@ -9,7 +9,7 @@ from tqdm import tqdm
 from spt_dist.data.order import draw_name
 
 from .candidates import CandidatePool, window_tokens
-from .plan import InitPlan
+from .pass_plan import InitPlan
 from .priority import token_priorities
 
 Batch = Tuple[torch.Tensor, torch.Tensor, Sequence[str]]

@@ -17,7 +17,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -28,8 +28,12 @@ from .cache import cache_path, keys_digest, load_prototypes, save_prototypes
 from .draws import draw_with_replacement, draws_digest
 from .errors import PromptInitError
 from .extract import stream_candidates
-from .plan import STRATEGY_KINDS, InitPlan
+from .pass_plan import STRATEGY_KINDS, InitPlan
 from .prototypes import Prototypes, combine
+
+if TYPE_CHECKING:
+    from spt_dist.data import ShardIndex
+    from spt_dist.model import InputSpec
 
 REFERENCE_STRATEGY = "kmeans"
 
@@ -45,25 +49,29 @@ class InitResult:
     strategy: str = "vpt"
 
 
-def select_init_draws(cfg: Config, index: Any) -> Dict[str, int]:
+def select_init_draws(cfg: Config, index: "ShardIndex", train_keys: Optional[Sequence[str]] = None) -> Dict[str, int]:
     """Training key -> times it is drawn for the prototypes (index order). Without
     method.init_replacement every key of select_init_keys once; with it, method.init_images
-    draws (0: as many as the run's training keys) with replacement from the run's training keys."""
+    draws (0: as many as the run's training keys) with replacement from the run's training keys.
+    `train_keys`: the run's training keys when the caller has selected them (TrainData.selected_keys)."""
     if not cfg.method.init_replacement:
-        return dict.fromkeys(select_init_keys(cfg, index), 1)
-    keys = _training_keys(cfg, index)
+        return dict.fromkeys(select_init_keys(cfg, index, train_keys), 1)
+    keys = _training_keys(cfg, index, train_keys)
     return draw_with_replacement(keys, cfg.method.init_images or len(keys), cfg.run.seed)
 
 
-def _training_keys(cfg: Config, index: Any) -> List[str]:
+def _training_keys(cfg: Config, index: "ShardIndex", given: Optional[Sequence[str]]) -> List[str]:
+    """The run's training keys (data.fraction of the training split), as TrainData selects them."""
     from spt_dist.data import select_fraction
 
+    if given is not None:
+        return list(given)
     split, d = cfg.data.train_split, cfg.data
     return (select_fraction(index, split, d.fraction, d.fraction_seed) if d.fraction < 1.0
             else index.split(split).keys())
 
 
-def select_init_keys(cfg: Config, index: Any) -> List[str]:
+def select_init_keys(cfg: Config, index: "ShardIndex", train_keys: Optional[Sequence[str]] = None) -> List[str]:
     """The training keys prototypes come from: the run's fraction subset, then, with
     method.init_images = n > 0, n of them chosen deterministically (class-stratified when
     the whole split is used). With method.init_replacement: the distinct keys drawn."""
@@ -71,9 +79,9 @@ def select_init_keys(cfg: Config, index: Any) -> List[str]:
     from spt_dist.data.fraction import hashed_order
 
     if cfg.method.init_replacement:
-        return list(select_init_draws(cfg, index))
+        return list(select_init_draws(cfg, index, train_keys))
     split, d, n = cfg.data.train_split, cfg.data, cfg.method.init_images
-    keys = _training_keys(cfg, index)
+    keys = _training_keys(cfg, index, train_keys)
     if 0 < n < len(keys):
         if d.fraction < 1.0:
             chosen = set(hashed_order(keys, d.fraction_seed)[:n])
@@ -93,6 +101,8 @@ def _check_model(model: torch.nn.Module, cfg: Config, plan: InitPlan, n_keys: in
     prompts = model.prompts
     if prompts is None:
         raise ValueError("the model has no prompts (method.prompt_length=0); nothing to initialise")
+    # model.prompts is what the prototypes are computed for (the plan's layers and p come from
+    # it); a method that describes other prompts is the caller's mistake, said before any pass.
     depth = len(backbone.blocks)
     layers = depth if m.deep else 1
     if tuple(prompts.shape) != (layers, m.prompt_length, model.embed_dim):
@@ -119,8 +129,8 @@ def _check_model(model: torch.nn.Module, cfg: Config, plan: InitPlan, n_keys: in
                          f"method.prompt_length={m.prompt_length}")
 
 
-def _cache_fields(backbone_hash: str, cfg: Config, index: Any, draws: Dict[str, int], plan: InitPlan,
-                  inputs: tuple) -> Dict[str, Dict[str, Any]]:
+def _cache_fields(backbone_hash: str, cfg: Config, index: "ShardIndex", draws: Dict[str, int], plan: InitPlan,
+                  inputs: "InputSpec") -> Dict[str, Dict[str, Any]]:
     """Per strategy, everything its prototypes depend on (the cache key)."""
     m = cfg.method
     keys = draws_digest(draws) if m.init_replacement else keys_digest(list(draws))
@@ -134,8 +144,8 @@ def _cache_fields(backbone_hash: str, cfg: Config, index: Any, draws: Dict[str, 
     return {s: dict(common, strategy=s, **(kmeans if s == "kmeans" else {})) for s in plan.strategies}
 
 
-def _lookup(model: torch.nn.Module, backbone_hash: Optional[str], cfg: Config, index: Any,
-            draws: Dict[str, int], plan: InitPlan, inputs: tuple, is_reader: bool) -> tuple:
+def _lookup(model: torch.nn.Module, backbone_hash: Optional[str], cfg: Config, index: "ShardIndex",
+            draws: Dict[str, int], plan: InitPlan, inputs: "InputSpec", is_reader: bool) -> tuple:
     """(cache key fields, cached prototypes) per strategy; empty unless `is_reader` and a cache is set."""
     if not (is_reader and cfg.method.cache_dir):
         return {}, {}
@@ -152,8 +162,8 @@ def _lookup(model: torch.nn.Module, backbone_hash: Optional[str], cfg: Config, i
     return fields, found
 
 
-def _compute(model: torch.nn.Module, cfg: Config, index: Any, draws: Dict[str, int], plan: InitPlan,
-             comm: Comm, device: torch.device | str, inputs: tuple) -> Dict[str, Prototypes]:
+def _compute(model: torch.nn.Module, cfg: Config, index: "ShardIndex", draws: Dict[str, int], plan: InitPlan,
+             comm: Comm, device: torch.device | str, inputs: "InputSpec") -> Dict[str, Prototypes]:
     from spt_dist.data import DrawnData, EvalData
 
     keys = list(draws)
@@ -172,16 +182,19 @@ def _compute(model: torch.nn.Module, cfg: Config, index: Any, draws: Dict[str, i
     return combine(pools, plan, comm)
 
 
-def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: Any,
+def initialize_prompts(model: torch.nn.Module, cfg: Config, index: "ShardIndex", comm: Comm,
                        device: torch.device | str, backbone_hash: Optional[str] = None,
-                       inputs: Optional[tuple] = None) -> InitResult:
-    """Prototype-initialise `model.prompts` per cfg.method (every rank calls it; `dist` has
-    .rank and .world_size); returns identical results on every rank.
+                       inputs: Optional["InputSpec"] = None,
+                       train_keys: Optional[Sequence[str]] = None) -> InitResult:
+    """Prototype-initialise `model.prompts` per cfg.method (every rank calls it with the job's
+    `comm`, DistInfo.comm); returns identical results on every rank.
 
-    `backbone_hash`: the backbone's weights_hash when the caller has it already (hashing a
-    ViT-H reads 2.5 GB); `inputs`: its (img_size, mean, std); computed here otherwise."""
+    What the caller has computed already is passed down, not redone: `backbone_hash`, the
+    backbone's weights_hash (hashing a ViT-H reads 2.5 GB); `inputs`, its InputSpec (the
+    weight file's format decides it); `train_keys`, the run's training keys
+    (TrainData.selected_keys). Each is computed here when not given. The prompts' shape is
+    model.prompts'."""
     start = time.perf_counter()
-    comm = Comm(dist.rank, dist.world_size)
     m = cfg.method
     wanted = ([m.init] if m.init != "vpt" else []) + ([REFERENCE_STRATEGY] if m.track_alignment else [])
     wanted = list(dict.fromkeys(wanted))
@@ -191,9 +204,10 @@ def initialize_prompts(model: torch.nn.Module, cfg: Config, index: Any, dist: An
     def prepare():
         from spt_dist.model import input_spec
 
-        draws = select_init_draws(cfg, index)
-        layers = model.prompts.shape[0] if getattr(model, "prompts", None) is not None else 0
-        plan = InitPlan(tuple(wanted), layers, m.prompt_length, m.init_candidates, cfg.run.seed,
+        draws = select_init_draws(cfg, index, train_keys)
+        prompts = getattr(model, "prompts", None)
+        layers, length = tuple(prompts.shape[:2]) if prompts is not None else (0, m.prompt_length)
+        plan = InitPlan(tuple(wanted), layers, length, m.init_candidates, cfg.run.seed,
                         m.kmeans_iters, m.kmeans_tol, m.window_layout)
         _check_model(model, cfg, plan, len(draws), comm.world_size, sum(draws.values()))
         return draws, plan, inputs if inputs is not None else input_spec(cfg)

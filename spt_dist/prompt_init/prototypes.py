@@ -17,7 +17,7 @@ from .candidates import CandidatePool
 from .errors import PromptInitError
 from .extract import Pools
 from .kmeans import kmeans
-from .plan import STRATEGY_KINDS, InitPlan
+from .pass_plan import STRATEGY_KINDS, InitPlan
 
 
 @dataclass

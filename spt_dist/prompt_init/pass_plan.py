@@ -1,4 +1,4 @@
-"""What one prototype-init pass computes; plain data shared by extraction, combination and cache."""
+"""The plan of one prototype-init pass (what it computes); plain data shared by extraction, combination and cache."""
 from __future__ import annotations
 
 from dataclasses import dataclass
