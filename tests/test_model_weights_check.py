@@ -22,7 +22,8 @@ from spt_dist.config import load_config
 from spt_dist.model import build_backbone, weights_hash
 from spt_dist.model.identify import file_md5, identify, md5_finding
 from spt_dist.model.known import KNOWN
-from spt_dist.model.summary import Summary, mae_sincos, mocov3_sincos, npz_summary, state_summary, summarize
+from spt_dist.model.sincos import mae_sincos, mocov3_sincos
+from spt_dist.model.summary import Summary, npz_summary, state_summary, summarize
 from spt_dist.model.weights_check import check_weights, log_weights_check
 from spt_dist.rundir.metrics import MetricsLog
 

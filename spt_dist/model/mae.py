@@ -21,7 +21,7 @@ from torch import nn
 
 from spt_dist.io import atomic_path
 
-from .summary import mae_sincos
+from .sincos import mae_sincos
 
 
 def sincos_with_class_row(dim: int, grid: int) -> torch.Tensor:

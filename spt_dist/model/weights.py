@@ -18,6 +18,8 @@ from torch import nn
 from spt_dist.errors import SptError
 from spt_dist.io import atomic_path
 
+from .sincos import pos_embed_kind
+
 FORMATS = ("timm", "npz", "mae", "mocov3")
 MAE_HEAD_NORMS = ("new", "pretrained")
 PathLike = Union[str, os.PathLike]
@@ -138,8 +140,6 @@ def _mae_positions(state: Dict[str, object], class_token: bool) -> bool:
     pos = state.get("pos_embed")
     if not isinstance(pos, torch.Tensor) or pos.ndim != 3 or pos.shape[1] < 2:
         return False
-    from .summary import pos_embed_kind
-
     return pos_embed_kind(pos[0].float().numpy(), class_token) == "sincos-mae"
 
 
