@@ -17,7 +17,7 @@ import httpx
 import pytest
 import torch
 
-from engine_helpers import PYTHON, ROOT, env
+from engine_helpers import PYTHON, ROOT, env, run
 from serve_helpers import make_assets, png, write_pack, write_packs
 from spt_dist.engine.export import load_prompt_pack
 
@@ -111,6 +111,15 @@ def test_server_answers_mixed_concurrent_requests_refuses_bad_ones_and_stops(ass
             assert max(int(k) for k in batches["tasks_per_batch"]) > 1  # one pass answered several tasks
             assert m["latency_ms"]["count"] == 48 and m["latency_ms"]["p99"] >= m["latency_ms"]["p50"] > 0
 
+            # A streamed body (chunked, no Content-Length) is refused once it passes the limit;
+            # one under the limit, streamed the same way, is answered.
+            chunks = lambda data: iter([data[i:i + 1000] for i in range(0, len(data), 1000)])  # noqa: E731
+            r = client.post("/v1/tasks/shallow3/classify", content=chunks(os.urandom(9000)))
+            assert r.status_code == 413 and "over 4096 bytes" in r.json()["error"]
+            r = client.post("/v1/tasks/deep3/classify", params={"top_k": 2}, content=chunks(png(5)))
+            assert r.status_code == 200 and r.json()["top_k"][0]["label"] == refs["deep3"](png(5))[0]
+            assert r.request.headers.get("transfer-encoding") == "chunked"
+
             r = client.post("/v1/tasks/deep5/classify", params={"top_k": 0}, content=png(0))
             assert r.status_code == 422 and "top_k" in r.json()["error"]
             # Packs come and go while it serves; a pack of another backbone is refused.
@@ -139,3 +148,18 @@ def test_server_answers_mixed_concurrent_requests_refuses_bad_ones_and_stops(ass
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_refuses_a_pack_of_another_backbone_at_start(assets, tmp_path):
+    from spt_dist.model import build_backbone, save_backbone_weights
+
+    good = write_packs(tmp_path / "packs", assets, ["deep5"])["deep5"]
+    torch.manual_seed(7)
+    other = save_backbone_weights(build_backbone("vit_micro_p4_16"), tmp_path / "other.safetensors")
+    alien = write_pack(tmp_path / "alien.safetensors", {"backbone": other, "shards": assets["shards"]}, 2, False,
+                       "token", 3, 11)
+    proc = run([PYTHON, "-m", "spt_dist.cli", "serve", str(assets["backbone"]), good, f"alien={alien}",
+                "--port", "0"], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "spt: error:" in proc.stderr and "other backbone weights" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "listening" not in proc.stderr

@@ -101,7 +101,7 @@ def create_app(bank: PromptBank, max_batch_size: int = 32, max_wait_ms: float = 
     async def health() -> Dict[str, Any]:
         metrics.request(200)
         return {"status": "ok", "tasks": len(bank.tasks()), "backbone": bank.inputs["backbone"],
-                "weights_hash": bank.weights_hash}
+                "weights_hash": bank.weights_hash, "device": str(bank.device), "dtype": bank.inputs["dtype"]}
 
     @app.get("/metrics")
     async def get_metrics() -> Dict[str, Any]:

@@ -7,6 +7,11 @@ tensors do not fit the backbone, is refused with PackMismatchError naming what d
 the bank is left as it was. Adding or removing a pack swaps one immutable snapshot (the
 MultiPromptViT and the task order), so a forward already running finishes on the snapshot
 it started with, and the backbone is never copied.
+
+Device: the backbone, the stacked prompts and the heads live on the bank's device (`auto`:
+the first CUDA GPU when there is one, else the CPU); images are decoded on the host and sent
+per batch (from pinned memory, without blocking, on CUDA); logits come back as float32 on the
+host. Precision stays the packs' (`dtype`): a bf16 pack runs in bf16 on any device.
 """
 from __future__ import annotations
 
@@ -27,6 +32,26 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 INPUT_FIELDS = ("backbone", "img_size", "in_chans", "mean", "std", "preset", "dtype")
 DEFAULTS = {"in_chans": "0", "preset": "small", "dtype": "fp32"}  # packs written before these fields
 MAX_PIXELS = 40_000_000  # a small file can still decode to gigabytes (decompression bombs)
+
+
+def resolve_device(spec: Union[str, torch.device] = "auto") -> torch.device:
+    """`auto` -> cuda (the current GPU) when CUDA is available, else cpu; `cpu`, `cuda`, `cuda:N`
+    as given, refused (SptError naming --device) when this machine cannot run them."""
+    spec = str(spec)
+    if spec == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", spec):
+        raise SptError(f"--device {spec!r}: allowed: auto, cpu, cuda, cuda:N")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SptError(f"--device {spec}: this machine has no CUDA GPU; allowed here: auto, cpu")
+        if device.index is not None and device.index >= count:
+            raise SptError(f"--device {spec}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 class BadImageError(SptError, ValueError):
@@ -83,17 +108,19 @@ def _same(a: Any, b: Any) -> bool:
 class PromptBank:
     """Load with `PromptBank.open(backbone_file, {name: pack_path})`; `classify(images, tasks)`."""
 
-    def __init__(self, backbone_checkpoint: str, inputs: Mapping[str, Any], lengths: str = "group") -> None:
+    def __init__(self, backbone_checkpoint: str, inputs: Mapping[str, Any], lengths: str = "group",
+                 device: Union[str, torch.device] = "auto") -> None:
         from spt_dist.data import build_transform
         from spt_dist.model import build_backbone, weights_hash
 
         self.inputs = {k: inputs.get(k, DEFAULTS.get(k)) for k in INPUT_FIELDS}
         self.dtype = DTYPES[self.inputs["dtype"]]
         self.lengths = lengths
+        self.device = resolve_device(device)
         backbone = build_backbone(self.inputs["backbone"], img_size=int(self.inputs["img_size"]),
                                   in_chans=int(self.inputs["in_chans"] or 0) or None, checkpoint=backbone_checkpoint)
         self.weights_hash = weights_hash(backbone)  # of the fp32 file, as packs record it
-        self.backbone = backbone.requires_grad_(False).to(self.dtype).eval()
+        self.backbone = backbone.requires_grad_(False).to(self.device, self.dtype).eval()
         self.backbone_checkpoint = str(backbone_checkpoint)
         self._transform = build_transform(self.inputs["preset"], int(self.inputs["img_size"]),
                                           self.inputs["mean"], self.inputs["std"], train=False)
@@ -103,15 +130,16 @@ class PromptBank:
 
     @classmethod
     def open(cls, backbone_checkpoint: str, packs: Union[Mapping[str, str], Sequence[str]],
-             lengths: str = "group") -> "PromptBank":
-        """A bank whose input settings are the first pack's; every pack must agree with them."""
+             lengths: str = "group", device: Union[str, torch.device] = "auto") -> "PromptBank":
+        """A bank whose input settings are the first pack's; every pack must agree with them.
+        `device`: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N."""
         named = dict(packs) if isinstance(packs, Mapping) else {task_name_for(p): str(p) for p in packs}
         if not isinstance(packs, Mapping) and len(named) != len(packs):
             raise TaskNameError(f"two packs would get the same task name: {list(packs)}; name them NAME=PATH")
         if not named:
             raise SptError("a prompt bank needs at least one prompt pack (it names the backbone)")
         _, meta = read_prompt_pack(next(iter(named.values())))
-        bank = cls(backbone_checkpoint, meta, lengths)
+        bank = cls(backbone_checkpoint, meta, lengths, device)
         for name, path in named.items():
             bank.add(name, path)
         return bank
@@ -178,7 +206,7 @@ class PromptBank:
         if not sets:
             return _Snapshot(None, {}, {})
         stack = PromptStack([s for s, _ in sets.values()], len(self.backbone.blocks), self.backbone.embed_dim)
-        stack = stack.requires_grad_(False).to(self.dtype)
+        stack = stack.requires_grad_(False).to(self.device, self.dtype)
         model = MultiPromptViT(self.backbone, stack, self.lengths).eval()
         return _Snapshot(model, {n: i for i, n in enumerate(sets)}, {n: t for n, (_, t) in sets.items()})
 
@@ -213,7 +241,8 @@ class PromptBank:
             raise BadImageError(f"not an image that can be read ({type(exc).__name__})") from None
 
     def logits(self, images: torch.Tensor, tasks: Sequence[str]) -> List[torch.Tensor]:
-        """Per sample, float32 logits over its task's classes; images (B, 3, s, s), one pass."""
+        """Per sample, float32 logits (on the host) over its task's classes; images (B, 3, s, s)
+        on the host or the bank's device, one pass."""
         snap = self._snap  # one snapshot for the whole batch
         missing = sorted({t for t in tasks if t not in snap.order})
         if missing:
@@ -226,8 +255,15 @@ class PromptBank:
             raise ValueError(f"{images.shape[0]} images for {len(tasks)} task names")
         index = torch.tensor([snap.order[t] for t in tasks], dtype=torch.long)
         with torch.inference_mode():
-            out = snap.model(images.to(self.dtype), index).float()
+            out = snap.model(self.to_device(images), index).float().cpu()
         return [out[i, :len(snap.tasks[t].classes)] for i, t in enumerate(tasks)]
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch on the bank's device in its precision; from the host through pinned memory on CUDA,
+        so that the copy does not block the host (the cast runs on the device)."""
+        if self.device.type == "cuda" and images.device.type == "cpu":
+            images = (images if images.is_pinned() else images.pin_memory()).to(self.device, non_blocking=True)
+        return images.to(self.device, self.dtype)
 
     def classify(self, images: torch.Tensor, tasks: Sequence[str], top_k: Union[int, Sequence[int]] = 5
                  ) -> List[List[Dict[str, Any]]]:

@@ -37,7 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
     backbone = resolve_checkpoint(args.backbone, key="BACKBONE")
     if not Path(backbone).is_file():
         raise SptError(f"spt serve: no backbone weights at {backbone}")
-    bank = PromptBank.open(backbone, _named_packs(args.packs), lengths=args.lengths)
+    bank = PromptBank.open(backbone, _named_packs(args.packs), lengths=args.lengths, device=args.device)
     try:
         serve_forever(bank, args.host, args.port, max_batch_size=args.max_batch_size,
                       max_wait_ms=args.max_wait_ms, max_image_bytes=args.max_image_bytes,
@@ -58,7 +58,7 @@ def _predict(args: argparse.Namespace) -> int:
     missing = [p for p in (args.pack, backbone, *args.inputs) if not Path(p).exists()]
     if missing:
         raise SptError(f"spt predict: not found: {', '.join(missing)}")
-    bank = PromptBank.open(backbone, {"pack": args.pack})
+    bank = PromptBank.open(backbone, {"pack": args.pack}, device=args.device)
     inputs = args.inputs
     if len(inputs) == 1 and (Path(inputs[0]) / "index.json").is_file():
         res = score_shards(bank, {"pack": inputs[0]}, args.split)["pack"]
@@ -67,6 +67,12 @@ def _predict(args: argparse.Namespace) -> int:
     for path, (top,) in zip(inputs, classify_files(bank, inputs, "pack", top_k=1)):
         print(f"{path}\t{top['index']}\t{top['label']}")
     return 0
+
+
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where the backbone, prompts and heads run (default auto: the GPU when CUDA is "
+                        "available, else the CPU); images are decoded on the host")
 
 
 def register(sub) -> None:
@@ -82,6 +88,7 @@ def register(sub) -> None:
     p.add_argument("--max-pack-bytes", type=int, default=256 * 2**20, help="largest pack upload (PUT)")
     p.add_argument("--lengths", choices=("group", "pad"), default="group",
                    help="packs of different prompt lengths: one pass per length, or padded and masked")
+    _device_option(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("predict", help="apply a prompt pack to images or a shard folder")
@@ -90,4 +97,5 @@ def register(sub) -> None:
                    help="the backbone weights the run used (a file, or hf-hub:<org>/<name> in the local cache)")
     p.add_argument("--split", default="test", help="split to score when INPUT is a shard folder")
     p.add_argument("inputs", nargs="+", help="image files, or one shard folder (with index.json)")
+    _device_option(p)
     p.set_defaults(func=_predict)

@@ -52,7 +52,8 @@ def serve_forever(bank: Any, host: str = "127.0.0.1", port: int = 8000, **app_op
     async def announce_when_started() -> None:
         while not server.started:
             await asyncio.sleep(0.01)
-        print(f"spt serve: listening on {url} ({len(bank.tasks())} tasks: {names})", file=sys.stderr, flush=True)
+        print(f"spt serve: listening on {url} ({len(bank.tasks())} tasks on {bank.device}: {names})",
+              file=sys.stderr, flush=True)
 
     async def main() -> None:
         announce = asyncio.ensure_future(announce_when_started())
