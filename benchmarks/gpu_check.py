@@ -9,7 +9,10 @@ order of what matters most, each skipped when the overall deadline would not lea
 3. step: benchmarks/bench_step.py, bf16, ViT-B/16, ViT-L/16, ViT-H/14 at 224 px, VPT-deep
    p=50 and full fine-tuning, engine vs plain PyTorch: samples/s, MFU, peak memory;
 4. host_syncs: tests/test_engine_host_sync.py under torch's CUDA sync debug mode;
-5. packed (GPU only): benchmarks/bench_packed.py, packed G=8 vs 8 configs one after another.
+5. packed (GPU only): benchmarks/bench_packed.py, packed G=8 vs 8 configs one after another;
+6. serving: benchmarks/bench_serving.py on the GPU, bf16 packs, demo backbone and ViT-B/16:
+   T = 1, 5, 20 tasks mixed in one stream vs single-task throughput, and the bank's memory
+   vs T separate models (about a minute; the HTTP part is not run here).
 
 `--mode cpu` runs the same sections on the CPU with tiny sizes (gloo, a 28 px backbone, few
 images): what a machine without a GPU can check of the script itself.
@@ -144,6 +147,18 @@ def packed(check: Check, timeout: float) -> Dict:
     return res
 
 
+def serving(check: Check, timeout: float) -> Dict:
+    """benchmarks/bench_serving.py's throughput and memory sections with the bank on the device
+    (`--tiny` on the CPU: the same code path at small sizes)."""
+    out = check.out / "serving.json"
+    args = ["--device", "cuda", "--dtype", "bf16"] if check.mode == "gpu" else ["--device", "cpu", "--tiny"]
+    res = _run([PY, "benchmarks/bench_serving.py", *args, "--vitb", "--sections", "throughput,memory",
+                "--out", str(out)], timeout, check.log)
+    if out.is_file():
+        res["figures"] = json.loads(out.read_text())
+    return res
+
+
 def host_syncs(check: Check, timeout: float) -> Dict:
     res = _run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_engine_host_sync.py"], timeout,
                check.log)
@@ -175,6 +190,7 @@ def main() -> None:
     check.section("host_syncs", 60, lambda t: host_syncs(check, t))
     if check.mode == "gpu":  # on the CPU the benchmark itself is the figure (benchmarks/results/packed.json)
         check.section("packed", 90, lambda t: packed(check, t))
+    check.section("serving", 60, lambda t: serving(check, t))
     check.section("smoke_zero2_bf16", 45, lambda t: smoke(check, "zero2_bf16", [
         "precision.dtype=bf16", "distributed.zero_stage=2", "optim.epochs=1"], t))
     failed = [k for k, v in check.report["sections"].items() if v.get("rc", 0) != 0 or "error" in v]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check, one command: CUDA + NCCL smoke runs of `spt train` on the demo, bf16 step
 # throughput / MFU / peak memory of ViT-B/16, L/16, H/14 (VPT-deep p=50 vs full fine-tuning,
-# the engine vs a plain PyTorch loop), and the host-sync test under CUDA's sync debug mode.
-# Under 8 minutes on one H200; everything lands as JSON in OUT_DIR (gpu_check.json, step.json,
-# gpu_check.log).
+# the engine vs a plain PyTorch loop), the host-sync test under CUDA's sync debug mode, packed
+# training, and the serving figures (the prompt bank on the GPU: T = 1, 5, 20 tasks mixed vs
+# one task, bank memory vs T models). Under 8 minutes on one H200; everything lands as JSON in
+# OUT_DIR (gpu_check.json, step.json, packed.json, serving.json, gpu_check.log).
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR] [--cpu-smoke]
 #
