@@ -12,12 +12,14 @@ from spt_dist.serve.schedule import scheduled, take_batch
 
 
 def test_take_batch_fills_group_by_group_from_the_oldest():
-    waiting = ["a1", "b1", "a2", "c1", "b2", "a3", "c2"]
+    waiting = ["a1", "b1", "a2", "c1", "b2", "a3", "c2", "d1"]
     key = lambda s: s[0]  # noqa: E731
     batch, rest = take_batch(waiting, 4, key)
-    assert batch == ["a1", "b1", "a2", "a3"] and rest == ["c1", "b2", "c2"]  # all of a, then b's oldest
+    assert batch == ["a1", "a2", "a3", "d1"] and rest == ["b1", "c1", "b2", "c2"]  # all of a; b, c not split
     batch, rest = take_batch(rest + ["a4"], 2, key)
-    assert batch == ["c1", "c2"] and rest == ["b2", "a4"]  # the oldest (c1) decides
+    assert batch == ["b1", "b2"] and rest == ["c1", "c2", "a4"]  # the oldest (b1) decides
+    batch, rest = take_batch(["c1", "c2", "c3", "a4", "a5", "b3"], 2, key)
+    assert batch == ["c1", "c2"] and rest == ["c3", "a4", "a5", "b3"]  # the oldest group is split at the size
     assert take_batch(["x", "y"], 4, key) == (["x", "y"], [])
     assert take_batch(waiting, 3) == (waiting[:3], waiting[3:])  # no key: first come, first served
     # Offline: every item once, in batches of at most the size, mostly one key per batch.
@@ -25,6 +27,12 @@ def test_take_batch_fills_group_by_group_from_the_oldest():
     batches = list(scheduled(items, 8, key, window=32))
     assert sorted(x for b in batches for x in b) == sorted(items) and max(map(len, batches)) == 8
     assert sum(len({x[0] for x in b}) == 1 for b in batches) == len(batches)
+    # Leftovers of several keys: no key's items are split over two batches when they fit in one.
+    # Filling [a8, a9, b0-b4] up with c0 would cost a pass over c1-c4 later: 5 passes, not 4.
+    items = [*(f"a{i}" for i in range(10)), *(f"b{i}" for i in range(5)), *(f"c{i}" for i in range(5))]
+    batches = list(scheduled(items, 8, key, window=64))
+    assert [sorted({x[0] for x in b}) for b in batches] == [["a"], ["a", "b"], ["c"]]
+    assert sorted(x for b in batches for x in b) == sorted(items)
 
 
 def test_batcher_batches_waits_and_answers_each_request_alone():

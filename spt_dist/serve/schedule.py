@@ -1,10 +1,14 @@
 """Which waiting samples go into the next forward pass: samples of one prompt length together.
 
 A pass over samples of k distinct prompt lengths costs k backbone passes (MultiPromptViT's
-"group" mode), so a batch is filled group by group: first every waiting sample with the oldest
-sample's key (its task's prompt length), then the group whose oldest sample is next oldest,
-and so on until the batch is full. Within a group order is first come, first served, and the
-oldest sample is always in the batch, so nothing waits behind later arrivals for ever.
+"group" mode), so a batch is filled group by group: first the waiting samples with the oldest
+sample's key (its task's prompt length), as many as fit, then every other group that fits
+whole into the slots left, the group whose oldest sample is oldest first. A group that would
+have to be split to fill the batch waits for the next one: splitting it would cost a second
+pass over its rest later, and each pass has a fixed cost (so the batches of a stream take
+the fewest passes its per-length counts allow, or close to it). Within a group order is first
+come, first served, and the oldest sample is always in the batch, so nothing waits behind
+later arrivals for ever.
 """
 from __future__ import annotations
 
@@ -20,11 +24,13 @@ def take_batch(waiting: List[T], size: int, key: Optional[Callable[[T], Hashable
     groups: Dict[Hashable, List[int]] = {}  # by first appearance: the oldest item's group first
     for i, item in enumerate(waiting):
         groups.setdefault(key(item), []).append(i)
-    chosen: List[int] = []
-    for members in groups.values():
-        chosen.extend(members[:size - len(chosen)])
+    first, *others = groups.values()
+    chosen: List[int] = first[:size]
+    for members in others:
         if len(chosen) == size:
             break
+        if len(members) <= size - len(chosen):  # whole, or not at all
+            chosen.extend(members)
     taken = set(chosen)
     return [waiting[i] for i in sorted(chosen)], [x for i, x in enumerate(waiting) if i not in taken]
 
