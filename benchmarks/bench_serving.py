@@ -11,6 +11,10 @@
    prompt length, its sample count over B, rounded up), and the load average when it ran.
    The demo backbone (vit_tiny_p7_28, 28 px) and, with --vitb, random ViT-B/16 weights at
    224 px. Measurements take turns round by round; the best round counts (shared machine).
+   On the CPU the time is this process's CPU time, with one torch thread (OMP_NUM_THREADS=1):
+   on a machine whose cores other processes load, wall time and extra threads measure the
+   load as much as the model (a T = 1 row, the same work both ways, read 1.07-1.19x by wall
+   time at load 10); on a GPU, wall time.
 2. Memory, T = 1, 5, 20: the bank of T packs (one backbone + stacked prompts and heads)
    against T separate PromptedViTs (load_prompt_pack per pack): tensor bytes, and for the demo
    backbone at T = 20 the resident-memory growth of this process while each is built; on CUDA
@@ -27,7 +31,7 @@ on the CPU); --dtype bf16 writes the packs as bf16 runs do (the bank then runs i
 --tiny: small sizes, and vit_micro_p4_16 in ViT-B's place: what a check of the script itself
 needs (benchmarks/gpu_check.py --mode cpu).
 
-Run: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_serving.py [--vitb] [--litserve DIR]
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_serving.py [--vitb] [--litserve DIR]
      -> benchmarks/results/serving.json
      benchmarks/bench_serving.py --device cuda --dtype bf16 --vitb --sections throughput,memory --out F
 """
@@ -108,6 +112,9 @@ def throughput(backbone_file: str, packs: Dict[str, str], batch: int, n_batches:
     first = {}  # one task per distinct prompt shape: its per-image time stands for all of that shape
     for name in names:
         first.setdefault(shape[name], name)
+    # On the CPU, this process's CPU time (one torch thread): what other processes on a shared
+    # machine take of the cores does not enter; on a GPU the wall time (logits come back synced).
+    clock = time.perf_counter if bank.device.type == "cuda" else time.process_time
     out = {}
     for T in tasks:
         load = _load_average()
@@ -119,16 +126,16 @@ def throughput(backbone_file: str, packs: Dict[str, str], batch: int, n_batches:
         times = {**{k: [] for k in runs}, **{k: [] for k in first if k in {shape[n] for n in names[:T]}}}
         for r in range(rounds + 1):  # round 0 warms up
             for key in times:
-                t0 = time.perf_counter()
+                t0 = clock()
                 if key in runs:
                     mode, batches = runs[key]
                     for tasks_ in batches:
                         banks[mode].logits(x[:len(tasks_)], tasks_)  # logits come back to the host: synced
-                    per_image = (time.perf_counter() - t0) / len(stream)
+                    per_image = (clock() - t0) / len(stream)
                 else:  # as many batches as the mixed stream: timings of the same length compare
                     for _ in range(n_batches):
                         bank.logits(x, [first[key]] * batch)
-                    per_image = (time.perf_counter() - t0) / (batch * n_batches)
+                    per_image = (clock() - t0) / (batch * n_batches)
                 if r:
                     times[key].append(per_image)
         best = {k: min(v) for k, v in times.items()}
@@ -145,7 +152,7 @@ def throughput(backbone_file: str, packs: Dict[str, str], batch: int, n_batches:
         row["load_average"] = [load, _load_average()]  # 1-minute load at the start and the end of the row
         out[f"T={T}"] = row
         print(f"  T={T}: {row}", flush=True)
-    return out
+    return {"clock": "wall time" if clock is time.perf_counter else "process CPU time", **out}
 
 
 def _tensor_bytes(tensors) -> int:
@@ -356,6 +363,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="the banks' device for throughput and memory (cpu, cuda, cuda:N)")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="the packs' precision (the bank's)")
     ap.add_argument("--tiny", action="store_true", help="small sizes: a check that the script runs end to end")
+    ap.add_argument("--long-stream", type=int, default=0, metavar="BATCHES",
+                    help="throughput of the demo backbone at T = 20 only, over a stream of this many batches "
+                         "(-> throughput_vit_tiny_p7_28_long): what the end of a short stream costs")
     args = ap.parse_args()
     out, sections = Path(args.out), args.sections.split(",")
     result = json.loads(out.read_text()) if out.is_file() and len(sections) < 3 else {}
@@ -371,7 +381,7 @@ def main() -> None:
     suffix = "" if (args.device, args.dtype) == ("cpu", "fp32") else f"_{args.device.split(':')[0]}_{args.dtype}"
 
     def save(key: str, value: dict) -> None:  # after each part: a crash keeps what is done
-        result[key] = value
+        result[key] = {"machine": result["machine"], **value}  # parts may come from different runs
         out.write_text(json.dumps(result, indent=1) + "\n")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -382,6 +392,12 @@ def main() -> None:
             b, n, r = demo_size
             save(f"throughput_vit_tiny_p7_28{suffix}", {"batch": b, "batches": n, "rounds": r,
                                                          **throughput(str(DEMO), demo, b, n, r, args.device)})
+        if args.long_stream:
+            print(f"throughput, demo backbone, T=20, {args.long_stream} batches", flush=True)
+            b, r = demo_size[0], 3
+            save(f"throughput_vit_tiny_p7_28_long{suffix}", {
+                "batch": b, "batches": args.long_stream, "rounds": r,
+                **throughput(str(DEMO), demo, b, args.long_stream, r, args.device, tasks=(20,))})
         if "memory" in sections:
             save(f"memory_vit_tiny_p7_28{suffix}", memory(str(DEMO), demo, build_separate=True, device=args.device))
             print(f"  memory: {result[f'memory_vit_tiny_p7_28{suffix}']}", flush=True)
