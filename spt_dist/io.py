@@ -25,10 +25,15 @@ from spt_dist.errors import SptError
 PathLike = Union[str, os.PathLike]
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# Errors that say what went wrong and are not a full disk, even where the folder shows no free
+# block (a read-only or pseudo file system reports 0 available blocks too).
+_NOT_FULL_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
+                    errno.EFBIG, errno.EINVAL)
 # What libraries that hide the OSError say: safetensors ("... No space left on device (os error
-# 28)"), torch's zip writer ("unexpected pos ..." once the stream has failed).
-_FULL_WORDS = ("No space left", "Disk quota exceeded", f"os error {errno.ENOSPC}", f"os error {errno.EDQUOT}",
-               "unexpected pos")
+# 28)"). torch's zip writer says "unexpected pos ..." once its stream has failed for any reason:
+# that counts only where the folder's file system has no free block left.
+_FULL_WORDS = ("No space left", "Disk quota exceeded", f"os error {errno.ENOSPC}", f"os error {errno.EDQUOT}")
+_NOT_FULL_WORDS = tuple(f"os error {e}" for e in _NOT_FULL_ERRNOS)
 
 
 class DiskFullError(SptError, OSError):
@@ -36,16 +41,25 @@ class DiskFullError(SptError, OSError):
 
 
 def is_disk_full(exc: BaseException, folder: Optional[PathLike] = None) -> bool:
-    """Whether `exc` (or an error it was raised from) is a write that ran out of space; with
-    `folder`, an I/O error while that folder's file system has no free block counts as well."""
-    seen = exc
+    """Whether `exc` (or an error it was raised from) is a write that ran out of space. An error
+    that names another cause (permission, read-only file system, file-size limit, ...) never is;
+    with `folder`, an I/O error that names no cause counts when that folder's file system has no
+    free block."""
+    seen, causeless = exc, True
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            if seen.errno in _FULL_ERRNOS:
+                return True
+            if seen.errno in _NOT_FULL_ERRNOS:
+                return False
+            causeless = False
+        text = str(seen)
+        if any(word in text for word in _FULL_WORDS):
             return True
-        if any(word in str(seen) for word in _FULL_WORDS):
-            return True
+        if any(word in text for word in _NOT_FULL_WORDS):
+            return False
         seen = seen.__cause__ or seen.__context__
-    if folder is not None and isinstance(exc, (OSError, RuntimeError)):
+    if folder is not None and causeless and isinstance(exc, (OSError, RuntimeError)):
         try:
             return os.statvfs(folder).f_bavail == 0
         except OSError:
@@ -78,7 +92,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             pass
     except Exception as exc:
         if not isinstance(exc, DiskFullError) and is_disk_full(exc, path.parent):
-            raise DiskFullError(f"no space left on {path.parent} while writing {path.name}") from exc
+            raise DiskFullError(f"no space left on {path.parent} while writing {path.name} "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
         raise
     finally:
         try:

@@ -159,3 +159,33 @@ def test_a_circle_of_files_is_found(tmp_path):
     with open(copy / "engine" / "shape.py", "a") as f:  # train.py imports shape.py
         f.write("\nif False:\n    from .train import train\n")
     assert any(c[0].endswith("shape.py") or "spt_dist/engine/shape.py" in c for c in circles(copy))
+
+
+def _drawn_tree() -> Dict[str, set]:
+    """docs/architecture.md's tree: {top-level folder or file: the file names written in its lines}."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    block = text.split("```\nspt_dist/\n", 1)[1].split("```", 1)[0]
+    drawn: Dict[str, set] = {}
+    current = None
+    for line in block.splitlines():
+        head = re.match(r"^  ([a-z_]+)(/|\.py)\s", line + " ")
+        if head:
+            current = head.group(1)
+        drawn.setdefault(current, set()).update(re.findall(r"\b([a-z_0-9]+\.py)\b", line))
+    return drawn
+
+
+def test_the_drawn_tree_is_the_package():
+    """Every file of the package is named under its stage in docs/architecture.md, and every
+    file named there exists in that stage."""
+    drawn = _drawn_tree()
+    real: Dict[str, set] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        rel = path.relative_to(PACKAGE)
+        top = rel.parts[0][:-3] if len(rel.parts) == 1 else rel.parts[0]
+        real.setdefault(top, set()).add(path.name)
+    missing = {top: sorted(names - drawn.get(top, set())) for top, names in real.items()}
+    extra = {top: sorted(names - real.get(top, set())) for top, names in drawn.items()}
+    assert {k: v for k, v in missing.items() if v} == {} and {k: v for k, v in extra.items() if v} == {}

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from spt_dist.engine.export import export_prompt_pack
-from spt_dist.io import DiskFullError, atomic_path, write_bytes_atomic
+import errno
+
+from spt_dist.io import DiskFullError, atomic_path, is_disk_full, write_bytes_atomic
 from spt_dist.prompt_init.cache import load_prototypes, save_prototypes
 from spt_dist.prompt_init.prototypes import Prototypes
 
@@ -43,7 +45,7 @@ def test_a_full_disk_is_named_and_leaves_nothing_behind(tiny_fs, write):
     folder = tiny_fs / "out"
     folder.mkdir()
     (folder / "a.bin").write_bytes(b"old")
-    with pytest.raises(DiskFullError, match=f"^no space left on {folder} while writing a.bin$"):
+    with pytest.raises(DiskFullError, match=f"^no space left on {folder} while writing a.bin \\("):
         write(folder / "a.bin")
     assert sorted(p.name for p in folder.iterdir()) == ["a.bin"]  # no temporary left
     assert (folder / "a.bin").read_bytes() == b"old"  # the old file is untouched
@@ -72,3 +74,26 @@ def test_two_writers_of_one_file_use_their_own_temporaries(tmp_path):
         second.write_text("second")
     assert target.read_text() == "first"  # the outer writer renames last
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_errors_that_name_another_cause_are_not_a_full_disk(tiny_fs):
+    """A read-only or pseudo file system shows no free block too: only the error's own cause counts."""
+    full = tiny_fs / "full"
+    full.mkdir()
+    with open(full / "fill.bin", "wb", buffering=0) as filler, pytest.raises(OSError) as filled:
+        while True:  # until the file system has no free block left
+            filler.write(bytes(1 << 16))
+    assert filled.value.errno == errno.ENOSPC
+    for code in (errno.EACCES, errno.EROFS, errno.ENOENT, errno.EFBIG):
+        assert not is_disk_full(OSError(code, "x"), full)
+        chained = RuntimeError("unexpected pos 704 vs 598")
+        chained.__cause__ = OSError(code, "x")
+        assert not is_disk_full(chained, full)
+    assert not is_disk_full(RuntimeError("safetensors: Permission denied (os error 13)"), full)
+    assert is_disk_full(OSError(errno.ENOSPC, "x"))
+    assert is_disk_full(RuntimeError("I/O error: No space left on device (os error 28)"))
+    # torch's zip writer hides the cause: "unexpected pos" counts only where no block is free.
+    assert is_disk_full(RuntimeError("unexpected pos 704 vs 598"), full)
+    assert not is_disk_full(RuntimeError("unexpected pos 704 vs 598"), tiny_fs.parent)
+    with pytest.raises(FileNotFoundError):
+        write_bytes_atomic(Path("/proc/spt-no-such-dir/x.txt"), b"x")

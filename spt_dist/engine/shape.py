@@ -54,8 +54,9 @@ def _splits(g: int, world: int, batch: int, accum: int) -> Optional[Shape]:
     return Shape(world, b, per_rank // b)
 
 
-def workable_world_sizes(g: int, limit: int = 64) -> List[int]:
-    return [w for w in range(1, min(g, limit) + 1) if g % w == 0]
+def workable_world_sizes(g: int) -> List[int]:
+    """Every world size that splits the global batch `g` evenly (its divisors)."""
+    return [w for w in range(1, g + 1) if g % w == 0]
 
 
 def first_shape(cfg: Config, world_size: int) -> Shape:

@@ -87,6 +87,6 @@ def plot_alignment(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or None)
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or plt.rcParams["savefig.format"])
     plt.close(fig)
     return out

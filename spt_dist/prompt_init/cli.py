@@ -33,7 +33,7 @@ def _init(args: argparse.Namespace) -> int:
     from spt_dist.config import load_config
     from spt_dist.data import ShardIndex
     from spt_dist.distributed import init_distributed, seed_everything
-    from spt_dist.model import build_model
+    from spt_dist.model import build_model, input_spec, read_weights
 
     from .alignment import alignment_metrics
     from .initialize import initialize_prompts
@@ -42,8 +42,10 @@ def _init(args: argparse.Namespace) -> int:
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s, deepspeed=False)
     index = ShardIndex.load(os.path.expanduser(cfg.data.root))
     seed_everything(cfg.run.seed)  # as in training: the same model (random backbone included)
-    model = build_model(cfg, index.num_classes).to(dist.device)
-    result = initialize_prompts(model, cfg, index, dist.comm, dist.device)  # errors: alike on every rank
+    weights = read_weights(cfg)  # the backbone file, read once: the model and its inputs both come from it
+    model = build_model(cfg, index.num_classes, weights).to(dist.device)
+    inputs = input_spec(cfg, weights.fmt if weights else None)
+    result = initialize_prompts(model, cfg, index, dist.comm, dist.device, inputs=inputs)  # errors: alike on every rank
     if dist.rank == 0:
         print(_format_stats(result))
         if args.save:
