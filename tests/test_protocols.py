@@ -15,7 +15,7 @@ IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 VPT = {
     "method.name": "vpt",
     "method.init": "vpt",                 # src/models/vit_prompt/vit.py:56-62 uniform init
-    "method.prompt_dropout": 0.1,         # demo.ipynb:126, 148, 171, 814, 830: every deep command (shallow: 0, :28)
+    "method.prompt_dropout": 0.1,         # demo.ipynb:126, 148, 171, 814, 830: every per-task deep command
     "model.mean": IMAGENET[0],            # src/data/transforms.py:8-10, src/data/datasets/tf_dataset.py:75
     "model.std": IMAGENET[1],             # src/data/transforms.py:9, src/data/datasets/tf_dataset.py:76
     "model.pool": "auto",                 # CLS; MAE: x[:, 1:].mean(1) (src/models/vit_prompt/vit_mae.py:122-124)
@@ -24,12 +24,12 @@ VPT = {
     "model.mae_head_norm": "new",         # src/models/vit_backbones/vit_mae.py:21-26
     "data.batch_size": 128,               # configs/base-prompt.yaml:25; per task 64 or 128 (demo.ipynb:123, 145, 168)
     "data.drop_last": False,              # src/data/loader.py:55-58: drop_last=False on one GPU
-    "data.shuffle": "exact",              # src/data/loader.py:39, 44, 62: a new permutation every epoch
+    "data.shuffle": "exact",              # RandomSampler on one GPU (src/data/loader.py:39, 44); ours on any world size
     "optim.name": "sgd",                  # configs/base-prompt.yaml:14
     "optim.momentum": 0.9,                # configs/base-prompt.yaml:15
     "optim.lr_scaling": "linear",         # tune_vtab.py:100, tune_fgvc.py:31
-    "optim.lr": 0.1,                      # a grid point (configs/prompt/cub.yaml:11)
-    "optim.weight_decay": 0.01,           # a grid point (configs/prompt/cub.yaml:12)
+    "optim.lr": 0.1,                      # a base lr of the grid (tune_vtab.py:100, tune_fgvc.py:31 scale it)
+    "optim.weight_decay": 0.01,           # a grid point (tune_vtab.py:251, tune_fgvc.py:157)
     "optim.prompt_weight_decay": 0.0,     # SGD: one weight decay (src/solver/optimizer.py:52-69)
     "optim.sgd_no_decay": "head_bias",    # src/solver/optimizer.py:60-62
     "optim.epochs": 100,                  # configs/base-prompt.yaml:19
@@ -188,8 +188,27 @@ def test_departures_are_listed_with_both_values():
     assert departures(load_config(_path("vpt_fgvc"), ["optim.lr=25", "optim.weight_decay=0"]), "vpt_fgvc") == []
     assert departures(load_config(_path("vpt_vtab"), ["optim.lr=0.05"]), "vpt_vtab") == []
     assert [d.key for d in departures(load_config(_path("vpt_fgvc"), ["optim.lr=0.05"]), "vpt_fgvc")] == ["optim.lr"]
-    # SPT's values are single settings, not grids.
+    # SPT's values are single settings, not grids: one per backbone.
     assert [d.key for d in departures(load_config(_path("spt_vtab"), ["optim.lr=0.05"]), "spt_vtab")] == ["optim.lr"]
+
+
+@pytest.mark.parametrize("name", ["spt_vtab", "spt_fgvc"])
+def test_spts_recipe_follows_the_backbone(name):
+    # MAE: README.md:82-83 (--wd_head 0.5, --lr 5e-2); MoCo v3: train_MoCo.py:100 (one image), 260 (std .01).
+    mae_recipe = ["model.checkpoint_format=mae", "optim.lr=0.05", "optim.weight_decay=0.5"]
+    assert departures(load_config(_path(name), mae_recipe), name) == []
+    mae = {d.key: (d.ours, d.official) for d in departures(load_config(_path(name), ["model.checkpoint_format=mae"]), name)}
+    assert mae == {"optim.lr": (0.001, 0.05), "optim.weight_decay": (3.0, 0.5)}
+    moco = {d.key: (d.ours, d.official) for d in departures(load_config(_path(name), ["model.checkpoint_format=mocov3"]),
+                                                            name)}
+    assert moco == {"model.head_init_std": (0.02, 0.01), "method.init_images": (0, 1)}
+    moco_recipe = ["model.checkpoint_format=mocov3", "model.head_init_std=0.01", "method.init_images=1"]
+    assert departures(load_config(_path(name), moco_recipe), name) == []
+    for fmt in ("timm", "npz"):  # supervised: the preset's values
+        assert departures(load_config(_path(name), [f"model.checkpoint_format={fmt}"]), name) == []
+    # The caller may pass the format it read from the file (model.checkpoint_format=auto).
+    assert [d.key for d in departures(load_config(_path(name), mae_recipe[1:]), name)] == ["optim.lr", "optim.weight_decay"]
+    assert departures(load_config(_path(name), mae_recipe[1:]), name, fmt="mae") == []
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
@@ -198,7 +217,7 @@ def test_every_setting_of_the_schema_is_judged(name):
     how = treatment(name)
     assert "unjudged" not in how.values(), [k for k, v in how.items() if v == "unjudged"]
     assert {how[k] for k in recipe_keys(name) if k in how} <= {"recipe", "by depth", "by world size",
-                                                              "global batch", "stage"}
+                                                              "by backbone", "global batch", "stage"}
     stale = [k for k in list(ALWAYS) + list(EXEMPT) if not any(x == k or x.startswith(k) for x in how)]
     assert not stale, stale
 
@@ -215,8 +234,16 @@ def test_every_setting_of_the_schema_is_judged(name):
                   "data.test_split=null"], {}),  # the tuning stage's splits, written out
     ("spt_fgvc", ["data.tune.val=test"], {"data.val_split": ("test", "val")}),
     ("spt_fgvc", ["data.final.train=trainval"], {}),  # the final table is not read by a tuning run
-    ("spt_vtab", ["method.init=kmeans", "method.kmeans_iters=5"], {"method.init": ("kmeans", "random_sample")}),
+    # k-means settings are compared once the run uses k-means (the preset resolves to our defaults).
+    ("spt_vtab", ["method.init=kmeans", "method.kmeans_iters=5"],
+     {"method.init": ("kmeans", "random_sample"), "method.kmeans_iters": (5, 30)}),
+    ("spt_vtab", ["method.kmeans_iters=5"], {}),  # unused without k-means
     ("vpt_vtab", ["method.window_layout=spt", "model.head_init_std=0.5"], {}),  # unused by VPT's init and head
+    # A conditional setting the run uses is compared though the preset's own init does not use it:
+    # SPT's mean pooling uses its `spt` windows (train.py:144-150).
+    ("spt_vtab", ["method.init=mean_pool", "method.window_layout=even"],
+     {"method.init": ("mean_pool", "random_sample"), "method.window_layout": ("even", "spt")}),
+    ("spt_vtab", ["method.init=max_pool"], {"method.init": ("max_pool", "random_sample")}),
     # SPT's README.md:89: 20 prompts deep, 100 shallow.
     ("spt_vtab", ["method.prompt_length=10"], {"method.prompt_length": (10, 20)}),
     ("spt_fgvc", ["method.deep=false", "method.prompt_length=100"], {}),
@@ -263,7 +290,8 @@ def test_vpts_batch_size_is_set_per_task(name):
 
 @pytest.mark.parametrize("name", ["vpt_vtab", "vpt_fgvc"])
 def test_vpts_prompt_dropout_follows_the_prompt_depth(name, tmp_path: Path):
-    # demo.ipynb: MODEL.PROMPT.DROPOUT "0.1" in every deep command; "we don't use dropout for VPT-shallow".
+    # demo.ipynb: MODEL.PROMPT.DROPOUT "0.1" in every per-task deep command, "0.0" in the generic
+    # VPT-deep one (:19-25); "we don't use dropout for VPT-shallow" (:28-34).
     assert load_config(_path(name)).method.prompt_dropout == 0.1
     shallow = tmp_path / "shallow.yaml"
     shallow.write_text(f"defaults: [protocol/{name}, method/vpt_shallow]\n")
@@ -273,9 +301,10 @@ def test_vpts_prompt_dropout_follows_the_prompt_depth(name, tmp_path: Path):
     wrong = {d.key: (d.ours, d.official) for d in departures(load_config(str(shallow), ["method.prompt_dropout=0.1"]),
                                                              name)}
     assert wrong == {"method.prompt_dropout": (0.1, 0.0)}
-    deep = departures(load_config(_path(name), ["method.prompt_dropout=0.0"]), name)
-    assert [(d.key, d.ours, d.official) for d in deep] == [("method.prompt_dropout", 0.0, 0.1)]
-    assert "demo.ipynb:126" in deep[0].note
+    assert departures(load_config(_path(name), ["method.prompt_dropout=0.0"]), name) == []
+    deep = departures(load_config(_path(name), ["method.prompt_dropout=0.2"]), name)
+    assert [(d.key, d.ours, d.official) for d in deep] == [("method.prompt_dropout", 0.2, 0.1)]
+    assert deep[0].note.startswith("0.1 or 0.0 deep, 0.0 shallow (") and "demo.ipynb:19-25" in deep[0].note
 
 
 def test_the_demo_departs_from_every_protocol():
@@ -290,7 +319,13 @@ def test_cli_show_protocol(capsys):
 
     assert main(["config", "show", _path("spt_vtab"), "--protocol", "spt_vtab"]) == 0
     assert capsys.readouterr().out == ("no departures from protocol spt_vtab (configs/protocol/spt_vtab.yaml) "
-                                       "on 1 rank (launch.nodes x launch.tasks_per_node)\n")
+                                       "on 1 rank (launch.nodes x launch.tasks_per_node), supervised weights' recipe "
+                                       "(model.checkpoint_format=auto: the file is not read here; set mae or mocov3 "
+                                       "for those weights)\n")
+    assert main(["config", "show", _path("spt_vtab"), "model.checkpoint_format=mae", "--protocol", "spt_vtab"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:3] == ["optim.lr", "0.001", "0.05"]
+    assert "MAE weights' recipe (model.checkpoint_format)" in lines[-1]
     assert main(["config", "show", _path("vpt_vtab"), "data.batch_size=16", "--protocol", "vpt_vtab",
                  "--world-size", "8"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -16,10 +16,11 @@ of the schema is judged in exactly one way (`treatment`):
   variant it studies, settings that give the same numbers, where and how it runs).
 Values the official code chooses per task (VPT's lr, weight decay and batch from its grids and
 commands) are in GRIDS: any of them is the recipe. Values that follow the prompt depth
-(BY_DEPTH) or the world size (BY_WORLD, VPT's drop_last) are compared with the official
-code's value for the run's depth or world size. A compared key whose setting is not used by
-the official config or by the run (ONLY_WHEN: momentum without SGD, k-means settings without
-k-means) is skipped: its owner key already departs, or it changes nothing.
+(BY_DEPTH), the world size (BY_WORLD, VPT's drop_last) or the backbone (BY_BACKBONE, SPT's
+MAE and MoCo v3 recipes, keyed on the weight file's format) are compared with the official
+code's value(s) for the run's depth, world size or backbone. A compared key whose setting the
+run does not use (ONLY_WHEN: momentum without SGD, k-means settings without k-means) is
+skipped: it changes nothing; one the run uses is compared with the official value.
 """
 from __future__ import annotations
 
@@ -52,16 +53,33 @@ GRIDS: Dict[str, Dict[str, Tuple[Tuple[float, ...], str]]] = {
     "vpt_fgvc": {"optim.lr": ((5.0, 2.5, 1.0, 50.0, 25.0, 10.0, 0.5, 0.25, 0.1), "tune_fgvc.py:152-156"),
                  "optim.weight_decay": (_VPT_WD, "tune_fgvc.py:157"), GLOBAL_BATCH: _VPT_BATCH},
 }
-# key -> (deep, shallow, where): VPT's commands set MODEL.PROMPT.DROPOUT 0.1 for every deep run
-# and none for shallow ones; SPT's README gives 20 prompts deep, 100 shallow.
-_VPT_DROPOUT = (0.1, 0.0, "demo.ipynb:126, 148, 171, 814, 830; shallow: demo.ipynb:28")
-_SPT_LENGTH = (20, 100, "README.md:89")
-BY_DEPTH: Dict[str, Dict[str, Tuple[Any, Any, str]]] = {
+# key -> (values deep, values shallow, where); the first value is the preset's. VPT's per-task
+# commands set MODEL.PROMPT.DROPOUT 0.1 for every deep run; its generic VPT-deep command gives
+# 0.0; shallow runs use none. SPT's README gives 20 prompts deep, 100 shallow.
+_VPT_DROPOUT = ((0.1, 0.0), (0.0,), "deep: 0.1 in every per-task command, demo.ipynb:126, 148, 171, 814, 830; "
+                                    "0.0 in the generic one, demo.ipynb:19-25; shallow: demo.ipynb:28-34")
+_SPT_LENGTH = ((20,), (100,), "README.md:89")
+BY_DEPTH: Dict[str, Dict[str, Tuple[Tuple[Any, ...], Tuple[Any, ...], str]]] = {
     "vpt_vtab": {"method.prompt_dropout": _VPT_DROPOUT},
     "vpt_fgvc": {"method.prompt_dropout": _VPT_DROPOUT},
     "spt_vtab": {"method.prompt_length": _SPT_LENGTH},
     "spt_fgvc": {"method.prompt_length": _SPT_LENGTH},
 }
+# The backbone's recipe, keyed on the weight file's format (model.checkpoint_format, or the
+# format the caller detected): key -> {format: (value, where)}; a format not listed (timm, npz:
+# supervised) is judged by the preset's value. SPT's README gives a command for MAE weights
+# (train_MAE.py) and one for MoCo v3 and supervised weights (train.py, the preset's values); the
+# repository's script for MoCo v3 weights, train_MoCo.py, differs from train.py in the two values
+# below. WangYZ1608/Self-Prompt-Tuning at ce0754f.
+_SPT_BACKBONE: Dict[str, Dict[str, Tuple[Any, str]]] = {
+    "optim.lr": {"mae": (0.05, "README.md:83: --lr 5e-2")},
+    "optim.weight_decay": {"mae": (0.5, "README.md:82: --wd_head 0.5")},
+    "model.head_init_std": {"mocov3": (0.01, "train_MoCo.py:260: trunc_normal_(std=.01)")},
+    "method.init_images": {"mocov3": (1, "train_MoCo.py:100, 227: prompt_generator's sample_size=1, one image")},
+}
+BY_BACKBONE: Dict[str, Dict[str, Dict[str, Tuple[Any, str]]]] = {"spt_vtab": _SPT_BACKBONE,
+                                                                  "spt_fgvc": _SPT_BACKBONE}
+BACKBONE_NAMES = {"mae": "MAE", "mocov3": "MoCo v3", "timm": "supervised", "npz": "supervised"}
 # key -> (one rank, more ranks, where): VPT's train loader keeps the last partial batch on one
 # GPU and drops it on more (SPT's always drops it: its presets set data.drop_last=true).
 _VPT_DROP_LAST = (False, True, "src/data/loader.py:55-58: drop_last = NUM_GPUS > 1")
@@ -80,7 +98,8 @@ ALWAYS: Dict[str, str] = {
     "method.init_candidates": "ours: candidate tokens kept per layer for the prototypes",
     "method.kmeans_iters": "ours: k-means iterations",
     "method.kmeans_tol": "ours: k-means tolerance",
-    "data.fraction": "1.0: the whole split, as both codes train on",
+    "data.fraction": "1.0: the whole split (VPT's DATA.PERCENTAGE < 1 reads another list, train_{pct}.json, "
+                     "for FGVC: src/data/datasets/json_dataset.py:37-44)",
     "data.fraction_seed": "the subset drawn by data.fraction",
     "data.on_bad_sample": "error: both codes stop on an unreadable image; skip trains on fewer",
     "optim.momentum": "SGD momentum",
@@ -89,7 +108,7 @@ ALWAYS: Dict[str, str] = {
     "distributed.deepspeed_json": "null: no raw DeepSpeed settings over the run's",
 }
 _PROTOTYPES = ("random_sample", "mean_pool", "max_pool", "kmeans")
-# key -> (the setting it needs, test on a flat config): compared only when both configs use it.
+# key -> (the setting it needs, test on a flat config): skipped when the run does not use it.
 ONLY_WHEN: Dict[str, Tuple[str, Callable[[Dict[str, Any]], bool]]] = {
     "model.head_init_std": ("model.head_init=trunc_normal", lambda c: c["model.head_init"] == "trunc_normal"),
     "optim.momentum": ("optim.name=sgd", lambda c: c["optim.name"] == "sgd"),
@@ -107,7 +126,8 @@ ONLY_WHEN: Dict[str, Tuple[str, Callable[[Dict[str, Any]], bool]]] = {
 EXEMPT: Dict[str, str] = {
     "defaults": "composition, not a setting",
     "model.name": "the backbone a run studies (both codes report several; the presets compose model/vit_b16)",
-    "model.checkpoint": "the weights file (the presets' comments name each code's files)",
+    "model.checkpoint": "the weights file: not read here (`spt weights check RUN` names a known official file; "
+                        "the presets' comments name each code's files)",
     "model.checkpoint_format": "how the weights file is read",
     "model.in_chans": "3 is the only value",
     "model.grad_checkpointing": "recomputes activations: the same numbers",
@@ -174,6 +194,7 @@ def treatment(name: str, cfg: Optional[Config] = None) -> Dict[str, str]:
     """How each setting of `cfg` (default: the preset itself) is judged against protocol `name`:
     recipe, always, by depth, by world size, global batch, splits, stage, or exempt."""
     recipe, by_depth, by_world = set(recipe_keys(name)), BY_DEPTH.get(name, {}), BY_WORLD.get(name, {})
+    by_backbone = BY_BACKBONE.get(name, {})
     out = {}
     for key in _flat(cfg if cfg is not None else load_config(str(protocol_path(name)))):
         if key in BATCH_KEYS:
@@ -186,6 +207,8 @@ def treatment(name: str, cfg: Optional[Config] = None) -> Dict[str, str]:
             out[key] = "by depth"
         elif key in by_world:
             out[key] = "by world size"
+        elif key in by_backbone:
+            out[key] = "by backbone"
         elif key in recipe:
             out[key] = "recipe"
         elif key in ALWAYS:
@@ -216,31 +239,56 @@ def _split_departures(cfg: Config, official: Config) -> List[Departure]:
     return [Departure(k, ours[k], tables[stage][k], note) for k in SPLIT_KEYS if ours[k] != tables[stage][k]]
 
 
-def departures(cfg: Config, name: str, world_size: Optional[int] = None) -> List[Departure]:
+def backbone_format(cfg: Config, detected: Optional[str] = None) -> Tuple[Optional[str], str]:
+    """(the weight file's format BY_BACKBONE is keyed on, where it came from): model.checkpoint_format
+    when set, else `detected` (the caller read the file), else None (judged as supervised)."""
+    if cfg.model.checkpoint_format != "auto":
+        return cfg.model.checkpoint_format, "model.checkpoint_format"
+    if detected is not None:
+        return detected, f"detected from {cfg.model.checkpoint}"
+    return None, "model.checkpoint_format=auto: the file is not read here; set mae or mocov3 for those weights"
+
+
+def _values(values: Tuple[Any, ...]) -> str:
+    return " or ".join(map(_show, values))
+
+
+def departures(cfg: Config, name: str, world_size: Optional[int] = None,
+               fmt: Optional[str] = None) -> List[Departure]:
     """Every setting whose resolved value departs from protocol `name`'s recipe, on `world_size`
-    ranks (default: launch.nodes x launch.tasks_per_node)."""
+    ranks (default: launch.nodes x launch.tasks_per_node), for the backbone of format `fmt`
+    (default: backbone_format(cfg)'s)."""
     world = launch_world_size(cfg) if world_size is None else world_size
+    fmt = fmt if fmt is not None else backbone_format(cfg)[0]
     official = load_config(str(protocol_path(name)))
     ours_flat, ref_flat = _flat(cfg), _flat(official)
     grids, by_depth, by_world = GRIDS.get(name, {}), BY_DEPTH.get(name, {}), BY_WORLD.get(name, {})
+    by_backbone = BY_BACKBONE.get(name, {})
     out = []
     for key, how in treatment(name, cfg).items():
         how = "always" if how == "unjudged" else how
-        if how in ("recipe", "always") and key in ONLY_WHEN:
-            used = ONLY_WHEN[key][1]
-            if not (used(ours_flat) and used(ref_flat)):
-                continue
+        if key in ONLY_WHEN and not ONLY_WHEN[key][1](ours_flat):
+            continue  # the run does not use it
         ours, ref = ours_flat[key], ref_flat.get(key)
         if how == "by depth":
             deep, shallow, where = by_depth[key]
-            ref = deep if cfg.method.deep else shallow
-            if ours != ref:
-                out.append(Departure(key, ours, ref, f"{deep} deep, {shallow} shallow ({where})"))
+            refs = deep if cfg.method.deep else shallow
+            if ours not in refs:
+                out.append(Departure(key, ours, refs[0], f"{_values(deep)} deep, {_values(shallow)} shallow ({where})"))
         elif how == "by world size":
             one, more, where = by_world[key]
             ref = one if world == 1 else more
             if ours != ref:
                 out.append(Departure(key, ours, ref, f"{_show(one)} on one rank, {_show(more)} on more ({where})"))
+        elif how == "by backbone":
+            rules = by_backbone[key]
+            if fmt in rules:
+                ref, where = rules[fmt]
+            else:
+                where = "the preset's value; " + "; ".join(
+                    f"{BACKBONE_NAMES[f]}: {_show(v)} ({w})" for f, (v, w) in rules.items())
+            if ours != ref:
+                out.append(Departure(key, ours, ref, f"{BACKBONE_NAMES.get(fmt or '', 'supervised')} weights: {where}"))
         elif how in ("recipe", "always") and key in grids:
             values, where = grids[key]
             if ours not in values:
@@ -268,14 +316,19 @@ def _show(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def departure_table(cfg: Config, name: str, world_size: Optional[int] = None) -> str:
+def departure_table(cfg: Config, name: str, world_size: Optional[int] = None,
+                    detected_format: Optional[str] = None) -> str:
     """Side-by-side text table of `departures` (a line saying so when there are none), naming
-    the world size it judged and where it came from (--world-size, or the launch settings)."""
+    the world size it judged and where it came from (--world-size, or the launch settings) and,
+    for a protocol with BY_BACKBONE rules, the backbone recipe and where its format came from."""
     world = launch_world_size(cfg) if world_size is None else world_size
     source = "--world-size" if world_size is not None else LAUNCH_WORLD
-    rows = departures(cfg, name, world)
+    fmt, fmt_source = backbone_format(cfg, detected_format)
+    rows = departures(cfg, name, world, fmt)
     where = protocol_path(name).relative_to(CONFIG_ROOT.parent)
     on = f"on {world} rank{'s' if world > 1 else ''} ({source})"
+    if name in BY_BACKBONE:
+        on += f", {BACKBONE_NAMES.get(fmt or '', 'supervised')} weights' recipe ({fmt_source})"
     if not rows:
         return f"no departures from protocol {name} ({where}) {on}\n"
     cells = [("setting", "this config", name, "")] + [(d.key, _show(d.ours), _show(d.official), d.note)
