@@ -195,20 +195,20 @@ def test_departures_are_listed_with_both_values():
 @pytest.mark.parametrize("name", ["spt_vtab", "spt_fgvc"])
 def test_spts_recipe_follows_the_backbone(name):
     # MAE: README.md:82-83 (--wd_head 0.5, --lr 5e-2); MoCo v3: train_MoCo.py:100 (one image), 260 (std .01).
+    def got(overrides, **kw):
+        return {d.key: (d.ours, d.official) for d in departures(load_config(_path(name), overrides), name, **kw)}
+
     mae_recipe = ["model.checkpoint_format=mae", "optim.lr=0.05", "optim.weight_decay=0.5"]
-    assert departures(load_config(_path(name), mae_recipe), name) == []
-    mae = {d.key: (d.ours, d.official) for d in departures(load_config(_path(name), ["model.checkpoint_format=mae"]), name)}
-    assert mae == {"optim.lr": (0.001, 0.05), "optim.weight_decay": (3.0, 0.5)}
-    moco = {d.key: (d.ours, d.official) for d in departures(load_config(_path(name), ["model.checkpoint_format=mocov3"]),
-                                                            name)}
-    assert moco == {"model.head_init_std": (0.02, 0.01), "method.init_images": (0, 1)}
-    moco_recipe = ["model.checkpoint_format=mocov3", "model.head_init_std=0.01", "method.init_images=1"]
-    assert departures(load_config(_path(name), moco_recipe), name) == []
+    assert got(mae_recipe) == {}
+    assert got(["model.checkpoint_format=mae"]) == {"optim.lr": (0.001, 0.05), "optim.weight_decay": (3.0, 0.5)}
+    assert got(["model.checkpoint_format=mocov3"]) == {"model.head_init_std": (0.02, 0.01),
+                                                       "method.init_images": (0, 1)}
+    assert got(["model.checkpoint_format=mocov3", "model.head_init_std=0.01", "method.init_images=1"]) == {}
     for fmt in ("timm", "npz"):  # supervised: the preset's values
-        assert departures(load_config(_path(name), [f"model.checkpoint_format={fmt}"]), name) == []
-    # The caller may pass the format it read from the file (model.checkpoint_format=auto).
-    assert [d.key for d in departures(load_config(_path(name), mae_recipe[1:]), name)] == ["optim.lr", "optim.weight_decay"]
-    assert departures(load_config(_path(name), mae_recipe[1:]), name, fmt="mae") == []
+        assert got([f"model.checkpoint_format={fmt}"]) == {}
+    # With model.checkpoint_format=auto: supervised, unless the caller passes the format it read.
+    assert list(got(mae_recipe[1:])) == ["optim.lr", "optim.weight_decay"]
+    assert got(mae_recipe[1:], fmt="mae") == {}
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
