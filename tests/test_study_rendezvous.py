@@ -142,7 +142,8 @@ def test_tasks_of_one_job_agree(tmp_path):
 
     def task(job: str, rank: int) -> None:
         try:
-            ports[(job, rank)] = agree_port(tmp_path / job, job, port_key(job, {}), 0, rank, timeout_s=30)
+            ports[(job, rank)], attempt = agree_port(tmp_path / job, job, port_key(job, {}), 0, rank, timeout_s=30)
+            assert attempt == 0
         except Exception as exc:  # collected and reported below
             errors.append(exc)
 
@@ -155,6 +156,54 @@ def test_tasks_of_one_job_agree(tmp_path):
     per_job = {job: {ports[(job, 0)], ports[(job, 1)]} for job, _ in ports}
     assert all(len(v) == 1 for v in per_job.values())
     assert len({next(iter(v)) for v in per_job.values()}) == 20
+
+
+def test_the_other_ranks_follow_rank_0_to_its_next_attempt(tmp_path):
+    """Rank 0 publishes attempt 0's port, but another process takes it before torch's store
+    binds it (EADDRINUSE); rank 0 moves to attempt 1. Rank 1, watching while it waits for a
+    port that answers, follows it there instead of connecting to the intruder, and the two
+    stores meet."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    got, errors, intruder = {}, [], socket.socket()
+
+    def rank0() -> None:
+        try:
+            port, _ = agree_port(tmp_path, "77", 8077, 0, 0, timeout_s=30)
+            intruder.bind(("", port))  # between the choice and the bind
+            intruder.listen()
+            try:
+                TCPStore("127.0.0.1", port, 2, True, timeout=timedelta(seconds=10))
+                raise AssertionError("bound a port another process listens on")
+            except RuntimeError as exc:
+                got["bind"] = str(exc)
+            port, attempt = agree_port(tmp_path, "77", 8077, 1, 0, timeout_s=30)
+            store = TCPStore("127.0.0.1", port, 2, True, timeout=timedelta(seconds=20))
+            store.set("from0", "x")
+            got[0] = (port, attempt, store.get("from1"))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    def rank1() -> None:
+        try:
+            port, attempt = agree_port(tmp_path, "77", 8077, 0, 1, timeout_s=30, host="127.0.0.1")
+            store = TCPStore("127.0.0.1", port, 2, False, timeout=timedelta(seconds=20))
+            store.set("from1", "y")
+            got[1] = (port, attempt, store.get("from0"))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rank1), threading.Thread(target=rank0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    intruder.close()
+    assert not errors, errors
+    assert "EADDRINUSE" in got["bind"] or "in use" in got["bind"]
+    assert got[0][:2] == got[1][:2] and got[0][1] == 1 and (got[0][2], got[1][2]) == (b"y", b"x")
 
 
 def test_only_the_rendezvous_s_own_failures_are_retried(monkeypatch):

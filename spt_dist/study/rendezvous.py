@@ -14,7 +14,8 @@ and that no other task of this user on this node reserved in the last HOLD_S sec
 under a file lock, so two tasks starting at the same moment never choose the same port; where
 the folder or the lock cannot be had, binding alone decides). A job of several
 tasks writes the choice to `<job folder>/rendezvous/<job id>.<restart>.<attempt>.json`, which
-the other tasks read (submitit's job folder is on a filesystem every node of the job shares).
+the other tasks read (submitit's job folder is on a filesystem every node of the job shares);
+they follow rank 0 to a later attempt when it publishes one (`agree_port`).
 
 A start-up failure that is not the run's fault (the port taken between the choice and the bind
 by a process outside spt, a peer that could not connect, no free candidate, rank 0's choice not
@@ -33,7 +34,7 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Mapping, Optional, Tuple
 
 from spt_dist.errors import RendezvousError, SptError
 
@@ -41,6 +42,7 @@ BASE = 20000
 EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 ATTEMPTS = 3
 HOLD_S = 300.0           # a reservation keeps a port from other tasks until its owner has bound it
+SETTLE_S = 2.0           # how long the other tasks watch for rank 0's next attempt once its port answers
 NODE_DIRS = ("/tmp", "/dev/shm")  # node-wide, whatever $TMPDIR says; /tmp first: logind may empty /dev/shm
 
 
@@ -164,33 +166,65 @@ def pick_port(key: int, attempt: int, where: Optional[Path] = None) -> int:
     raise RendezvousError(f"no free rendezvous port among the candidates of job number {key} (attempt {attempt})")
 
 
+def _published(folder: Path, job_id: str, restart: str, attempt: int) -> Optional[int]:
+    try:
+        return int(json.loads((Path(folder) / "rendezvous" / f"{job_id}.{restart}.{attempt}.json").read_text())["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def agree_port(folder: Path, job_id: str, key: int, attempt: int, rank: int, timeout_s: float = 300.0,
-               restart: str = "0") -> int:
-    """Rank 0 picks a free port and publishes it; the other tasks of the job wait for it."""
-    path = Path(folder) / "rendezvous" / f"{job_id}.{restart}.{attempt}.json"
+               restart: str = "0", host: Optional[str] = None) -> Tuple[int, int]:
+    """(port, attempt): rank 0 picks a free port for `attempt` and publishes it; the other tasks
+    wait for the newest attempt rank 0 published from `attempt` on. With `host` (rank 0's
+    address) they wait until that port accepts connections and no newer attempt followed within
+    SETTLE_S: rank 0 publishes the next attempt within moments of a failed bind, and a port that
+    accepts connections may be the very process that took it."""
     if rank == 0:
+        path = Path(folder) / "rendezvous" / f"{job_id}.{restart}.{attempt}.json"
         port = pick_port(key, attempt)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"port": port}))
         os.replace(tmp, path)
-        return port
+        return port, attempt
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        try:
-            return int(json.loads(path.read_text())["port"])
-        except (OSError, ValueError, KeyError):
-            time.sleep(0.2)
-    raise RendezvousError(f"rank {rank} waited {timeout_s:.0f} s for rank 0's rendezvous port ({path})")
+        newest = [(a, p) for a in range(attempt, ATTEMPTS) for p in [_published(folder, job_id, restart, a)]
+                  if p is not None]
+        if newest:
+            attempt, port = newest[-1]
+            if host is None:
+                return port, attempt
+            if _accepts(host, port):
+                settle = min(deadline, time.time() + SETTLE_S)
+                while attempt + 1 < ATTEMPTS and time.time() < settle \
+                        and _published(folder, job_id, restart, attempt + 1) is None:
+                    time.sleep(0.1)
+                if attempt + 1 >= ATTEMPTS or _published(folder, job_id, restart, attempt + 1) is None:
+                    return port, attempt
+                continue  # rank 0 moved on: follow it
+        time.sleep(0.2)
+    raise RendezvousError(f"rank {rank} waited {timeout_s:.0f} s for rank 0's rendezvous port "
+                          f"({Path(folder) / 'rendezvous'}, attempt {attempt})")
 
 
-def job_port(env, attempt: int, timeout_s: float) -> int:
-    """This attempt's MASTER_PORT for the task `env` (a submitit JobEnvironment) belongs to."""
+def job_port(env, attempt: int, timeout_s: float) -> Tuple[int, int]:
+    """(MASTER_PORT, the attempt it belongs to) for the task `env` (a submitit JobEnvironment)
+    belongs to, from `attempt` on (the other tasks of a job follow rank 0 to a later attempt)."""
     key = port_key(str(env.job_id))
     if env.num_tasks == 1:
-        return pick_port(key, attempt)
+        return pick_port(key, attempt), attempt
     return agree_port(job_folder(), str(env.job_id), key, attempt, env.global_rank, timeout_s,
-                      os.environ.get("SLURM_RESTART_COUNT", "0"))
+                      os.environ.get("SLURM_RESTART_COUNT", "0"), os.environ.get("MASTER_ADDR"))
 
 
 def is_transient(exc: BaseException) -> bool:
