@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from spt_dist.errors import SptError
+from spt_dist.errors import RendezvousError, SptError
 
 T = TypeVar("T")
 
@@ -277,7 +277,11 @@ def init_distributed(backend: str = "auto", timeout_s: int = 300, deepspeed: boo
     timeout = timedelta(seconds=timeout_s)
     _default_timeout(timeout)
     if not tdist.is_initialized():
-        tdist.init_process_group(backend=backend, rank=rank, world_size=world, init_method=single, timeout=timeout)
+        try:
+            tdist.init_process_group(backend=backend, rank=rank, world_size=world, init_method=single,
+                                     timeout=timeout)
+        except (RuntimeError, OSError) as exc:  # torch's DistNetworkError / DistStoreError, a refused connection
+            raise RendezvousError(f"{type(exc).__name__}: {exc}") from exc
     if deepspeed:
         if not cuda:
             _skip_shm_compile()

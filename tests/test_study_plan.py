@@ -249,3 +249,24 @@ def test_a_selection_made_from_an_earlier_spec_s_runs_is_set_aside_not_reused(ro
     assert select(tmp_path / "study", cell, after, "val_top1", write=False) == second  # what the report shows
     assert select(tmp_path / "study", cell, after, "val_top1") == second  # and kept from now on
     assert not made_from(second, after, "best_val_top1")  # made on another metric: stale
+
+
+@pytest.mark.parametrize("base", ["demo", "protocol/vpt_vtab.yaml"])
+def test_a_study_whose_base_is_a_config_name_reads_back_from_its_folder(tmp_path, monkeypatch, base):
+    """`base:` may name a config of the package's configs/ folder, as run files' `defaults` do:
+    the spec saved in out_dir names that file, so status and report given the folder plan it."""
+    from spt_dist.config.load import CONFIG_ROOT
+    from spt_dist.study.spec import save_spec
+
+    monkeypatch.chdir(tmp_path)  # no `demo` here: found under configs/ only
+    spec = tmp_path / "named.yaml"
+    spec.write_text(f"name: named\nbase: {base}\nruns_dir: {tmp_path}/pool\nout_dir: {tmp_path}/study\n"
+                    "axes: {data.fraction: [1.0]}\nmethods: {vpt: {search: {optim.lr: [0.01, 0.1]}}}\n"
+                    "protocol: {metric: val_top1, seeds: [0]}\n")
+    before = build_plan(load_spec(spec), check=False)
+    save_spec(before.spec)
+    again = load_spec(tmp_path / "study")
+    assert Path(again.base) == (CONFIG_ROOT / (base if base.endswith(".yaml") else base + ".yaml")).resolve()
+    after = build_plan(again, check=False)
+    assert [r.run_dir for c in after.cells for r in after.search[c.key]] == \
+        [r.run_dir for c in before.cells for r in before.search[c.key]]

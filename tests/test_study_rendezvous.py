@@ -2,17 +2,23 @@
 on another port, and when the attempts are spent the task ends with one actionable line."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import multiprocessing
 import os
 import socket
+import tempfile
 import threading
 import time
 
 import pytest
 
 from engine_helpers import ROOT
-from spt_dist.study.rendezvous import (ATTEMPTS, StartupError, agree_port, candidate_ports, is_transient,
-                                       pick_port, port_key)
+from spt_dist.errors import RendezvousError
+from spt_dist.rundir.loggers import LoggerError
+from spt_dist.study.rendezvous import (ATTEMPTS, BASE, StartupError, agree_port, candidate_ports, is_transient,
+                                       pick_port, port_key, port_span, reservations_dir)
+from spt_dist.study.task import DIST_ENV, TrainTask
 
 
 def test_the_job_number_is_read_from_every_id_format():
@@ -36,6 +42,25 @@ def test_jobs_side_by_side_get_distinct_first_ports():
     firsts = [next(candidate_ports(port_key(f"{a}_{i}", {}), 0)) for a in range(3100, 3140) for i in range(100)]
     assert len(set(firsts)) == 4000
     assert next(candidate_ports(123, 1)) != next(candidate_ports(123, 0))  # a retry moves
+
+
+def test_candidate_ports_stay_below_the_kernel_s_ephemeral_range(tmp_path):
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = [p for key in range(0, 200_000, 37) for a in range(ATTEMPTS) for p in candidate_ports(key, a)]
+    assert min(ports) >= BASE and max(ports) < low
+    assert len(set(ports)) > 0.9 * (low - BASE)  # and spread over all of it
+    given = tmp_path / "range"
+    given.write_text("40000\t60999\n")
+    assert port_span(given) == 40000 - BASE
+    assert port_span(tmp_path / "absent") == 32768 - BASE  # Linux's default start
+    given.write_text("1024 65535\n")  # no room below: the bind check alone protects
+    assert port_span(given) == 40000
+
+
+def _pick_with_own_tmpdir(key, tmpdir, barrier, out, release):
+    os.environ["TMPDIR"] = str(tmpdir)  # a job's own temporary folder, as some clusters give each job
+    tempfile.tempdir = None
+    _pick_and_hold(key, None, barrier, out, release)
 
 
 def _pick_and_hold(key, where, barrier, out, release):
@@ -68,6 +93,41 @@ def test_processes_starting_at_the_same_moment_never_share_a_port(tmp_path):
     assert len(set(got)) == n
 
 
+def test_jobs_with_their_own_tmpdir_share_the_node_s_reservations(tmp_path):
+    """8 processes, each with its own $TMPDIR, the same job number, picking at once: the
+    reservations are node-wide, so each still gets its own port."""
+    ctx = multiprocessing.get_context("fork")
+    n = 8
+    barrier, out, release = ctx.Barrier(n), ctx.Queue(), ctx.Event()
+    for i in range(n):
+        (tmp_path / str(i)).mkdir()
+    procs = [ctx.Process(target=_pick_with_own_tmpdir, args=(41337, tmp_path / str(i), barrier, out, release))
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=60) for _ in range(n)]
+    release.set()
+    for p in procs:
+        p.join(30)
+    assert all(isinstance(g, int) for g in got), got
+    assert len(set(got)) == n
+    assert not str(reservations_dir()).startswith(str(tmp_path))
+
+
+def test_a_lock_that_cannot_be_had_leaves_the_choice_to_binding(tmp_path, monkeypatch):
+    """flock fails with ENOLCK where the folder is on a network filesystem (no such filesystem
+    here: flock stands in for it); the first bindable candidate is chosen, nothing raised."""
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    first = next(candidate_ports(4321, 0))
+    with socket.socket() as busy:
+        busy.bind(("", first))
+        busy.listen()
+        assert pick_port(4321, 0, tmp_path) == list(candidate_ports(4321, 0))[1]
+
+
 def test_a_port_another_process_listens_on_is_skipped(tmp_path):
     first = next(candidate_ports(777, 0))
     with socket.socket() as busy:
@@ -82,7 +142,8 @@ def test_tasks_of_one_job_agree(tmp_path):
 
     def task(job: str, rank: int) -> None:
         try:
-            ports[(job, rank)] = agree_port(tmp_path / job, job, port_key(job, {}), 0, rank, timeout_s=30)
+            ports[(job, rank)], attempt = agree_port(tmp_path / job, job, port_key(job, {}), 0, rank, timeout_s=30)
+            assert attempt == 0
         except Exception as exc:  # collected and reported below
             errors.append(exc)
 
@@ -97,9 +158,73 @@ def test_tasks_of_one_job_agree(tmp_path):
     assert len({next(iter(v)) for v in per_job.values()}) == 20
 
 
-def test_transient_failures_are_recognised():
-    assert is_transient(RuntimeError("[c10d] The server socket has failed to listen on any local network "
-                                     "address. port: 29500, useIpv6: false, code: -98, name: EADDRINUSE"))
+def test_the_other_ranks_follow_rank_0_to_its_next_attempt(tmp_path):
+    """Rank 0 publishes attempt 0's port, but another process takes it before torch's store
+    binds it (EADDRINUSE); rank 0 moves to attempt 1. Rank 1, watching while it waits for a
+    port that answers, follows it there instead of connecting to the intruder, and the two
+    stores meet."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    got, errors, intruder = {}, [], socket.socket()
+
+    def rank0() -> None:
+        try:
+            port, _ = agree_port(tmp_path, "77", 8077, 0, 0, timeout_s=30)
+            intruder.bind(("", port))  # between the choice and the bind
+            intruder.listen()
+            try:
+                TCPStore("127.0.0.1", port, 2, True, timeout=timedelta(seconds=10))
+                raise AssertionError("bound a port another process listens on")
+            except RuntimeError as exc:
+                got["bind"] = str(exc)
+            port, attempt = agree_port(tmp_path, "77", 8077, 1, 0, timeout_s=30)
+            store = TCPStore("127.0.0.1", port, 2, True, timeout=timedelta(seconds=20))
+            store.set("from0", "x")
+            got[0] = (port, attempt, store.get("from1"))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    def rank1() -> None:
+        try:
+            port, attempt = agree_port(tmp_path, "77", 8077, 0, 1, timeout_s=30, host="127.0.0.1")
+            store = TCPStore("127.0.0.1", port, 2, False, timeout=timedelta(seconds=20))
+            store.set("from1", "y")
+            got[1] = (port, attempt, store.get("from0"))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rank1), threading.Thread(target=rank0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    intruder.close()
+    assert not errors, errors
+    assert "EADDRINUSE" in got["bind"] or "in use" in got["bind"]
+    assert got[0][:2] == got[1][:2] and got[0][1] == 1 and (got[0][2], got[1][2]) == (b"y", b"x")
+
+
+def test_only_the_rendezvous_s_own_failures_are_retried(monkeypatch):
+    """init_distributed turns torch's failure to form the group into a RendezvousError (a store
+    whose port is taken, the real EADDRINUSE); a failure elsewhere that mentions a refused
+    connection (a tracker's server down) is the run's own."""
+    from spt_dist.distributed import init_distributed
+
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                     "MASTER_PORT": str(busy.getsockname()[1])}.items():
+            monkeypatch.setenv(k, v)
+        with pytest.raises(RendezvousError, match="EADDRINUSE|address already in use") as info:
+            init_distributed("gloo", 5, deepspeed=False)
+    assert is_transient(info.value)
+    assert not is_transient(LoggerError("config key 'run.loggers': mlflow failed to start: MlflowException: "
+                                        "[Errno 111] Connection refused"))
+    assert not is_transient(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"))
+    assert not is_transient(RuntimeError("EADDRINUSE"))  # the text alone decides nothing
     assert not is_transient(ValueError("config key 'optim.lr' = -1 is out of range"))
 
 
@@ -108,7 +233,6 @@ def test_a_single_task_job_whose_port_is_taken_starts_again_on_another(tmp_path,
     torch's bind (the real EADDRINUSE of torch's store); the task retries on another port."""
     from spt_dist.config import load_config
     from spt_dist.study import make_executor
-    from spt_dist.study.task import TrainTask
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=r", "launch.cluster=local",
@@ -121,13 +245,12 @@ def test_a_single_task_job_whose_port_is_taken_starts_again_on_another(tmp_path,
     assert result["status"] == "finished"
     (first, error), (second, ok) = result["tries"]
     assert "EADDRINUSE" in error and ok == "bound"
-    assert first != second and 20000 <= second < 60000
+    assert first != second and BASE <= second < BASE + port_span()
     assert "attempt 2 of" in job.stderr()
 
 
 def test_spent_attempts_end_in_one_actionable_line(tmp_path):
     from spt_dist.config import load_config
-    from spt_dist.study.task import TrainTask
 
     cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=r"])
     with pytest.raises(StartupError) as info:
@@ -144,9 +267,8 @@ _TRIES: list = []
 
 def _grabbed_port_train(cfg, run_dir):
     """Attempt 1: another process takes MASTER_PORT first; then torch's store binds it."""
-    from datetime import timedelta
-
-    from torch.distributed import TCPStore
+    from spt_dist.distributed import init_distributed
+    import torch.distributed as dist
 
     port = int(os.environ["MASTER_PORT"])
     grabbed = socket.socket()
@@ -154,8 +276,9 @@ def _grabbed_port_train(cfg, run_dir):
         grabbed.bind(("", port))
         grabbed.listen()
     try:
-        TCPStore("127.0.0.1", port, 1, True, timeout=timedelta(seconds=10))
+        init_distributed("gloo", 10, deepspeed=False)  # torch's store binds MASTER_PORT
         _TRIES.append((port, "bound"))
+        dist.destroy_process_group()
     except Exception as exc:
         _TRIES.append((port, f"{type(exc).__name__}: {exc}"))
         raise
@@ -165,8 +288,86 @@ def _grabbed_port_train(cfg, run_dir):
 
 
 def _always_taken(cfg, run_dir):
-    raise RuntimeError("DistNetworkError: The server socket has failed to bind: EADDRINUSE")
+    raise RendezvousError("DistNetworkError: The server socket has failed to bind: EADDRINUSE")
 
 
 def _bad_train(cfg, run_dir):
     raise ValueError("not transient")
+
+
+def _submitit_task(monkeypatch, tmp_path, tasks: int = 1, rank: int = 0, job_id: str = "4711"):
+    """This process as task `rank` of a `tasks`-task job of submitit's local executor, as its
+    environment says (the job itself is not started: the failures below come before training)."""
+    for name, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_FOLDER": str(tmp_path / "jobs"),
+                        "SUBMITIT_LOCAL_JOB_ID": job_id, "SUBMITIT_LOCAL_NTASKS": str(tasks),
+                        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1", "SUBMITIT_LOCAL_NODEID": "0",
+                        "SUBMITIT_LOCAL_GLOBALID": str(rank), "SUBMITIT_LOCAL_LOCALID": str(rank)}.items():
+        monkeypatch.setenv(name, value)
+    for name in DIST_ENV:
+        monkeypatch.delenv(name, raising=False)  # restored (removed) after the test
+
+
+def _cfg(tmp_path, *more):
+    from spt_dist.config import load_config
+
+    return load_config(None, [f"run.out_dir={tmp_path}", "run.name=r", *more])
+
+
+_CALLS: list = []
+
+
+def _record_call(cfg, run_dir):
+    _CALLS.append(os.environ.get("MASTER_PORT"))
+    return {"status": "finished"}
+
+
+def _tracker_refused(cfg, run_dir):
+    _CALLS.append(os.environ.get("MASTER_PORT"))
+    raise LoggerError("config key 'run.loggers': mlflow failed to start: MlflowException: API request failed: "
+                      "[Errno 111] Connection refused")
+
+
+def test_no_free_port_is_retried_and_ends_in_one_line(tmp_path, monkeypatch, capfd):
+    """Every candidate of every attempt taken: each attempt fails choosing its port (before the
+    run is called), is retried, and the task ends in the one-line StartupError."""
+    _submitit_task(monkeypatch, tmp_path)
+    _CALLS.clear()
+    busy = []
+    try:
+        for attempt in range(ATTEMPTS):
+            for port in candidate_ports(4711, attempt):
+                s = socket.socket()
+                try:
+                    s.bind(("", port))
+                    s.listen()
+                except OSError:  # taken already: just as good
+                    pass
+                busy.append(s)
+        with pytest.raises(StartupError) as info:
+            TrainTask(_cfg(tmp_path), "test_study_rendezvous:_record_call")()
+    finally:
+        for s in busy:
+            s.close()
+    line = str(info.value)
+    assert "\n" not in line and f"after {ATTEMPTS} attempts" in line and "no free rendezvous port" in line
+    assert _CALLS == [] and "attempt 3 of 3" in capfd.readouterr().err
+
+
+def test_rank_0_s_port_not_published_is_retried_and_ends_in_one_line(tmp_path, monkeypatch, capfd):
+    _submitit_task(monkeypatch, tmp_path, tasks=2, rank=1)
+    _CALLS.clear()
+    t0 = time.time()
+    with pytest.raises(StartupError, match="waited 1 s for rank 0's rendezvous port"):
+        TrainTask(_cfg(tmp_path, "distributed.timeout_s=1"), "test_study_rendezvous:_record_call")()
+    assert _CALLS == [] and ATTEMPTS <= time.time() - t0 < ATTEMPTS + 5
+    assert "attempt 2 of 3" in capfd.readouterr().err
+
+
+def test_a_tracker_that_cannot_connect_is_not_retried(tmp_path, monkeypatch):
+    """A tracker whose server refuses the connection fails the run as itself, at once: it is no
+    rendezvous failure, whatever its message says."""
+    _submitit_task(monkeypatch, tmp_path)
+    _CALLS.clear()
+    with pytest.raises(LoggerError, match="Connection refused"):
+        TrainTask(_cfg(tmp_path), "test_study_rendezvous:_tracker_refused")()
+    assert len(_CALLS) == 1 and int(_CALLS[0]) in candidate_ports(4711, 0)

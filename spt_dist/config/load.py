@@ -41,6 +41,12 @@ def _resolve(name: str, relative_to: Optional[Path]) -> Path:
     raise ConfigError(f"config file '{name}' not found (looked in: {', '.join(str(r) for r in roots)})")
 
 
+def config_file(name: str) -> Path:
+    """The absolute path of the file `load_config(name)` reads: `name` (or `name.yaml`) from the
+    working directory, else from the package's configs/ (`demo`, `protocol/vpt_vtab.yaml`)."""
+    return _resolve(name, None)
+
+
 def _explain(exc: OmegaConfBaseException, origin: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or "?"
     if isinstance(exc, ConfigKeyError):

@@ -1,7 +1,9 @@
 """Where each run of a study stands, from files only: its run folder and the study's ledger.
 
 - done: results.json says finished;
-- running: its lock's heartbeat is fresh, or its last submitted job is queued or running;
+- running: its lock's heartbeat is fresh, or its last submitted job is queued or running
+  (SLURM: sacct's state, else squeue's, a job neither holds having ended; UNKNOWN, where
+  neither can be asked, counts as running);
 - failed: its last job ended without finished results (`error` holds the job's traceback or
   the end of its log), `attempts` counting the submissions;
 - pending: never submitted, or interrupted and not running (it resumes from its checkpoint).
@@ -21,7 +23,7 @@ from typing import Dict, List, Optional
 from spt_dist.rundir import read_results
 from spt_dist.rundir.lock import LOCK
 
-from .status import job_status
+from .status import ENDED, job_status
 
 LEDGER = "submitted.jsonl"
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
@@ -89,5 +91,6 @@ def run_state(run_dir: Path, submissions: List[dict]) -> RunState:
     from .status import log_tail
 
     tail = log_tail(Path(last["job_folder"]), str(last["job_id"]))
-    return RunState("failed", len(submissions), f"job {last['job_id']} ended {st.state} without results"
+    how = "" if st.state == ENDED else f" {st.state}"
+    return RunState("failed", len(submissions), f"job {last['job_id']} ended{how} without results"
                     + (f":\n{tail}" if tail else ""), last["job_id"])

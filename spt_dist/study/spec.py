@@ -202,10 +202,18 @@ def load_spec(path: str | Path) -> StudySpec:
 
 
 def save_spec(spec: StudySpec) -> Path:
-    """`out_dir/spec.yaml`: the spec as written, its base, runs_dir and out_dir made absolute."""
+    """`out_dir/spec.yaml`: the spec as written, its base (the file the runs load), runs_dir and
+    out_dir made absolute."""
     import yaml
 
-    raw = dict(spec.raw, base=str(Path(spec.base).resolve()), runs_dir=str(spec.runs_dir), out_dir=str(spec.out_dir))
+    from spt_dist.config import ConfigError
+    from spt_dist.config.load import config_file
+
+    try:
+        base = config_file(spec.base)  # a name under the package's configs/ too, as the runs load it
+    except ConfigError:
+        base = Path(spec.base).resolve()  # not found: build_plan says so
+    raw = dict(spec.raw, base=str(base), runs_dir=str(spec.runs_dir), out_dir=str(spec.out_dir))
     path = spec.out_dir / SAVED
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, f"# saved by `spt study run` from {spec.path.resolve()}\n"

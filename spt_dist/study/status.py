@@ -55,15 +55,33 @@ def find_job_folder(ref: str, jobs_dir: str = "jobs") -> Path:
                       "as `spt submit` writes under launch.folder")
 
 
+ENDED = "ENDED"  # not in SLURM's queue, and no accounting to say how it ended
+
+
 def sacct_state(job_id: str, timeout_s: float = 30) -> str:
-    """SLURM's state of a job (first line: the allocation), or UNKNOWN without accounting."""
+    """SLURM's state of a job (first line: the allocation). Without an answer from accounting
+    (none configured, or the job not recorded yet): squeue's, ENDED for a job the queue no
+    longer holds, UNKNOWN where squeue cannot be asked either."""
     try:
         lines = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"], capture_output=True,
                                text=True, timeout=timeout_s).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
-        return "UNKNOWN"
+        lines = []
     lines = [line for line in lines if line.strip()]
-    return lines[-1].split()[0] if lines else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+    return lines[-1].split()[0] if lines else squeue_state(job_id, timeout_s)  # "CANCELLED by 0" -> CANCELLED
+
+
+def squeue_state(job_id: str, timeout_s: float = 30) -> str:
+    """The queue's state of a job; ENDED when the controller answers that it has no such job."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        return "UNKNOWN"
+    lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode == 0:
+        return lines[-1] if lines else ENDED
+    return ENDED if "invalid job id" in proc.stderr.lower() else "UNKNOWN"  # else: controller unreachable
 
 
 def _pid_alive(pid: int) -> bool:

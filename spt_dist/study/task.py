@@ -95,28 +95,30 @@ class TrainTask:
 
     def _train_with_retries(self, run_dir: Path, submitted: bool) -> Dict[str, Any]:
         """The run, on a rendezvous port free on this node (rendezvous.py; every task of a
-        submitted job, one task or several); a transient start-up failure is retried on other
-        ports, and when the attempts are spent the task fails with one line (StartupError)."""
+        submitted job, one task or several); a failure of the rendezvous (RendezvousError: the
+        port's choice, its publication, init_distributed) before training began is retried on
+        other ports, and when the attempts are spent the task fails with one line (StartupError)."""
         env = submitit.JobEnvironment() if submitted else None
         metrics = Path(run_dir) / "metrics.jsonl"
-        ports = []
-        for attempt in range(ATTEMPTS):
+        ports, attempt = [], 0
+        while True:
             before = metrics.stat().st_size if metrics.exists() else -1
-            if env is not None:
-                ports.append(job_port(env, attempt, self.cfg.distributed.timeout_s))
-                os.environ["MASTER_PORT"] = str(ports[-1])
             try:
+                if env is not None:
+                    port, attempt = job_port(env, attempt, self.cfg.distributed.timeout_s)
+                    ports.append(port)
+                    os.environ["MASTER_PORT"] = str(port)
                 return self._train(run_dir)
-            except Exception as exc:  # noqa: BLE001 - only start-up failures that are not the run's
+            except Exception as exc:  # noqa: BLE001 - only the rendezvous's own failures (RendezvousError)
                 started = (metrics.stat().st_size if metrics.exists() else -1) != before  # training began
                 if not is_transient(exc) or started:
                     raise
-                if attempt + 1 == ATTEMPTS:
+                attempt += 1
+                if attempt == ATTEMPTS:
                     raise gave_up(exc, ports) from exc
-                print(f"spt: start-up failed ({type(exc).__name__}: {exc}); attempt {attempt + 2} of {ATTEMPTS}",
+                print(f"spt: start-up failed ({type(exc).__name__}: {exc}); attempt {attempt + 1} of {ATTEMPTS}",
                       file=sys.stderr, flush=True)
                 reset_process_group()
-        raise AssertionError("unreachable")
 
     def _requeue(self, handler: Callable[[int, Any], None]) -> None:
         """After the engine saved: rank 0 requeues (or raises when out of requeues)."""
