@@ -206,8 +206,9 @@ def _export_env() -> Optional[str]:
         env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
         env.setdefault("MASTER_ADDR", _slurm_master())
-        # Derive the port from the job id so every task of a job agrees without talking.
-        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        # Derive the port from the job id so every task of a job agrees without talking; below
+        # 32768, where the kernel's ephemeral ports (outgoing connections) usually begin.
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 12000))
     env.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it
     if "RANK" not in env:
         return f"tcp://127.0.0.1:{_free_port()}"
