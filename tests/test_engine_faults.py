@@ -3,7 +3,9 @@
 - a frozen rank (SIGSTOP) ends the job within distributed.timeout_s + 30 s, the rank named;
 - Ctrl-C (SIGINT to torchrun) saves a checkpoint, leaves no process behind, resumes exactly;
 - torchrun killed by a signal it does not handle (SIGUSR2 to its process group): the ranks
-  follow their parent's death (checkpoint, exit) instead of training on as orphans.
+  follow their parent's death (checkpoint, exit) instead of training on as orphans;
+- a peer's heartbeat file read empty or half written is no news, not a freeze (the watchdog
+  alone, in this process).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 from engine_helpers import ROOT, env, make_assets, torchrun, wait_for_step, write_config
+from spt_dist.engine.watchdog import Watchdog
+from spt_dist.rundir import RunLock
 
 TIMEOUT_S = 20
 
@@ -98,6 +102,47 @@ def test_a_frozen_rank_ends_the_job_naming_it_3_of_3(tmp_path, assets):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def test_watchdog_keeps_a_peers_last_good_heartbeat(tmp_path):
+    """Rank 1's heartbeat file is read empty, then half written, for less than the allowance after
+    a good beat: rank 0 carries on (the old start time is never used instead). When rank 1 truly
+    stops, rank 0 names it within the allowance and releases the run folder's lock."""
+    lock = RunLock(tmp_path, stale_s=60)
+    lock.acquire()
+    dead = []
+    dog = Watchdog(tmp_path, 0, 2, "tok", timeout_s=6, lock=lock, interval=0.2, on_dead=dead.append)
+    assert dog.stale_s == 3
+    peer = tmp_path / ".heartbeat" / "rank1.json"
+
+    def beat() -> str:
+        text = json.dumps({"token": "tok", "time": time.time(), "step": 7, "phase": "train", "pid": 1,
+                           "host": "another-host"})  # not this host: nothing is killed
+        peer.write_text(text)
+        return text
+
+    dog.start()
+    try:
+        until = time.time() + 4  # longer than the allowance since the watchdog started
+        while time.time() < until:
+            beat()
+            time.sleep(0.2)
+        text = beat()
+        time.sleep(0.5)
+        for moment in ("", text[: len(text) // 2], json.dumps({"token": "an earlier job", "time": 1.0})):
+            peer.write_text(moment)
+            time.sleep(0.6)  # 1.8 s in all: less than the 3 s allowance after the last good beat
+        assert dead == []
+        beat()
+        time.sleep(0.5)
+        peer.write_text("")  # and from now on, silence
+        stopped = time.time()
+        while not dead and time.time() < stopped + 10:
+            time.sleep(0.1)
+        assert dead == [1] and 2.0 <= time.time() - stopped <= 3 + 1.5
+        assert not (tmp_path / "lock.json").exists()  # released before the job ends
+    finally:
+        dog.stop()
 
 
 def _reference_pack(tmp_path_factory, assets) -> dict:
