@@ -129,3 +129,20 @@ def test_deepspeed_json_keys(tmp_path, config):
     ds.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="must hold a JSON object"):
         preflight.check_deepspeed_json(cfg, 2)
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 0, "reduce_bucket_size": 1000}}))
+    assert preflight.check_deepspeed_json(load_config(str(config), [f"distributed.deepspeed_json={ds}"]), 2)
+
+
+@pytest.mark.parametrize("bad, named", [
+    ({"zero_optimization": {"reduce_bucket_size": "abc"}}, "zero_optimization.reduce_bucket_size='abc'"),
+    ({"zero_optimization": {"no_such_setting": 1}}, "zero_optimization.no_such_setting=1: Extra inputs"),
+    ({"zero_optimization": {"offload_optimizer": {"device": "floppy"}}},
+     "zero_optimization.offload_optimizer.device='floppy'"),
+], ids=["wrong-type", "unknown-key", "nested-value"])
+def test_spt_train_refuses_a_deepspeed_json_deepspeed_rejects(tmp_path, config, capsys, bad, named):
+    """Checked by DeepSpeed's own config parser before any work: one line naming the file and key."""
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps(bad))
+    _refused(["train", str(config), "run.name=r", f"distributed.deepspeed_json={ds}"], capsys,
+             f"config key 'distributed.deepspeed_json': DeepSpeed rejects {ds}: {named}")
+    assert not (tmp_path / "runs").exists()
