@@ -51,12 +51,14 @@ def _cases(tmp_path: Path, assets) -> dict:
         "nccl without a GPU": (["distributed.backend=nccl"], "config key 'distributed.backend' = 'nccl' needs CUDA"),
         "run name with a path": (["run.name=../x"], "config key 'run.name': '../x' is not a plain folder name"),
         "defaults override": (["defaults=[base]"], "`defaults` composes files"),
+        "lock staleness below its refresh": (["run.lock_stale_s=10"],
+                                             "config key 'run.lock_stale_s' = 10 is out of range; allowed: [15, inf]"),
     }
 
 
 @pytest.mark.parametrize("case", ["grad_accum beyond an epoch", "absurd prompt length", "absurd image size",
                                   "truncated weights", "garbage weights", "nccl without a GPU",
-                                  "run name with a path", "defaults override"])
+                                  "run name with a path", "defaults override", "lock staleness below its refresh"])
 def test_spt_train_refuses_before_any_work(tmp_path, assets, config, capsys, case):
     overrides, message = _cases(tmp_path, assets)[case]
     _refused(["train", str(config), "run.name=r", *overrides], capsys, message)

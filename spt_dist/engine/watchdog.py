@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+from spt_dist.config.schema import LOCK_REFRESH_MAX_S
 from spt_dist.io import write_text_atomic
 from spt_dist.rundir.lock import LockLost, RunLock
 
@@ -54,7 +55,7 @@ class Watchdog:
         self.rank, self.world_size, self.token, self.timeout_s = rank, world_size, token, timeout_s
         self.lock, self.on_dead = lock, on_dead
         self.stale_s = max(3.0, timeout_s / 2)
-        self.interval = interval or max(0.5, min(5.0, self.stale_s / 6))
+        self.interval = interval or max(0.5, min(LOCK_REFRESH_MAX_S, self.stale_s / 6))
         self.step = 0
         self.phase = "setup"
         self._stop = threading.Event()
