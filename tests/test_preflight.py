@@ -1,6 +1,7 @@
 """Bad configs are refused before any data or model is loaded, naming the key: by `spt train`
 (one line, exit code 2, no run folder made) and, where they can be known there, by
-`spt submit` on the login node."""
+`spt submit` on the login node. Bad data the read checks (data.verify) find is refused the same
+way before the first training step."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from engine_helpers import make_assets, write_config
+from engine_helpers import corrupt_images, make_assets, write_config
 from spt_dist.cli import main as spt
 from spt_dist.config import ConfigError, load_config
+from spt_dist.data import ShardIndex
 from spt_dist.engine import preflight
 
 
@@ -148,3 +150,46 @@ def test_spt_train_refuses_a_deepspeed_json_deepspeed_rejects(tmp_path, config, 
     _refused(["train", str(config), "run.name=r", f"distributed.deepspeed_json={ds}"], capsys,
              f"config key 'distributed.deepspeed_json': DeepSpeed rejects {ds}: {named}")
     assert not (tmp_path / "runs").exists()
+
+
+def _no_step_taken(run: Path) -> None:
+    metrics = run / "metrics.jsonl"
+    events = [json.loads(line)["event"] for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    assert "train" not in events and not list(run.glob("checkpoints/step_*")), events
+
+
+def _copy_of_shards(tmp_path: Path, assets) -> Path:
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(assets["shards"], shards)
+    return shards
+
+
+def test_a_corrupt_test_image_is_refused_before_training(tmp_path, assets, config, capsys):
+    shards = _copy_of_shards(tmp_path, assets)
+    index = ShardIndex.load(shards)
+    key = index.split("test").shards[1].keys[4]
+    corrupt_images(index, "test", {key})  # indexed again: only decoding it can tell
+    _refused(["train", str(config), "run.name=r", f"data.root={shards}"], capsys,
+             f"bad sample in split 'test', shard {shards / 'test-000001.tar'}, key '{key}': image cannot be decoded")
+    _no_step_taken(tmp_path / "runs" / "r")
+
+
+@pytest.mark.parametrize("suffix, data", [(".cls", b"2"), (".png", b"\0" * 64)], ids=["wrong-label", "image-bytes"])
+def test_a_changed_training_tar_is_refused_at_start_with_full_verify(tmp_path, assets, config, capsys, suffix, data):
+    """A tar edited in place after it was indexed (same size, so the index loads): a valid but
+    wrong label, or changed image bytes; data.verify=full checks every shard's sha256 first."""
+    import tarfile
+
+    shards = _copy_of_shards(tmp_path, assets)
+    tar_path = shards / "train-000000.tar"
+    with tarfile.open(tar_path) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(suffix)
+                      and (suffix != ".cls" or tar.extractfile(m).read().strip() != data))
+    raw = bytearray(tar_path.read_bytes())
+    raw[member.offset_data:member.offset_data + len(data)] = data
+    tar_path.write_bytes(bytes(raw))
+    _refused(["train", str(config), "run.name=r", f"data.root={shards}", "data.verify=full"], capsys,
+             f"{tar_path}: sha256 differs from index.json")
+    _no_step_taken(tmp_path / "runs" / "r")
