@@ -1,7 +1,8 @@
 """Faults a real 2-rank torchrun job must survive or end cleanly, never hang:
 
 - a frozen rank (SIGSTOP) ends the job within distributed.timeout_s + 30 s, the rank named;
-- Ctrl-C (SIGINT to torchrun) saves a checkpoint, leaves no process behind, resumes exactly;
+- Ctrl-C (SIGINT to torchrun, or to a single-process `spt train`) saves a checkpoint, exits 0,
+  leaves no process behind, resumes exactly;
 - torchrun killed by a signal it does not handle (SIGUSR2 to its process group): the ranks
   follow their parent's death (checkpoint, exit) instead of training on as orphans;
 - a peer's heartbeat file read empty or half written is no news, not a freeze (the watchdog
@@ -21,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine_helpers import ROOT, env, make_assets, torchrun, wait_for_step, write_config
+from engine_helpers import PYTHON, ROOT, env, make_assets, torchrun, wait_for_step, write_config
 from spt_dist.engine.watchdog import Watchdog
 from spt_dist.rundir import RunLock
 
@@ -186,3 +187,28 @@ def test_interrupted_job_saves_leaves_nothing_behind_and_resumes_exactly(tmp_pat
     pack = load_file(str(run / "prompt_pack.safetensors"))
     assert pack.keys() == reference.keys()
     assert all(torch.equal(pack[k], reference[k]) for k in pack)
+
+
+def test_ctrl_c_to_a_single_process_run_saves_exits_0_and_resumes_exactly(tmp_path, assets):
+    config = _config(tmp_path, assets, epochs=1)  # 16 steps
+
+    def spt_train(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "train", *args], cwd=ROOT, env=env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    whole = spt_train(str(config), "run.name=whole")
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()[-3000:]
+    run = tmp_path / "runs" / "cut"
+    proc = spt_train(str(config), "run.name=cut")
+    wait_for_step(run / "metrics.jsonl", 3, proc, timeout=180)
+    os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]  # as docs/reliability.md says: interrupted after saving
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["signal"] == "SIGINT" and results["step"] < 16
+    assert results["step"] in [int(c.name[len("step_"):]) for c in run.glob("checkpoints/step_*")]
+    assert not (run / "lock.json").exists()
+    resumed = spt_train(str(run))
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()[-3000:]
+    pack, reference = (load_file(str(tmp_path / "runs" / r / "prompt_pack.safetensors")) for r in ("cut", "whole"))
+    assert pack.keys() == reference.keys() and all(torch.equal(pack[k], reference[k]) for k in pack)
