@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -104,11 +106,16 @@ def test_a_live_owner_of_the_same_job_on_this_host_is_never_taken_over(tmp_path,
         with pytest.raises(RunFolderBusy, match=rf"pid {owner.pid} on {socket.gethostname()}, job 77"):
             RunLock(tmp_path, stale_s=10).acquire()
         assert json.loads((tmp_path / "lock.json").read_text())["token"] == held["token"]
+        # Once it is gone, its lock is taken over at once, even before its parent reaps it (a zombie).
+        os.kill(owner.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert RunLock(tmp_path).acquire() == f"its owner, pid {owner.pid} on this host, is gone"
     finally:
         owner.kill()
         owner.wait()
-    # Once it is gone, its lock is taken over at once.
-    assert RunLock(tmp_path).acquire() == f"its owner, pid {owner.pid} on this host, is gone"
 
 
 def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path):

@@ -46,23 +46,36 @@ def _restarts() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
+def _stat(pid: int) -> Optional[list]:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_start(pid: int) -> Optional[int]:
     """When `pid` started (clock ticks since boot, /proc/<pid>/stat field 22), or None where
     that cannot be read (not Linux, or no such process)."""
+    fields = _stat(pid)
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
+        return int(fields[19]) if fields else None
+    except (ValueError, IndexError):
         return None
 
 
 def _alive(pid: int, started: Optional[int]) -> bool:
-    """`pid` is a live process, and the same one as when the lock was taken (its start time)."""
+    """`pid` is a live process (not a zombie), and the same one as when the lock was taken (its
+    start time)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False
     now = process_start(pid)
     return started is None or now is None or now == started
 
