@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -109,3 +109,26 @@ def checkpoint_tensors(step_dir: Path) -> Dict[str, Dict[str, int]]:
         walk(torch.load(f, map_location="cpu", weights_only=False), "", into)
         out[str(f.relative_to(step_dir))] = into
     return out
+
+
+def corrupt_images(index: Any, split: str, keys: set) -> None:
+    """Rewrite the split's tars with the images of `keys` replaced by bytes no decoder reads
+    (and index them again: the index describes the tars as they now are). `index`: a ShardIndex."""
+    import io
+    import tarfile
+
+    from spt_dist.data.tarscan import scan_shard
+
+    shards = index.split(split).shards
+    for i, shard in enumerate(shards):
+        path = Path(index.root) / shard.name
+        with tarfile.open(path) as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        with tarfile.open(path, "w") as tar:
+            for member, data in members:
+                if member.name.split(".")[0] in keys and member.name.endswith(".png"):
+                    data = f"not an image: {member.name}".encode()  # unique bytes: no false overlap
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+        shards[i] = scan_shard(path)
+    index.save()

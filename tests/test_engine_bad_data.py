@@ -2,32 +2,10 @@
 run's metrics and results, for training and for evaluation (where they leave the denominator)."""
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-from pathlib import Path
 
-from engine_helpers import make_assets, run, torchrun, write_config
+from engine_helpers import corrupt_images, make_assets, run, torchrun, write_config
 from spt_dist.data import ShardIndex
-from spt_dist.data.tarscan import scan_shard
-
-
-def _corrupt(index: ShardIndex, split: str, keys: set) -> None:
-    """Rewrite the split's tars with the images of `keys` replaced by bytes no decoder reads
-    (and index them again: the index describes the tars as they now are)."""
-    shards = index.split(split).shards
-    for i, shard in enumerate(shards):
-        path = Path(index.root) / shard.name
-        with tarfile.open(path) as tar:
-            members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-        with tarfile.open(path, "w") as tar:
-            for member, data in members:
-                if member.name.split(".")[0] in keys and member.name.endswith(".png"):
-                    data = f"not an image: {member.name}".encode()  # unique bytes: no false overlap
-                member.size = len(data)
-                tar.addfile(member, io.BytesIO(data))
-        shards[i] = scan_shard(path)
-    index.save()
 
 
 def test_bad_samples_are_counted_across_ranks(tmp_path):
@@ -37,8 +15,8 @@ def test_bad_samples_are_counted_across_ranks(tmp_path):
     # 8 batches x 8: nothing is dropped, so each bad image is read once, by one of the ranks.
     train_keys = [s.keys[5] for s in index.split("train").shards]
     test_keys = index.split("test").shards[0].keys[:2]
-    _corrupt(index, "train", set(train_keys))
-    _corrupt(index, "test", set(test_keys))
+    corrupt_images(index, "train", set(train_keys))
+    corrupt_images(index, "test", set(test_keys))
     config = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=1)
     proc = run(torchrun(["-m", "spt_dist.cli", "train", str(config), "run.name=bad",
                          "data.on_bad_sample=skip"]))

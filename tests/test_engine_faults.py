@@ -1,9 +1,12 @@
 """Faults a real 2-rank torchrun job must survive or end cleanly, never hang:
 
 - a frozen rank (SIGSTOP) ends the job within distributed.timeout_s + 30 s, the rank named;
-- Ctrl-C (SIGINT to torchrun) saves a checkpoint, leaves no process behind, resumes exactly;
+- Ctrl-C (SIGINT to torchrun, or to a single-process `spt train`) saves a checkpoint, exits 0,
+  leaves no process behind, resumes exactly;
 - torchrun killed by a signal it does not handle (SIGUSR2 to its process group): the ranks
-  follow their parent's death (checkpoint, exit) instead of training on as orphans.
+  follow their parent's death (checkpoint, exit) instead of training on as orphans;
+- a peer's heartbeat file read empty or half written is no news, not a freeze (the watchdog
+  alone, in this process).
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine_helpers import ROOT, env, make_assets, torchrun, wait_for_step, write_config
+from engine_helpers import PYTHON, ROOT, env, make_assets, torchrun, wait_for_step, write_config
+from spt_dist.engine.watchdog import Watchdog
+from spt_dist.rundir import RunLock
 
 TIMEOUT_S = 20
 
@@ -100,6 +105,47 @@ def test_a_frozen_rank_ends_the_job_naming_it_3_of_3(tmp_path, assets):
                     pass
 
 
+def test_watchdog_keeps_a_peers_last_good_heartbeat(tmp_path):
+    """Rank 1's heartbeat file is read empty, then half written, for less than the allowance after
+    a good beat: rank 0 carries on (the old start time is never used instead). When rank 1 truly
+    stops, rank 0 names it within the allowance and releases the run folder's lock."""
+    lock = RunLock(tmp_path, stale_s=60)
+    lock.acquire()
+    dead = []
+    dog = Watchdog(tmp_path, 0, 2, "tok", timeout_s=6, lock=lock, interval=0.2, on_dead=dead.append)
+    assert dog.stale_s == 3
+    peer = tmp_path / ".heartbeat" / "rank1.json"
+
+    def beat() -> str:
+        text = json.dumps({"token": "tok", "time": time.time(), "step": 7, "phase": "train", "pid": 1,
+                           "host": "another-host"})  # not this host: nothing is killed
+        peer.write_text(text)
+        return text
+
+    dog.start()
+    try:
+        until = time.time() + 4  # longer than the allowance since the watchdog started
+        while time.time() < until:
+            beat()
+            time.sleep(0.2)
+        text = beat()
+        time.sleep(0.5)
+        for moment in ("", text[: len(text) // 2], json.dumps({"token": "an earlier job", "time": 1.0})):
+            peer.write_text(moment)
+            time.sleep(0.6)  # 1.8 s in all: less than the 3 s allowance after the last good beat
+        assert dead == []
+        beat()
+        time.sleep(0.5)
+        peer.write_text("")  # and from now on, silence
+        stopped = time.time()
+        while not dead and time.time() < stopped + 10:
+            time.sleep(0.1)
+        assert dead == [1] and 2.0 <= time.time() - stopped <= 3 + 1.5
+        assert not (tmp_path / "lock.json").exists()  # released before the job ends
+    finally:
+        dog.stop()
+
+
 def _reference_pack(tmp_path_factory, assets) -> dict:
     root = tmp_path_factory.mktemp("reference")
     config = _config(root, assets, epochs=2)
@@ -141,3 +187,28 @@ def test_interrupted_job_saves_leaves_nothing_behind_and_resumes_exactly(tmp_pat
     pack = load_file(str(run / "prompt_pack.safetensors"))
     assert pack.keys() == reference.keys()
     assert all(torch.equal(pack[k], reference[k]) for k in pack)
+
+
+def test_ctrl_c_to_a_single_process_run_saves_exits_0_and_resumes_exactly(tmp_path, assets):
+    config = _config(tmp_path, assets, epochs=1)  # 16 steps
+
+    def spt_train(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "train", *args], cwd=ROOT, env=env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    whole = spt_train(str(config), "run.name=whole")
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()[-3000:]
+    run = tmp_path / "runs" / "cut"
+    proc = spt_train(str(config), "run.name=cut")
+    wait_for_step(run / "metrics.jsonl", 3, proc, timeout=180)
+    os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]  # as docs/reliability.md says: interrupted after saving
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["signal"] == "SIGINT" and results["step"] < 16
+    assert results["step"] in [int(c.name[len("step_"):]) for c in run.glob("checkpoints/step_*")]
+    assert not (run / "lock.json").exists()
+    resumed = spt_train(str(run))
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()[-3000:]
+    pack, reference = (load_file(str(tmp_path / "runs" / r / "prompt_pack.safetensors")) for r in ("cut", "whole"))
+    assert pack.keys() == reference.keys() and all(torch.equal(pack[k], reference[k]) for k in pack)

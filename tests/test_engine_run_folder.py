@@ -12,7 +12,7 @@ from engine_helpers import PYTHON, ROOT, env, make_assets, write_config
 from spt_dist.config import ConfigError, load_config
 from spt_dist.engine.checkpoint import CheckpointMismatchError
 from spt_dist.engine.train import train
-from spt_dist.rundir import config_hash
+from spt_dist.rundir import config_hash, finished_results
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +76,30 @@ def test_a_checkpoint_of_another_config_is_refused_by_its_identity(tmp_path, ass
     shutil.copytree(tmp_path / "runs" / "a" / "checkpoints", tmp_path / "runs" / "b" / "checkpoints")
     with pytest.raises(CheckpointMismatchError, match="was written for config_hash="):
         train(load_config(str(config), ["run.name=b", "optim.lr=0.2"]))
+
+
+def test_a_finished_run_without_config_yaml_never_answers_for_another_config(tmp_path, assets):
+    import re
+    import shutil
+
+    config = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=1, every=3)
+    ours, other = (load_config(str(config), ["run.name=f", f"optim.lr={lr}"]) for lr in (0.02, 0.2))
+    run = tmp_path / "runs" / "f"
+    done = train(ours)
+    assert done["status"] == "finished" and done["config_hash"] == config_hash(ours) != config_hash(other)
+    (run / "config.yaml").unlink()
+    both = rf"config_hash {config_hash(ours)}, from {re.escape(str(run))}/%s; this config's is {config_hash(other)}"
+    with pytest.raises(ConfigError, match=both % "results.json"):
+        train(other)
+    assert train(ours) == done  # read back, not trained again
+    # results.json written before it stored the hash: the newest checkpoint's identity decides.
+    results = json.loads((run / "results.json").read_text())
+    del results["config_hash"]
+    (run / "results.json").write_text(json.dumps(results))
+    assert sorted(run.glob("checkpoints/step_*/meta.json"))
+    with pytest.raises(ConfigError, match=both % "checkpoints"):
+        finished_results(other, run)
+    assert finished_results(ours, run) == results
+    shutil.rmtree(run / "checkpoints")  # nothing left to tell: refused, never assumed
+    with pytest.raises(ConfigError, match="neither its results.json nor a config.yaml or checkpoint"):
+        finished_results(ours, run)

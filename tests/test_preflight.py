@@ -1,6 +1,7 @@
 """Bad configs are refused before any data or model is loaded, naming the key: by `spt train`
 (one line, exit code 2, no run folder made) and, where they can be known there, by
-`spt submit` on the login node."""
+`spt submit` on the login node. Bad data the read checks (data.verify) find is refused the same
+way before the first training step."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from engine_helpers import make_assets, write_config
+from engine_helpers import corrupt_images, make_assets, write_config
 from spt_dist.cli import main as spt
 from spt_dist.config import ConfigError, load_config
+from spt_dist.data import ShardIndex
 from spt_dist.engine import preflight
 
 
@@ -51,12 +53,14 @@ def _cases(tmp_path: Path, assets) -> dict:
         "nccl without a GPU": (["distributed.backend=nccl"], "config key 'distributed.backend' = 'nccl' needs CUDA"),
         "run name with a path": (["run.name=../x"], "config key 'run.name': '../x' is not a plain folder name"),
         "defaults override": (["defaults=[base]"], "`defaults` composes files"),
+        "lock staleness below its refresh": (["run.lock_stale_s=10"],
+                                             "config key 'run.lock_stale_s' = 10 is out of range; allowed: [15, inf]"),
     }
 
 
 @pytest.mark.parametrize("case", ["grad_accum beyond an epoch", "absurd prompt length", "absurd image size",
                                   "truncated weights", "garbage weights", "nccl without a GPU",
-                                  "run name with a path", "defaults override"])
+                                  "run name with a path", "defaults override", "lock staleness below its refresh"])
 def test_spt_train_refuses_before_any_work(tmp_path, assets, config, capsys, case):
     overrides, message = _cases(tmp_path, assets)[case]
     _refused(["train", str(config), "run.name=r", *overrides], capsys, message)
@@ -129,3 +133,63 @@ def test_deepspeed_json_keys(tmp_path, config):
     ds.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="must hold a JSON object"):
         preflight.check_deepspeed_json(cfg, 2)
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 0, "reduce_bucket_size": 1000}}))
+    assert preflight.check_deepspeed_json(load_config(str(config), [f"distributed.deepspeed_json={ds}"]), 2)
+
+
+@pytest.mark.parametrize("bad, named", [
+    ({"zero_optimization": {"reduce_bucket_size": "abc"}}, "zero_optimization.reduce_bucket_size='abc'"),
+    ({"zero_optimization": {"no_such_setting": 1}}, "zero_optimization.no_such_setting=1: Extra inputs"),
+    ({"zero_optimization": {"offload_optimizer": {"device": "floppy"}}},
+     "zero_optimization.offload_optimizer.device='floppy'"),
+], ids=["wrong-type", "unknown-key", "nested-value"])
+def test_spt_train_refuses_a_deepspeed_json_deepspeed_rejects(tmp_path, config, capsys, bad, named):
+    """Checked by DeepSpeed's own config parser before any work: one line naming the file and key."""
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps(bad))
+    _refused(["train", str(config), "run.name=r", f"distributed.deepspeed_json={ds}"], capsys,
+             f"config key 'distributed.deepspeed_json': DeepSpeed rejects {ds}: {named}")
+    assert not (tmp_path / "runs").exists()
+
+
+def _no_step_taken(run: Path) -> None:
+    metrics = run / "metrics.jsonl"
+    events = [json.loads(line)["event"] for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    assert "train" not in events and not list(run.glob("checkpoints/step_*")), events
+
+
+def _copy_of_shards(tmp_path: Path, assets) -> Path:
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(assets["shards"], shards)
+    return shards
+
+
+def test_a_corrupt_test_image_is_refused_before_training(tmp_path, assets, config, capsys):
+    shards = _copy_of_shards(tmp_path, assets)
+    index = ShardIndex.load(shards)
+    key = index.split("test").shards[1].keys[4]
+    corrupt_images(index, "test", {key})  # indexed again: only decoding it can tell
+    _refused(["train", str(config), "run.name=r", f"data.root={shards}"], capsys,
+             f"bad sample in split 'test', shard {shards / 'test-000001.tar'}, key '{key}': image cannot be decoded")
+    _no_step_taken(tmp_path / "runs" / "r")
+
+
+@pytest.mark.parametrize("suffix, data", [(".cls", b"2"), (".png", b"\0" * 64)], ids=["wrong-label", "image-bytes"])
+def test_a_changed_training_tar_is_refused_at_start_with_full_verify(tmp_path, assets, config, capsys, suffix, data):
+    """A tar edited in place after it was indexed (same size, so the index loads): a valid but
+    wrong label, or changed image bytes; data.verify=full checks every shard's sha256 first."""
+    import tarfile
+
+    shards = _copy_of_shards(tmp_path, assets)
+    tar_path = shards / "train-000000.tar"
+    with tarfile.open(tar_path) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(suffix)
+                      and (suffix != ".cls" or tar.extractfile(m).read().strip() != data))
+    raw = bytearray(tar_path.read_bytes())
+    raw[member.offset_data:member.offset_data + len(data)] = data
+    tar_path.write_bytes(bytes(raw))
+    _refused(["train", str(config), "run.name=r", f"data.root={shards}", "data.verify=full"], capsys,
+             f"{tar_path}: sha256 differs from index.json")
+    _no_step_taken(tmp_path / "runs" / "r")

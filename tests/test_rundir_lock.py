@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from spt_dist.rundir.lock import LockLost, RunFolderBusy, RunLock
+from spt_dist.rundir.lock import LockLost, RunFolderBusy, RunLock, process_start
 
 
 def _race(folder: str, start: float, out) -> None:
@@ -68,9 +70,77 @@ def test_stale_heartbeat_of_another_host_is_taken_over(tmp_path):
 
 def test_an_earlier_run_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued once
     (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99, "job": "4242",
                                                     "heartbeat": time.time()}))
-    assert "earlier run of this job (4242)" in RunLock(tmp_path).acquire()
+    assert "earlier run of this job (4242, restart 0; this is restart 1)" in RunLock(tmp_path).acquire()
+
+
+def test_another_step_of_the_same_allocation_on_another_node_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99, "job": "4242",
+                                                    "restarts": 0, "heartbeat": time.time()}))
+    with pytest.raises(RunFolderBusy, match="pid 99 on node-17, job 4242"):
+        RunLock(tmp_path).acquire()
+
+
+HOLD = ("import sys, time; from spt_dist.rundir.lock import RunLock; lock = RunLock(sys.argv[1]); "
+        "lock.acquire(); print('held', flush=True); time.sleep(60)")
+
+
+@pytest.mark.parametrize("restarts", ["0", "3"])
+def test_a_live_owner_of_the_same_job_on_this_host_is_never_taken_over(tmp_path, monkeypatch, restarts):
+    """Two `srun spt train` steps of one allocation: same SLURM job id, both on this host, the first
+    alive. The second is refused, whatever its restart count says and however old the heartbeat."""
+    job_env = {**os.environ, "SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "0"}
+    owner = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], env=job_env, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        held = json.loads((tmp_path / "lock.json").read_text())
+        assert held["pid"] == owner.pid and held["job"] == "77"
+        held["heartbeat"] = time.time() - 3600  # an hour old: still a live process here
+        (tmp_path / "lock.json").write_text(json.dumps(held))
+        monkeypatch.setenv("SLURM_JOB_ID", "77")
+        monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+        with pytest.raises(RunFolderBusy, match=rf"pid {owner.pid} on {socket.gethostname()}, job 77"):
+            RunLock(tmp_path, stale_s=10).acquire()
+        assert json.loads((tmp_path / "lock.json").read_text())["token"] == held["token"]
+        # Once it is gone, its lock is taken over at once, even before its parent reaps it (a zombie).
+        os.kill(owner.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert RunLock(tmp_path).acquire() == f"its owner, pid {owner.pid} on this host, is gone"
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path):
+    """The owner's pid now belongs to another process (this one): its start time tells them apart."""
+    mine = process_start(os.getpid())
+    assert mine is not None
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": socket.gethostname(), "pid": os.getpid(),
+                                                    "pid_start": mine - 1, "heartbeat": time.time()}))
+    assert RunLock(tmp_path).acquire() == f"its owner, pid {os.getpid()} on this host, is gone"
+
+
+def test_refresh_survives_a_lock_file_read_half_written(tmp_path):
+    mine = RunLock(tmp_path, stale_s=30)
+    mine.acquire()
+    whole = (tmp_path / "lock.json").read_text()
+    for moment in ("", whole[: len(whole) // 2]):  # empty, then cut in the middle
+        (tmp_path / "lock.json").write_text(moment)
+        mine.refresh()  # no LockLost: judged at the next refresh
+        assert mine.held
+    (tmp_path / "lock.json").write_text(whole)
+    mine.refresh()
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == mine.token
+    (tmp_path / "lock.json").unlink()
+    with pytest.raises(LockLost):
+        mine.refresh()
 
 
 def test_refresh_notices_a_takeover(tmp_path):

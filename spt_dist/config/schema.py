@@ -37,6 +37,7 @@ WINDOW_LAYOUTS = ("even", "spt")
 INIT_TRANSFORMS = ("eval", "train")
 STAGES = ("custom", "tune", "final")
 LR_SCHEDULES = ("per_iteration", "per_epoch")
+LOCK_REFRESH_MAX_S = 5.0  # the longest interval between two refreshes of a run folder's lock (engine/watchdog.py)
 SGD_NO_DECAY = ("head_bias", "none")
 LOGGERS = ("tensorboard", "wandb", "mlflow")
 WANDB_MODES = ("offline", "online")
@@ -195,7 +196,8 @@ class RunConfig:
     mlflow_tracking_uri: Optional[str] = field(default=None, metadata={
         "help": "MLflow tracking URI; default: a file store in <run.out_dir>/mlruns"})
     mlflow_experiment: str = "spt_dist"
-    lock_stale_s: int = bounded(120, 5, help="a run folder lock whose heartbeat is older is taken over")
+    lock_stale_s: int = bounded(120, int(3 * LOCK_REFRESH_MAX_S), help="a run folder lock whose heartbeat is older is "
+                                "taken over (from another host); at least 3x the lock's refresh interval (5 s)")
 
 
 @dataclass

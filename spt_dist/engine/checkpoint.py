@@ -250,7 +250,14 @@ class Checkpointer:
         comm.barrier()
         failure = None
         try:
-            engine.save_checkpoint(str(tmp / "ds"), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
+            try:
+                engine.save_checkpoint(str(tmp / "ds"), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
+            except (OSError, RuntimeError) as exc:
+                if _disk_full(exc):
+                    # DeepSpeed's save ends in a barrier the ranks whose writes succeeded now wait
+                    # in; join it, so that every rank reaches the agreement below.
+                    comm.barrier()
+                raise
             if self.shape.get("full_optimizer"):  # elastic ZeRO 1-2: the state whole as well
                 from .zero_state import save_full
 

@@ -7,7 +7,6 @@ starts its watchdog (heartbeats, lock refresh on rank 0) until the claim ends.
 """
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from spt_dist.config import Config, ConfigError, to_yaml
 from spt_dist.distributed import DistInfo
 from spt_dist.io import write_text_atomic
 from spt_dist.rundir import RunFolderBusy, RunLock, config_clash, config_hash
+from spt_dist.rundir.files import checkpoint_config_hash
 
 from .watchdog import Watchdog
 
@@ -42,13 +42,9 @@ def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock) -> Optional[str]:
 def _checkpoint_clash(cfg: Config, run_dir: Path) -> Optional[str]:
     """Checkpoints of another config in a folder whose config.yaml is gone (config.yaml is
     only written once the folder is known to hold this run)."""
-    metas = sorted((run_dir / "checkpoints").glob("step_*/meta.json"))
-    if (run_dir / "config.yaml").is_file() or not metas:
+    if (run_dir / "config.yaml").is_file():
         return None
-    try:
-        held = json.loads(metas[-1].read_text()).get("identity", {}).get("config_hash")
-    except (OSError, ValueError):
-        return None  # a damaged checkpoint: the checkpointer judges it
+    held = checkpoint_config_hash(run_dir)
     if held is None or held == config_hash(cfg):
         return None
     return (f"{run_dir} has no config.yaml but its checkpoints were written by another config (config_hash "

@@ -1,15 +1,17 @@
 """Everything about a run that can be known before any data or model is loaded, checked then.
 
-Torch-free: the launcher runs it on the login node (with the job's world size) and the
-engine again at start (with the real one and this machine's memory). Every failure is a
+Torch-free, but for the DeepSpeed JSON check, which imports DeepSpeed (and torch) only when
+distributed.deepspeed_json is set: the launcher runs it on the login node (with the job's world
+size) and the engine again at start (with the real one and this machine's memory). Every failure is a
 ConfigError naming the key, the value and what would work:
 
 - the weight file: a readable safetensors / torch / npz file (its header, not its tensors); an
   hf-hub name must be in the local Hugging Face cache;
 - run.loggers: every tracker's package is installed;
 - distributed.deepspeed_json: valid JSON, no optimizer or scheduler (the config owns them),
-  and no setting that contradicts the config's own (batch, accumulation, clipping, ZeRO
-  stage, precision);
+  no setting that contradicts the config's own (batch, accumulation, clipping, ZeRO
+  stage, precision), and the merged config accepted by DeepSpeed's own config parser
+  (DeepSpeedConfig: its typed sections reject a wrong type, an unknown key or value);
 - optim.grad_accum against the micro-batches an epoch has per rank (from index.json, counted
   as the data stage counts them: data.drop_last);
 - data.drop_last=false against the world size (one rank only);
@@ -115,7 +117,46 @@ def check_deepspeed_json(cfg: Config, world_size: int) -> Optional[Dict[str, Any
         if theirs is not None and theirs != ours:
             raise ConfigError(f"config key '{key}': {p} sets {ds_key}={theirs!r} but the config has "
                               f"{cfg_key} = {ours!r}; set it in one place (the config's key)")
+    from .ds_engine import deepspeed_config
+
+    merged = deepspeed_config(cfg, world_size)
+    merged.pop("train_batch_size", None)  # checked above for the job's world size; DeepSpeed sees one rank here
+    problem = _deepspeed_rejects(json.dumps(merged, sort_keys=True))
+    if problem:
+        raise ConfigError(f"config key '{key}': DeepSpeed rejects {p}: {problem}")
     return raw
+
+
+def _where(raw: Dict[str, Any], loc: tuple, value: Any) -> str:
+    """The dotted key of the file a DeepSpeed section's error `loc` points at."""
+    inner = ".".join(str(part) for part in loc)
+    for section, body in raw.items():
+        if isinstance(body, dict) and _get(body, inner) == value:
+            return f"{section}.{inner}"
+    return inner
+
+
+@lru_cache(maxsize=16)
+def _deepspeed_rejects(merged: str) -> Optional[str]:
+    """Why DeepSpeed's own parser refuses this DeepSpeed config, or None."""
+    from spt_dist.distributed import import_deepspeed
+
+    import_deepspeed()
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from pydantic import ValidationError
+
+    raw = json.loads(merged)
+    try:
+        DeepSpeedConfig(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return (f"{_where(raw, tuple(first['loc']), first.get('input'))}={first.get('input')!r}: "
+                f"{first['msg']} ({exc.title}){more}")
+    except Exception as exc:  # DeepSpeed's own assertions and DeepSpeedConfigError
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return None
 
 
 def check_accumulation(cfg: Config, num_samples: int, world_size: int) -> int:

@@ -260,7 +260,7 @@ def _results(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, st
              extra: Dict[str, Any]) -> Dict[str, Any]:
     """zero_stage and dtype are the engine's."""
     return {
-        "status": status, "method": cfg.method.name, "backbone": cfg.model.name,
+        "status": status, "config_hash": parts.identity["config_hash"], "method": cfg.method.name, "backbone": cfg.model.name,
         "prompt_length": cfg.method.prompt_length, "deep": cfg.method.deep,
         "data_fraction": cfg.data.fraction, "train_samples": parts.train_data.num_samples,
         "trainable_params": parts.counts["trainable"], "backbone_params": parts.counts["backbone"],

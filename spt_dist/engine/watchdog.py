@@ -11,7 +11,17 @@ killed as well: it can no longer save, and the launcher would otherwise wait for
 
 The token, made by rank 0 and broadcast, tells this job's heartbeats from those an earlier
 job left in the folder; a peer that has not written one yet gets the same allowance, counted
-from the watchdog's start.
+from the watchdog's start. Each peer's last good heartbeat is kept: a read that fails or finds
+a file half written, empty or of another job counts as no news, never as an old heartbeat.
+
+Only the heartbeat thread is watched. A rank whose main thread is stuck while its other threads
+run (a wedged GPU kernel, a read from a hung data mount other than the run folder's) keeps
+beating; its peers then wait in the collective until `distributed.timeout_s`, and that
+collective's timeout error ends the job, without this watchdog's line naming the rank.
+
+When rank 0 (the lock's owner) ends the job for a frozen peer it releases the run folder's
+lock first; when rank 0 is the frozen one, the lock goes with it (taken over once its process is
+gone, or after run.lock_stale_s from another host).
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+from spt_dist.config.schema import LOCK_REFRESH_MAX_S
 from spt_dist.io import write_text_atomic
 from spt_dist.rundir.lock import LockLost, RunLock
 
@@ -44,12 +55,13 @@ class Watchdog:
         self.rank, self.world_size, self.token, self.timeout_s = rank, world_size, token, timeout_s
         self.lock, self.on_dead = lock, on_dead
         self.stale_s = max(3.0, timeout_s / 2)
-        self.interval = interval or max(0.5, min(5.0, self.stale_s / 6))
+        self.interval = interval or max(0.5, min(LOCK_REFRESH_MAX_S, self.stale_s / 6))
         self.step = 0
         self.phase = "setup"
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._started = time.time()
+        self._last: Dict[int, Dict] = {}  # each peer's last good heartbeat of this job
 
     def start(self) -> "Watchdog":
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -76,11 +88,17 @@ class Watchdog:
              "pid": os.getpid(), "host": socket.gethostname()}))
 
     def _peer(self, rank: int) -> Optional[Dict]:
+        """The peer's newest heartbeat of this job: the file's when it reads whole and newer,
+        else the last good one (None before the first)."""
         try:
             beat = json.loads((self.folder / f"rank{rank}.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return beat if beat.get("token") == self.token else None
+            good = isinstance(beat, dict) and beat.get("token") == self.token and float(beat["time"]) > 0
+        except (OSError, ValueError, KeyError, TypeError):
+            good = False
+        last = self._last.get(rank)
+        if good and (last is None or float(beat["time"]) >= float(last["time"])):
+            self._last[rank] = last = beat
+        return last
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -116,6 +134,11 @@ class Watchdog:
                 try:
                     os.kill(int(beat["pid"]), signal.SIGKILL)
                 except (OSError, ValueError):
+                    pass
+            if self.lock is not None:
+                try:
+                    self.lock.release()  # nobody writes to the folder once this rank is gone
+                except OSError:
                     pass
             self.on_dead(r)
             return

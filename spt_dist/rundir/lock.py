@@ -1,13 +1,17 @@
 """`lock.json`: one job at a time trains a run folder.
 
-The lock file names its owner (host, pid, job id, a random token) and carries a heartbeat
-that the owner refreshes every few seconds. It is created with O_EXCL, so of two jobs
-starting on one folder at the same moment exactly one gets it. A lock is stale, and may be
-taken over, when its heartbeat is older than `stale_s`, when its owner is a dead process on
-this host, or when it belongs to an earlier incarnation of this very SLURM job (a requeue
-after the node died). Takeovers are serialised by a second O_EXCL file, so two jobs that
-find the same stale lock cannot both win. An owner whose lock was taken over (it was frozen
-longer than `stale_s`) learns it at its next refresh.
+The lock file names its owner (host, pid and the pid's start time, job id and restart count,
+a random token) and carries a heartbeat that the owner refreshes every few seconds. It is
+created with O_EXCL, so of two jobs starting on one folder at the same moment exactly one gets
+it. An owner that is a live process on this host (the same pid, started at the same moment: a
+reused pid is not mistaken for it) is never taken over. Otherwise a lock is stale, and may be
+taken over, when its owner is a dead process on this host, when it belongs to an earlier
+incarnation of this very SLURM job (a lower SLURM_RESTART_COUNT: a requeue after the node
+died), or when its heartbeat is older than `stale_s`. Two steps of one allocation (the same job
+id and restart count) are two jobs: the second is refused. Takeovers are serialised by a second
+O_EXCL file, so two jobs that find the same stale lock cannot both win. An owner whose lock was
+taken over (it was frozen longer than `stale_s`) learns it at its next refresh; a lock file
+that cannot be read for a moment (a takeover being written) is judged at the next refresh.
 """
 from __future__ import annotations
 
@@ -38,14 +42,42 @@ def _job_id() -> Optional[str]:
     return os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
 
 
-def _alive(pid: int) -> bool:
+def _restarts() -> int:
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def _stat(pid: int) -> Optional[list]:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> Optional[int]:
+    """When `pid` started (clock ticks since boot, /proc/<pid>/stat field 22), or None where
+    that cannot be read (not Linux, or no such process)."""
+    fields = _stat(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: Optional[int]) -> bool:
+    """`pid` is a live process (not a zombie), and the same one as when the lock was taken (its
+    start time)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False
+    now = process_start(pid)
+    return started is None or now is None or now == started
 
 
 class RunLock:
@@ -56,7 +88,8 @@ class RunLock:
         self.held = False
 
     def _owner(self) -> Dict[str, Any]:
-        return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "job": _job_id(),
+        return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                "pid_start": process_start(os.getpid()), "job": _job_id(), "restarts": _restarts(),
                 "started": time.time(), "heartbeat": time.time()}
 
     def _read(self) -> Optional[Dict[str, Any]]:
@@ -70,11 +103,14 @@ class RunLock:
     def why_stale(self, owner: Dict[str, Any]) -> Optional[str]:
         """Why the lock `owner` describes may be taken over, or None while it is live."""
         age = time.time() - float(owner.get("heartbeat") or self._mtime())
-        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) \
-                and not _alive(owner["pid"]):
-            return f"its owner, pid {owner['pid']} on this host, is gone"
-        if owner.get("job") and owner.get("job") == _job_id() and owner.get("pid") != os.getpid():
-            return f"it belongs to an earlier run of this job ({owner['job']})"
+        pid = owner.get("pid")
+        if owner.get("host") == socket.gethostname() and isinstance(pid, int):
+            if _alive(pid, owner.get("pid_start")):
+                return None  # a live process here: never taken over, however old its heartbeat
+            return f"its owner, pid {pid} on this host, is gone"
+        if owner.get("job") and owner.get("job") == _job_id() and int(owner.get("restarts") or 0) < _restarts():
+            return (f"it belongs to an earlier run of this job ({owner['job']}, restart "
+                    f"{int(owner.get('restarts') or 0)}; this is restart {_restarts()})")
         if age > self.stale_s:
             return f"its heartbeat is {age:.0f} s old (stale after {self.stale_s:.0f} s)"
         return None
@@ -142,7 +178,9 @@ class RunLock:
         if not self.held:
             return
         owner = self._read()
-        if not owner or owner.get("token") != self.token:
+        if owner == {}:
+            return  # unreadable for a moment (being written): judged at the next refresh
+        if owner is None or owner.get("token") != self.token:
             self.held = False
             raise LockLost(f"{self.path}: the run folder's lock was taken over by "
                            f"{(owner or {}).get('host')}:{(owner or {}).get('pid')}")
