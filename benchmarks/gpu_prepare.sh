@@ -11,9 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
 TARGET_PY=${GPU_PYTHON_VERSION:-3.12}
-# What `spt train`, `spt shards build` and the engine import that the GPU image does not have.
-PURE="deepspeed hjson pydantic annotated-types typing-inspection typing_extensions braceexpand webdataset wids omegaconf submitit"
-COMPILED="pydantic_core"
+# What `spt train`, `spt shards build`, the engine and the check's pytest sections import that
+# the GPU image does not have (deepspeed needs psutil, msgpack and py-cpuinfo; submitit needs
+# cloudpickle; pytest runs the host-sync and device tests).
+PURE="deepspeed hjson pydantic annotated-types typing-inspection typing_extensions braceexpand webdataset wids omegaconf
+      submitit cloudpickle py-cpuinfo packaging pytest pluggy iniconfig pytest-timeout"
+COMPILED="pydantic_core psutil msgpack"
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 rm -rf .gpu-wheels && mkdir -p .gpu-wheels .gpu-data
 for name in $PURE; do

@@ -244,16 +244,29 @@ class Checkpointer:
         comm = self.dist.comm
         final = self.root / f"{PREFIX}{step:08d}"
         tmp = self.root / f".tmp_{PREFIX}{step:08d}"
-        if self.dist.is_main:
-            self.root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # left over by a crash mid-write
-        comm.barrier()
         failure = None
+        if self.dist.is_main:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)  # left over by a crash mid-write
+                # DeepSpeed's own save starts with this folder and a barrier: a disk already full
+                # is found here, before any rank enters DeepSpeed's collectives.
+                (tmp / "ds").mkdir(parents=True)
+            except OSError as exc:
+                if not is_disk_full(exc, self.root):
+                    raise
+                failure = f"no space left on {self.root} while saving checkpoint step {step} ({type(exc).__name__})"
+        try:
+            comm.agree(failure, DiskFullError)  # the barrier before the save, with the main rank's news
+        except DiskFullError:
+            if self.dist.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             try:
                 engine.save_checkpoint(str(tmp / "ds"), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
             except (OSError, RuntimeError) as exc:
-                if _disk_full(exc):
+                if is_disk_full(exc, self.root):
                     # DeepSpeed's save ends in a barrier the ranks whose writes succeeded now wait
                     # in; join it, so that every rank reaches the agreement below.
                     comm.barrier()
@@ -264,7 +277,7 @@ class Checkpointer:
                 save_full(engine, tmp, self.dist.is_main)
             torch.save(rng_state(train_rng), tmp / f"rng_rank{self.dist.rank}.pt")
         except (OSError, RuntimeError) as exc:
-            if not is_disk_full(exc):
+            if not is_disk_full(exc, self.root):
                 raise
             failure = f"no space left on {self.root} while saving checkpoint step {step} ({type(exc).__name__})"
         try:
