@@ -103,3 +103,12 @@ def test_a_finished_run_without_config_yaml_never_answers_for_another_config(tmp
     shutil.rmtree(run / "checkpoints")  # nothing left to tell: refused, never assumed
     with pytest.raises(ConfigError, match="neither its results.json nor a config.yaml or checkpoint"):
         finished_results(ours, run)
+    # With config.yaml, the configs are compared through the schema, not by a stored hash that a
+    # newer version (new default keys) would compute otherwise.
+    from spt_dist.config import to_yaml
+
+    (run / "config.yaml").write_text(to_yaml(ours))
+    (run / "results.json").write_text(json.dumps({**results, "config_hash": "a hash of an older version"}))
+    assert finished_results(ours, run)["status"] == "finished"
+    with pytest.raises(ConfigError):
+        finished_results(other, run)

@@ -40,20 +40,21 @@ def finished_results(cfg: Config, run_dir: Path) -> Optional[Dict[str, Any]]:
     """The results of `run_dir` when it holds this run, finished; None when there is work
     left. A finished run of another config there is a ConfigError naming both config hashes.
 
-    Which config finished is told by the config hash results.json stores; results written
-    before it did are told by config.yaml, else by the newest checkpoint's stored identity;
-    with none of these the folder cannot say and is refused too."""
+    Which config finished is told by config.yaml, compared through the current schema (so a
+    newer version's added defaults do not make a run another one); without config.yaml, by the
+    config hash results.json stores, else by the newest checkpoint's stored identity; with none
+    of these the folder cannot say and is refused too."""
     done = read_results(run_dir)
     if not done or done.get("status") != "finished":
         return None
-    ours = config_hash(cfg)
-    held, where = done.get("config_hash"), Path(run_dir) / RESULTS
-    if held is None:
+    if (Path(run_dir) / "config.yaml").is_file():
         clash = config_clash(cfg, run_dir)
         if clash:
             raise ConfigError(clash)
-        if (Path(run_dir) / "config.yaml").is_file():
-            return done
+        return done
+    ours = config_hash(cfg)
+    held, where = done.get("config_hash"), Path(run_dir) / RESULTS
+    if held is None:
         held, where = checkpoint_config_hash(run_dir), Path(run_dir) / "checkpoints"
         if held is None:
             raise ConfigError(f"{run_dir} holds a finished run but neither its results.json nor a config.yaml or "
