@@ -212,3 +212,58 @@ def test_ctrl_c_to_a_single_process_run_saves_exits_0_and_resumes_exactly(tmp_pa
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read()[-3000:]
     pack, reference = (load_file(str(tmp_path / "runs" / r / "prompt_pack.safetensors")) for r in ("cut", "whole"))
     assert pack.keys() == reference.keys() and all(torch.equal(pack[k], reference[k]) for k in pack)
+
+
+OBSERVER = """
+import sys, time
+from pathlib import Path
+from spt_dist.engine.watchdog import Watchdog
+folder = Path(sys.argv[1])
+dog = Watchdog(folder, 0, 2, "tok", timeout_s=6, interval=0.2,
+               on_dead=lambda r: (folder / "ended.txt").write_text(str(r)))
+dog.start()
+(folder / "started.txt").write_text("")
+time.sleep(60)
+"""
+
+
+def test_a_stall_of_every_rank_at_once_does_not_end_the_job(tmp_path):
+    """The observing rank and its peer are both silent for longer than the allowance (as when a
+    shared file system blocks every writer): once they run again the job goes on; a peer that
+    then stays silent is still named."""
+    import signal
+    import subprocess
+    import sys
+
+    from engine_helpers import ROOT, env
+
+    peer = tmp_path / ".heartbeat" / "rank1.json"
+    peer.parent.mkdir()
+
+    def beat() -> None:
+        peer.write_text(json.dumps({"token": "tok", "time": time.time(), "step": 3, "phase": "train", "pid": 1,
+                                    "host": "another-host"}))
+
+    beat()
+    proc = subprocess.Popen([sys.executable, "-c", OBSERVER, str(tmp_path)], cwd=ROOT, env=env())
+    try:
+        while not (tmp_path / "started.txt").exists():
+            beat()
+            time.sleep(0.1)
+        time.sleep(1.0)
+        beat()
+        proc.send_signal(signal.SIGSTOP)  # the observer and (below) the peer: both silent for 4.5 s
+        time.sleep(4.5)
+        proc.send_signal(signal.SIGCONT)  # the observer runs first: the peer's beat is 4.5 s old
+        time.sleep(0.6)
+        for _ in range(15):  # then the peer beats on
+            time.sleep(0.2)
+            beat()
+        assert not (tmp_path / "ended.txt").exists()
+        stopped = time.time()  # and now the peer stays silent
+        while not (tmp_path / "ended.txt").exists() and time.time() < stopped + 10:
+            time.sleep(0.1)
+        assert (tmp_path / "ended.txt").read_text() == "1" and time.time() - stopped <= 3 + 1.5
+    finally:
+        proc.kill()
+        proc.wait()

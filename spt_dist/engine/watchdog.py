@@ -12,7 +12,11 @@ killed as well: it can no longer save, and the launcher would otherwise wait for
 The token, made by rank 0 and broadcast, tells this job's heartbeats from those an earlier
 job left in the folder; a peer that has not written one yet gets the same allowance, counted
 from the watchdog's start. Each peer's last good heartbeat is kept: a read that fails or finds
-a file half written, empty or of another job counts as no news, never as an old heartbeat.
+a file half written, empty or of another job counts as no news, never as an old heartbeat. A
+rank that was stalled itself (a run-folder file system that blocked every writer at once, its
+own process stopped) gives its peers a full allowance again once it runs, so a stall that hit
+every rank together does not end a healthy job; a peer frozen for good is named an allowance
+later.
 
 Only the heartbeat thread is watched. A rank whose main thread is stuck while its other threads
 run (a wedged GPU kernel, a read from a hung data mount other than the run folder's) keeps
@@ -62,6 +66,8 @@ class Watchdog:
         self._thread: Optional[threading.Thread] = None
         self._started = time.time()
         self._last: Dict[int, Dict] = {}  # each peer's last good heartbeat of this job
+        self._checked = self._started  # when this rank last judged its peers
+        self._grace_from = 0.0  # after this rank itself stalled: its peers' silence counts from here
 
     def start(self) -> "Watchdog":
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -117,13 +123,19 @@ class Watchdog:
 
     def _check_peers(self) -> None:
         now = time.time()
+        if now - self._checked > max(3 * self.interval, self.stale_s / 2):
+            # This rank was stalled itself (a file system that blocked every writer, a stopped
+            # process): its peers were as likely blocked too, so they get a full allowance from
+            # now; a peer that is truly frozen is still named stale_s later.
+            self._grace_from = now
+        self._checked = now
         for r in range(self.world_size):
             if r == self.rank:
                 continue
             beat = self._peer(r)
             if beat and beat.get("phase") == "done":
                 continue
-            last = beat["time"] if beat else self._started
+            last = max(beat["time"] if beat else self._started, self._grace_from)
             if now - last <= self.stale_s:
                 continue
             where = (f"last heartbeat {now - last:.0f} s ago at step {beat['step']} ({beat['phase']}), "
