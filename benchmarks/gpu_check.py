@@ -5,14 +5,16 @@ order of what matters most, each skipped when the overall deadline would not lea
 
 1. shards: `spt shards build fmnist --classes 5,6,7,8,9` from the carried Fashion-MNIST files;
 2. smoke_demo: `spt train configs/demo.yaml` under torchrun, one rank, NCCL (CUDA + NCCL at
-   world size 1), then smoke_linear_bf16 (the feature cache, bf16) and smoke_zero2_bf16;
+   world size 1);
 3. step: benchmarks/bench_step.py, bf16, ViT-B/16, ViT-L/16, ViT-H/14 at 224 px, VPT-deep
    p=50 and full fine-tuning, engine vs plain PyTorch: samples/s, MFU, peak memory;
-4. host_syncs: tests/test_engine_host_sync.py under torch's CUDA sync debug mode;
-5. packed (GPU only): benchmarks/bench_packed.py, packed G=8 vs 8 configs one after another;
-6. serving: benchmarks/bench_serving.py on the GPU, bf16 packs, demo backbone and ViT-B/16:
+4. packed (GPU only): benchmarks/bench_packed.py, packed G=8 vs 8 configs one after another;
+5. serving: benchmarks/bench_serving.py on the GPU, bf16 packs, demo backbone and ViT-B/16:
    T = 1, 5, 20 tasks mixed in one stream vs single-task throughput, and the bank's memory
-   vs T separate models (about a minute; the HTTP part is not run here).
+   vs T separate models (about a minute; the HTTP part is not run here);
+6. host_syncs: tests/test_engine_host_sync.py under torch's CUDA sync debug mode, and
+   tests/test_serve_device.py (the bank on CUDA answers as on the CPU);
+7. smoke_linear_bf16 (the feature cache, bf16) and smoke_zero2_bf16.
 
 `--mode cpu` runs the same sections on the CPU with tiny sizes (gloo, a 28 px backbone, few
 images): what a machine without a GPU can check of the script itself.
@@ -160,8 +162,8 @@ def serving(check: Check, timeout: float) -> Dict:
 
 
 def host_syncs(check: Check, timeout: float) -> Dict:
-    res = _run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_engine_host_sync.py"], timeout,
-               check.log)
+    res = _run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_engine_host_sync.py",
+                "tests/test_serve_device.py"], timeout, check.log)
     res["passed"] = res["rc"] == 0
     return res
 
@@ -185,12 +187,12 @@ def main() -> None:
     check.section("shards", 60, lambda t: shards(check, args.fmnist_dir, t))
     check.section("smoke_demo", 90, lambda t: smoke(check, "demo", [], t))
     check.section("step", 150, lambda t: step(check, t))
-    check.section("smoke_linear_bf16", 45, lambda t: smoke(check, "linear_bf16", [
-        "method.name=linear", "precision.dtype=bf16", "optim.epochs=2"], t))
-    check.section("host_syncs", 60, lambda t: host_syncs(check, t))
     if check.mode == "gpu":  # on the CPU the benchmark itself is the figure (benchmarks/results/packed.json)
         check.section("packed", 90, lambda t: packed(check, t))
-    check.section("serving", 60, lambda t: serving(check, t))
+    check.section("serving", 60, lambda t: serving(check, t))  # needs come to 390 s up to here
+    check.section("host_syncs", 60, lambda t: host_syncs(check, t))
+    check.section("smoke_linear_bf16", 45, lambda t: smoke(check, "linear_bf16", [
+        "method.name=linear", "precision.dtype=bf16", "optim.epochs=2"], t))
     check.section("smoke_zero2_bf16", 45, lambda t: smoke(check, "zero2_bf16", [
         "precision.dtype=bf16", "distributed.zero_stage=2", "optim.epochs=1"], t))
     failed = [k for k, v in check.report["sections"].items() if v.get("rc", 0) != 0 or "error" in v]

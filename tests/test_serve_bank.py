@@ -115,7 +115,7 @@ def test_stack_refuses_sets_that_do_not_fit():
 
 @pytest.mark.parametrize("lengths", ["group", "pad"])
 def test_bank_mixed_batch_equals_each_pack_alone(assets, packs, lengths):
-    bank = PromptBank.open(str(assets["backbone"]), packs, lengths=lengths)
+    bank = PromptBank.open(str(assets["backbone"]), packs, lengths=lengths, device="cpu")
     names = list(packs)
     tasks = [names[(i * 5) % len(names)] for i in range(20)]  # every task, interleaved
     images = torch.stack([bank.preprocess(png(i)) for i in range(20)])
@@ -193,7 +193,7 @@ def test_offline_scoring_of_several_tasks_in_mixed_batches(assets, packs, tmp_pa
     index = ShardIndex.load(str(assets["shards"]))
     three = {k: str(write_pack(tmp_path / f"{k}.safetensors", assets, *PACKS[k][:3], 3, seed, classes=index.classes))
              for seed, k in enumerate(("deep5", "shallow2"))}  # the shards' 3 classes
-    bank = PromptBank.open(str(assets["backbone"]), three)
+    bank = PromptBank.open(str(assets["backbone"]), three, device="cpu")
     got = score_shards(bank, {k: str(assets["shards"]) for k in three}, "test", batch_size=7)
     for name, path in three.items():
         model, meta = load_prompt_pack(path, str(assets["backbone"]))

@@ -50,8 +50,12 @@ def test_serve_and_predict_refuse_a_device_this_machine_lacks(assets, tmp_path):
 
 
 @pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine: the bank on a GPU cannot run here")
-def test_bank_on_cuda_answers_as_on_cpu(assets, tmp_path):
+def test_bank_on_cuda_answers_as_on_cpu(assets, tmp_path, monkeypatch):
     from spt_dist.data import ShardIndex
+
+    # fp32 on both sides: TF32 convolutions and matmuls (cuDNN's default) would move logits by ~1e-3
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
     packs = write_packs(tmp_path / "packs", assets)
     gpu, cpu = (PromptBank.open(str(assets["backbone"]), packs, device=d) for d in ("cuda", "cpu"))

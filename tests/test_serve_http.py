@@ -75,7 +75,8 @@ def test_server_answers_mixed_concurrent_requests_refuses_bad_ones_and_stops(ass
     write_pack(alien, {"backbone": other, "shards": assets["shards"]}, 2, False, "token", 3, 11)
     proc, url, log = _start([PYTHON, "-m", "spt_dist.cli", "serve", str(assets["backbone"]),
                              *(f"{t}={packs[t]}" for t in TASKS), "--host", "127.0.0.1", "--port", "0",
-                             "--max-batch-size", "8", "--max-wait-ms", "50", "--max-image-bytes", "4096"])
+                             "--max-batch-size", "8", "--max-wait-ms", "50", "--max-image-bytes", "4096",
+                             "--device", "cpu"])  # the references below are CPU models
     try:
         assert url.startswith("http://127.0.0.1:")
         with httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=16)) as client:
