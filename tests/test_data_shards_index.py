@@ -127,6 +127,8 @@ def test_split_patterns_and_inferred_classes(built, tmp_path):
     index = ShardIndex.load(root)
     assert sorted(index.splits) == ["dev", "holdout", "train"] and index.classes == ["0", "1", "2", "3"]
     assert spt(["shards", "index", str(root), "--split", "a=*.tar", "b=train*"]) == 2
+    assert spt(["shards", "index", str(root), "--split", "dev=val-*.tar", "holdout=tset-*"]) == 2  # a typo
+    assert sorted(ShardIndex.load(root).splits) == ["dev", "holdout", "train"]  # the index is left as it was
 
 
 def test_splits_from_file_names():

@@ -35,6 +35,7 @@ def test_table_groups_and_averages_seeds(runs):
     assert len(rows) == 4  # the interrupted run is left out
     vpt = [r for r in rows if r["method"] == "vpt-deep"][0]
     assert vpt["top1"] == 61.0 and vpt["runs"] == 2 and vpt["std"] == pytest.approx(1.414, abs=1e-3)
+    assert all(r["std"] is None for r in rows if r["runs"] == 1) and any(r["runs"] == 1 for r in rows)
 
 
 def test_report_command_writes_table_csv_and_plot(runs, tmp_path, capsys):

@@ -193,7 +193,9 @@ class ShardIndex:
                 path = self.shard_path(s)
                 if not path.is_file():
                     raise DataError(f"{self.root / INDEX_NAME}: shard {s.name} (split '{split.name}') "
-                                    f"is missing; rebuild the folder with `spt shards build ...`")
+                                    f"is missing; put it back, or index the tars that are there again with "
+                                    f"`spt shards index {self.root}` (shards this project built: rebuild them "
+                                    f"with `spt shards build ...`)")
                 actual = path.stat().st_size
                 if actual != s.size:
                     raise DataError(f"{path}: shard {s.name} is {actual} bytes but index.json records {s.size}; "

@@ -48,12 +48,18 @@ def _previous(root: Path) -> Dict:
 
 
 def _assign(names: Sequence[str], patterns: Dict[str, str], previous: Dict[str, str]) -> Dict[str, str]:
+    """Split of each tar: its --split pattern, else the older index's, else its file name. A
+    pattern that matches no tar is an error: a typo would otherwise leave its tars to their names."""
     out = {}
     for name in names:
         hits = [split for split, pat in patterns.items() if fnmatch.fnmatch(name, pat)]
         if len(hits) > 1:
             raise DataError(f"{name} matches the patterns of splits {', '.join(hits)}; make them disjoint")
         out[name] = hits[0] if hits else previous.get(name) or split_of_name(name)
+    empty = [f"{split}={pat}" for split, pat in patterns.items() if not any(fnmatch.fnmatch(n, pat) for n in names)]
+    if empty:
+        raise DataError(f"--split {' '.join(empty)} matches none of the {len(names)} tars; the tars are "
+                        f"named like {', '.join(sorted(names)[:3])}")
     return out
 
 
@@ -82,8 +88,11 @@ def index_shards(root: str | Path, classes: Optional[List[str]] = None, patterns
     if names is None:
         names = [str(c) for c in range(labels[-1] + 1)]
     if labels[0] < 0 or labels[-1] >= len(names):
-        raise DataError(f"{root}: labels run {labels[0]}..{labels[-1]} but there are {len(names)} class names; "
-                        f"labels must be 0..C-1 (give the names with --classes FILE)")
+        given = ("from --classes" if classes else "from the folder's older index.json"
+                 if isinstance(prev.get("classes"), list) else "")
+        raise DataError(f"{root}: labels run {labels[0]}..{labels[-1]} but there are {len(names)} class names "
+                        f"{given}; labels must be 0..C-1, with one name per label (one per line in "
+                        f"--classes FILE)")
     source = dict(prev.get("source") or {"kind": "webdataset"})
     source["indexed_by"] = "spt shards index"
     index = ShardIndex(root, [str(n) for n in names], {s: SplitInfo(s, v) for s, v in sorted(shards.items())},

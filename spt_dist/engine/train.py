@@ -297,8 +297,12 @@ def finish_run(cfg: Config, run_dir: Path, parts: RunParts, dist: DistInfo, stat
         write_json_atomic(run_dir / "results.json", results)
         log.log("end", state.step, **{k: v for k, v in results.items() if k != "step"})
         log.close(status)
-        print(f"spt: run {run_dir} {status}: top1={results['top1']} val_top1={results['val_top1']} "
-              f"step={state.step}", file=sys.stderr, flush=True)
+        def pct(v: Optional[float]) -> str:
+            return "-" if v is None else f"{v:.2f}"
+
+        print(f"spt: run {run_dir} {status}: top1={pct(results['top1'])} val_top1={pct(results['val_top1'])} "
+              f"step={state.step}" + ("" if status == "finished" else f"; continue it with `spt train {run_dir}`"),
+              file=sys.stderr, flush=True)
         if stop.requested and status == "finished":
             print(f"spt: {stop.signal_name} arrived after the last step; the run finished anyway",
                   file=sys.stderr, flush=True)

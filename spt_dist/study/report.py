@@ -136,7 +136,7 @@ def table(records: Sequence[RunRecord], by: Sequence[str], metric_name: str = "t
         vals = [r.metric for r in groups[key]]
         row = dict(zip(by, key))
         row.update({metric_name: round(statistics.fmean(vals), 3),
-                    "std": round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0, "runs": len(vals),
+                    "std": round(statistics.stdev(vals), 3) if len(vals) > 1 else None, "runs": len(vals),
                     "differs": ",".join(_differing(groups[key], by))})
         rows.append(row)
     return rows
@@ -150,9 +150,9 @@ def write_table(rows: List[Dict[str, Any]], out: Path, by: Sequence[str], metric
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"{metric_name}: mean over the runs of each row; std: sample standard deviation (n-1); "
-             f"runs: n.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines = [f"{metric_name}: mean over the runs of each row; std: sample standard deviation (n-1), - for "
+             f"a single run; runs: n.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join("-" if r[c] is None else str(r[c]) for c in cols) + " |" for r in rows]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
