@@ -33,7 +33,7 @@ setup(
         "mlflow": ["mlflow-skinny>=3.0"],
         # `spt serve`: the HTTP server of a prompt bank
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
-        "dev": ["pytest", "pytest-timeout", "wids", "wandb>=0.15", "mlflow-skinny>=3.0",
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "wids", "wandb>=0.15", "mlflow-skinny>=3.0",
                 "fastapi>=0.110", "uvicorn>=0.29", "httpx"],
     },
     entry_points={"console_scripts": ["spt=spt_dist.cli:main"]},

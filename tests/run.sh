@@ -20,4 +20,11 @@ fi
 cleanup() { if [ "$started_slurm" = 1 ]; then bash launch/slurm_down.sh || true; fi; }
 trap cleanup EXIT
 
-.venv/bin/python -m pytest tests "$@"
+# Two test processes (SPT_TEST_WORKERS=0: one): many tests wait on subprocesses, sleeps and the
+# SLURM scheduler, so two share the 2 cores well.
+workers=${SPT_TEST_WORKERS:-2}
+if [ "$workers" = 0 ]; then
+  .venv/bin/python -m pytest tests "$@"
+else
+  .venv/bin/python -m pytest tests -n "$workers" "$@"
+fi
