@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from engine_helpers import (PYTHON, corrupt_images, env, make_assets, torchrun,  # noqa: E402
+from engine_helpers import (PYTHON, corrupt_images, env, fill_disk, make_assets, torchrun,  # noqa: E402
                             wait_for_step, write_config)
 
 TIMEOUT_S = 20
@@ -257,12 +257,7 @@ class Bench:
             proc = _launch([str(config), f"run.name={name}"])
             run = mount / "runs" / name
             wait_for_step(run / "metrics.jsonl", 5, proc, timeout=300)
-            try:
-                while True:
-                    filler.write(b"\0" * 65536)
-            except OSError:
-                pass
-            filler.close()
+            fill_disk(filler)
             out, _ = proc.communicate(timeout=300)
             named = proc.returncode != 0 and f"no space left on {run}" in out and "unexpected pos" not in out
             clean = not list((run / "checkpoints").glob(".tmp_*"))

@@ -132,3 +132,14 @@ def corrupt_images(index: Any, split: str, keys: set) -> None:
                 tar.addfile(member, io.BytesIO(data))
         shards[i] = scan_shard(path)
     index.save()
+
+
+def fill_disk(filler) -> None:
+    """Write zeros through an already open, unbuffered file until its file system refuses, then
+    close it (no buffered bytes are left for close to fail on)."""
+    try:
+        while True:
+            filler.write(b"\0" * 65536)
+    except OSError:
+        pass
+    filler.close()

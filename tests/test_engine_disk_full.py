@@ -9,23 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from engine_helpers import PYTHON, ROOT, env, make_assets, wait_for_step, write_config
+from engine_helpers import PYTHON, ROOT, env, fill_disk, make_assets, wait_for_step, write_config
 
 
 @pytest.fixture
 def tiny_fs(tmpfs):
     return tmpfs("64m")
-
-
-def _fill(filler) -> None:
-    """Write zeros through an already open, unbuffered file until the file system refuses (no
-    buffered bytes are left for close to fail on)."""
-    try:
-        while True:
-            filler.write(b"\0" * 65536)
-    except OSError:
-        pass
-    filler.close()
 
 
 def _usage(folder: Path) -> str:
@@ -43,7 +32,7 @@ def test_disk_full_is_named_and_the_run_resumes(tmp_path, tiny_fs):
                              "data.batch_size=16", "optim.warmup_epochs=0"], cwd=ROOT, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_step(run / "metrics.jsonl", 5, proc, timeout=180)
-    _fill(filler)
+    fill_disk(filler)
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 2, out[-3000:] + _usage(tiny_fs)
     assert f"spt: error: no space left on {run}" in out, out[-3000:]
@@ -77,7 +66,7 @@ def test_a_checkpoint_on_a_full_disk_is_named_and_leaves_no_step_folder(tmp_path
     filler = open(fs / "filler", "wb", buffering=0)
     if when == "full during the save":
         (fs / "checkpoints" / ".tmp_step_00000002" / "ds").mkdir(parents=True)  # the folder fits, the file not
-    _fill(filler)
+    fill_disk(filler)
     with pytest.raises(DiskFullError, match=f"^no space left on {fs / 'checkpoints'} while saving checkpoint step 2"):
         ckpt.save(_Engine(), 2, {"step": 2})
     assert sorted(p.name for p in (fs / "checkpoints").iterdir()) == ["step_00000001"]

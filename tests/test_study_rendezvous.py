@@ -76,41 +76,38 @@ def _pick_and_hold(key, where, barrier, out, release):
         out.put(f"{type(exc).__name__}: {exc}")
 
 
-def test_processes_starting_at_the_same_moment_never_share_a_port(tmp_path):
-    """16 processes with the SAME job number (the worst case: every first candidate alike) pick
-    at once; each gets its own port and binds it."""
+def _race(target, args_per_process):
+    """Start one forked process per args tuple, all released at once by a barrier; each puts
+    its pick on a queue and holds it until every pick is in. The picks, in arrival order."""
     ctx = multiprocessing.get_context("fork")
-    n = 16
+    n = len(args_per_process)
     barrier, out, release = ctx.Barrier(n), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_pick_and_hold, args=(31337, tmp_path, barrier, out, release)) for _ in range(n)]
+    procs = [ctx.Process(target=target, args=(*args, barrier, out, release)) for args in args_per_process]
     for p in procs:
         p.start()
     got = [out.get(timeout=60) for _ in range(n)]
     release.set()
     for p in procs:
         p.join(30)
+    return got
+
+
+def test_processes_starting_at_the_same_moment_never_share_a_port(tmp_path):
+    """16 processes with the SAME job number (the worst case: every first candidate alike) pick
+    at once; each gets its own port and binds it."""
+    got = _race(_pick_and_hold, [(31337, tmp_path)] * 16)
     assert all(isinstance(g, int) for g in got), got
-    assert len(set(got)) == n
+    assert len(set(got)) == 16
 
 
 def test_jobs_with_their_own_tmpdir_share_the_node_s_reservations(tmp_path):
     """8 processes, each with its own $TMPDIR, the same job number, picking at once: the
     reservations are node-wide, so each still gets its own port."""
-    ctx = multiprocessing.get_context("fork")
-    n = 8
-    barrier, out, release = ctx.Barrier(n), ctx.Queue(), ctx.Event()
-    for i in range(n):
+    for i in range(8):
         (tmp_path / str(i)).mkdir()
-    procs = [ctx.Process(target=_pick_with_own_tmpdir, args=(41337, tmp_path / str(i), barrier, out, release))
-             for i in range(n)]
-    for p in procs:
-        p.start()
-    got = [out.get(timeout=60) for _ in range(n)]
-    release.set()
-    for p in procs:
-        p.join(30)
+    got = _race(_pick_with_own_tmpdir, [(41337, tmp_path / str(i)) for i in range(8)])
     assert all(isinstance(g, int) for g in got), got
-    assert len(set(got)) == n
+    assert len(set(got)) == 8
     assert not str(reservations_dir()).startswith(str(tmp_path))
 
 
