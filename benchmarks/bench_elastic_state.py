@@ -1,4 +1,4 @@
-"""Size and save / load time of the whole optimizer state an elastic ZeRO 1-2 run writes beside
+"""Size and save / load time of the whole optimizer state an elastic ZeRO 1-3 run writes beside
 DeepSpeed's per-rank partitions (engine/zero_state.py), for a realistic prompt-tuning state.
 
     OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench_elastic_state.py [--repeats 5]

@@ -106,9 +106,6 @@ def _check_combinations(cfg: Config) -> None:
     problem = global_batch_problem(cfg)
     if problem:
         raise ConfigError(problem)
-    _require(not (la.elastic and cfg.distributed.zero_stage == 3), "distributed.zero_stage",
-             "3 with launch.elastic=true: ZeRO-3 partitions the parameters by rank and a checkpoint is not "
-             "re-partitioned onto another world size; elastic runs train with distributed.zero_stage 0, 1 or 2")
     if la.gpus_per_node > 0:
         _require(la.tasks_per_node == la.gpus_per_node, "launch.tasks_per_node",
                  f"one task per GPU: must equal launch.gpus_per_node={la.gpus_per_node}")

@@ -215,7 +215,7 @@ class Checkpointer:
         self.root, self.keep, self.every, self.dist = Path(root), keep, every, dist
         self.identity, self.config_yaml = identity, config_yaml
         # The run's shape (engine/shape.py), recorded in every checkpoint; full_optimizer: the
-        # ZeRO 1-2 optimizer state is saved whole too (engine/zero_state.py).
+        # ZeRO 1-3 optimizer state is saved whole too (engine/zero_state.py).
         self.shape: Dict[str, Any] = {}
         self.saved_step = -1
         self.lost: List[str] = []  # checkpoints found corrupt when looking for the newest
@@ -271,7 +271,7 @@ class Checkpointer:
                     # in; join it, so that every rank reaches the agreement below.
                     comm.barrier()
                 raise
-            if self.shape.get("full_optimizer"):  # elastic ZeRO 1-2: the state whole as well
+            if self.shape.get("full_optimizer"):  # elastic ZeRO 1-3: the state whole as well
                 from .zero_state import save_full
 
                 save_full(engine, tmp, self.dist.is_main)
@@ -339,14 +339,14 @@ class Checkpointer:
                 raise CheckpointMismatchError(
                     f"checkpoint {path} was written for {key}={held[key]!r}, but this run has {key}={want!r}; "
                     f"it cannot be resumed with this config (use a new run.name or the original config)")
-        # Another world size under ZeRO 1-2 (engine/shape.py allowed it: the state is saved whole):
-        # DeepSpeed's module file without its per-rank optimizer partitions, then the whole state
-        # re-partitioned over this job's ranks.
+        # Another world size under ZeRO 1-3 (engine/shape.py allowed it: the state is saved whole):
+        # DeepSpeed's module file without its per-rank optimizer partitions (ZeRO 3: only the
+        # scheduler and counters, engine/zero_state.py), then the whole state re-partitioned over
+        # this job's ranks.
         written_by = int((meta.get("shape") or {}).get("world_size", self.dist.world_size))
         repartition = written_by != self.dist.world_size and engine.zero_optimization_stage() > 0
         if repartition:  # the engine's stage (a deepspeed_json may set it), not only the config's
-            why = ("ZeRO-3 partitions the parameters too" if engine.zero_optimization_stage() == 3 else
-                   "fp16's loss-scaler state is not carried over" if engine.fp16_enabled() else
+            why = ("fp16's loss-scaler state is not carried over" if engine.fp16_enabled() else
                    None if (path / "optimizer_full.pt").is_file() else
                    "it holds the optimizer state only in per-rank partitions (saved without launch.elastic)")
             if why:
@@ -354,14 +354,21 @@ class Checkpointer:
                     f"checkpoint {path} was written by {written_by} rank(s) under ZeRO stage "
                     f"{engine.zero_optimization_stage()} and cannot be re-partitioned over {self.dist.world_size}: "
                     f"{why}; continue the run on {written_by} rank(s)")
-        load_path, _ = engine.load_checkpoint(str(path / "ds"), tag=TAG, load_module_strict=False,
-                                              load_optimizer_states=not repartition, load_lr_scheduler_states=True)
-        if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / 'ds'}")
-        if repartition:
-            from .zero_state import load_full
+        if repartition and engine.zero_optimization_stage() == 3:
+            from .zero_state import load_full, load_z3_counters
 
+            load_z3_counters(engine, path / "ds" / TAG)
             load_full(engine, path)
+        else:
+            load_path, _ = engine.load_checkpoint(str(path / "ds"), tag=TAG, load_module_strict=False,
+                                                  load_optimizer_states=not repartition,
+                                                  load_lr_scheduler_states=True)
+            if load_path is None:
+                raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / 'ds'}")
+            if repartition:
+                from .zero_state import load_full
+
+                load_full(engine, path)
         rng_file = path / f"rng_rank{self.dist.rank}.pt"
         if rng_file.is_file():
             rng = torch.load(rng_file, weights_only=True)

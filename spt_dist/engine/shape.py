@@ -10,9 +10,9 @@ B' below B that divides (a micro-batch never grows past B, so a step needs no mo
 the config's). Its optimizer steps then see the same samples (data/order.py: step s is the same
 slice of the epoch's permutation for every shape), so the result equals an uninterrupted run's
 up to the order of floating-point sums. With ZeRO stage 0 the optimizer state is the same on
-every rank and loads on any world size; ZeRO 1-2 partition it by rank and DeepSpeed refuses
-another data-parallel size, so elastic runs also save it whole and re-partition it
-(engine/zero_state.py); ZeRO 3 (partitioned parameters) is refused.
+every rank and loads on any world size; ZeRO 1-3 partition it by rank (ZeRO 3 the parameters
+too) and DeepSpeed refuses another data-parallel size, so elastic runs also save it whole and
+re-partition it (engine/zero_state.py).
 """
 from __future__ import annotations
 
@@ -85,11 +85,6 @@ def run_shape(cfg: Config, world_size: int, held: Optional[Dict[str, Any]]) -> S
             f"the run's checkpoints were written by {old.world_size} rank(s) and this job has {world_size}; "
             f"set launch.elastic=true to continue it on {world_size} (the global batch of {old.global_batch} is "
             f"kept), or run it on {old.world_size} rank(s)")
-    if cfg.distributed.zero_stage == 3:
-        raise CheckpointMismatchError(
-            f"config key 'distributed.zero_stage' = 3: ZeRO-3 partitions the parameters by rank, and a checkpoint of "
-            f"{old.world_size} ranks is not re-partitioned onto {world_size}; continue this run on {old.world_size} "
-            f"rank(s), or train elastic runs with distributed.zero_stage 0, 1 or 2")
     if cfg.distributed.zero_stage > 0 and not held.get("full_optimizer"):
         raise CheckpointMismatchError(
             f"config key 'distributed.zero_stage' = {cfg.distributed.zero_stage}: the checkpoint holds the optimizer "

@@ -90,7 +90,7 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         dist.comm.agreed(verify_reads, cfg, parts)
         parts.features, no_features = build_feature_cache(cfg, parts, dist)
         ckpt.identity = parts.identity
-        ckpt.shape = {**shape.as_dict(), "full_optimizer": cfg.launch.elastic and parts.zero_stage in (1, 2)}
+        ckpt.shape = {**shape.as_dict(), "full_optimizer": cfg.launch.elastic and parts.zero_stage > 0}
         rng, state = TrainRng(), TrainState()
         if resume_from is not None:
             state = TrainState.from_state_dict(ckpt.load(parts.engine, resume_from, rng)["state"])

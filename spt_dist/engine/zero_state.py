@@ -1,15 +1,18 @@
-"""ZeRO 1-2 optimizer state saved unpartitioned beside DeepSpeed's partitions, so an elastic run
+"""ZeRO 1-3 optimizer state saved unpartitioned beside DeepSpeed's partitions, so an elastic run
 continues on another world size.
 
 DeepSpeed's ZeRO 1 and 2 split the fp32 master weights and the optimizer moments into one
-partition per data-parallel rank, and refuse a checkpoint of another data-parallel size. Prompt
-tuning's trainable state is a few MB, so with `launch.elastic=true` each checkpoint also holds it
-whole (`optimizer_full.pt`: per trainable tensor its fp32 master copy and every optimizer state
-entry, plus each parameter group's step count and settings such as its current lr), assembled through DeepSpeed's own
-`safe_get_full_*` accessors. On another world size the engine loads DeepSpeed's module file
-without its optimizer partitions and re-partitions this state with `safe_set_full_*`: every
-rank writes its own fragment of every tensor. ZeRO 3 partitions the parameters themselves and
-is not handled here.
+partition per data-parallel rank (ZeRO 3 the parameters too), and refuse a checkpoint of another
+data-parallel size. Prompt tuning's trainable state is a few MB, so with `launch.elastic=true`
+each checkpoint also holds it whole (`optimizer_full.pt`: per trainable tensor its fp32 master
+copy and every optimizer state entry, plus each parameter group's step count and settings such
+as its current lr), assembled through DeepSpeed's own `safe_get_full_*` accessors. On another
+world size the engine loads DeepSpeed's module file without its optimizer partitions (under
+ZeRO 3 DeepSpeed gathers the module's trainable tensors from every saved partition itself) and
+re-partitions this state: every rank writes its own fragment of every tensor, with
+`safe_set_full_*` under ZeRO 1-2 and, under ZeRO 3, its slice of the tensor's flat, zero-padded
+partitioning (`safe_set_local_*`: DeepSpeed's full setter cuts the last rank's slice past the end
+when a tensor's size is not a multiple of the world size).
 """
 from __future__ import annotations
 
@@ -31,6 +34,19 @@ def _inner(engine: Any) -> torch.optim.Optimizer:
     return engine.optimizer.optimizer  # the torch optimizer inside DeepSpeed's ZeRO optimizer
 
 
+def _flats(engine: Any) -> List[List[torch.Tensor]]:
+    """Per parameter group of the torch optimizer, this rank's flat fp32 partitions it steps.
+    ZeRO 3 puts them into the groups only for the duration of a step: its own list, by sub-group."""
+    inner = _inner(engine)
+    if engine.zero_optimization_stage() < 3:
+        return [list(group["params"]) for group in inner.param_groups]
+    out: List[List[torch.Tensor]] = [[] for _ in inner.param_groups]
+    opt = engine.optimizer
+    for sub, flat in enumerate(opt.fp32_partitioned_groups_flat):
+        out[opt.sub_group_to_group_id[sub]].append(flat)
+    return out
+
+
 def _state_keys(engine: Any) -> List[str]:
     """The optimizer state entries (exp_avg, ...), the same list on every rank: the union of what
     each rank's partitions hold, so that every rank makes the same collective calls after it."""
@@ -46,11 +62,25 @@ def _relink(engine: Any) -> None:
     engine.optimizer._lazy_init_hp_params_optimizer_state()
 
 
+def _local_slice(param: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:
+    """This rank's part of `full` under ZeRO 3: the flat tensor cut into world-size equal slices
+    of the partition's length, the last one zero-padded."""
+    import torch.distributed as dist
+
+    size = param.ds_tensor.numel()
+    rank = dist.get_rank(group=param.ds_process_group) if dist.is_initialized() else 0
+    part = full.detach().flatten()[rank * size:(rank + 1) * size]
+    out = torch.zeros(size, dtype=torch.float32)
+    out[:part.numel()] = part
+    return out
+
+
 def save_full(engine: Any, folder: Path, is_main: bool) -> None:
     """Collective (every rank, the same order): rank 0 writes folder/optimizer_full.pt."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    _relink(engine)
+    if engine.zero_optimization_stage() < 3:
+        _relink(engine)
     keys = _state_keys(engine)
     tensors: Dict[str, Dict[str, torch.Tensor]] = {}
     for name, param in _trainable(engine):
@@ -59,7 +89,7 @@ def save_full(engine: Any, folder: Path, is_main: bool) -> None:
             entry[key] = safe_get_full_optimizer_state(param, key).detach().cpu()
         tensors[name] = entry
     inner = _inner(engine)
-    steps = [[inner.state.get(p, {}).get("step") for p in group["params"]] for group in inner.param_groups]
+    steps = [[inner.state.get(p, {}).get("step") for p in flats] for flats in _flats(engine)]
     # The groups' settings as they are now (lr: the scheduler's current value, which DeepSpeed's
     # module file does not hold and the scheduler sets again only after the next step).
     groups = [{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups]
@@ -69,7 +99,8 @@ def save_full(engine: Any, folder: Path, is_main: bool) -> None:
 
 def load_full(engine: Any, folder: Path) -> None:
     """Every rank: its fragments of the saved whole state, and the groups' step counts."""
-    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+    from deepspeed.utils import (safe_set_full_fp32_param, safe_set_full_optimizer_state, safe_set_local_fp32_param,
+                                 safe_set_local_optimizer_state)
 
     data = torch.load(folder / FILE, weights_only=True)
     params = dict(_trainable(engine))
@@ -82,13 +113,27 @@ def load_full(engine: Any, folder: Path) -> None:
     inner = _inner(engine)
     for group, settings in zip(inner.param_groups, data["groups"]):
         group.update(settings)
-    for group, steps in zip(inner.param_groups, data["steps"]):
-        for flat, step in zip(group["params"], steps):
+    for flats, steps in zip(_flats(engine), data["steps"]):
+        step = next((s for s in steps if s is not None), None)  # a group's partitions step together
+        for flat in flats:  # (their number may differ on another world size)
             state = inner.state[flat]
             for key in data["keys"]:
                 state.setdefault(key, torch.zeros_like(flat))
             if step is not None:
                 state["step"] = step.clone() if torch.is_tensor(step) else step
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        for name, param in params.items():
+            entry = data["tensors"][name]
+            safe_set_local_fp32_param(param, _local_slice(param, entry["fp32"]))
+            for key in data["keys"]:
+                safe_set_local_optimizer_state(param, _local_slice(param, entry[key]), key)
+        # the module's own (working-precision) partitions: gathered, set, partitioned again
+        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0):
+            for name, param in params.items():
+                param.data.copy_(data["tensors"][name]["fp32"].view_as(param))
+        return
     _relink(engine)
     for name, param in params.items():
         entry = data["tensors"][name]
@@ -96,3 +141,19 @@ def load_full(engine: Any, folder: Path) -> None:
         for key in data["keys"]:
             safe_set_full_optimizer_state(param, entry[key], key)
 
+
+
+def load_z3_counters(engine: Any, ds_folder: Path) -> None:
+    """ZeRO 3 on another world size: what DeepSpeed's load restores besides the tensors (the lr
+    scheduler, the step counters), from rank 0's model-states file. DeepSpeed's own load opens the
+    file of each rank's own number, which a rank added since the save does not have; the tensors
+    come from optimizer_full.pt (load_full)."""
+    files = sorted(Path(ds_folder).glob("zero_pp_rank_0_mp_rank_*_model_states.pt"))
+    if not files:
+        raise RuntimeError(f"{ds_folder} holds no ZeRO-3 model-states file of rank 0")
+    saved = torch.load(files[0], map_location="cpu", weights_only=True)
+    if engine.lr_scheduler is not None and saved.get("lr_scheduler") is not None:
+        engine.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    engine.global_steps = int(saved["global_steps"])
+    engine.global_samples = int(saved.get("global_samples", engine.global_steps * engine.train_batch_size()))
+    engine.skipped_steps = int(saved["skipped_steps"])
