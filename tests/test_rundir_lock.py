@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -86,7 +87,7 @@ def test_a_job_killed_on_another_host_moments_ago_is_waited_for_then_taken_over(
     reason = lock.acquire(on_wait=said.append)
     waited = time.monotonic() - start
     assert 1.7 < waited < 3.5, waited
-    assert "heartbeat is 3 s old (stale after 3 s)" in reason
+    assert re.fullmatch(r"its heartbeat is [34] s old \(stale after 3 s\)", reason), reason
     assert json.loads((tmp_path / "lock.json").read_text())["token"] == lock.token
     assert len(said) == 1 and "\n" not in said[0]
     assert said[0].startswith(f"{tmp_path} is locked by pid 99 on node-17 (job 4242, heartbeat 1 s ago): "
@@ -125,10 +126,10 @@ def test_a_live_job_on_another_host_is_refused_never_taken_over(tmp_path, monkey
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     with _LiveElsewhere(tmp_path, job):
         start = time.monotonic()
-        with pytest.raises(RunFolderBusy, match=rf"pid 99 on node-17, job {job}, heartbeat 0 s ago, and it moved "
-                                                rf"while this job waited 0 s"):
+        with pytest.raises(RunFolderBusy, match=rf"pid 99 on node-17, job {job}, heartbeat \d s ago, and it moved "
+                                                rf"while this job waited \d s"):
             RunLock(tmp_path, stale_s=2).acquire()
-        assert time.monotonic() - start < 1.5
+        assert time.monotonic() - start < 2  # refused before the wait could have ended
         assert json.loads((tmp_path / "lock.json").read_text())["token"] == "live"
 
 
@@ -229,11 +230,11 @@ def _claim_rank(rank: int, root: str, out, claim_run_dir) -> None:
                              timeout=timedelta(seconds=2))
     cfg = load_config(None, ["run.lock_stale_s=15", "distributed.timeout_s=2"])
     run = Path(root) / "run"
+    tdist.barrier()
     if rank == 0:  # a killed job's lock from another host, 11 s after its last heartbeat
         run.mkdir()
         (run / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99, "job": "1",
                                                    "heartbeat": time.time() - 11}))
-    tdist.barrier()
     said = io.StringIO()
     start = time.monotonic()
     try:
@@ -265,5 +266,5 @@ def test_a_multi_rank_job_waits_for_the_lock_longer_than_its_collective_timeout(
     lines = got[0][3].splitlines()
     assert lines[0].startswith(f"spt: {run} is locked by pid 99 on node-17 (job 1, heartbeat 11 s ago): waiting "
                                f"at most 5 s"), lines
-    assert lines[1].startswith(f"spt: took over the lock of {run}: its heartbeat is 15 s old"), lines
+    assert re.match(rf"spt: took over the lock of {re.escape(str(run))}: its heartbeat is 1[56] s old", lines[1]), lines
     assert got[1][3] == "" and not (run / "lock.json").exists()
