@@ -90,8 +90,8 @@ def test_a_job_killed_on_another_host_moments_ago_is_waited_for_then_taken_over(
     assert re.fullmatch(r"its heartbeat is [34] s old \(stale after 3 s\)", reason), reason
     assert json.loads((tmp_path / "lock.json").read_text())["token"] == lock.token
     assert len(said) == 1 and "\n" not in said[0]
-    assert said[0].startswith(f"{tmp_path} is locked by pid 99 on node-17 (job 4242, heartbeat 1 s ago): "
-                              f"waiting at most 2 s")
+    assert re.match(rf"{re.escape(str(tmp_path))} is locked by pid 99 on node-17 \(job 4242, heartbeat [12] s ago\): "
+                    rf"waiting at most [12] s; taken over if its heartbeat stays still, refused if it moves$", said[0]), said
 
 
 class _LiveElsewhere:
@@ -264,7 +264,7 @@ def test_a_multi_rank_job_waits_for_the_lock_longer_than_its_collective_timeout(
     assert all(3.5 < waited < 8 for _, _, waited, _ in got), got
     run = tmp_path / "run"
     lines = got[0][3].splitlines()
-    assert lines[0].startswith(f"spt: {run} is locked by pid 99 on node-17 (job 1, heartbeat 11 s ago): waiting "
-                               f"at most 5 s"), lines
+    assert re.match(rf"spt: {re.escape(str(run))} is locked by pid 99 on node-17 \(job 1, heartbeat 1[12] s ago\): "
+                    rf"waiting at most [45] s;", lines[0]), lines
     assert re.match(rf"spt: took over the lock of {re.escape(str(run))}: its heartbeat is 1[56] s old", lines[1]), lines
     assert got[1][3] == "" and not (run / "lock.json").exists()
