@@ -4,22 +4,25 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from spt_dist.io import write_text_atomic
 from spt_dist.rundir.lock import LockLost, RunFolderBusy, RunLock, process_start
 
 
-def _race(folder: str, start: float, out) -> None:
+def _race(folder: str, start: float, out, stale_s: float = 120.0) -> None:
     while time.time() < start:
         pass
-    lock = RunLock(folder)
+    lock = RunLock(folder, stale_s=stale_s)
     try:
         lock.acquire()
         out.put(os.getpid())
@@ -28,15 +31,19 @@ def _race(folder: str, start: float, out) -> None:
         out.put(None)
 
 
-@pytest.mark.parametrize("stale", [False, True])
-def test_many_processes_at_once_exactly_one_owner(tmp_path, stale):
-    if stale:  # every racer finds a dead owner's lock and tries to take it over
-        (tmp_path / "lock.json").write_text(json.dumps({"token": "old", "host": socket.gethostname(),
-                                                        "pid": 2 ** 22 + 7, "heartbeat": time.time()}))
+@pytest.mark.parametrize("found", ["none", "dead-here", "still-elsewhere"])
+def test_many_processes_at_once_exactly_one_owner(tmp_path, found):
+    """Every racer finds no lock, a dead owner's lock on this host, or the lock of a job on
+    another host whose heartbeat stopped 1 s ago: all of them wait for it, then try to take it over."""
+    if found != "none":
+        here = found == "dead-here"
+        (tmp_path / "lock.json").write_text(json.dumps({"token": "old", "host": socket.gethostname() if here
+                                                        else "elsewhere", "pid": 2 ** 22 + 7,
+                                                        "heartbeat": time.time() - (0 if here else 1)}))
     ctx = mp.get_context("fork")
     out = ctx.Queue()
     start = time.time() + 0.5
-    procs = [ctx.Process(target=_race, args=(str(tmp_path), start, out)) for _ in range(8)]
+    procs = [ctx.Process(target=_race, args=(str(tmp_path), start, out, 2.0)) for _ in range(8)]
     for p in procs:
         p.start()
     winners = [w for w in (out.get(timeout=30) for _ in procs) if w is not None]
@@ -60,12 +67,70 @@ def test_live_owner_refuses_with_its_name_and_dead_one_is_taken_over(tmp_path):
     assert reason == f"its owner, pid {dead} on this host, is gone"
 
 
-def test_stale_heartbeat_of_another_host_is_taken_over(tmp_path):
+def test_stale_heartbeat_of_another_host_is_taken_over_at_once(tmp_path):
     (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "elsewhere", "pid": 1,
                                                     "heartbeat": time.time() - 30}))
-    with pytest.raises(RunFolderBusy, match="heartbeat 30 s ago"):
-        RunLock(tmp_path, stale_s=60).acquire()
-    assert "heartbeat is 30 s old" in RunLock(tmp_path, stale_s=10).acquire()
+    said = []
+    start = time.monotonic()
+    assert "heartbeat is 30 s old" in RunLock(tmp_path, stale_s=10).acquire(on_wait=said.append)
+    assert time.monotonic() - start < 1 and said == []
+
+
+def test_a_job_killed_on_another_host_moments_ago_is_waited_for_then_taken_over(tmp_path):
+    """A requeue onto another node starts 1 s after the killed job's last heartbeat: it waits
+    until the heartbeat is stale_s old, saying so once, then takes the lock."""
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99, "job": "4242",
+                                                    "heartbeat": time.time() - 1}))
+    said = []
+    lock = RunLock(tmp_path, stale_s=3)
+    start = time.monotonic()
+    reason = lock.acquire(on_wait=said.append)
+    waited = time.monotonic() - start
+    assert 1.7 < waited < 3.5, waited
+    assert re.fullmatch(r"its heartbeat is [34] s old \(stale after 3 s\)", reason), reason
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == lock.token
+    assert len(said) == 1 and "\n" not in said[0]
+    assert re.match(rf"{re.escape(str(tmp_path))} is locked by pid 99 on node-17 \(job 4242, heartbeat [12] s ago\): "
+                    rf"waiting at most [12] s; taken over if its heartbeat stays still, refused if it moves$", said[0]), said
+
+
+class _LiveElsewhere:
+    """A job on another host that refreshes its lock's heartbeat every 0.2 s."""
+
+    def __init__(self, folder: Path, job=None) -> None:
+        self.path, self.owner = folder / "lock.json", {"token": "live", "host": "node-17", "pid": 99, "job": job}
+        self.stop = threading.Event()
+        self.beat()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def beat(self) -> None:
+        write_text_atomic(self.path, json.dumps({**self.owner, "restarts": 0, "heartbeat": time.time()}))
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            self.beat()
+
+    def __enter__(self) -> "_LiveElsewhere":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.parametrize("job", [None, "4242"], ids=["another-job", "another-step-of-this-allocation"])
+def test_a_live_job_on_another_host_is_refused_never_taken_over(tmp_path, monkeypatch, job):
+    """Its heartbeat moves while this job waits: refused at once, the lock left alone. With the
+    same SLURM job id and restart count it is another step of this allocation: refused too."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with _LiveElsewhere(tmp_path, job):
+        start = time.monotonic()
+        with pytest.raises(RunFolderBusy, match=rf"pid 99 on node-17, job {job}, heartbeat \d s ago, and it moved "
+                                                rf"while this job waited \d s"):
+            RunLock(tmp_path, stale_s=2).acquire()
+        assert time.monotonic() - start < 2  # refused before the wait could have ended
+        assert json.loads((tmp_path / "lock.json").read_text())["token"] == "live"
 
 
 def test_an_earlier_run_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch):
@@ -74,14 +139,6 @@ def test_an_earlier_run_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatc
     (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99, "job": "4242",
                                                     "heartbeat": time.time()}))
     assert "earlier run of this job (4242, restart 0; this is restart 1)" in RunLock(tmp_path).acquire()
-
-
-def test_another_step_of_the_same_allocation_on_another_node_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99, "job": "4242",
-                                                    "restarts": 0, "heartbeat": time.time()}))
-    with pytest.raises(RunFolderBusy, match="pid 99 on node-17, job 4242"):
-        RunLock(tmp_path).acquire()
 
 
 HOLD = ("import sys, time; from spt_dist.rundir.lock import RunLock; lock = RunLock(sys.argv[1]); "
@@ -155,3 +212,59 @@ def test_refresh_notices_a_takeover(tmp_path):
         mine.refresh()
     mine.release()
     assert json.loads((tmp_path / "lock.json").read_text())["token"] == "someone else"  # not ours to remove
+
+
+def _claim_rank(rank: int, root: str, out, claim_run_dir) -> None:
+    """One of two gloo ranks whose collective timeout (2 s) is shorter than rank 0's wait (~4 s)."""
+    import io
+    from contextlib import redirect_stderr
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as tdist
+
+    from spt_dist.config import load_config
+    from spt_dist.distributed import Comm, DistInfo
+
+    tdist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=2,
+                             timeout=timedelta(seconds=2))
+    cfg = load_config(None, ["run.lock_stale_s=15", "distributed.timeout_s=2"])
+    run = Path(root) / "run"
+    tdist.barrier()
+    if rank == 0:  # a killed job's lock from another host, 11 s after its last heartbeat
+        run.mkdir()
+        (run / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99, "job": "1",
+                                                   "heartbeat": time.time() - 11}))
+    said = io.StringIO()
+    start = time.monotonic()
+    try:
+        with redirect_stderr(said), claim_run_dir(cfg, run, DistInfo(rank, 2, 0, torch.device("cpu"), "gloo",
+                                                                     Comm(rank, 2))):
+            held = json.loads((run / "lock.json").read_text())["host"]
+        out.put((rank, held, time.monotonic() - start, said.getvalue()))
+    except Exception as exc:  # reported to the test
+        out.put((rank, repr(exc), time.monotonic() - start, said.getvalue()))
+
+
+def test_a_multi_rank_job_waits_for_the_lock_longer_than_its_collective_timeout(tmp_path):
+    """Rank 0 waits ~4 s on a killed job's lock from another host; rank 1 waits in broadcasts of
+    2 s timeout meanwhile: both go on once the lock is taken over (the schema's 15 s minimum kept)."""
+    from spt_dist.engine.claim import claim_run_dir  # imported once here, not in each forked rank
+
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_rank, args=(rank, str(tmp_path), out, claim_run_dir))
+             for rank in range(2)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join()
+    assert [held for _, held, _, _ in got] == [socket.gethostname()] * 2, got
+    assert all(3.5 < waited < 8 for _, _, waited, _ in got), got
+    run = tmp_path / "run"
+    lines = got[0][3].splitlines()
+    assert re.match(rf"spt: {re.escape(str(run))} is locked by pid 99 on node-17 \(job 1, heartbeat 1[12] s ago\): "
+                    rf"waiting at most [45] s;", lines[0]), lines
+    assert re.match(rf"spt: took over the lock of {re.escape(str(run))}: its heartbeat is 1[56] s old", lines[1]), lines
+    assert got[1][3] == "" and not (run / "lock.json").exists()

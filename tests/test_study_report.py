@@ -43,7 +43,7 @@ def test_report_command_writes_table_csv_and_plot(runs, tmp_path, capsys):
     assert main(["report", str(runs), "--by", "method,backbone", "-o", str(out)]) == 0
     md = (out / "report.md").read_text().splitlines()
     assert "std: sample standard deviation (n-1)" in md[0]
-    assert md[2] == "| method | backbone | top1 | std | runs | differs |" and len(md) == 4 + 3
+    assert md[2] == "| method | backbone | top1 | std | runs | differs |" and md[4 + 3:][:2] == ["", "The lines of scaling.png:"]
     assert "| spt-deep | vit_tiny_p7_28 | 65.0 | 21.213 | 2 | data.fraction |" in md  # pooled: flagged
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
@@ -101,8 +101,75 @@ def test_unknown_metric_is_an_error_listing_the_available_ones(runs, tmp_path, c
 def test_plot_never_averages_runs_that_differ_in_more_than_the_seed(runs):
     from spt_dist.study.report import plot_series
 
-    series, _ = plot_series(collect(str(runs)), "data.fraction", "params_m")
+    series, _, settings = plot_series(collect(str(runs)), "data.fraction", "params_m")
     # spt-deep runs differ in the backbone only at fraction 1.0: each gets its own line.
-    assert sorted(series) == ["spt-deep model.name=vit_micro_p4_16", "spt-deep model.name=vit_tiny_p7_28",
-                              "vpt-deep"]
+    assert sorted(series) == ["spt-deep backbone=vit_micro_p4_16", "spt-deep backbone=vit_tiny_p7_28", "vpt-deep"]
+    assert settings["spt-deep backbone=vit_micro_p4_16"] == "model.name=vit_micro_p4_16" and settings["vpt-deep"] == ""
     assert series["vpt-deep"] == [(1.0, 61.0, pytest.approx(1.414, abs=1e-3))]
+
+
+@pytest.fixture
+def big_study(tmp_path):
+    """3 methods x 2 backbones x 4 fractions x 2 seeds; the backbone's checkpoint path and image
+    size change with it, the weight decay is the same everywhere, spt-deep ran two learning rates."""
+    backbones = {"vit_micro_p4_16": 16, "vit_tiny_p7_28": 28}
+    i = 0
+    for method, deep, lrs in (("vpt", False, [0.1]), ("vpt", True, [0.1]), ("spt", True, [0.1, 0.5])):
+        for backbone, size in backbones.items():
+            for fraction in (0.1, 0.25, 0.5, 1.0):
+                for lr in lrs:
+                    for seed in (0, 1):
+                        run = tmp_path / "runs" / f"run{i}"
+                        run.mkdir(parents=True)
+                        (run / "config.yaml").write_text(
+                            f"model:\n  name: {backbone}\n  img_size: {size}\n  checkpoint: /datasets/weights/"
+                            f"imagenet21k/augreg/{backbone}_in21k_augreg_ft_in1k.npz\nmethod:\n  name: {method}\n"
+                            f"  deep: {str(deep).lower()}\ndata:\n  fraction: {fraction}\noptim:\n  lr: {lr}\n"
+                            f"  weight_decay: 0.01\nrun:\n  seed: {seed}\n")
+                        (run / "results.json").write_text(json.dumps({"status": "finished", "top1": 50 + i % 7}))
+                        i += 1
+    return tmp_path / "runs"
+
+
+def test_scaling_labels_stay_short_and_name_only_what_tells_lines_apart(big_study):
+    from spt_dist.study.report import MAX_LABEL, plot_series
+
+    records = collect(str(big_study))
+    series, _, settings = plot_series(records, "data.fraction", "params_m")
+    assert sorted(series) == sorted([f"{m} backbone={b}" for m in ("vpt", "vpt-deep")
+                                     for b in ("vit_micro_p4_16", "vit_tiny_p7_28")]
+                                    + [f"spt-deep backbone={b} lr={lr}" for b in ("vit_micro_p4_16", "vit_tiny_p7_28")
+                                       for lr in ("0.1", "0.5")])
+    assert all(len(pts) == 4 for pts in series.values()) and max(map(len, series)) <= MAX_LABEL
+    # The keys that go with the backbone or are equal everywhere are in the report's table only.
+    full = settings["spt-deep backbone=vit_tiny_p7_28 lr=0.5"]
+    assert full == ("model.checkpoint=/datasets/weights/imagenet21k/augreg/vit_tiny_p7_28_in21k_augreg_ft_in1k.npz, "
+                    "model.img_size=28, model.name=vit_tiny_p7_28, optim.lr=0.5")
+    # On the capacity axis the backbone is the x: one line per method (and lr), through both backbones.
+    series, fixed_at, _ = plot_series(records, "params_m", "data.fraction")
+    assert sorted(series) == ["spt-deep lr=0.1", "spt-deep lr=0.5", "vpt", "vpt-deep"]
+    assert all(len(pts) == 2 for pts in series.values()) and set(fixed_at.values()) == {1.0}
+
+
+def test_report_lists_the_lines_in_full(big_study, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(big_study), "-o", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    lines = md.split("The lines of scaling.png:\n\n", 1)[1].splitlines()
+    assert lines[0] == "| panel | line | settings |" and len(lines) == 2 + 8 + 4
+    assert "| training data fraction | vpt backbone=vit_micro_p4_16 | model.checkpoint=/datasets/weights/" in md
+    assert "| backbone parameters | vpt | - |" in md and (out / "scaling.png").stat().st_size > 5000
+
+
+def test_labels_too_long_or_alike_once_shortened_are_numbered():
+    from spt_dist.study.report import MAX_LABEL, series_labels
+
+    many = {f"method.key{k}": "x" * 12 for k in range(4)}  # only key0 tells the two spt lines apart
+    both = [("linear", {"method.a": a * 20, "optim.b": b * 20}) for a in "vw" for b in "12"]  # 52 characters
+    labels, full = series_labels([("spt", {**many, "method.key0": "a"}), ("spt", many), *both,
+                                  ("vpt", {"model.checkpoint": "/w/a_long_name_1_weights.npz"}),
+                                  ("vpt", {"model.checkpoint": "/w/a_long_name_2_weights.npz"}),
+                                  ("vpt", {"model.checkpoint": "/w/b.npz"})])
+    assert labels == ["spt key0=a", "spt key0=xxxxxxxxxxxx", "linear (1)", "linear (2)", "linear (3)", "linear (4)",
+                      "vpt (1)", "vpt (2)", "vpt checkpoint=b.npz"]
+    assert full[6] == "model.checkpoint=/w/a_long_name_1_weights.npz" and max(map(len, labels)) <= MAX_LABEL

@@ -2,8 +2,10 @@
 
 Rank 0 takes the folder's lock (spt_dist.rundir.lock), then checks that the folder holds this
 run or none (config_clash) and writes config.yaml with the latest launch settings. Rank 0
-decides and tells everyone, so all ranks raise together instead of waiting. Then every rank
-starts its watchdog (heartbeats, lock refresh on rank 0) until the claim ends.
+decides and tells everyone, so all ranks raise together instead of waiting. While rank 0 waits
+on a lock that may be a dead job's (up to run.lock_stale_s), it tells the other ranks so every
+third of distributed.timeout_s, so their broadcast never times out. Then every rank starts its
+watchdog (heartbeats, lock refresh on rank 0) until the claim ends.
 """
 from __future__ import annotations
 
@@ -18,19 +20,30 @@ from spt_dist.distributed import DistInfo
 from spt_dist.io import write_text_atomic
 from spt_dist.rundir import RunFolderBusy, RunLock, config_clash, config_hash
 from spt_dist.rundir.files import checkpoint_config_hash
+from spt_dist.rundir.lock import LockPending
 
 from .watchdog import Watchdog
 
 
-def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock) -> Optional[str]:
-    """Rank 0: None when the folder is ours now, else why not."""
+WAITING = "waiting for the run folder's lock"
+
+
+def _say(line: str) -> None:
+    print(f"spt: {line}", file=sys.stderr, flush=True)
+
+
+def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock, within_s: Optional[float]) -> Optional[str]:
+    """Rank 0: None when the folder is ours now, WAITING while a lock held elsewhere is watched,
+    else why not."""
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        taken_over = lock.acquire()
+        taken_over = lock.acquire(on_wait=_say, within_s=within_s)
+    except LockPending:
+        return WAITING
     except RunFolderBusy as exc:
         return str(exc)
     if taken_over:
-        print(f"spt: took over the lock of {run_dir}: {taken_over}", file=sys.stderr, flush=True)
+        _say(f"took over the lock of {run_dir}: {taken_over}")
     clash = config_clash(cfg, run_dir) or _checkpoint_clash(cfg, run_dir)
     if clash is not None:
         lock.release()
@@ -54,8 +67,11 @@ def _checkpoint_clash(cfg: Config, run_dir: Path) -> Optional[str]:
 @contextmanager
 def claim_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> Iterator[Watchdog]:
     lock = RunLock(run_dir, stale_s=cfg.run.lock_stale_s)
-    why = _claim_on_main(cfg, run_dir, lock) if dist.is_main else None
-    why = dist.comm.broadcast_object(why)
+    within_s = cfg.distributed.timeout_s / 3 if dist.world_size > 1 else None
+    why = WAITING
+    while why == WAITING:
+        why = _claim_on_main(cfg, run_dir, lock, within_s) if dist.is_main else None
+        why = dist.comm.broadcast_object(why)
     if why is not None:
         raise (RunFolderBusy if "being trained by another job" in why else ConfigError)(why)
     token = dist.comm.broadcast_object(uuid.uuid4().hex if dist.is_main else None)

@@ -7,11 +7,15 @@ it. An owner that is a live process on this host (the same pid, started at the s
 reused pid is not mistaken for it) is never taken over. Otherwise a lock is stale, and may be
 taken over, when its owner is a dead process on this host, when it belongs to an earlier
 incarnation of this very SLURM job (a lower SLURM_RESTART_COUNT: a requeue after the node
-died), or when its heartbeat is older than `stale_s`. Two steps of one allocation (the same job
-id and restart count) are two jobs: the second is refused. Takeovers are serialised by a second
-O_EXCL file, so two jobs that find the same stale lock cannot both win. An owner whose lock was
-taken over (it was frozen longer than `stale_s`) learns it at its next refresh; a lock file
-that cannot be read for a moment (a takeover being written) is judged at the next refresh.
+died), or when its heartbeat is older than `stale_s`. An owner elsewhere whose heartbeat is
+younger (another host, or another step of this allocation) may be a job that was just killed:
+the lock is watched, at most `stale_s` (and a poll) long; when the heartbeat moves it is a live
+job and is refused, when it stays still for `stale_s` (or grows older than `stale_s`) it is
+taken over. Takeovers are serialised by a second O_EXCL file and happen only when the lock is
+still the one judged stale, so two jobs that find the same stale lock cannot both win (the
+loser sees the winner's new lock and is refused). An owner whose lock was taken over (it was
+frozen longer than `stale_s`) learns it at its next refresh; a lock file that cannot be read for
+a moment (a takeover being written) is judged at the next refresh.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from spt_dist.errors import SptError
 from spt_dist.io import write_text_atomic
@@ -32,6 +36,10 @@ TAKEOVER = ".lock.takeover"
 
 class RunFolderBusy(SptError, RuntimeError):
     """Another live job holds the run folder."""
+
+
+class LockPending(RuntimeError):
+    """`acquire(within_s=...)` is still waiting on a lock that may be a dead job's; call it again."""
 
 
 class LockLost(RuntimeError):
@@ -86,6 +94,7 @@ class RunLock:
         self.stale_s = stale_s
         self.token = uuid.uuid4().hex
         self.held = False
+        self._watch: Optional[Tuple[Tuple[Any, ...], float]] = None  # a watched owner's beat, and since when
 
     def _owner(self) -> Dict[str, Any]:
         return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
@@ -102,7 +111,7 @@ class RunLock:
 
     def why_stale(self, owner: Dict[str, Any]) -> Optional[str]:
         """Why the lock `owner` describes may be taken over, or None while it is live."""
-        age = time.time() - float(owner.get("heartbeat") or self._mtime())
+        age = self._age(owner)
         pid = owner.get("pid")
         if owner.get("host") == socket.gethostname() and isinstance(pid, int):
             if _alive(pid, owner.get("pid_start")):
@@ -131,27 +140,80 @@ class RunLock:
         self.held = True
         return True
 
-    def acquire(self) -> Optional[str]:
+    def acquire(self, on_wait: Optional[Callable[[str], None]] = None,
+                within_s: Optional[float] = None) -> Optional[str]:
         """Take the lock; returns the reason when a stale lock was taken over. Raises
-        RunFolderBusy naming the live owner."""
+        RunFolderBusy naming the live owner. A lock held elsewhere with a young heartbeat is
+        watched first (`on_wait` gets one line saying whom for and how long at most). With
+        `within_s`, LockPending is raised when that much time passed waiting; the next call
+        goes on with the same watch."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(50):
+        give_up = None if within_s is None else time.monotonic() + within_s
+        lost_races = 0
+        while True:
             if self._create():
+                self._watch = None
                 return None
             owner = self._read()
             if owner is None:
                 continue  # released in between
-            reason = self.why_stale(owner)
-            if reason is None:
-                age = time.time() - float(owner.get("heartbeat") or self._mtime())
-                raise RunFolderBusy(
-                    f"{self.path.parent} is being trained by another job (pid {owner.get('pid')} on "
-                    f"{owner.get('host')}, job {owner.get('job')}, heartbeat {age:.0f} s ago); wait for it to "
-                    f"end, or cancel it; a lock whose heartbeat stops is taken over after {self.stale_s:.0f} s")
-            if self._take_over(owner):
-                return reason
-            time.sleep(0.1)
-        raise RunFolderBusy(f"{self.path}: could not take the lock (another job keeps taking it)")
+            reason = self.why_stale(owner) or self._still_for_stale_s(owner)
+            if reason is not None:
+                if self._take_over(owner):
+                    self._watch = None
+                    return reason
+                lost_races += 1
+                if lost_races >= 50:
+                    raise RunFolderBusy(f"{self.path}: could not take the lock (another job keeps taking it)")
+                time.sleep(0.1)
+                continue
+            if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+                raise RunFolderBusy(self._busy(owner))  # a live process here
+            self._wait_on(owner, on_wait)
+            pause = min(1.0, self.stale_s / 10)
+            if give_up is not None:
+                pause = min(pause, give_up - time.monotonic())
+                if pause <= 0:
+                    raise LockPending(str(self.path))
+            time.sleep(pause)
+
+    @staticmethod
+    def _beat(owner: Dict[str, Any]) -> Tuple[Any, ...]:
+        return owner.get("token"), owner.get("heartbeat")
+
+    def _age(self, owner: Dict[str, Any]) -> float:
+        return time.time() - float(owner.get("heartbeat") or self._mtime())
+
+    def _busy(self, owner: Dict[str, Any], moved: str = "") -> str:
+        return (f"{self.path.parent} is being trained by another job (pid {owner.get('pid')} on "
+                f"{owner.get('host')}, job {owner.get('job')}, heartbeat {self._age(owner):.0f} s ago{moved}); "
+                f"wait for it to end, or cancel it; a lock whose heartbeat stops is taken over after "
+                f"{self.stale_s:.0f} s")
+
+    def _wait_on(self, owner: Dict[str, Any], on_wait: Optional[Callable[[str], None]]) -> None:
+        """Watch a lock held elsewhere: RunFolderBusy as soon as its heartbeat moves."""
+        beat, now = self._beat(owner), time.monotonic()
+        if self._watch is None:
+            self._watch = (beat, now)
+            if on_wait is not None:
+                most = min(self.stale_s, max(0.0, self.stale_s - self._age(owner))) + min(1.0, self.stale_s / 10)
+                on_wait(f"{self.path.parent} is locked by pid {owner.get('pid')} on {owner.get('host')} (job "
+                        f"{owner.get('job')}, heartbeat {self._age(owner):.0f} s ago): waiting at most {most:.0f} s; "
+                        f"taken over if its heartbeat stays still, refused if it moves")
+        elif self._watch[0] != beat:
+            waited = now - self._watch[1]
+            self._watch = None
+            raise RunFolderBusy(self._busy(owner, f", and it moved while this job waited {waited:.0f} s"))
+
+    def _still_for_stale_s(self, owner: Dict[str, Any]) -> Optional[str]:
+        """A watched lock whose heartbeat stayed still for stale_s by this host's clock (the
+        owner's clock may differ)."""
+        if self._watch is None or self._watch[0] != self._beat(owner):
+            return None
+        still = time.monotonic() - self._watch[1]
+        if still <= self.stale_s:
+            return None
+        return f"its heartbeat stayed still for {still:.0f} s while this job waited (stale after {self.stale_s:.0f} s)"
 
     def _take_over(self, seen: Dict[str, Any]) -> bool:
         mutex = self.path.parent / TAKEOVER
@@ -167,8 +229,8 @@ class RunLock:
         os.close(fd)
         try:
             now = self._read()
-            if now is not None and now.get("token") == seen.get("token"):
-                self.path.unlink(missing_ok=True)
+            if now is not None and self._beat(now) == self._beat(seen):
+                self.path.unlink(missing_ok=True)  # still the lock judged stale: nobody took it meanwhile
             return self._create()
         finally:
             mutex.unlink(missing_ok=True)

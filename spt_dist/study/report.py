@@ -1,5 +1,6 @@
 """Study report: every results.json under a folder -> a markdown table, a CSV and a plot of
-top-1 against model capacity and against data fraction, one line per method.
+top-1 against model capacity and against data fraction, one line per method and setting its
+runs differ in, labelled by only what tells the lines apart (report.md lists them in full).
 
 Reads only the files each run writes (results.json and its config.yaml), never logs.
 """
@@ -10,7 +11,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
@@ -156,41 +157,105 @@ def write_table(rows: List[Dict[str, Any]], out: Path, by: Sequence[str], metric
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
+MAX_LABEL = 48  # characters of a legend label; longer ones are numbered (the report lists them in full)
+LEGEND_INSIDE = 4  # more lines than this: the legend goes below the panel
+
+
+def _one_to_one(runs: Sequence[RunRecord], a: str, b: str) -> bool:
+    """Each value of `a` goes with one value of `b` and back (the backbone's name and its size)."""
+    pairs = {(repr(r.values.get(a)), repr(r.values.get(b))) for r in runs}
+    return len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs})
+
+
+def _short_key(key: str, others: Sequence[str]) -> str:
+    """'model.name' -> 'backbone' (ALIASES), 'optim.weight_decay' -> 'weight_decay', unless
+    another key shown ends the same way (then two components)."""
+    alias = next((a for a, k in ALIASES.items() if k == key), None)
+    if alias:
+        return alias
+    last = key.rsplit(".", 1)[-1]
+    clash = sum(o.rsplit(".", 1)[-1] == last for o in others) > 1
+    return ".".join(key.split(".")[-2:]) if clash else last
+
+
+def _short_value(value: Any) -> str:
+    text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    text = text.rstrip("/").rsplit("/", 1)[-1]  # a path: its file name
+    return text if len(text) <= 20 else f"{text[:9]}…{text[-10:]}"
+
+
+def series_labels(series: Sequence[Tuple[str, Dict[str, Any]]]) -> Tuple[List[str], List[str]]:
+    """Short legend labels for lines given as (method, the settings that split them), and each
+    line's settings in full. A label shows only keys whose values differ between lines and are not
+    implied by keys already shown (a checkpoint path goes with the backbone's name), with short
+    key names and values; a label still over MAX_LABEL characters becomes '<method> (n)'."""
+    keys = sorted({k for _, settings in series for k in settings},
+                  key=lambda k: (k not in ALIASES.values(), list(ALIASES.values()).index(k)
+                                 if k in ALIASES.values() else 0, k))
+    shown: List[str] = []
+    for key in keys:
+        seen: Dict[tuple, set] = {}
+        for method, settings in series:
+            seen.setdefault((method, *(repr(settings.get(k)) for k in shown)), set()).add(repr(settings.get(key)))
+        if any(len(values) > 1 for values in seen.values()):
+            shown.append(key)
+    labels = [" ".join([method] + [f"{_short_key(k, shown)}={_short_value(settings[k])}" for k in shown
+                                   if k in settings]) for method, settings in series]
+    count: Dict[str, int] = {}
+    alike = {label for label in labels if labels.count(label) > 1}  # two lines alike once shortened
+    for i, (method, _) in enumerate(series):
+        if len(labels[i]) > MAX_LABEL or labels[i] in alike:
+            count[method] = count.get(method, 0) + 1
+            labels[i] = f"{method} ({count[method]})"
+    return labels, [", ".join(f"{k}={settings[k]}" for k in sorted(settings)) for _, settings in series]
+
+
 def plot_series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> tuple:
-    """Per line: (x, mean, std) at the largest value of `fixed_key` the line has, and that value.
-    A line is a method, split further by any setting its runs differ in (apart from the seed,
-    the x and the fixed key): runs that differ in, say, the learning rate are never averaged."""
+    """Per line: (x, mean, std) at the largest value of `fixed_key` the line has, that value, and
+    the line's settings in full. A line is a method, split further by any setting its runs differ
+    in (apart from the seed, the x and the fixed key, and a setting that goes one to one with the
+    x, such as the backbone's name on the capacity axis): runs that differ in, say, the learning
+    rate are never averaged. Lines are labelled by series_labels."""
     done = [r for r in records if r.status == "finished" and r.metric is not None
             and r.values.get(x_key) is not None]
-    out: Dict[str, List[tuple]] = {}
-    fixed_at: Dict[str, Any] = {}
+    lines: List[Tuple[str, Dict[str, Any], List[RunRecord]]] = []
     for method in sorted({r.values["method"] for r in done}):
         mine = [r for r in done if r.values["method"] == method]
-        varying = [k for k in _differing(mine, [x_key, fixed_key]) if k not in (x_key, fixed_key, "method")]
+        varying = [k for k in _differing(mine, [x_key, fixed_key])
+                   if k not in (x_key, fixed_key, "method") and not _one_to_one(mine, k, x_key)]
         for variant in sorted({tuple(repr(r.values.get(k)) for k in varying) for r in mine}):
             runs = [r for r in mine if tuple(repr(r.values.get(k)) for k in varying) == variant]
-            label = method + "".join(f" {k}={runs[0].values.get(k)}" for k in varying)
-            fixed = max(r.values.get(fixed_key) or 0 for r in runs)
-            by_x: Dict[float, List[float]] = {}
-            for r in runs:
-                if (r.values.get(fixed_key) or 0) == fixed:
-                    by_x.setdefault(float(r.values[x_key]), []).append(r.metric)
-            out[label] = sorted((x, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
-                                for x, v in by_x.items())
-            fixed_at[label] = fixed
-    return out, fixed_at
+            lines.append((method, {k: runs[0].values.get(k) for k in varying}, runs))
+    labels, full = series_labels([(method, settings) for method, settings, _ in lines])
+    out: Dict[str, List[tuple]] = {}
+    fixed_at: Dict[str, Any] = {}
+    settings_of: Dict[str, str] = {}
+    for label, settings, (_, _, runs) in zip(labels, full, lines):
+        fixed = max(r.values.get(fixed_key) or 0 for r in runs)
+        by_x: Dict[float, List[float]] = {}
+        for r in runs:
+            if (r.values.get(fixed_key) or 0) == fixed:
+                by_x.setdefault(float(r.values[x_key]), []).append(r.metric)
+        out[label] = sorted((x, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+                            for x, v in by_x.items())
+        fixed_at[label] = fixed
+        settings_of[label] = settings
+    return out, fixed_at, settings_of
 
 
 def fixed_note(label: str, fixed_at: Dict[str, Any]) -> str:
-    values = {f"{v:.3g}" if isinstance(v, float) else str(v) for v in fixed_at.values()}
+    text = {m: f"{v:.3g}" if isinstance(v, float) else str(v) for m, v in fixed_at.items()}
+    values = sorted(set(text.values()), key=lambda v: -list(text.values()).count(v))
     if len(values) == 1:
-        return f"{label} = {values.pop()}"
-    return f"{label}: " + ", ".join(f"{m} {v:.3g}" if isinstance(v, float) else f"{m} {v}"
-                                     for m, v in fixed_at.items())
+        return f"{label} = {values[0]}"
+    if len(text) > LEGEND_INSIDE:  # many lines: how many are fixed at each value
+        return f"{label}: " + ", ".join(f"{v} ({list(text.values()).count(v)} lines)" for v in values)
+    return f"{label}: " + ", ".join(f"{m} {v}" for m, v in text.items())
 
 
-def plot(records: Sequence[RunRecord], out: Path, metric: Optional[str] = None) -> Path:
-    """Two panels; the y axis is named after `metric` (test top-1 in % by default)."""
+def plot(records: Sequence[RunRecord], out: Path, metric: Optional[str] = None) -> List[Tuple[str, str, str]]:
+    """Two panels, written to out/scaling.png; the y axis is named after `metric` (test top-1 in %
+    by default). Returns (panel, legend label, the line's settings in full) for every line."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on cluster nodes
@@ -200,9 +265,11 @@ def plot(records: Sequence[RunRecord], out: Path, metric: Optional[str] = None) 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     panels = [(axes[0], "params_m", "data.fraction", "backbone parameters (M)", "data fraction"),
               (axes[1], "data.fraction", "params_m", "training data fraction", "backbone params (M)")]
+    legend: List[Tuple[str, str, str]] = []
     for ax, x_key, fixed_key, xlabel, fixed_label in panels:
         xs = set()
-        series, fixed_at = plot_series(records, x_key, fixed_key)
+        series, fixed_at, settings = plot_series(records, x_key, fixed_key)
+        legend += [(xlabel.split(" (")[0], label, full) for label, full in settings.items()]
         for method, pts in series.items():
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
@@ -217,13 +284,14 @@ def plot(records: Sequence[RunRecord], out: Path, metric: Optional[str] = None) 
         note = fixed_note(fixed_label, fixed_at) if fixed_at else "no runs"
         ax.set_title(f"{metric or 'top-1'} vs {xlabel.split(' (')[0]}\n({note})", fontsize=10)
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
+        if ax.lines and len(series) > LEGEND_INSIDE:  # below the panel, in two columns
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
+        elif ax.lines:
+            ax.legend(fontsize=8)
     fig.tight_layout()
-    path = out / "scaling.png"
-    fig.savefig(path, dpi=120)
+    fig.savefig(out / "scaling.png", dpi=120, bbox_inches="tight")  # the legends below included
     plt.close(fig)
-    return path
+    return legend
 
 
 def write_report(runs_dir: str, out_dir: str, by: Sequence[str] = ("method", "backbone", "data_fraction"),
@@ -240,7 +308,11 @@ def write_report(runs_dir: str, out_dir: str, by: Sequence[str] = ("method", "ba
     out.mkdir(parents=True, exist_ok=True)
     rows = table(records, by, metric_name)
     write_table(rows, out, by, metric_name)
-    plot(records, out, metric)
+    legend = plot(records, out, metric)
+    if any(full for _, _, full in legend):  # the lines' settings in full, beside the plot's short labels
+        with open(out / "report.md", "a") as f:
+            f.write("\nThe lines of scaling.png:\n\n| panel | line | settings |\n|---|---|---|\n"
+                    + "".join(f"| {panel} | {label} | {full or '-'} |\n" for panel, label, full in legend))
     skipped = [str(r.run_dir) for r in records if r.status != "finished" or r.metric is None]
     warnings = [f"row {', '.join(f'{b}={r[b]}' for b in by)} averages {r['runs']} runs that differ in "
                 f"{r['differs'].replace(',', ', ')} (add them to --by to separate them)"
