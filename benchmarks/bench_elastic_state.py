@@ -1,18 +1,19 @@
 """Size and save / load time of the whole optimizer state an elastic ZeRO 1-3 run writes beside
 DeepSpeed's per-rank partitions (engine/zero_state.py), for a realistic prompt-tuning state.
 
-    OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench_elastic_state.py [--repeats 5]
+    OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench_elastic_state.py [--repeats 5] [--stage 3]
 
 The trainable tensors of ViT-B/16 VPT-deep with 50 prompts and a 100-class head (prompts
 12 x 50 x 768, head 768 x 100 + 100; the frozen backbone holds no optimizer state and is left out
-of checkpoints), AdamW, ZeRO 2, one CPU rank (gloo). One step makes the state. Timed, median of
-`--repeats`: DeepSpeed's save_checkpoint (module file of the trainable tensors + the optimizer
-partitions, as the engine calls it), zero_state.save_full (optimizer_full.pt), DeepSpeed's
-load_checkpoint with its partitions, and the module-only load + zero_state.load_full of a
-resume on another world size. Then, once, DeepSpeed's offline universal-checkpoint conversion
+of checkpoints), AdamW, ZeRO 2 (or `--stage 3`), one CPU rank (gloo). One step makes the state.
+Timed, median of `--repeats`: DeepSpeed's save_checkpoint (module file of the trainable tensors
++ the optimizer partitions, as the engine calls it), zero_state.save_full (optimizer_full.pt),
+DeepSpeed's load_checkpoint with its partitions, and the load of a resume on another world size
+(ZeRO 2: DeepSpeed's module-only load + zero_state.load_full; ZeRO 3: zero_state.load_z3_counters
++ load_full, as the engine does). Then, once, DeepSpeed's offline universal-checkpoint conversion
 of the same checkpoint (`python -m deepspeed.checkpoint.ds_to_universal`, a process of its own,
 as a requeued job would have to run before its ranks load): its wall time and output size, or
-its error. Writes benchmarks/results/elastic_state.json.
+its error. Writes benchmarks/results/elastic_state.json (ZeRO 3: elastic_state_zero3.json).
 """
 from __future__ import annotations
 
@@ -78,8 +79,11 @@ def _universal(ckpt: Path, out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "elastic_state.json"))
+    ap.add_argument("--stage", type=int, choices=(2, 3), default=2, help="the ZeRO stage")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/elastic_state[_zero3].json")
     args = ap.parse_args()
+    args.out = args.out or str(ROOT / "benchmarks" / "results" /
+                               ("elastic_state.json" if args.stage == 2 else "elastic_state_zero3.json"))
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch
 
@@ -93,7 +97,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW([{"params": [model.prompts], "weight_decay": 0.0},
                                    {"params": list(model.head.parameters()), "weight_decay": 0.01}], lr=1e-3)
     ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": 1,
-          "zero_optimization": {"stage": 2}, "steps_per_print": 10 ** 9}
+          "zero_optimization": {"stage": args.stage}, "steps_per_print": 10 ** 9}
     engine, _, _ = build_engine(model, optimizer, None, ds)
     loss = engine()
     engine.backward(loss)
@@ -113,8 +117,11 @@ def main() -> None:
                                    load_lr_scheduler_states=True)
 
         def load_repartitioned() -> None:
-            engine.load_checkpoint(str(part), tag="ckpt", load_module_strict=False, load_optimizer_states=False,
-                                   load_lr_scheduler_states=True)
+            if args.stage == 3:
+                zero_state.load_z3_counters(engine, part / "ckpt")
+            else:
+                engine.load_checkpoint(str(part), tag="ckpt", load_module_strict=False, load_optimizer_states=False,
+                                       load_lr_scheduler_states=True)
             zero_state.load_full(engine, full)
 
         save_part_s = _median_s(save_partitioned, args.repeats)
@@ -122,7 +129,7 @@ def main() -> None:
         files = {p.name: p.stat().st_size for p in part.rglob("*") if p.is_file()}
         result = {
             "state": f"ViT-B/16 VPT-deep p={PROMPTS}, {CLASSES}-class head: {trainable} trainable fp32 values, "
-                     "AdamW, ZeRO 2, 1 CPU rank",
+                     f"AdamW, ZeRO {args.stage}, 1 CPU rank",
             "trainable_values": trainable,
             "adamw_state_bytes_expected": trainable * 4 * 3,  # fp32 master + exp_avg + exp_avg_sq
             "deepspeed_checkpoint_bytes": _bytes(part),
