@@ -48,11 +48,11 @@ def _check(args: argparse.Namespace) -> int:
 
 def auto_format(cfg: Config) -> Tuple[Optional[str], Optional[str]]:
     """(the format model.checkpoint_format=auto reads the run's weight file as, None) as the
-    engine decides it (build.checkpoint_format), or (None, why not): no file set, or one that is
+    engine decides it (weights.checkpoint_format), or (None, why not): no file set, or one that is
     missing, unreadable or of a layout auto does not decide. For `spt config show --protocol`."""
     if not cfg.model.checkpoint:
         return None, "model.checkpoint is not set"
-    from .build import checkpoint_format
+    from .weights import checkpoint_format
 
     try:
         return checkpoint_format(cfg), None
