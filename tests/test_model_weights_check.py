@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from safetensors.torch import save_file
 from official_layouts import jax_shapes, pos_embed, timm_shapes, timm_state, wrap, write_npz
 from spt_dist.cli import main as spt
 from spt_dist.config import load_config
+from spt_dist.config.registry import BACKBONES
 from spt_dist.model import build_backbone, weights_hash
 from spt_dist.model.identify import file_md5, identify, md5_finding
 from spt_dist.model.known import KNOWN
@@ -66,9 +70,8 @@ def test_npz_reader_reads_the_jax_layout_the_loader_loads(tmp_path):
     assert dataclasses.replace(again, path=s.path, size=s.size) == s
     # ... and a layout the loader reads: timm's npz reader fills every backbone tensor from it.
     build_backbone("vit_micro_p4_16", checkpoint=path)
-    m = identify(s)
-    assert m.entry is None and m.closest[0].layout == "jax-vit"
-    assert any(d.startswith("width 32 (") for d in m.closest[1])
+    m = identify(s)  # no papers' file, and no papers' file of these shapes: the registry's micro backbone
+    assert (m.entry, m.backbone, m.closest) == (None, "vit_micro_p4_16", None)
 
 
 def test_safetensors_reader_reads_timm_layout(tmp_path):
@@ -195,6 +198,7 @@ def test_a_micro_backbone_round_trips_and_stays_unknown(tmp_path):
     save_file(state, str(tmp_path / "w.safetensors"))
     report = check_weights(str(tmp_path / "w.safetensors"))
     assert report.record["known"] is None and "model.name=vit_micro_p4_16" in "\n".join(report.lines)
+    assert report.record["backbone"] == "vit_micro_p4_16"
     assert weights_hash(build_backbone("vit_micro_p4_16", checkpoint=tmp_path / "w.safetensors")) == weights_hash(src)
 
 
@@ -212,3 +216,60 @@ def test_the_run_check_reports_from_the_read_file_without_reading_it_again(tmp_p
     assert (from_read.lines, from_read.warnings, from_read.record) == \
         (from_file.lines, from_file.warnings, from_file.record)
     assert any("format: not decided by its keys" in line for line in from_read.lines)
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "spt_dist" / "assets"
+
+
+@pytest.mark.parametrize("path", sorted(ASSETS.glob("*.safetensors")) + sorted(ASSETS.glob("*.pth")),
+                         ids=lambda p: p.name)
+def test_the_bundled_backbones_are_named_by_their_registry_entry(path, capsys):
+    """Each bundled file is named by the registry backbone it was trained as (in its file name, and
+    the model.name its README gives), not by the nearest of the papers' ViT-B/16 files."""
+    name = re.search(r"vit_[a-z]+_p\d+_\d+", path.name).group(0)
+    s = summarize(str(path))
+    b = BACKBONES[name]
+    assert (s.patch, s.width, s.depth, s.img_size) == (b.patch_size, b.embed_dim, b.depth, b.img_size)
+    m = identify(s)
+    assert (m.entry, m.backbone, m.closest) == (None, name, None)
+    assert spt(["weights", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"known checkpoint: none of the VPT / SPT files; the shapes of registry backbone {name} " in out
+    assert "closest" not in out and "ViT-B" not in out, out
+
+
+def _timm_file(path, head_classes=None, **arch):
+    torch.save(timm_state(**arch, head_classes=head_classes, real=False), path)
+    return summarize(str(path))
+
+
+def test_unknown_shapes_get_the_closest_by_shape_distance(tmp_path, capsys):
+    # A 100-wide tiny backbone: the registry's vit_tiny_p7_28 (96 wide, mlp 384) is nearest.
+    s = _timm_file(tmp_path / "w100.pth", patch=7, width=100, depth=4, heads=4, mlp=400, tokens=17)
+    m = identify(s)
+    assert m.entry is None and m.backbone is None
+    assert (m.closest.name, m.closest.what) == ("vit_tiny_p7_28", "registry backbone")
+    assert m.closest.differs == ["width 100 (96)", "mlp 400 (384)"]
+    assert m.closest.distance == pytest.approx(2 * math.log2(100 / 96))
+    # Every other candidate is further by the same measure (computed here from the tables).
+    def distance(patch, width, depth, mlp, tokens):
+        return sum(abs(math.log2(a / b)) for a, b in zip((7, 100, 4, 400, 17), (patch, width, depth, mlp, tokens)))
+    others = [distance(b.patch_size, b.embed_dim, b.depth, int(b.embed_dim * b.mlp_ratio),
+                       (b.img_size // b.patch_size) ** 2 + (0 if b.no_embed_class else 1 + b.reg_tokens))
+              for n, b in BACKBONES.items() if n != "vit_tiny_p7_28"]
+    others += [distance(k.patch, k.width, k.depth, k.mlp, k.tokens) for k in KNOWN]
+    assert min(others) > m.closest.distance
+    assert spt(["weights", "check", str(tmp_path / "w100.pth")]) == 0
+    out = capsys.readouterr().out
+    assert f"closest: vit_tiny_p7_28 (registry backbone), shape distance {m.closest.distance:.2f} (" in out
+    # A ViT-B/16 two blocks short: a papers' file of timm's layout at log2(12 / 10), ahead of the
+    # registry's vit_b16 at the same distance.
+    m = identify(_timm_file(tmp_path / "b10.pth", patch=16, width=768, depth=10, heads=12, mlp=3072, tokens=197))
+    assert m.backbone is None and m.closest.name.startswith("timm/vit_base_patch16_224")
+    assert m.closest.distance == pytest.approx(math.log2(12 / 10)) and "depth 10 (12)" in m.closest.differs
+    # ViT-B/16 shapes with a 100-class head: registry vit_b16, and the papers' file of these shapes.
+    m = identify(_timm_file(tmp_path / "b100.pth", patch=16, width=768, depth=12, heads=12, mlp=3072, tokens=197,
+                            head_classes=100))
+    assert m.entry is None and m.backbone == "vit_b16"
+    assert m.closest.distance == 0 and len(m.closest.differs) == 1
+    assert m.closest.differs[0].startswith("head_classes 100 (")

@@ -7,7 +7,7 @@ import pytest
 
 from spt_dist.config import ConfigError, load_config
 from spt_dist.config.load import CONFIG_ROOT
-from spt_dist.config.protocol import ALWAYS, EXEMPT, departures, protocol_names, recipe_keys, treatment
+from spt_dist.config.protocol import ALWAYS, EXEMPT, GRIDS, departures, protocol_names, recipe_keys, treatment
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
@@ -192,6 +192,42 @@ def test_departures_are_listed_with_both_values():
     assert [d.key for d in departures(load_config(_path("spt_vtab"), ["optim.lr=0.05"]), "spt_vtab")] == ["optim.lr"]
 
 
+def test_vpts_lr_is_judged_by_the_lr_it_trains_at():
+    # tune_vtab.py:100 / tune_fgvc.py:31 train grid point b at b x batch / 256; demo.ipynb's final
+    # commands pass that value with no scaling (base 25 at batch 128 as SOLVER.BASE_LR 12.5).
+    def got(name, overrides):
+        return {d.key: (d.ours, d.official) for d in departures(load_config(_path(name), overrides), name)}
+
+    grid = GRIDS["vpt_vtab"]["optim.lr"][0]
+    for batch in (64, 128):
+        for base in (max(grid), min(grid)):  # grid points written as the lr they train at: the recipe
+            trains_at = base * batch / 256
+            unscaled = [f"data.batch_size={batch}", "optim.lr_scaling=none", f"optim.lr={trains_at!r}"]
+            assert got("vpt_vtab", unscaled) == {}
+    for name in ("vpt_vtab", "vpt_fgvc"):
+        assert got(name, ["optim.lr_scaling=none", "optim.lr=12.5"]) == {}
+    # An lr that trains at no grid point departs, the official value shown in the config's own lr_scaling.
+    off = departures(load_config(_path("vpt_vtab"), ["optim.lr_scaling=none", "optim.lr=0.3"]), "vpt_vtab")
+    assert [(d.key, d.ours, d.official) for d in off] == [("optim.lr", 0.3, 0.05)]  # the preset's 0.1 x 128/256
+    assert "trains at 0.3, the recipe at 0.05" in off[0].note and "12.5" in off[0].note
+    # The preset's base lr 0.1 given unscaled trains at 0.1 = 0.2 x 128/256: no grid point.
+    assert got("vpt_vtab", ["optim.lr_scaling=none", "optim.lr=0.1"]) == {"optim.lr": (0.1, 0.05)}
+    # With the recipe's scaling the grid is of base lrs, as before.
+    assert got("vpt_vtab", ["optim.lr=12.5"]) == {"optim.lr": (12.5, 0.1)}
+
+
+def test_spts_lr_is_judged_by_the_lr_it_trains_at():
+    # SPT's train.py:289 uses its lr as given: 1e-3 at batch 32 is 8e-3 x 32 / 256 under linear scaling.
+    def got(overrides):
+        return {d.key: (d.ours, d.official) for d in departures(load_config(_path("spt_vtab"), overrides), "spt_vtab")}
+
+    assert got(["optim.lr_scaling=linear", "optim.lr=0.008", "optim.min_lr=8e-8"]) == {}
+    assert got(["optim.lr_scaling=linear", "optim.lr=0.008"]) == {"optim.min_lr": (1e-8, 8e-8)}
+    assert got(["optim.lr_scaling=linear"]) == {"optim.lr": (0.001, 0.008), "optim.min_lr": (1e-8, 8e-8)}
+    assert got(["optim.lr_scaling=linear", "optim.lr=0.4", "optim.min_lr=8e-8", "model.checkpoint_format=mae",
+                "optim.weight_decay=0.5"]) == {}  # MAE's 5e-2
+
+
 @pytest.mark.parametrize("name", ["spt_vtab", "spt_fgvc"])
 def test_spts_recipe_follows_the_backbone(name):
     # MAE: README.md:82-83 (--wd_head 0.5, --lr 5e-2); MoCo v3: train_MoCo.py:100 (one image), 260 (std .01).
@@ -217,7 +253,8 @@ def test_every_setting_of_the_schema_is_judged(name):
     how = treatment(name)
     assert "unjudged" not in how.values(), [k for k, v in how.items() if v == "unjudged"]
     assert {how[k] for k in recipe_keys(name) if k in how} <= {"recipe", "by depth", "by world size",
-                                                              "by backbone", "global batch", "stage"}
+                                                              "by backbone", "global batch", "effective lr",
+                                                              "stage"}
     stale = [k for k in list(ALWAYS) + list(EXEMPT) if not any(x == k or x.startswith(k) for x in how)]
     assert not stale, stale
 
@@ -320,8 +357,8 @@ def test_cli_show_protocol(capsys):
     assert main(["config", "show", _path("spt_vtab"), "--protocol", "spt_vtab"]) == 0
     assert capsys.readouterr().out == ("no departures from protocol spt_vtab (configs/protocol/spt_vtab.yaml) "
                                        "on 1 rank (launch.nodes x launch.tasks_per_node), supervised weights' recipe "
-                                       "(model.checkpoint_format=auto: the file is not read here; set mae or mocov3 "
-                                       "for those weights)\n")
+                                       "(model.checkpoint_format=auto: model.checkpoint is not set; set mae or "
+                                       "mocov3 for those weights)\n")
     assert main(["config", "show", _path("spt_vtab"), "model.checkpoint_format=mae", "--protocol", "spt_vtab"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:3] == ["optim.lr", "0.001", "0.05"]
@@ -343,3 +380,40 @@ def test_cli_show_protocol(capsys):
     with pytest.raises(SystemExit):
         main(["config", "show", _path("spt_vtab"), "--protocol", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_cli_show_protocol_reads_the_weights_format_under_auto(tmp_path: Path, capsys):
+    """With model.checkpoint_format=auto the command reads the file as the engine does: the
+    bundled MAE file gets MAE's recipe (README.md:82-83), the supervised one the preset's."""
+    from spt_dist.cli import main
+    from spt_dist.model import detect_format
+
+    assets = CONFIG_ROOT.parent / "spt_dist" / "assets"
+    mae, supervised = assets / "mae_vit_tiny_p7_28_fmnist04.pth", assets / "vit_tiny_p7_28_fmnist04.safetensors"
+    assert (detect_format(mae), detect_format(supervised)) == ("mae", "timm")  # what the engine reads them as
+
+    def show(checkpoint):
+        assert main(["config", "show", _path("spt_vtab"), f"model.checkpoint={checkpoint}", "--protocol",
+                     "spt_vtab"]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    lines = show(mae)
+    assert [line.split()[:3] for line in lines[1:3]] == [["optim.lr", "0.001", "0.05"],
+                                                         ["optim.weight_decay", "3.0", "0.5"]]
+    assert lines[-1].startswith("2 setting(s) depart") and \
+        f"MAE weights' recipe (model.checkpoint_format=auto: {mae} reads as mae)" in lines[-1]
+    assert show(supervised) == [f"no departures from protocol spt_vtab (configs/protocol/spt_vtab.yaml) on 1 rank "
+                                f"(launch.nodes x launch.tasks_per_node), supervised weights' recipe "
+                                f"(model.checkpoint_format=auto: {supervised} reads as timm)"]
+    # A set format is not read over; VPT's recipes do not depend on the backbone (nothing read).
+    assert main(["config", "show", _path("spt_vtab"), f"model.checkpoint={mae}", "model.checkpoint_format=timm",
+                 "--protocol", "spt_vtab"]) == 0
+    assert "supervised weights' recipe (model.checkpoint_format)" in capsys.readouterr().out
+    # Missing or unreadable: judged as supervised, as without a reader, and the line says why.
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    for bad, why in ((tmp_path / "gone.pth", f"checkpoint file not found: {tmp_path / 'gone.pth'}"),
+                     (tmp_path / "notes.pth", f"{tmp_path / 'notes.pth'}: ")):
+        out = show(bad)
+        assert len(out) == 1 and out[0].startswith("no departures from protocol spt_vtab"), out
+        assert f"supervised weights' recipe (model.checkpoint_format=auto: {bad} not read ({why}" in out[0]
+        assert out[0].endswith("; set mae or mocov3 for those weights)")

@@ -50,3 +50,10 @@ def global_batch_problem(cfg: Config) -> Optional[str]:
                     f"{_listed(sizes)}); set data.global_batch to a multiple of {step} (e.g. {near}), which every "
                     f"one of these world sizes divides")
     return None
+
+
+def lr_scale(lr_scaling: str, global_batch: int) -> float:
+    """The factor optim.lr and optim.min_lr are multiplied by: global batch / 256 under
+    lr_scaling=linear (VPT's tune scripts), 1 under none. The one rule: the engine's effective
+    lr and `spt config show --protocol` use it."""
+    return global_batch / 256.0 if lr_scaling == "linear" else 1.0

@@ -2,9 +2,21 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable, List, Optional, Tuple
 
 from .errors import ConfigError
 from .load import load_config, to_yaml
+from .schema import Config
+
+# cfg -> (the format model.checkpoint_format=auto reads cfg's weight file as, or None and why not).
+# Reading weight files is the model stage's: its cli.py hands its reader in (config imports
+# nothing above it); without one, --protocol judges an `auto` run as supervised and says so.
+FormatReader = Callable[[Config], Tuple[Optional[str], Optional[str]]]
+_FORMAT_READER: List[FormatReader] = []
+
+
+def set_format_reader(reader: FormatReader) -> None:
+    _FORMAT_READER[:] = [reader]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,9 +30,12 @@ def _show(args: argparse.Namespace) -> int:
         raise ConfigError("--world-size judges a run against a protocol: give it with --protocol NAME")
     cfg = load_config(args.config, args.overrides, check_files=args.check_files)
     if args.protocol:
-        from .protocol import departure_table
+        from .protocol import BY_BACKBONE, departure_table
 
-        print(departure_table(cfg, args.protocol, args.world_size), end="")
+        detected = unread = None
+        if args.protocol in BY_BACKBONE and cfg.model.checkpoint_format == "auto" and _FORMAT_READER:
+            detected, unread = _FORMAT_READER[0](cfg)
+        print(departure_table(cfg, args.protocol, args.world_size, detected, unread), end="")
     else:
         print(to_yaml(cfg), end="")
     return 0

@@ -9,6 +9,10 @@ of the schema is judged in exactly one way (`treatment`):
 - global batch: data.batch_size, optim.grad_accum and data.global_batch are compared only
   through the global batch (data.global_batch when set, else per-rank batch x grad_accum x
   world size), since the official batch sizes are global;
+- effective lr: optim.lr and optim.min_lr are compared after each side's optim.lr_scaling at
+  the run's global batch (config/batch.py's lr_scale), so an lr given already scaled with
+  lr_scaling=none is the recipe when it trains at the official lr; lr_scaling itself is no
+  departure;
 - splits: data.train_split / val_split / test_split are compared with the preset's table of
   the run's data.stage (data.stage=custom: the nearer of the tune and final tables), which is
   what the stage keys (data.stage, data.tune.*, data.final.*) decide;
@@ -18,18 +22,22 @@ Values the official code chooses per task (VPT's lr, weight decay and batch from
 commands) are in GRIDS: any of them is the recipe. Values that follow the prompt depth
 (BY_DEPTH), the world size (BY_WORLD, VPT's drop_last) or the backbone (BY_BACKBONE, SPT's
 MAE and MoCo v3 recipes, keyed on the weight file's format) are compared with the official
-code's value(s) for the run's depth, world size or backbone. A compared key whose setting the
+code's value(s) for the run's depth, world size or backbone (the format is
+model.checkpoint_format, else the one the caller read from the file: `spt config show` reads
+it as the engine does, through model/cli.py). A compared key whose setting the
 run does not use (ONLY_WHEN: momentum without SGD, k-means settings without k-means) is
 skipped: it changes nothing; one the run uses is compared with the official value.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
+from .batch import lr_scale
 from .dotted import flatten
 from .errors import ConfigError
 from .load import CONFIG_ROOT, load_config
@@ -39,6 +47,7 @@ PROTOCOL_ROOT = CONFIG_ROOT / "protocol"
 GLOBAL_BATCH = "global batch"
 LAUNCH_WORLD = "launch.nodes x launch.tasks_per_node"
 BATCH_KEYS = ("data.batch_size", "optim.grad_accum", "data.global_batch")
+LR_KEYS = ("optim.lr", "optim.lr_scaling", "optim.min_lr")
 SPLIT_KEYS = {"data.train_split": "train", "data.val_split": "val", "data.test_split": "test"}
 STAGE_KEYS = ("data.stage", "data.tune.", "data.final.")
 STAGES = ("tune", "final")
@@ -126,8 +135,9 @@ ONLY_WHEN: Dict[str, Tuple[str, Callable[[Dict[str, Any]], bool]]] = {
 EXEMPT: Dict[str, str] = {
     "defaults": "composition, not a setting",
     "model.name": "the backbone a run studies (both codes report several; the presets compose model/vit_b16)",
-    "model.checkpoint": "the weights file: not read here (`spt weights check RUN` names a known official file; "
-                        "the presets' comments name each code's files)",
+    "model.checkpoint": "the weights file: read only for its format under model.checkpoint_format=auto "
+                        "(BY_BACKBONE); `spt weights check RUN` names a known official file, the presets' "
+                        "comments name each code's files",
     "model.checkpoint_format": "how the weights file is read",
     "model.in_chans": "3 is the only value",
     "model.grad_checkpointing": "recomputes activations: the same numbers",
@@ -192,13 +202,15 @@ def _exempt(key: str) -> Optional[str]:
 
 def treatment(name: str, cfg: Optional[Config] = None) -> Dict[str, str]:
     """How each setting of `cfg` (default: the preset itself) is judged against protocol `name`:
-    recipe, always, by depth, by world size, global batch, splits, stage, or exempt."""
+    recipe, always, by depth, by world size, global batch, effective lr, splits, stage, or exempt."""
     recipe, by_depth, by_world = set(recipe_keys(name)), BY_DEPTH.get(name, {}), BY_WORLD.get(name, {})
     by_backbone = BY_BACKBONE.get(name, {})
     out = {}
     for key in _flat(cfg if cfg is not None else load_config(str(protocol_path(name)))):
         if key in BATCH_KEYS:
             out[key] = "global batch"
+        elif key in LR_KEYS:
+            out[key] = "effective lr"
         elif key in SPLIT_KEYS:
             out[key] = "splits"
         elif key.startswith(STAGE_KEYS):
@@ -239,18 +251,60 @@ def _split_departures(cfg: Config, official: Config) -> List[Departure]:
     return [Departure(k, ours[k], tables[stage][k], note) for k in SPLIT_KEYS if ours[k] != tables[stage][k]]
 
 
-def backbone_format(cfg: Config, detected: Optional[str] = None) -> Tuple[Optional[str], str]:
+def backbone_format(cfg: Config, detected: Optional[str] = None,
+                    unread: Optional[str] = None) -> Tuple[Optional[str], str]:
     """(the weight file's format BY_BACKBONE is keyed on, where it came from): model.checkpoint_format
-    when set, else `detected` (the caller read the file), else None (judged as supervised)."""
+    when set, else `detected` (the format the caller read the file as), else None (judged as
+    supervised), saying why: `unread`, the caller's reason it has no format, or that nobody read it."""
     if cfg.model.checkpoint_format != "auto":
         return cfg.model.checkpoint_format, "model.checkpoint_format"
     if detected is not None:
-        return detected, f"detected from {cfg.model.checkpoint}"
-    return None, "model.checkpoint_format=auto: the file is not read here; set mae or mocov3 for those weights"
+        return detected, f"model.checkpoint_format=auto: {cfg.model.checkpoint} reads as {detected}"
+    why = unread or "the file is not read here"
+    return None, f"model.checkpoint_format=auto: {why}; set mae or mocov3 for those weights"
 
 
 def _values(values: Tuple[Any, ...]) -> str:
     return " or ".join(map(_show, values))
+
+
+def _num(x: float) -> float:
+    return float(f"{x:.12g}")  # 0.1 x 128 / 256 shown as 0.05
+
+
+def _backbone_ref(rules: Dict[str, Tuple[Any, str]], fmt: Optional[str], preset: Any) -> Tuple[Any, str]:
+    """(the official value for the backbone of format `fmt`, the note naming its source)."""
+    if fmt in rules:
+        ref, where = rules[fmt]
+    else:
+        ref, where = preset, "the preset's value; " + "; ".join(
+            f"{BACKBONE_NAMES[f]}: {_show(v)} ({w})" for f, (v, w) in rules.items())
+    return ref, f"{BACKBONE_NAMES.get(fmt or '', 'supervised')} weights: {where}"
+
+
+def _lr_departure(key: str, cfg: Config, official: Config, batch: int, ref: float, note: str = "",
+                  grid: Optional[Tuple[Tuple[float, ...], str]] = None) -> Optional[Departure]:
+    """optim.lr or optim.min_lr judged by the lr it trains at: this config's value under its
+    lr_scaling against the official `ref` (or any value of `grid`: values, where) under the
+    recipe's, both at global batch `batch`. Where the two lr_scalings differ, the official
+    column is the official value written in this config's lr_scaling."""
+    ours = getattr(cfg.optim, key.split(".")[1])
+    ours_scale, ref_scale = lr_scale(cfg.optim.lr_scaling, batch), lr_scale(official.optim.lr_scaling, batch)
+    values = grid[0] if grid else (ref,)
+    if any(math.isclose(ours * ours_scale, v * ref_scale, rel_tol=1e-9) for v in values):
+        return None
+
+    def as_ours(v: float) -> float:
+        return v if ours_scale == ref_scale else _num(v * ref_scale / ours_scale)
+
+    if grid:
+        note = _per_task(tuple(map(as_ours, values)), grid[1])
+    if ours_scale != ref_scale:
+        rule = (f"trains at {_num(ours * ours_scale)}, the recipe at {_num(ref * ref_scale)} (this config's "
+                f"lr_scaling={cfg.optim.lr_scaling}, the recipe's {official.optim.lr_scaling}, global batch {batch}); "
+                f"the official value(s) shown in this config's lr_scaling")
+        note = f"{rule}; {note}" if note else rule
+    return Departure(key, ours, as_ours(ref), note)
 
 
 def departures(cfg: Config, name: str, world_size: Optional[int] = None,
@@ -264,13 +318,28 @@ def departures(cfg: Config, name: str, world_size: Optional[int] = None,
     ours_flat, ref_flat = _flat(cfg), _flat(official)
     grids, by_depth, by_world = GRIDS.get(name, {}), BY_DEPTH.get(name, {}), BY_WORLD.get(name, {})
     by_backbone = BY_BACKBONE.get(name, {})
+    ref_g = official.data.batch_size * official.optim.grad_accum
+    if cfg.data.global_batch:
+        ours_g, rule = cfg.data.global_batch, f"data.global_batch {cfg.data.global_batch}"
+    else:
+        ours_g = cfg.data.batch_size * cfg.optim.grad_accum * world
+        rule = (f"data.batch_size {cfg.data.batch_size} x optim.grad_accum {cfg.optim.grad_accum} "
+                f"x world size {world}")
     out = []
     for key, how in treatment(name, cfg).items():
         how = "always" if how == "unjudged" else how
         if key in ONLY_WHEN and not ONLY_WHEN[key][1](ours_flat):
             continue  # the run does not use it
         ours, ref = ours_flat[key], ref_flat.get(key)
-        if how == "by depth":
+        if how == "effective lr":
+            if key == "optim.lr_scaling":
+                continue  # it enters through the effective lr
+            if key in by_backbone:
+                found = _lr_departure(key, cfg, official, ours_g, *_backbone_ref(by_backbone[key], fmt, ref))
+            else:
+                found = _lr_departure(key, cfg, official, ours_g, ref, grid=grids.get(key))
+            out += [found] if found else []
+        elif how == "by depth":
             deep, shallow, where = by_depth[key]
             refs = deep if cfg.method.deep else shallow
             if ours not in refs:
@@ -281,14 +350,9 @@ def departures(cfg: Config, name: str, world_size: Optional[int] = None,
             if ours != ref:
                 out.append(Departure(key, ours, ref, f"{_show(one)} on one rank, {_show(more)} on more ({where})"))
         elif how == "by backbone":
-            rules = by_backbone[key]
-            if fmt in rules:
-                ref, where = rules[fmt]
-            else:
-                where = "the preset's value; " + "; ".join(
-                    f"{BACKBONE_NAMES[f]}: {_show(v)} ({w})" for f, (v, w) in rules.items())
+            ref, note = _backbone_ref(by_backbone[key], fmt, ref)
             if ours != ref:
-                out.append(Departure(key, ours, ref, f"{BACKBONE_NAMES.get(fmt or '', 'supervised')} weights: {where}"))
+                out.append(Departure(key, ours, ref, note))
         elif how in ("recipe", "always") and key in grids:
             values, where = grids[key]
             if ours not in values:
@@ -296,13 +360,6 @@ def departures(cfg: Config, name: str, world_size: Optional[int] = None,
         elif how in ("recipe", "always") and ours != ref:
             out.append(Departure(key, ours, ref, ALWAYS.get(key, "") if how == "always" else ""))
     out += _split_departures(cfg, official)
-    ref_g = official.data.batch_size * official.optim.grad_accum
-    if cfg.data.global_batch:
-        ours_g, rule = cfg.data.global_batch, f"data.global_batch {cfg.data.global_batch}"
-    else:
-        ours_g = cfg.data.batch_size * cfg.optim.grad_accum * world
-        rule = (f"data.batch_size {cfg.data.batch_size} x optim.grad_accum {cfg.optim.grad_accum} "
-                f"x world size {world}")
     if GLOBAL_BATCH in grids:
         values, where = grids[GLOBAL_BATCH]
         if ours_g not in values:
@@ -317,13 +374,14 @@ def _show(value: Any) -> str:
 
 
 def departure_table(cfg: Config, name: str, world_size: Optional[int] = None,
-                    detected_format: Optional[str] = None) -> str:
+                    detected_format: Optional[str] = None, unread: Optional[str] = None) -> str:
     """Side-by-side text table of `departures` (a line saying so when there are none), naming
     the world size it judged and where it came from (--world-size, or the launch settings) and,
-    for a protocol with BY_BACKBONE rules, the backbone recipe and where its format came from."""
+    for a protocol with BY_BACKBONE rules, the backbone recipe and where its format came from
+    (`detected_format`, `unread`: see backbone_format)."""
     world = launch_world_size(cfg) if world_size is None else world_size
     source = "--world-size" if world_size is not None else LAUNCH_WORLD
-    fmt, fmt_source = backbone_format(cfg, detected_format)
+    fmt, fmt_source = backbone_format(cfg, detected_format, unread)
     rows = departures(cfg, name, world, fmt)
     where = protocol_path(name).relative_to(CONFIG_ROOT.parent)
     on = f"on {world} rank{'s' if world > 1 else ''} ({source})"

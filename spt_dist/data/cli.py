@@ -1,11 +1,12 @@
 """`spt shards build SOURCE ... --out DIR`, `spt shards index DIR`, `spt shards verify DIR`,
-`spt shards info DIR`. Input errors propagate to `spt` (one line, exit code 2)."""
+`spt shards info DIR [--json]`. Input errors propagate to `spt` (one line, exit code 2)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 # The data package (and torch with it) is imported inside the commands, so that building the
 # `spt` parser on a login node stays fast.
@@ -48,6 +49,42 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
+CLASS_ROWS = 20  # more classes than this: the first and last EDGE_ROWS rows (--json lists every one)
+EDGE_ROWS = 5
+
+
+def _class_counts(index) -> Dict[str, List[int]]:
+    """split -> samples of each class, in the order of index.classes (0 for a class the split lacks)."""
+    return {name: [split.class_counts().get(str(c), 0) for c in range(index.num_classes)]
+            for name, split in index.splits.items()}
+
+
+def _class_lines(index) -> List[str]:
+    """The class names of the index with each split's sample count per class, as a table; with
+    more than CLASS_ROWS classes, the first and last EDGE_ROWS of them and how many are left out."""
+    counts = _class_counts(index)
+    rows = [[str(c), name] + [str(counts[s][c]) for s in counts] for c, name in enumerate(index.classes)]
+    if len(rows) > CLASS_ROWS:
+        gap = f"... {len(rows) - 2 * EDGE_ROWS} more classes (--json lists every one)"
+        rows = rows[:EDGE_ROWS] + [[gap]] + rows[-EDGE_ROWS:]
+    table = [["label", "class"] + list(counts)] + rows
+    full = [r for r in table if len(r) > 1]
+    widths = [max(len(r[i]) for r in full) for i in range(len(table[0]))]
+    return ["  " + "  ".join(v.ljust(widths[i]) if i == 1 else v.rjust(widths[i]) for i, v in enumerate(r)).rstrip()
+            if len(r) > 1 else f"  {r[0]}" for r in table]  # names left-aligned, numbers right
+
+
+def info_record(index) -> Dict[str, Any]:
+    """What `spt shards info --json` prints: every class name and each split's count per class."""
+    counts = _class_counts(index)
+    return {"root": str(index.root), "source": index.source, "content_hash": index.content_hash,
+            "classes": list(index.classes),
+            "splits": {name: {"num_samples": split.num_samples, "shards": len(split.shards),
+                              "class_counts": counts[name],
+                              "classes_per_shard": [len(s.class_counts()) for s in split.shards]}
+                       for name, split in index.splits.items()}}
+
+
 def _print_info(index) -> None:
     print(f"{index.root}: {index.source.get('kind', '?')}, {index.num_classes} classes, "
           f"content hash {index.content_hash[:16]}")
@@ -56,12 +93,17 @@ def _print_info(index) -> None:
         print(f"  {name}: {split.num_samples} samples in {len(split.shards)} shard(s), "
               f"{len(split.class_counts())} classes; classes per shard: {min(per_shard)}..{max(per_shard)}, "
               f"mean {sum(per_shard) / len(per_shard):.1f}")
+    print("\n".join(_class_lines(index)))
 
 
 def _info(args: argparse.Namespace) -> int:
     from .index import ShardIndex
 
-    _print_info(ShardIndex.load(args.root))
+    index = ShardIndex.load(args.root)
+    if args.json:
+        print(json.dumps(info_record(index), indent=1))
+    else:
+        _print_info(index)
     return 0
 
 
@@ -138,8 +180,10 @@ def register(sub) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2)
     for p in build.choices.values():
         p.set_defaults(func=_build)
-    info = shards.add_parser("info", help="summarise a shard folder's index.json")
+    info = shards.add_parser("info", help="summarise a shard folder's index.json: splits, shards, and the class "
+                                          "names with each split's samples per class")
     info.add_argument("root")
+    info.add_argument("--json", action="store_true", help="print it as JSON, every class listed")
     info.set_defaults(func=_info)
     p = shards.add_parser("index", help="write index.json for a folder of WebDataset tars (<key>.jpg|png + "
                                         "<key>.cls), or upgrade an older index; the tars stay as they are")

@@ -19,12 +19,13 @@ from typing import Callable, Dict, Iterable, List, Tuple
 import torch
 from torch import nn
 
+from spt_dist.config.batch import lr_scale
 from spt_dist.config.schema import OptimConfig
 
 
 def effective_lr(cfg: OptimConfig, global_batch: int) -> Tuple[float, float]:
     """(peak lr, final lr) after VPT's linear batch scaling when enabled."""
-    scale = global_batch / 256.0 if cfg.lr_scaling == "linear" else 1.0
+    scale = lr_scale(cfg.lr_scaling, global_batch)
     return cfg.lr * scale, cfg.min_lr * scale
 
 

@@ -15,7 +15,7 @@ _EXPORTS = {
     "weights_hash": "weights", "save_backbone_weights": "weights",
     "PromptedViT": "prompted_vit", "vpt_uniform_bound": "prompted_vit",
     "PromptSet": "prompt_stack", "PromptStack": "prompt_stack", "MultiPromptViT": "prompt_stack",
-    "build_model": "build", "resolve_pool": "build", "checkpoint_format": "build", "input_spec": "build",
+    "build_model": "build", "resolve_pool": "build", "checkpoint_format": "weights", "input_spec": "build",
     "InputSpec": "build", "read_weights": "build", "build_run_backbone": "build", "wrap_backbone": "build",
 }
 __all__ = sorted(_EXPORTS)

@@ -11,7 +11,7 @@ from spt_dist.config.registry import backbone_spec, normalization
 
 from .backbone import build_backbone
 from .prompted_vit import PromptedViT
-from .weights import Checkpoint, detect_format, read_checkpoint
+from .weights import Checkpoint, checkpoint_format, read_checkpoint
 
 
 class InputSpec(NamedTuple):
@@ -28,15 +28,6 @@ def read_weights(cfg: Config) -> Optional[Checkpoint]:
     if not m.checkpoint:
         return None
     return read_checkpoint(resolve_checkpoint(m.checkpoint), m.checkpoint_format, mae_head_norm=m.mae_head_norm)
-
-
-def checkpoint_format(cfg: Config) -> Optional[str]:
-    """The weight file's format (None without one); "auto" reads only the file's keys."""
-    if not cfg.model.checkpoint:
-        return None
-    if cfg.model.checkpoint_format != "auto":
-        return cfg.model.checkpoint_format
-    return detect_format(resolve_checkpoint(cfg.model.checkpoint))
 
 
 def input_spec(cfg: Config, fmt: Optional[str] = None) -> InputSpec:

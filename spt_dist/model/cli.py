@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional, Tuple
+
+from spt_dist.config import Config
 
 
 def _target(args: argparse.Namespace):
@@ -43,7 +46,24 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def auto_format(cfg: Config) -> Tuple[Optional[str], Optional[str]]:
+    """(the format model.checkpoint_format=auto reads the run's weight file as, None) as the
+    engine decides it (weights.checkpoint_format), or (None, why not): no file set, or one that is
+    missing, unreadable or of a layout auto does not decide. For `spt config show --protocol`."""
+    if not cfg.model.checkpoint:
+        return None, "model.checkpoint is not set"
+    from .weights import checkpoint_format
+
+    try:
+        return checkpoint_format(cfg), None
+    except Exception as exc:  # noqa: BLE001 - a comparison that informs: judged as today, saying why
+        return None, f"{cfg.model.checkpoint} not read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+
+
 def register(sub) -> None:
+    from spt_dist.config.cli import set_format_reader
+
+    set_format_reader(auto_format)
     weights = sub.add_parser("weights", help="inspect backbone weight files").add_subparsers(
         dest="action", required=True)
     p = weights.add_parser("check", help="format, architecture and parameters of a weight file, which of the "

@@ -1,28 +1,85 @@
-"""Which of the papers' backbone files (known.KNOWN) a weight file is, and whether a run feeds
-and pools it as the paper's code did.
+"""Which of the papers' backbone files (known.KNOWN) a weight file is, which registry backbone
+(config/registry.py, the project's own demo sizes included) has its shapes, and whether a run
+feeds and pools it as the paper's code did.
 
 A file matches an entry when its key layout, architecture, classifier rows, representation
 layer and kind of position embedding all agree; the md5 is compared where a prefix is
-published. Findings about a run are warnings: they never stop it.
+published. A file that matches no entry and has no registry backbone's shapes is given the
+nearest papers' file or registry backbone by shape: the sum over patch, width, depth, MLP width
+and position rows of |log2(file / entry)| (0 for the same shapes, 1 for one size doubled).
+Findings about a run are warnings: they never stop it.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
+
+from spt_dist.config.registry import BACKBONES, BackboneSpec
 
 from .known import KNOWN, LAYOUTS, POS_EMBEDS, Known
 from .summary import Summary
 
 _FIELDS = ("layout", "patch", "width", "depth", "mlp", "tokens", "head_classes", "pre_logits", "pos_embed")
+SHAPE_FIELDS = ("patch", "width", "depth", "mlp", "tokens")
+DISTANCE = "sum of |log2(file / entry)| over patch, width, depth, mlp and position rows"
+
+
+@dataclass
+class Near:
+    """The nearest entry by shape to a file that matches none: a papers' file or a registry backbone."""
+    name: str
+    what: str  # the papers' file's title, or "registry backbone"
+    differs: List[str]  # 'field file-value (entry-value)'
+    distance: float  # shape_distance
 
 
 @dataclass
 class Match:
     entry: Optional[Known]
     also: List[Known] = field(default_factory=list)  # other entries the file is equally consistent with
-    closest: Optional[Tuple[Known, List[str]]] = None  # without a match: the nearest entry, what differs
+    backbone: Optional[str] = None  # the registry backbone with the file's shapes (its model.name)
+    closest: Optional[Near] = None  # without an entry: the nearest by shape (see identify)
+
+
+def _pos_rows(b: BackboneSpec) -> int:
+    """Position-embedding rows of a registry backbone (timm: prefix tokens get none with no_embed_class)."""
+    prefix = 0 if b.no_embed_class else int(b.class_token) + b.reg_tokens
+    return (b.img_size // b.patch_size) ** 2 + prefix
+
+
+def _registry_shape(b: BackboneSpec) -> Dict[str, int]:
+    return {"patch": b.patch_size, "width": b.embed_dim, "depth": b.depth, "mlp": int(b.embed_dim * b.mlp_ratio),
+            "tokens": _pos_rows(b)}
+
+
+def registry_backbones(s: Summary) -> List[str]:
+    """The registry backbones (model.name) whose shapes the file has."""
+    return [n for n, b in sorted(BACKBONES.items())
+            if all(getattr(s, f) == v for f, v in _registry_shape(b).items()) and b.class_token == s.class_token
+            and (s.heads is None or s.heads == b.num_heads)]
+
+
+def shape_distance(s: Summary, shape: Dict[str, int]) -> float:
+    """Sum over SHAPE_FIELDS of |log2(file / entry)|; infinite when the file does not give them."""
+    if any(getattr(s, f) is None for f in SHAPE_FIELDS):
+        return math.inf
+    return sum(abs(math.log2(getattr(s, f) / shape[f])) for f in SHAPE_FIELDS)
+
+
+def _near_registry(s: Summary, name: str) -> Near:
+    b = BACKBONES[name]
+    shape = _registry_shape(b)
+    differs = [f"{f} {getattr(s, f)} ({v})" for f, v in shape.items() if getattr(s, f) != v]
+    if s.heads is not None and s.heads != b.num_heads:
+        differs.append(f"heads {s.heads} ({b.num_heads})")
+    return Near(name, "registry backbone", differs, shape_distance(s, shape))
+
+
+def _near_known(s: Summary, k: Known) -> Near:
+    return Near(k.name, k.title, differences(s, k), shape_distance(s, {f: getattr(k, f) for f in SHAPE_FIELDS}))
 
 
 def differences(s: Summary, k: Known) -> List[str]:
@@ -40,14 +97,24 @@ def differences(s: Summary, k: Known) -> List[str]:
 
 
 def identify(s: Summary, hub_name: Optional[str] = None) -> Match:
-    """The entry `s` matches; `hub_name` (org/name) when the file came from the Hugging Face cache."""
+    """The entry `s` matches; `hub_name` (org/name) when the file came from the Hugging Face cache.
+    Without one: the registry backbone with its shapes and, when a papers' file has the same
+    shapes, that file as the closest (what else differs); with neither, the nearest papers' file
+    or registry backbone by shape_distance (ties: a papers' file, of the same layout first, then
+    the one that differs in fewer fields)."""
     fits = [k for k in KNOWN if not differences(s, k)]
-    if not fits:
-        ranked = sorted(KNOWN, key=lambda k: (k.layout != s.layout, len(differences(s, k))))
-        return Match(None, closest=(ranked[0], differences(s, ranked[0])))
-    # Of equal candidates: the Hub repository it came from, else the file's own name.
-    fits.sort(key=lambda k: (k.name != hub_name, k.name != Path(s.path).name))
-    return Match(fits[0], also=fits[1:])
+    backbones = registry_backbones(s)
+    backbone = backbones[0] if backbones else None
+    if fits:
+        # Of equal candidates: the Hub repository it came from, else the file's own name.
+        fits.sort(key=lambda k: (k.name != hub_name, k.name != Path(s.path).name))
+        return Match(fits[0], also=fits[1:], backbone=backbone)
+    known = sorted((_near_known(s, k) for k in KNOWN),
+                   key=lambda n: (n.distance, any(d.startswith("layout ") for d in n.differs), len(n.differs)))
+    if backbone is not None:
+        return Match(None, backbone=backbone, closest=known[0] if known[0].distance == 0 else None)
+    near = sorted([_near_registry(s, n) for n in sorted(BACKBONES)], key=lambda n: (n.distance, len(n.differs)))
+    return Match(None, closest=min(known[0], near[0], key=lambda n: n.distance))
 
 
 def file_md5(path: str) -> str:
@@ -67,16 +134,8 @@ def md5_finding(path: str, entry: Known) -> Tuple[bool, str]:
                    f"{entry.name}, but not the published file (re-saved, converted or trained further)")
 
 
-def _pos_rows(b) -> int:
-    """Position-embedding rows of a registry backbone (timm: prefix tokens get none with no_embed_class)."""
-    prefix = 0 if b.no_embed_class else int(b.class_token) + b.reg_tokens
-    return (b.img_size // b.patch_size) ** 2 + prefix
-
-
 def describe(s: Summary) -> List[str]:
     """Lines on the file itself: container, layout, architecture, parameters."""
-    from spt_dist.config.registry import BACKBONES
-
     lines = [f"file: {s.path} ({s.size / 2**20:.1f} MiB, {s.container})",
              f"layout: {s.layout}: {LAYOUTS[s.layout]}"]
     if s.width is None:
@@ -89,8 +148,7 @@ def describe(s: Summary) -> List[str]:
     lines.append(f"position embedding: {POS_EMBEDS.get(s.pos_embed, s.pos_embed)}; classifier head: {head}"
                  f"{'; representation layer (pre_logits)' if s.pre_logits else ''}")
     lines.append(f"parameters: {s.params:,} in the backbone ({s.file_params:,} in the file)")
-    names = [n for n, b in sorted(BACKBONES.items()) if (b.patch_size, b.embed_dim, b.depth, b.class_token) ==
-             (s.patch, s.width, s.depth, s.class_token) and s.tokens == _pos_rows(b)]
+    names = registry_backbones(s)
     lines.append(f"backbone: model.name={names[0]}" if names else
                  "backbone: no registry entry has this shape (see `spt backbones`)")
     return lines
@@ -98,10 +156,17 @@ def describe(s: Summary) -> List[str]:
 
 def describe_match(m: Match) -> List[str]:
     if m.entry is None:
-        k, diffs = m.closest
-        return ["known checkpoint: unknown (none of the VPT / SPT files)",
-                f"closest: {k.name} ({k.title}); this file differs in {', '.join(diffs)} (the entry's value "
-                f"in brackets)"]
+        if m.backbone is not None:
+            lines = [f"known checkpoint: none of the VPT / SPT files; the shapes of registry backbone "
+                     f"{m.backbone} (model.name={m.backbone}, `spt backbones`)"]
+            if m.closest is not None:  # a papers' file of these shapes
+                lines.append(f"  same shapes as {m.closest.name} ({m.closest.what}); this file differs in "
+                             f"{', '.join(m.closest.differs)} (the entry's value in brackets)")
+            return lines
+        n = m.closest
+        return ["known checkpoint: unknown (none of the VPT / SPT files, and no registry backbone has its shapes)",
+                f"closest: {n.name} ({n.what}), shape distance {n.distance:.2f} ({DISTANCE}); this file differs "
+                f"in {', '.join(n.differs)} (the entry's value in brackets)"]
     k = m.entry
     lines = [f"known checkpoint: {k.name}: {k.title}", f"  published at: {k.url}", f"  used by: {k.used_by}",
              f"  facts from: {k.sources}"]

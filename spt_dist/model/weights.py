@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from spt_dist.config import Config
+from spt_dist.config.hub import resolve_checkpoint
 from spt_dist.errors import SptError
 from spt_dist.io import atomic_path
 
@@ -161,6 +163,16 @@ def detect_format(path: PathLike) -> str:
                 state["pos_embed"] = f.get_tensor("pos_embed")
             return _classify(None, state, path)
     return read_checkpoint(path).fmt
+
+
+def checkpoint_format(cfg: Config) -> Optional[str]:
+    """The run's weight file's format (None without one), as the engine reads it: "auto" is
+    detect_format of the file (a path, or an hf-hub name in the local cache)."""
+    if not cfg.model.checkpoint:
+        return None
+    if cfg.model.checkpoint_format != "auto":
+        return cfg.model.checkpoint_format
+    return detect_format(resolve_checkpoint(cfg.model.checkpoint))
 
 
 def _strip_prefix(state: Dict[str, torch.Tensor], path: str) -> Dict[str, torch.Tensor]:

@@ -133,7 +133,7 @@ def check_weights(target: str, cfg: Optional[Config] = None, md5: bool = True,
             found = run_findings(cfg, k, fmt)
             report.lines += found["notes"]
             report.warnings += found["warnings"]
-    report.record = {"file": path, "layout": s.layout, "known": k.name if k else None,
+    report.record = {"file": path, "layout": s.layout, "known": k.name if k else None, "backbone": match.backbone,
                      "backbone_params": s.params, "md5": md5_state, "warnings": report.warnings}
     return report
 
