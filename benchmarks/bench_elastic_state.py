@@ -98,11 +98,13 @@ def main() -> None:
                                    {"params": list(model.head.parameters()), "weight_decay": 0.01}], lr=1e-3)
     ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": 1,
           "zero_optimization": {"stage": args.stage}, "steps_per_print": 10 ** 9}
+    if args.stage == 3:  # as the engine configures it (engine/ds_engine.py)
+        ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    trainable = sum(p.numel() for p in model.parameters())  # before ZeRO 3 partitions them
     engine, _, _ = build_engine(model, optimizer, None, ds)
     loss = engine()
     engine.backward(loss)
     engine.step()
-    trainable = sum(p.numel() for p in model.parameters())
     tmp = Path(tempfile.mkdtemp(prefix="elastic_state_"))
     try:
         part, full = tmp / "ds", tmp / "full"

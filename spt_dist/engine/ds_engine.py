@@ -36,7 +36,8 @@ def deepspeed_config(cfg: Config, world_size: int) -> Dict[str, Any]:
         "timers": {"throughput": {"enabled": False}},
     }
     if cfg.distributed.zero_stage == 3:
-        # Small trainable tensors: keep them gathered; no parameter offload by default.
+        # Every tensor partitioned, small ones too (DeepSpeed's default keeps tensors of up to 1e5
+        # values whole on every rank); no parameter offload unless distributed.deepspeed_json asks.
         ds["zero_optimization"].update(stage3_param_persistence_threshold=0)
     if cfg.distributed.deepspeed_json:
         with open(os.path.expanduser(cfg.distributed.deepspeed_json)) as f:
