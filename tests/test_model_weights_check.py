@@ -273,3 +273,19 @@ def test_unknown_shapes_get_the_closest_by_shape_distance(tmp_path, capsys):
     assert m.entry is None and m.backbone == "vit_b16"
     assert m.closest.distance == 0 and len(m.closest.differs) == 1
     assert m.closest.differs[0].startswith("head_classes 100 (")
+
+
+def test_a_file_without_vit_shapes_has_no_closest_entry(tmp_path, capsys):
+    """A ResNet's tensors and a ViT without its position table give no shape distance: nothing
+    is named as near."""
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)},
+               tmp_path / "resnet.pth")
+    state = timm_state(patch=7, width=96, depth=4, heads=4, mlp=384, tokens=17, head_classes=None, real=False)
+    torch.save({k: v for k, v in state.items() if k != "pos_embed"}, tmp_path / "nopos.pth")
+    for name in ("resnet.pth", "nopos.pth"):
+        m = identify(summarize(str(tmp_path / name)))
+        assert (m.entry, m.backbone, m.closest) == (None, None, None), name
+        assert spt(["weights", "check", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out
+        assert "closest: none (the file's ViT shapes" in out and "distance inf" not in out, out
+

@@ -414,6 +414,20 @@ def test_cli_show_protocol_reads_the_weights_format_under_auto(tmp_path: Path, c
     for bad, why in ((tmp_path / "gone.pth", f"checkpoint file not found: {tmp_path / 'gone.pth'}"),
                      (tmp_path / "notes.pth", f"{tmp_path / 'notes.pth'}: ")):
         out = show(bad)
-        assert len(out) == 1 and out[0].startswith("no departures from protocol spt_vtab"), out
-        assert f"supervised weights' recipe (model.checkpoint_format=auto: {bad} not read ({why}" in out[0]
-        assert out[0].endswith("; set mae or mocov3 for those weights)")
+        assert len(out) == 2 and out[0].startswith(f"backbone recipe not judged: {bad} not read ({why}"), out
+        assert out[1].startswith("no departures from protocol spt_vtab"), out
+        assert f"supervised weights' recipe (model.checkpoint_format=auto: {bad} not read ({why}" in out[1]
+        assert out[1].endswith("; set mae or mocov3 for those weights)")
+    # Read but undecided (MAE's released pretraining layout: {'model': encoder}, no decoder, head
+    # or fc_norm): the table opens saying the backbone recipe was not judged.
+    import torch
+
+    raw = torch.load(mae, map_location="cpu", weights_only=False)  # the bundled file (it holds its args)
+    raw = raw.get("model", raw)
+    encoder = {k: v for k, v in raw.items() if not k.startswith(("decoder", "mask_token", "head", "fc_norm"))}
+    torch.save({"model": encoder}, tmp_path / "mae_encoder.pth")
+    out = show(tmp_path / "mae_encoder.pth")
+    assert out[0].startswith(f"backbone recipe not judged: {tmp_path / 'mae_encoder.pth'} read, but auto does not "
+                             f"decide its format ("), out
+    assert out[0].endswith("the supervised recipe is assumed (set model.checkpoint_format to judge it)")
+    assert out[-1].startswith("no departures from protocol spt_vtab")

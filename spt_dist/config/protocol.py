@@ -387,12 +387,15 @@ def departure_table(cfg: Config, name: str, world_size: Optional[int] = None,
     on = f"on {world} rank{'s' if world > 1 else ''} ({source})"
     if name in BY_BACKBONE:
         on += f", {BACKBONE_NAMES.get(fmt or '', 'supervised')} weights' recipe ({fmt_source})"
+    # a weight file auto could not decide: the backbone recipe was not judged, and the table says so first
+    caveat = (f"backbone recipe not judged: {unread}; the supervised recipe is assumed (set "
+              f"model.checkpoint_format to judge it)\n") if name in BY_BACKBONE and fmt is None and unread and cfg.model.checkpoint else ""
     if not rows:
-        return f"no departures from protocol {name} ({where}) {on}\n"
+        return f"{caveat}no departures from protocol {name} ({where}) {on}\n"
     cells = [("setting", "this config", name, "")] + [(d.key, _show(d.ours), _show(d.official), d.note)
                                                      for d in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(3)]
     lines = ["  ".join(c[i].ljust(widths[i]) for i in range(3)) + (f"  {c[3]}" if c[3] else "") for c in cells]
     lines.append(f"{len(rows)} setting(s) depart from protocol {name} {on} ({where}; "
                  f"its comments name the official source of each value)")
-    return "\n".join(line.rstrip() for line in lines) + "\n"
+    return caveat + "\n".join(line.rstrip() for line in lines) + "\n"

@@ -52,12 +52,15 @@ def auto_format(cfg: Config) -> Tuple[Optional[str], Optional[str]]:
     missing, unreadable or of a layout auto does not decide. For `spt config show --protocol`."""
     if not cfg.model.checkpoint:
         return None, "model.checkpoint is not set"
-    from .weights import checkpoint_format
+    from .weights import UndecidedFormatError, checkpoint_format
 
     try:
         return checkpoint_format(cfg), None
     except Exception as exc:  # noqa: BLE001 - a comparison that informs: judged as today, saying why
-        return None, f"{cfg.model.checkpoint} not read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, UndecidedFormatError):
+            return None, f"{cfg.model.checkpoint} read, but auto does not decide its format ({first})"
+        return None, f"{cfg.model.checkpoint} not read ({first})"
 
 
 def register(sub) -> None:

@@ -114,7 +114,9 @@ def identify(s: Summary, hub_name: Optional[str] = None) -> Match:
     if backbone is not None:
         return Match(None, backbone=backbone, closest=known[0] if known[0].distance == 0 else None)
     near = sorted([_near_registry(s, n) for n in sorted(BACKBONES)], key=lambda n: (n.distance, len(n.differs)))
-    return Match(None, closest=min(known[0], near[0], key=lambda n: n.distance))
+    closest = min(known[0], near[0], key=lambda n: n.distance)
+    # no ViT shapes read from the file (another architecture, a missing table): nothing is near
+    return Match(None, closest=closest if math.isfinite(closest.distance) else None)
 
 
 def file_md5(path: str) -> str:
@@ -164,6 +166,10 @@ def describe_match(m: Match) -> List[str]:
                              f"{', '.join(m.closest.differs)} (the entry's value in brackets)")
             return lines
         n = m.closest
+        if n is None:
+            return ["known checkpoint: unknown (none of the VPT / SPT files, and no registry backbone has its shapes)",
+                    "closest: none (the file's ViT shapes -- patch, width, depth, mlp, position rows -- could not "
+                    "all be read: not a ViT, or a table is missing)"]
         return ["known checkpoint: unknown (none of the VPT / SPT files, and no registry backbone has its shapes)",
                 f"closest: {n.name} ({n.what}), shape distance {n.distance:.2f} ({DISTANCE}); this file differs "
                 f"in {', '.join(n.differs)} (the entry's value in brackets)"]

@@ -37,6 +37,10 @@ class CheckpointError(SptError, ValueError):
     """A weights file that cannot be loaded into the backbone; the message names the file and keys."""
 
 
+class UndecidedFormatError(CheckpointError):
+    """A readable weight file whose format model.checkpoint_format=auto does not decide."""
+
+
 @dataclass
 class FileKeys:
     """A state-dict file's own layout, as read: what summary.py summarises without the file."""
@@ -123,13 +127,13 @@ def _classify(wrapper: Optional[str], state: Dict[str, torch.Tensor], path: str)
             return "mae"  # MAE's global-pool fine-tuning layout
         if any(k.startswith("head.") for k in keys):
             return "timm"  # a supervised {'model': ...} file (DeiT) keeps its classifier
-        raise CheckpointError(
+        raise UndecidedFormatError(
             f"{path}: a {{'model': ...}} file without a head and without MAE's decoder, mask_token or "
             f"fc_norm: an MAE encoder (released pretraining files look like this) or a supervised "
             f"backbone saved without its head, which pool and normalise differently; say which with "
             f"model.checkpoint_format=mae or model.checkpoint_format=timm")
     if not any(k.startswith(("head.", "fc_norm")) for k in keys) and _mae_positions(state, "cls_token" in state):
-        raise CheckpointError(
+        raise UndecidedFormatError(
             f"{path}: a file without a head or fc_norm whose pos_embed is MAE's fixed sin-cos: an MAE encoder "
             f"in timm's names (timm's vit_*.mae files look like this), which MAE's recipes pool by the mean of "
             f"the tokens and timm by the class token; say which with model.checkpoint_format=mae or "
