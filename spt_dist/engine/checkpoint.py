@@ -203,6 +203,15 @@ def held_shape(cfg: "Config", path: Optional[Path]) -> Optional[Dict[str, int]]:
     return {"world_size": int(world), "batch_size": cfg.data.batch_size, "grad_accum": cfg.optim.grad_accum}
 
 
+def _nvme_offload(engine: Any) -> Optional[str]:
+    """Why a ZeRO-3 state swapped to NVMe is not re-partitioned (None: it is not): its partitions
+    are placeholders in memory while swapped out, and the whole-state setters would write into them."""
+    for name, cfg in (("offload_param", engine.zero_offload_param()), ("offload_optimizer", engine.zero_offload_optimizer())):
+        if cfg is not None and getattr(cfg, "device", None) == "nvme":  # OffloadDeviceEnum is a str enum
+            return f"zero_optimization.{name}.device=nvme (distributed.deepspeed_json) swaps partitions out of memory"
+    return None
+
+
 class Checkpointer:
     """Save / find / load the trainable state of a DeepSpeed engine in `root`, and decide when.
 
@@ -262,7 +271,7 @@ class Checkpointer:
             if self.dist.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-        try:
+        def ds_save() -> None:
             try:
                 engine.save_checkpoint(str(tmp / "ds"), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
             except (OSError, RuntimeError) as exc:
@@ -271,21 +280,27 @@ class Checkpointer:
                     # in; join it, so that every rank reaches the agreement below.
                     comm.barrier()
                 raise
+
+        def own_files() -> None:
             if self.shape.get("full_optimizer"):  # elastic ZeRO 1-3: the state whole as well
                 from .zero_state import save_full
 
-                save_full(engine, tmp, self.dist.is_main)
+                save_full(engine, tmp, self.dist.is_main)  # collective: after every rank's DeepSpeed save agreed
             torch.save(rng_state(train_rng), tmp / f"rng_rank{self.dist.rank}.pt")
-        except (OSError, RuntimeError) as exc:
-            if not is_disk_full(exc, self.root):
+
+        for part in (ds_save, own_files):  # each ends in an agreement, so no rank enters the next alone
+            try:
+                part()
+            except (OSError, RuntimeError) as exc:
+                if not is_disk_full(exc, self.root):
+                    raise
+                failure = f"no space left on {self.root} while saving checkpoint step {step} ({type(exc).__name__})"
+            try:
+                comm.agree(failure, DiskFullError)
+            except DiskFullError:
+                if self.dist.is_main:
+                    shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            failure = f"no space left on {self.root} while saving checkpoint step {step} ({type(exc).__name__})"
-        try:
-            comm.agree(failure, DiskFullError)
-        except DiskFullError:
-            if self.dist.is_main:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
         if self.dist.is_main:
             try:
                 _write_json(tmp / "meta.json", meta)
@@ -346,7 +361,7 @@ class Checkpointer:
         written_by = int((meta.get("shape") or {}).get("world_size", self.dist.world_size))
         repartition = written_by != self.dist.world_size and engine.zero_optimization_stage() > 0
         if repartition:  # the engine's stage (a deepspeed_json may set it), not only the config's
-            why = ("fp16's loss-scaler state is not carried over" if engine.fp16_enabled() else
+            why = (_nvme_offload(engine) or "fp16's loss-scaler state is not carried over" if engine.fp16_enabled() else
                    None if (path / "optimizer_full.pt").is_file() else
                    "it holds the optimizer state only in per-rank partitions (saved without launch.elastic)")
             if why:

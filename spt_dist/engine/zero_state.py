@@ -7,9 +7,10 @@ data-parallel size. Prompt tuning's trainable state is a few MB, so with `launch
 each checkpoint also holds it whole (`optimizer_full.pt`: per trainable tensor its fp32 master
 copy and every optimizer state entry, plus each parameter group's step count and settings such
 as its current lr), assembled through DeepSpeed's own `safe_get_full_*` accessors. On another
-world size the engine loads DeepSpeed's module file without its optimizer partitions (under
-ZeRO 3 DeepSpeed gathers the module's trainable tensors from every saved partition itself) and
-re-partitions this state: every rank writes its own fragment of every tensor, with
+world size the engine loads DeepSpeed's module file without its optimizer partitions (ZeRO 3:
+only the lr scheduler and step counters, from rank 0's model-states file, load_z3_counters; the
+module's partitions are set from this file too, through GatheredParameters) and re-partitions
+this state: every rank writes its own fragment of every tensor, with
 `safe_set_full_*` under ZeRO 1-2 and, under ZeRO 3, its slice of the tensor's flat, zero-padded
 partitioning (`safe_set_local_*`: DeepSpeed's full setter cuts the last rank's slice past the end
 when a tensor's size is not a multiple of the world size).
@@ -67,7 +68,7 @@ def _local_slice(param: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:
     of the partition's length, the last one zero-padded."""
     import torch.distributed as dist
 
-    size = param.ds_tensor.numel()
+    size = param.partition_numel()  # not ds_tensor.numel(): a placeholder while swapped out
     rank = dist.get_rank(group=param.ds_process_group) if dist.is_initialized() else 0
     part = full.detach().flatten()[rank * size:(rank + 1) * size]
     out = torch.zeros(size, dtype=torch.float32)
