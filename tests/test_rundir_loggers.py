@@ -177,3 +177,20 @@ def test_a_tracker_failing_mid_run_is_switched_off(tmp_path, assets, capsys):
     err = capsys.readouterr().err
     assert err.count("spt: warning: run.loggers: mlflow failed") == 1 and "off for the rest of this run" in err
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_full_disk_while_logging_is_reported_as_such_when_the_log_closes(tmpfs):
+    """log() finds the full disk and its record stays buffered; leaving the `with` block closes
+    the file, whose flush fails again: the run's error stays the DiskFullError, not the close's
+    bare OSError."""
+    from engine_helpers import fill_disk
+    from spt_dist.io import DiskFullError
+    from spt_dist.rundir.metrics import MetricsLog
+
+    folder = tmpfs("1m")
+    with pytest.raises(DiskFullError, match="while writing metrics.jsonl"):
+        with MetricsLog(folder, enabled=True) as log:
+            log.log("train", 1, loss=1.0)
+            fill_disk(open(folder / "filler", "wb", buffering=0))
+            for step in range(2, 200):  # small records: the one that crosses the file's last page fails
+                log.log("train", step, note="x" * 100)

@@ -52,12 +52,27 @@ class MetricsLog:
         return self
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        self.close("failed" if kind is not None else "finished")  # nothing left to do after a normal close
+        try:
+            self.close("failed" if kind is not None else "finished")  # nothing left to do after a normal close
+        except OSError:
+            if kind is None:
+                raise
+            # the run already ends with its own error (e.g. a full disk found by log()); the file's
+            # buffered bytes cannot be written either, and that must not hide the first error
+
+    def _close_file(self) -> None:
+        try:
+            self._file.close()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left on {self.run_dir} while writing metrics.jsonl") from None
+            raise
+        finally:
+            self._file = None
 
     def close(self, status: str = "finished") -> None:
         """`status`: finished, interrupted (a stop signal; the run resumes later) or failed."""
         if self._file:
-            self._file.close()
-            self._file = None
+            self._close_file()
             self._each("close", status)
             self._trackers = []
