@@ -309,8 +309,9 @@ def test_refresh_notices_a_takeover(tmp_path):
     assert json.loads((tmp_path / "lock.json").read_text())["token"] == "someone else"  # not ours to remove
 
 
-def _claim_rank(rank: int, root: str, out, claim_run_dir) -> None:
-    """One of two gloo ranks whose collective timeout (2 s) is shorter than rank 0's wait (~11 s)."""
+def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None) -> None:
+    """One of two gloo ranks whose collective timeout (2 s) is shorter than rank 0's wait (~11 s);
+    with `stop_after_s`, a SIGTERM is taken to have arrived that long after the wait began."""
     import io
     from contextlib import redirect_stderr
     from datetime import timedelta
@@ -332,30 +333,37 @@ def _claim_rank(rank: int, root: str, out, claim_run_dir) -> None:
                                                    "heartbeat": time.time() - 11}))
     said = io.StringIO()
     start = time.monotonic()
+    stop = (lambda: "") if stop_after_s is None else (lambda: "SIGTERM" if time.monotonic() - start > stop_after_s
+                                                      else "")
     try:
         with redirect_stderr(said), claim_run_dir(cfg, run, DistInfo(rank, 2, 0, torch.device("cpu"), "gloo",
-                                                                     Comm(rank, 2))):
+                                                                     Comm(rank, 2)), stop):
             held = json.loads((run / "lock.json").read_text())["host"]
         out.put((rank, held, time.monotonic() - start, said.getvalue()))
     except Exception as exc:  # reported to the test
         out.put((rank, repr(exc), time.monotonic() - start, said.getvalue()))
 
 
-def test_a_multi_rank_job_waits_for_the_lock_longer_than_its_collective_timeout(tmp_path):
-    """Rank 0 waits ~11 s on a killed job's lock from another host (two 5 s refresh intervals and
-    a poll: it looks stale after 4 s); rank 1 waits in broadcasts of 2 s timeout meanwhile: both
-    go on once the lock is taken over (the schema's 15 s minimum kept)."""
+def _claim_two_ranks(tmp_path: Path, stop_after_s=None) -> list:
     from spt_dist.engine.claim import claim_run_dir  # imported once here, not in each forked rank
 
     ctx = mp.get_context("fork")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_rank, args=(rank, str(tmp_path), out, claim_run_dir))
+    procs = [ctx.Process(target=_claim_rank, args=(rank, str(tmp_path), out, claim_run_dir, stop_after_s))
              for rank in range(2)]
     for p in procs:
         p.start()
     got = sorted(out.get(timeout=120) for _ in procs)
     for p in procs:
         p.join()
+    return got
+
+
+def test_a_multi_rank_job_waits_for_the_lock_longer_than_its_collective_timeout(tmp_path):
+    """Rank 0 waits ~11 s on a killed job's lock from another host (two 5 s refresh intervals and
+    a poll: it looks stale after 4 s); rank 1 waits in broadcasts of 2 s timeout meanwhile: both
+    go on once the lock is taken over (the schema's 15 s minimum kept)."""
+    got = _claim_two_ranks(tmp_path)
     assert [held for _, held, _, _ in got] == [socket.gethostname()] * 2, got
     assert all(10.5 < waited < 16 for _, _, waited, _ in got), got
     run = tmp_path / "run"
@@ -365,3 +373,15 @@ def test_a_multi_rank_job_waits_for_the_lock_longer_than_its_collective_timeout(
     assert re.match(rf"spt: took over the lock of {re.escape(str(run))}: its heartbeat is 2[2-5] s old \(stale after "
                     rf"15 s\) and stayed still for 1[1-4] s", lines[1]), lines
     assert got[1][3] == "" and not (run / "lock.json").exists()
+
+
+def test_a_stop_during_a_multi_rank_wait_ends_it_on_every_rank(tmp_path):
+    """Rank 0's stop arrives 1 s into the wait: every rank raises LockWaitStopped at once (rank 1
+    learns it in its broadcast), the other job's lock left as it is."""
+    got = _claim_two_ranks(tmp_path, stop_after_s=1.0)
+    assert [what for _, what, _, _ in got] == ["LockWaitStopped('SIGTERM')"] * 2, got
+    assert all(waited < 4 for _, _, waited, _ in got), got
+    run = tmp_path / "run"
+    assert got[0][3].splitlines()[1] == (f"spt: SIGTERM arrived while this job waited for the lock of {run}: stopped "
+                                         f"before training, the lock left to its owner"), got
+    assert json.loads((run / "lock.json").read_text())["token"] == "x" and sorted(os.listdir(run)) == ["lock.json"]
