@@ -3,10 +3,12 @@
 distributed.py and rundir/. Every import of the package is read with `ast` (module level,
 inside functions, under TYPE_CHECKING), and so is every string that names a module of it: a
 literal "spt_dist.a.b" or spec "spt_dist.a.b:attr" (lazy export tables, submitit and entry-point
-specs), an f-string of that shape (its holes matched against the package's modules), and the
-name handed to import_module or __import__ (literal, f-string, concatenation, relative to a
-`package=`). A name the check cannot read is reported unless DYNAMIC_NAMES lists it with the
-reason it is safe. The check needs neither torch nor an import of the package."""
+specs), and an f-string, concatenation, str.format or %-format of that shape (its holes matched
+against the package's modules), and the name handed to import_module, __import__ or
+pkgutil.resolve_name (by position or `name=`; under any name they are imported or assigned
+as: literal, f-string, concatenation, format, relative to a `package=`). A name the check
+cannot read is reported unless DYNAMIC_NAMES lists it with the reason it is safe. The check
+needs neither torch nor an import of the package."""
 from __future__ import annotations
 
 import ast
@@ -26,7 +28,9 @@ DISTRIBUTED_USERS = {"prompt_init", "engine"}
 MODULE_NAME = re.compile(r"^spt_dist(\.[A-Za-z_][A-Za-z0-9_]*)+(:[A-Za-z_][A-Za-z0-9_.]*)?$")  # spec: module:attr
 HOLE = "\0"  # an f-string's or concatenation's part the check cannot read
 PATTERN = re.compile(r"^spt_dist\.[A-Za-z0-9_.\0]+(:[A-Za-z0-9_.\0]*)?$")
-IMPORTERS = {"import_module", "__import__"}
+IMPORTERS = {"import_module", "__import__", "resolve_name"}
+FORMAT_FIELD = re.compile(r"\{[^{}]*\}")  # "spt_dist.{}.train".format(...)
+PERCENT_FIELD = re.compile(r"%(\([^)]*\))?[-#0 +]*(\*|\d+)?(\.(\*|\d+))?[sdirfgexXoac]")  # "spt_dist.%s" % ...
 # import_module names that are variables, by (file, expression): why each is safe.
 DYNAMIC_NAMES = {
     ("spt_dist/model/__init__.py", "module"): "a value of the lazy export table: a full name is a literal (read as "
@@ -68,25 +72,53 @@ def _pattern(node: ast.AST, names: Dict[str, str]) -> Optional[str]:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         left, right = _pattern(node.left, names), _pattern(node.right, names)
         return None if left is None and right is None else (left or HOLE) + (right or HOLE)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+        text = _pattern(node.left, names)
+        return None if text is None else PERCENT_FIELD.sub(HOLE, text).replace("%%", "%")
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
+        text = _pattern(node.func.value, names)
+        return None if text is None else FORMAT_FIELD.sub(HOLE, text).replace("{{", "{").replace("}}", "}")
     return None
 
 
+def _importers(tree: ast.AST) -> Set[str]:
+    """The names import_module, __import__ and resolve_name go by in a file: their own, the
+    `as` of a `from importlib import import_module as load`, and a name assigned one of them."""
+    found = set(IMPORTERS)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("importlib", "pkgutil"):
+            found |= {a.asname for a in node.names if a.name in IMPORTERS and a.asname}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and getattr(node.value, "id", getattr(node.value, "attr", None)) in found:
+            found |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return found
+
+
 def _expand(pattern: str, modules: Set[str]) -> List[str]:
-    """The modules a name pattern can be (its `:attr` dropped)."""
+    """The modules a name pattern can be (its `:attr` dropped; a dotted attribute, as
+    resolve_name takes, is dropped too: the components of the literal after the last hole, one
+    at a time, while a literal is left there, until a module matches)."""
     name = pattern.split(":", 1)[0]
     if HOLE not in name:
         return [name]
-    regex = re.compile("[A-Za-z0-9_.]+".join(re.escape(part) for part in name.split(HOLE)))
-    return sorted(m for m in modules if regex.fullmatch(m))
+    while True:
+        regex = re.compile("[A-Za-z0-9_.]+".join(re.escape(part) for part in name.split(HOLE)))
+        found = sorted(m for m in modules if regex.fullmatch(m))
+        tail = name.rsplit(HOLE, 1)[1]
+        if found or not tail.rsplit(".", 1)[0]:  # a literal is left after the last hole
+            return found
+        name = name.rsplit(".", 1)[0]
 
 
 def _imported_names(call: ast.Call, names: Dict[str, str]) -> Iterator[Tuple[ast.AST, Optional[str]]]:
-    """(expression, pattern or None) for each name an import_module / __import__ call may get."""
-    if not call.args:
+    """(expression, pattern or None) for each name an import_module / __import__ / resolve_name
+    call may get (its first argument, or `name=`)."""
+    first = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "name"), None)
+    if first is None:
         return
     package = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "package"),
                                                             None)
-    branches = [call.args[0]]
+    branches = [first]
     while any(isinstance(b, ast.IfExp) for b in branches):
         branches = [x for b in branches for x in ((b.body, b.orelse) if isinstance(b, ast.IfExp) else (b,))]
     for branch in branches:
@@ -104,6 +136,8 @@ def imports_of(path: Path, module: str, modules: Set[str] = frozenset()) -> Iter
     import_module that cannot be read comes as '?expression'."""
     tree = ast.parse(path.read_text(), str(path))
     docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
+    inner = {id(n.left) for n in ast.walk(tree) if isinstance(n, ast.BinOp)}  # "a" + b + "c": the whole only
+    importers = _importers(tree)
     names = {"__name__": module, "__package__": module if path.name == "__init__.py" else module.rsplit(".", 1)[0]}
     seen = set()
     for node in ast.walk(tree):
@@ -118,9 +152,10 @@ def imports_of(path: Path, module: str, modules: Set[str] = frozenset()) -> Iter
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
                 and MODULE_NAME.match(node.value):
             found = [node.value.split(":", 1)[0]]  # a lazy export table's, a spec's or import_module's module
-        elif isinstance(node, ast.JoinedStr) and PATTERN.match(_pattern(node, names) or ""):
-            found = _expand(_pattern(node, names), modules)  # f"spt_dist.{stage}.cli"
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in IMPORTERS:
+        elif isinstance(node, (ast.JoinedStr, ast.BinOp, ast.Call)) and id(node) not in inner \
+                and PATTERN.match(_pattern(node, names) or ""):
+            found = _expand(_pattern(node, names), modules)  # f"spt_dist.{stage}.cli", "spt_dist.%s" % x
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in importers:
             for expr, pattern in _imported_names(node, names):
                 found += _expand(pattern, modules) if pattern else [f"?{ast.unparse(expr)}"]
         for target in found:
@@ -210,30 +245,49 @@ PLANTED = [  # each names the engine stage from the data stage, each a way not w
     'importlib.import_module(".train", package="spt_dist.engine")',
     'import_module("spt_dist." + "engine.train")',
     '__import__(f"spt_dist.engine.{name}")',
-    'import_module(name)',
+    'import_module(name="..engine.train", package=__package__)',
+    'load("..engine.train", package=__package__)',
+    'TRAIN_FN = "spt_dist.{}.train:train".format(stage)',
+    'TRAIN_FN = "spt_dist.%s.train" % stage',
+    'TRAIN_FN = "spt_dist.engine." + "train:train"',
+    'resolve("spt_dist." + stage + ".train.train")',
 ]
+UNREADABLE = ['import_module(name)', 'import_module(name=name)', 'load(name)', 'pkgutil.resolve_name(name)', 'run(name)']
+HEADER = ("import importlib\nimport pkgutil\nfrom importlib import import_module\n"
+          "from importlib import import_module as load\nfrom pkgutil import resolve_name as resolve\n"
+          "run = importlib.import_module\n")
 
 
 def test_an_upward_module_name_in_a_string_is_found(tmp_path):
-    """Module names in strings, import_module calls and spec strings are checked like imports:
-    on a synthetic package, every planted upward one is reported with its line (and the
-    unreadable import_module(name) too); the same names from the study stage point down; a
-    variable name is let through only in a file DYNAMIC_NAMES lists."""
-    lines = "\n".join(f"def f{i}():\n    {text}" for i, text in enumerate(PLANTED))
+    """Module names in strings, import_module / __import__ / resolve_name calls (by position or
+    name=, under the name they were imported or assigned as) and spec strings (literal,
+    f-string, concatenation, format, %) are checked like imports: on a synthetic package, every
+    planted upward one is reported with its line, and every unreadable name too; the same names
+    from the study stage point down; a variable name is let through only in a file DYNAMIC_NAMES
+    lists."""
+    body = PLANTED + UNREADABLE
+    first = HEADER.count("\n") + 2  # the line of the first planted call
+    lines = "\n".join(f"def f{i}():\n    {text}" for i, text in enumerate(body))
+    down = "\n".join(f"def f{i}():\n    {re.sub(r'name[)]', 'module)', text)}" for i, text in enumerate(body))
     package = _tiny_package(tmp_path, {
         "config/load.py": "X = 1\n",
-        "data/reader.py": "import importlib\nfrom importlib import import_module\n" + lines + "\n",
+        "data/reader.py": HEADER + lines + "\n",
         "engine/train.py": "def train():\n    pass\n",
-        "study/task.py": "from importlib import import_module\n" + lines.replace("import_module(name)",
-                                                                                 "import_module(module)") + "\n",
+        "study/task.py": HEADER + down + "\n",
     })
     found = violations(package)
-    assert sorted({int(v.split(":")[1].split()[0]) for v in found}) == [4 + 2 * i for i in range(len(PLANTED))], found
     assert all(v.startswith("spt_dist/data/reader.py:") for v in found), found
-    unread = [v for v in found if "data may not import engine" not in v]
-    assert len(unread) == 1 and unread[0].startswith("spt_dist/data/reader.py:16 imports ?name: a module name the "
-                                                     "check cannot read"), found
-    assert "spt_dist/data/reader.py:10 imports spt_dist.engine.train: data" in "\n".join(found)  # the relative one
+    at: Dict[int, str] = {}
+    for v in found:
+        n = int(v.split(":")[1].split()[0])
+        at[n] = at.get(n, "") + v + "\n"
+    assert sorted(at) == [first + 2 * i for i in range(len(body))], found
+    for i, text in enumerate(body):
+        said = at[first + 2 * i]
+        if text in UNREADABLE:
+            assert re.search(r"imports \?name: a module name the check cannot read", said), (text, said)
+        else:
+            assert "imports spt_dist.engine.train: data may not import engine" in said, (text, said)
     (package / "study" / "task.py").write_text("from importlib import import_module\nimport_module(name)\n")
     assert "spt_dist/study/task.py:2 imports ?name: a module name the check cannot read" in "\n".join(violations(package))
 

@@ -1,13 +1,17 @@
-"""SIGUSR2 / SIGTERM outside the training loop: during setup the run stops cleanly at its
-first step boundary; during the final writes it is noted and the run finishes."""
+"""SIGUSR2 / SIGTERM outside the training loop: while the job waits for another job's lock it
+stops at once without taking it; during setup the run stops cleanly at its first step boundary;
+during the final writes it is noted and the run finishes."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from engine_helpers import PYTHON, ROOT, make_assets, run, write_config
+from engine_helpers import PYTHON, ROOT, env, make_assets, run, write_config
 
 WORKER = str(ROOT / "tests" / "engine_worker.py")
 
@@ -46,3 +50,34 @@ def test_sigterm_during_the_final_writes_is_noted_and_the_run_finishes(tmp_path,
     assert (run_dir / "prompt_pack.safetensors").is_file()
     assert "SIGTERM arrived after the last step" in err
     assert report["resumed"] == first  # read back, not rerun
+
+
+def test_a_signal_while_waiting_for_another_jobs_lock_stops_before_training(tmp_path, assets):
+    """`spt train` waits on a lock held on another host whose heartbeat stands still (up to
+    run.lock_stale_s = 60 s); SIGUSR2 during that wait ends it at once: exit 0 with status
+    interrupted and claimed false, the other job's lock left as it was, nothing else written."""
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "cfg.yaml", assets, out, epochs=1, every=1000)
+    run_dir = out / "held"
+    run_dir.mkdir(parents=True)
+    held = {"token": "other", "host": "node-17", "pid": 99, "job": "1", "heartbeat": time.time()}
+    (run_dir / "lock.json").write_text(json.dumps(held))
+    proc = subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "train", str(cfg), "run.name=held", "run.lock_stale_s=60"],
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        while not said or "is locked by pid 99 on node-17" not in said[-1]:
+            said.append(proc.stderr.readline())
+            assert said[-1], "".join(said)  # it ended before it waited
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGUSR2)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and time.monotonic() - asked < 10, stderr
+    assert json.loads(stdout) == {"status": "interrupted", "signal": "SIGUSR2", "claimed": False,
+                                  "run_dir": str(run_dir)}
+    assert f"spt: SIGUSR2 arrived while this job waited for the lock of {run_dir}: stopped before training" in stderr
+    assert json.loads((run_dir / "lock.json").read_text()) == held
+    assert [p.name for p in run_dir.iterdir()] == ["lock.json"]

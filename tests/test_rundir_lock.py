@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from spt_dist.io import write_text_atomic
-from spt_dist.rundir.lock import LockLost, RunFolderBusy, RunLock, process_start
+from spt_dist.rundir.lock import LockLost, LockWaitStopped, RunFolderBusy, RunLock, process_start
 
 
 def _race(folder: str, start: float, out, stale_s: float = 120.0) -> None:
@@ -67,13 +67,21 @@ def test_live_owner_refuses_with_its_name_and_dead_one_is_taken_over(tmp_path):
     assert reason == f"its owner, pid {dead} on this host, is gone"
 
 
-def test_stale_heartbeat_of_another_host_is_taken_over_at_once(tmp_path):
+def test_an_old_heartbeat_of_another_host_is_watched_for_two_refreshes_then_taken_over(tmp_path):
+    """30 s old by this host's clock (stale after 10 s): the owner's clock may run slow, so the
+    lock is watched for two of its refresh intervals (0.5 s here) and a poll (1 s) first."""
     (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "elsewhere", "pid": 1,
                                                     "heartbeat": time.time() - 30}))
     said = []
+    lock = RunLock(tmp_path, stale_s=10, refresh_s=0.5)
     start = time.monotonic()
-    assert "heartbeat is 30 s old" in RunLock(tmp_path, stale_s=10).acquire(on_wait=said.append)
-    assert time.monotonic() - start < 1 and said == []
+    reason = lock.acquire(on_wait=said.append)
+    waited = time.monotonic() - start
+    assert 2 <= waited < 5, waited
+    assert re.fullmatch(r"its heartbeat is 3[2-4] s old \(stale after 10 s\) and stayed still for [234] s while "
+                        r"this job waited", reason), reason
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == lock.token
+    assert len(said) == 1 and "heartbeat 30 s ago): waiting at most 3 s;" in said[0], said
 
 
 def test_a_job_killed_on_another_host_moments_ago_is_waited_for_then_taken_over(tmp_path):
@@ -82,29 +90,48 @@ def test_a_job_killed_on_another_host_moments_ago_is_waited_for_then_taken_over(
     (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99, "job": "4242",
                                                     "heartbeat": time.time() - 1}))
     said = []
-    lock = RunLock(tmp_path, stale_s=3)
+    lock = RunLock(tmp_path, stale_s=3, refresh_s=0.5)
     start = time.monotonic()
     reason = lock.acquire(on_wait=said.append)
     waited = time.monotonic() - start
     assert 1.7 < waited < 3.5, waited
-    assert re.fullmatch(r"its heartbeat is [34] s old \(stale after 3 s\)", reason), reason
+    assert re.fullmatch(r"its heartbeat is [34] s old \(stale after 3 s\) and stayed still for [23] s while this "
+                        r"job waited", reason), reason
     assert json.loads((tmp_path / "lock.json").read_text())["token"] == lock.token
     assert len(said) == 1 and "\n" not in said[0]
     assert re.match(rf"{re.escape(str(tmp_path))} is locked by pid 99 on node-17 \(job 4242, heartbeat [12] s ago\): "
                     rf"waiting at most [12] s; taken over if its heartbeat stays still, refused if it moves$", said[0]), said
 
 
+def test_a_dead_owner_whose_clock_ran_ahead_is_taken_over_once_still_for_stale_s(tmp_path):
+    """Its last heartbeat lies a minute in this host's future: never older than stale_s here, so it
+    is taken over once it stood still for stale_s while this job watched."""
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99,
+                                                    "heartbeat": time.time() + 60}))
+    said = []
+    lock = RunLock(tmp_path, stale_s=2)
+    start = time.monotonic()
+    reason = lock.acquire(on_wait=said.append, within_s=8)  # LockPending, not a hang, if never taken
+    assert 2 < time.monotonic() - start < 5
+    assert re.fullmatch(r"its heartbeat stayed still for [23] s while this job waited \(stale after 2 s\)", reason)
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == lock.token
+    assert len(said) == 1 and "heartbeat -60 s ago): waiting at most 2 s;" in said[0], said
+
+
 class _LiveElsewhere:
     """A job on another host that refreshes its lock's heartbeat every 0.2 s."""
 
-    def __init__(self, folder: Path, job=None) -> None:
+    def __init__(self, folder: Path, job=None, clock_s: float = 0.0, beat: bool = True) -> None:
+        """`clock_s`: how far the owner's clock is ahead of this host's (negative: behind)."""
         self.path, self.owner = folder / "lock.json", {"token": "live", "host": "node-17", "pid": 99, "job": job}
+        self.clock_s = clock_s
         self.stop = threading.Event()
-        self.beat()
+        if beat:
+            self.beat()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def beat(self) -> None:
-        write_text_atomic(self.path, json.dumps({**self.owner, "restarts": 0, "heartbeat": time.time()}))
+        write_text_atomic(self.path, json.dumps({**self.owner, "restarts": 0, "heartbeat": time.time() + self.clock_s}))
 
     def run(self) -> None:
         while not self.stop.wait(0.2):
@@ -131,6 +158,74 @@ def test_a_live_job_on_another_host_is_refused_never_taken_over(tmp_path, monkey
             RunLock(tmp_path, stale_s=2).acquire()
         assert time.monotonic() - start < 2  # refused before the wait could have ended
         assert json.loads((tmp_path / "lock.json").read_text())["token"] == "live"
+
+
+@pytest.mark.parametrize("clock_s", [-20.0, 60.0], ids=["owner-clock-slow", "owner-clock-ahead"])
+def test_a_live_owner_whose_clock_differs_is_refused_never_taken_over(tmp_path, clock_s):
+    """Its heartbeats look 20 s old (older than stale_s = 15 s) or a minute in the future by this
+    host's clock; they move while this job watches: refused, the lock left alone."""
+    with _LiveElsewhere(tmp_path, "7", clock_s=clock_s):
+        start = time.monotonic()
+        with pytest.raises(RunFolderBusy, match=r"pid 99 on node-17, job 7, heartbeat -?\d+ s ago, and it moved"):
+            RunLock(tmp_path, stale_s=15).acquire()
+        assert time.monotonic() - start < 3
+        assert json.loads((tmp_path / "lock.json").read_text())["token"] == "live"
+
+
+def test_a_lock_still_being_written_is_not_judged_by_an_old_file_time(tmp_path):
+    """An empty lock.json whose mtime (the file server's clock) looks a minute old: its creator
+    writes it a moment later and goes on refreshing, so it is refused, not taken over."""
+    (tmp_path / "lock.json").write_text("")
+    os.utime(tmp_path / "lock.json", (time.time() - 60, time.time() - 60))
+    creator = _LiveElsewhere(tmp_path, "7", beat=False)
+    with creator:
+        with pytest.raises(RunFolderBusy, match=r"pid 99 on node-17, job 7, .*and it moved"):
+            RunLock(tmp_path, stale_s=15).acquire()
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == "live"
+
+
+class _WakesAtTheJudgement(RunLock):
+    """The watched owner (frozen, say by SIGSTOP) runs again just as its lock is judged stale:
+    its refresh lands between the judgement and the takeover (the same token, a new heartbeat)."""
+
+    def __init__(self, folder: Path, owner: _LiveElsewhere, **kwargs) -> None:
+        super().__init__(folder, **kwargs)
+        self.owner = owner
+
+    def why_stale(self, owner):
+        reason = super().why_stale(owner)
+        if reason is not None and not self.owner.thread.is_alive():
+            self.owner.beat()
+            self.owner.thread.start()
+        return reason
+
+
+def test_an_owner_that_refreshes_after_the_judgement_keeps_its_lock(tmp_path):
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "live", "host": "node-17", "pid": 99, "job": "7",
+                                                    "heartbeat": time.time() - 30}))
+    owner = _LiveElsewhere(tmp_path, "7", beat=False)
+    try:
+        with pytest.raises(RunFolderBusy, match="and it moved while this job waited"):
+            _WakesAtTheJudgement(tmp_path, owner, stale_s=10, refresh_s=0.25).acquire()
+        assert owner.thread.is_alive()  # it was judged stale, then refreshed
+        assert json.loads((tmp_path / "lock.json").read_text())["token"] == "live"
+    finally:
+        owner.stop.set()
+        if owner.thread.is_alive():
+            owner.thread.join()
+
+
+def test_a_stop_ends_the_wait_without_taking_the_lock(tmp_path):
+    """`stop` answers a signal's name once the wait began: LockWaitStopped at the next poll, the
+    other job's lock left as it is."""
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99,
+                                                    "heartbeat": time.time()}))
+    asked = []
+    start = time.monotonic()
+    with pytest.raises(LockWaitStopped, match="^SIGUSR2$"):
+        RunLock(tmp_path, stale_s=60).acquire(stop=lambda: asked.append(1) or ("SIGUSR2" if len(asked) > 2 else ""))
+    assert len(asked) == 3 and 1.5 < time.monotonic() - start < 4  # one poll a second
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == "x"
 
 
 def test_an_earlier_run_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch):
@@ -214,8 +309,9 @@ def test_refresh_notices_a_takeover(tmp_path):
     assert json.loads((tmp_path / "lock.json").read_text())["token"] == "someone else"  # not ours to remove
 
 
-def _claim_rank(rank: int, root: str, out, claim_run_dir) -> None:
-    """One of two gloo ranks whose collective timeout (2 s) is shorter than rank 0's wait (~4 s)."""
+def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None) -> None:
+    """One of two gloo ranks whose collective timeout (2 s) is shorter than rank 0's wait (~11 s);
+    with `stop_after_s`, a SIGTERM is taken to have arrived that long after the wait began."""
     import io
     from contextlib import redirect_stderr
     from datetime import timedelta
@@ -237,34 +333,55 @@ def _claim_rank(rank: int, root: str, out, claim_run_dir) -> None:
                                                    "heartbeat": time.time() - 11}))
     said = io.StringIO()
     start = time.monotonic()
+    stop = (lambda: "") if stop_after_s is None else (lambda: "SIGTERM" if time.monotonic() - start > stop_after_s
+                                                      else "")
     try:
         with redirect_stderr(said), claim_run_dir(cfg, run, DistInfo(rank, 2, 0, torch.device("cpu"), "gloo",
-                                                                     Comm(rank, 2))):
+                                                                     Comm(rank, 2)), stop):
             held = json.loads((run / "lock.json").read_text())["host"]
         out.put((rank, held, time.monotonic() - start, said.getvalue()))
     except Exception as exc:  # reported to the test
         out.put((rank, repr(exc), time.monotonic() - start, said.getvalue()))
 
 
-def test_a_multi_rank_job_waits_for_the_lock_longer_than_its_collective_timeout(tmp_path):
-    """Rank 0 waits ~4 s on a killed job's lock from another host; rank 1 waits in broadcasts of
-    2 s timeout meanwhile: both go on once the lock is taken over (the schema's 15 s minimum kept)."""
+def _claim_two_ranks(tmp_path: Path, stop_after_s=None) -> list:
     from spt_dist.engine.claim import claim_run_dir  # imported once here, not in each forked rank
 
     ctx = mp.get_context("fork")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_rank, args=(rank, str(tmp_path), out, claim_run_dir))
+    procs = [ctx.Process(target=_claim_rank, args=(rank, str(tmp_path), out, claim_run_dir, stop_after_s))
              for rank in range(2)]
     for p in procs:
         p.start()
     got = sorted(out.get(timeout=120) for _ in procs)
     for p in procs:
         p.join()
+    return got
+
+
+def test_a_multi_rank_job_waits_for_the_lock_longer_than_its_collective_timeout(tmp_path):
+    """Rank 0 waits ~11 s on a killed job's lock from another host (two 5 s refresh intervals and
+    a poll: it looks stale after 4 s); rank 1 waits in broadcasts of 2 s timeout meanwhile: both
+    go on once the lock is taken over (the schema's 15 s minimum kept)."""
+    got = _claim_two_ranks(tmp_path)
     assert [held for _, held, _, _ in got] == [socket.gethostname()] * 2, got
-    assert all(3.5 < waited < 8 for _, _, waited, _ in got), got
+    assert all(10.5 < waited < 16 for _, _, waited, _ in got), got
     run = tmp_path / "run"
     lines = got[0][3].splitlines()
     assert re.match(rf"spt: {re.escape(str(run))} is locked by pid 99 on node-17 \(job 1, heartbeat 1[12] s ago\): "
-                    rf"waiting at most [45] s;", lines[0]), lines
-    assert re.match(rf"spt: took over the lock of {re.escape(str(run))}: its heartbeat is 1[56] s old", lines[1]), lines
+                    rf"waiting at most 1[23] s;", lines[0]), lines
+    assert re.match(rf"spt: took over the lock of {re.escape(str(run))}: its heartbeat is 2[2-5] s old \(stale after "
+                    rf"15 s\) and stayed still for 1[1-4] s", lines[1]), lines
     assert got[1][3] == "" and not (run / "lock.json").exists()
+
+
+def test_a_stop_during_a_multi_rank_wait_ends_it_on_every_rank(tmp_path):
+    """Rank 0's stop arrives 1 s into the wait: every rank raises LockWaitStopped at once (rank 1
+    learns it in its broadcast), the other job's lock left as it is."""
+    got = _claim_two_ranks(tmp_path, stop_after_s=1.0)
+    assert [what for _, what, _, _ in got] == ["LockWaitStopped('SIGTERM')"] * 2, got
+    assert all(waited < 4 for _, _, waited, _ in got), got
+    run = tmp_path / "run"
+    assert got[0][3].splitlines()[1] == (f"spt: SIGTERM arrived while this job waited for the lock of {run}: stopped "
+                                         f"before training, the lock left to its owner"), got
+    assert json.loads((run / "lock.json").read_text())["token"] == "x" and sorted(os.listdir(run)) == ["lock.json"]

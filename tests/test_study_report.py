@@ -173,3 +173,36 @@ def test_labels_too_long_or_alike_once_shortened_are_numbered():
     assert labels == ["spt key0=a", "spt key0=xxxxxxxxxxxx", "linear (1)", "linear (2)", "linear (3)", "linear (4)",
                       "vpt (1)", "vpt (2)", "vpt checkpoint=b.npz"]
     assert full[6] == "model.checkpoint=/w/a_long_name_1_weights.npz" and max(map(len, labels)) <= MAX_LABEL
+
+
+def _lr_sweep(folder, runs):
+    """Finished vpt runs given as (lr, data fraction, backbone, top1)."""
+    for i, (lr, fraction, backbone, top1) in enumerate(runs):
+        run = folder / f"run{i}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(f"model:\n  name: {backbone}\nmethod:\n  name: vpt\ndata:\n  fraction: "
+                                         f"{fraction}\noptim:\n  lr: {lr}\n")
+        (run / "results.json").write_text(json.dumps({"status": "finished", "top1": top1}))
+    return collect(str(folder))
+
+
+def test_a_setting_that_happens_to_pair_with_the_x_still_splits_the_lines(tmp_path):
+    """An lr sweep where lr=0.1 finished only at fraction 1.0 and lr=0.01 only at 0.5 (each lr
+    pairs one to one with the fraction), and one where each lr ran on one backbone only (one to
+    one with the backbone's size): two lines on that panel each time, never one joined line;
+    the backbone's own settings are what the capacity panel's x says, and split nothing there."""
+    from spt_dist.study.report import plot_series
+
+    records = _lr_sweep(tmp_path / "fractions", [(0.1, 1.0, "vit_tiny_p7_28", 70.0),
+                                                 (0.01, 0.5, "vit_tiny_p7_28", 40.0)])
+    series, _, settings = plot_series(records, "data.fraction", "params_m")
+    assert series == {"vpt lr=0.01": [(0.5, 40.0, 0.0)], "vpt lr=0.1": [(1.0, 70.0, 0.0)]}
+    assert settings == {"vpt lr=0.01": "optim.lr=0.01", "vpt lr=0.1": "optim.lr=0.1"}
+    records = _lr_sweep(tmp_path / "backbones", [(0.1, 1.0, "vit_tiny_p7_28", 70.0),
+                                                 (0.01, 1.0, "vit_micro_p4_16", 40.0),
+                                                 (0.01, 1.0, "vit_micro_p4_16", 50.0)])
+    series, _, settings = plot_series(records, "params_m", "data.fraction")
+    micro, tiny = backbone_params_m("vit_micro_p4_16"), backbone_params_m("vit_tiny_p7_28")
+    assert series == {"vpt lr=0.01": [(micro, 45.0, pytest.approx(7.071, abs=1e-3))],
+                      "vpt lr=0.1": [(tiny, 70.0, 0.0)]}
+    assert settings == {"vpt lr=0.01": "optim.lr=0.01", "vpt lr=0.1": "optim.lr=0.1"}

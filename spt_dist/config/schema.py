@@ -196,8 +196,10 @@ class RunConfig:
     mlflow_tracking_uri: Optional[str] = field(default=None, metadata={
         "help": "MLflow tracking URI; default: a file store in <run.out_dir>/mlruns"})
     mlflow_experiment: str = "spt_dist"
-    lock_stale_s: int = bounded(120, int(3 * LOCK_REFRESH_MAX_S), help="a run folder lock whose heartbeat is older is "
-                                "taken over (from another host); at least 3x the lock's refresh interval (5 s)")
+    lock_stale_s: int = bounded(120, int(3 * LOCK_REFRESH_MAX_S), help="a run folder lock from another host whose "
+                                "heartbeat is older, or stands still this long while watched, is taken over (an old "
+                                "one once it stood still for two refresh intervals); at least 3x the lock's refresh "
+                                "interval (5 s)")
 
 
 @dataclass

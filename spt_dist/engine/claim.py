@@ -4,8 +4,11 @@ Rank 0 takes the folder's lock (spt_dist.rundir.lock), then checks that the fold
 run or none (config_clash) and writes config.yaml with the latest launch settings. Rank 0
 decides and tells everyone, so all ranks raise together instead of waiting. While rank 0 waits
 on a lock that may be a dead job's (up to run.lock_stale_s), it tells the other ranks so every
-third of distributed.timeout_s, so their broadcast never times out. Then every rank starts its
-watchdog (heartbeats, lock refresh on rank 0) until the claim ends.
+third of distributed.timeout_s, so their broadcast never times out. A stop signal during that
+wait (`stop`: its name once one arrived) ends it on every rank with LockWaitStopped, the folder
+not claimed and nothing written to it; `not_claimed` is what train() returns then. Once the
+folder is claimed every rank starts its watchdog (heartbeats, lock refresh on rank 0) until
+the claim ends.
 """
 from __future__ import annotations
 
@@ -13,43 +16,56 @@ import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from spt_dist.config import Config, ConfigError, to_yaml
 from spt_dist.distributed import DistInfo
 from spt_dist.io import write_text_atomic
 from spt_dist.rundir import RunFolderBusy, RunLock, config_clash, config_hash
 from spt_dist.rundir.files import checkpoint_config_hash
-from spt_dist.rundir.lock import LockPending
+from spt_dist.rundir.lock import LockPending, LockWaitStopped
 
 from .watchdog import Watchdog
 
 
-WAITING = "waiting for the run folder's lock"
+# What rank 0 tells every rank: (kind, text); kinds:
+CLAIMED, WAITING, BUSY, CLASH, STOPPED = "claimed", "waiting", "busy", "clash", "stopped"
 
 
 def _say(line: str) -> None:
     print(f"spt: {line}", file=sys.stderr, flush=True)
 
 
-def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock, within_s: Optional[float]) -> Optional[str]:
-    """Rank 0: None when the folder is ours now, WAITING while a lock held elsewhere is watched,
-    else why not."""
+def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock, within_s: Optional[float],
+                   stop: Callable[[], str]) -> Tuple[str, str]:
+    """Rank 0: (CLAIMED, "") when the folder is ours now, (WAITING, "") while a lock held
+    elsewhere is watched, (STOPPED, the signal) when a stop ended the wait, else (BUSY or
+    CLASH, why not)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        taken_over = lock.acquire(on_wait=_say, within_s=within_s)
+        taken_over = lock.acquire(on_wait=_say, within_s=within_s, stop=stop)
     except LockPending:
-        return WAITING
+        return WAITING, ""
+    except LockWaitStopped as exc:
+        _say(f"{exc} arrived while this job waited for the lock of {run_dir}: stopped before training, the lock "
+             f"left to its owner")
+        return STOPPED, str(exc)
     except RunFolderBusy as exc:
-        return str(exc)
+        return BUSY, str(exc)
     if taken_over:
         _say(f"took over the lock of {run_dir}: {taken_over}")
     clash = config_clash(cfg, run_dir) or _checkpoint_clash(cfg, run_dir)
     if clash is not None:
         lock.release()
-        return clash
+        return CLASH, clash
     write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    return None
+    return CLAIMED, ""
+
+
+def not_claimed(run_dir: Path, signal: str) -> Dict[str, Any]:
+    """The results of a run whose job was stopped by `signal` while it waited for the run
+    folder's lock (status interrupted, like any stop before the end; nothing was trained)."""
+    return {"status": "interrupted", "signal": signal, "claimed": False, "run_dir": str(run_dir)}
 
 
 def _checkpoint_clash(cfg: Config, run_dir: Path) -> Optional[str]:
@@ -65,15 +81,18 @@ def _checkpoint_clash(cfg: Config, run_dir: Path) -> Optional[str]:
 
 
 @contextmanager
-def claim_run_dir(cfg: Config, run_dir: Path, dist: DistInfo) -> Iterator[Watchdog]:
+def claim_run_dir(cfg: Config, run_dir: Path, dist: DistInfo,
+                  stop: Callable[[], str] = lambda: "") -> Iterator[Watchdog]:
     lock = RunLock(run_dir, stale_s=cfg.run.lock_stale_s)
     within_s = cfg.distributed.timeout_s / 3 if dist.world_size > 1 else None
-    why = WAITING
-    while why == WAITING:
-        why = _claim_on_main(cfg, run_dir, lock, within_s) if dist.is_main else None
-        why = dist.comm.broadcast_object(why)
-    if why is not None:
-        raise (RunFolderBusy if "being trained by another job" in why else ConfigError)(why)
+    kind, why = WAITING, ""
+    while kind == WAITING:
+        told = _claim_on_main(cfg, run_dir, lock, within_s, stop) if dist.is_main else None
+        kind, why = dist.comm.broadcast_object(told)
+    if kind == STOPPED:
+        raise LockWaitStopped(why)
+    if kind != CLAIMED:
+        raise (RunFolderBusy if kind == BUSY else ConfigError)(why)
     token = dist.comm.broadcast_object(uuid.uuid4().hex if dist.is_main else None)
     dog = Watchdog(run_dir, dist.rank, dist.world_size, token, cfg.distributed.timeout_s,
                    lock=lock if dist.is_main else None).start()

@@ -34,13 +34,14 @@ from spt_dist.config import Config, ConfigError, to_yaml
 from spt_dist.distributed import DistInfo, init_distributed
 from spt_dist.model.weights_check import log_weights_check
 from spt_dist.rundir import finished_results, run_dir_for
+from spt_dist.rundir.lock import LockWaitStopped
 from spt_dist.rundir.loggers import start_trackers
 from spt_dist.rundir.metrics import MetricsLog
 
 from . import preflight
 from .assemble import RunParts, build_member, build_shared
 from .checkpoint import PREFIX, Checkpointer, TrainRng, held_shape, verify
-from .claim import claim_run_dir
+from .claim import claim_run_dir, not_claimed
 from .evaluate import evaluate_many
 from .pack_step import pack_logits, pack_train_step
 from .shape import Shape, run_shape, shaped
@@ -72,6 +73,8 @@ def train_pack(cfgs: Sequence[Config], max_steps: Optional[int] = None) -> List[
         stop = StopFlag().install()
         try:
             trained = _train([cfgs[i] for i in todo], [dirs[i] for i in todo], len(cfgs), max_steps, stop, t0)
+        except LockWaitStopped as exc:  # no member claimed (those claimed before it are let go)
+            trained = [not_claimed(dirs[i], str(exc)) for i in todo]
         finally:
             stop.restore()
         for i, r in zip(todo, trained):
@@ -89,7 +92,8 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
         dist.comm.agreed(preflight_run, cfg, dist, d)
     dist.comm.agreed(_pack_memory, lead, len(cfgs))
     with contextlib.ExitStack() as claims:
-        dogs = [claims.enter_context(claim_run_dir(c, d, dist)) for c, d in zip(cfgs, dirs)]
+        dogs = [claims.enter_context(claim_run_dir(c, d, dist, lambda: stop.signal_name))
+                for c, d in zip(cfgs, dirs)]
         logs = [claims.enter_context(MetricsLog(d, dist.is_main, dist.comm.agreed(start_trackers, c, d, dist.is_main)))
                 for c, d in zip(cfgs, dirs)]
         ckpts = [Checkpointer(d / "checkpoints", c.run.keep_checkpoints, c.run.checkpoint_every, dist, {}, to_yaml(c))

@@ -24,13 +24,14 @@ from spt_dist.distributed import DistInfo, init_distributed
 from spt_dist.io import write_json_atomic
 from spt_dist.model.weights_check import log_weights_check
 from spt_dist.rundir import finished_results, run_dir_for
+from spt_dist.rundir.lock import LockWaitStopped
 from spt_dist.rundir.loggers import start_trackers
 from spt_dist.rundir.metrics import MetricsLog
 
 from . import preflight
 from .assemble import RunParts, build_parts, full_prompts, full_trainable_state
 from .checkpoint import Checkpointer, CheckpointMismatchError, TrainRng, folder_bytes, held_shape
-from .claim import claim_run_dir
+from .claim import claim_run_dir, not_claimed
 from .ds_engine import check_frozen_untouched, check_optimizer_state, dtype_name, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack, pack_metadata
@@ -51,9 +52,10 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     (checkpoint, status interrupted); a later call resumes.
 
     SIGTERM / SIGUSR2 / SIGINT only raise a flag from the moment this is called until
-    results.json is written (the previous handlers are back when it returns): a signal during
-    setup stops the run at its first step boundary, one after the last step is noted and the
-    run finishes.
+    results.json is written (the previous handlers are back when it returns): a signal while
+    the job waits for another job's lock on the run folder ends the wait (status interrupted,
+    `claimed` false, nothing written to the folder), one during the rest of setup stops the run
+    at its first step boundary, one after the last step is noted and the run finishes.
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
@@ -63,6 +65,8 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     stop = StopFlag().install()
     try:
         return _train(cfg, run_dir, max_steps, stop, t0)
+    except LockWaitStopped as exc:
+        return not_claimed(run_dir, str(exc))
     finally:
         stop.restore()
 
@@ -79,7 +83,7 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         follow_parent()
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
     dist.comm.agreed(preflight_run, cfg, dist, run_dir)
-    with claim_run_dir(cfg, run_dir, dist) as watchdog, \
+    with claim_run_dir(cfg, run_dir, dist, lambda: stop.signal_name) as watchdog, \
             MetricsLog(run_dir, dist.is_main, dist.comm.agreed(start_trackers, cfg, run_dir, dist.is_main)) as log:
         ckpt = Checkpointer(run_dir / "checkpoints", cfg.run.keep_checkpoints, cfg.run.checkpoint_every, dist,
                             {}, to_yaml(cfg))

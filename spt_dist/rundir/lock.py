@@ -1,21 +1,22 @@
 """`lock.json`: one job at a time trains a run folder.
 
 The lock file names its owner (host, pid and the pid's start time, job id and restart count,
-a random token) and carries a heartbeat that the owner refreshes every few seconds. It is
-created with O_EXCL, so of two jobs starting on one folder at the same moment exactly one gets
-it. An owner that is a live process on this host (the same pid, started at the same moment: a
-reused pid is not mistaken for it) is never taken over. Otherwise a lock is stale, and may be
-taken over, when its owner is a dead process on this host, when it belongs to an earlier
-incarnation of this very SLURM job (a lower SLURM_RESTART_COUNT: a requeue after the node
-died), or when its heartbeat is older than `stale_s`. An owner elsewhere whose heartbeat is
-younger (another host, or another step of this allocation) may be a job that was just killed:
-the lock is watched, at most `stale_s` (and a poll) long; when the heartbeat moves it is a live
-job and is refused, when it stays still for `stale_s` (or grows older than `stale_s`) it is
-taken over. Takeovers are serialised by a second O_EXCL file and happen only when the lock is
-still the one judged stale, so two jobs that find the same stale lock cannot both win (the
-loser sees the winner's new lock and is refused). An owner whose lock was taken over (it was
-frozen longer than `stale_s`) learns it at its next refresh; a lock file that cannot be read for
-a moment (a takeover being written) is judged at the next refresh.
+a random token) and carries a heartbeat that the owner refreshes every few seconds (at most
+LOCK_REFRESH_MAX_S apart). It is created with O_EXCL, so of two jobs starting on one folder at
+the same moment exactly one gets it. An owner that is a live process on this host (the same
+pid, started at the same moment: a reused pid is not mistaken for it) is never taken over. A
+lock is taken over at once when its owner is a dead process on this host, or when it belongs to
+an earlier incarnation of this very SLURM job (a lower SLURM_RESTART_COUNT: a requeue after the
+node died). Any other owner (another host, or another step of this allocation) is judged by
+watching its heartbeat, since its clock, or the file server's, may differ from this host's: when
+the heartbeat moves it is a live job and is refused; it is taken over once it stood still for
+`stale_s`, or sooner, once it is older than `stale_s` by this host's clock and stood still for
+two refresh intervals and a poll (a live owner whose clock runs slow refreshes meanwhile).
+Takeovers are serialised by a second O_EXCL file and happen only when the lock is still the one
+judged stale (token and heartbeat), so two jobs that find the same stale lock cannot both win
+(the loser sees the winner's new lock and is refused). An owner whose lock was taken over (it
+was frozen longer than `stale_s`) learns it at its next refresh; a lock file that cannot be read
+for a moment (a takeover being written) is judged at the next refresh.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from spt_dist.config.schema import LOCK_REFRESH_MAX_S
 from spt_dist.errors import SptError
 from spt_dist.io import write_text_atomic
 
@@ -40,6 +42,11 @@ class RunFolderBusy(SptError, RuntimeError):
 
 class LockPending(RuntimeError):
     """`acquire(within_s=...)` is still waiting on a lock that may be a dead job's; call it again."""
+
+
+class LockWaitStopped(RuntimeError):
+    """`acquire(stop=...)` ended its wait on another job's lock because `stop()` answered (the
+    answer is the message: what asked to stop); the lock was not taken."""
 
 
 class LockLost(RuntimeError):
@@ -89,9 +96,12 @@ def _alive(pid: int, started: Optional[int]) -> bool:
 
 
 class RunLock:
-    def __init__(self, run_dir: Path, stale_s: float = 120.0) -> None:
+    def __init__(self, run_dir: Path, stale_s: float = 120.0, refresh_s: float = LOCK_REFRESH_MAX_S) -> None:
+        """`refresh_s`: the longest interval between two refreshes of a live owner."""
         self.path = Path(run_dir) / LOCK
         self.stale_s = stale_s
+        self.poll_s = min(1.0, stale_s / 10)
+        self.confirm_s = min(stale_s, 2 * refresh_s + self.poll_s)  # an old heartbeat watched this long first
         self.token = uuid.uuid4().hex
         self.held = False
         self._watch: Optional[Tuple[Tuple[Any, ...], float]] = None  # a watched owner's beat, and since when
@@ -110,8 +120,9 @@ class RunLock:
             return {}  # being written, or garbage: judged by its age
 
     def why_stale(self, owner: Dict[str, Any]) -> Optional[str]:
-        """Why the lock `owner` describes may be taken over, or None while it is live."""
-        age = self._age(owner)
+        """Why the lock `owner` describes may be taken over now, or None while it is live or
+        still being watched (an owner elsewhere: judged by how long its heartbeat stood still
+        while this lock watched it)."""
         pid = owner.get("pid")
         if owner.get("host") == socket.gethostname() and isinstance(pid, int):
             if _alive(pid, owner.get("pid_start")):
@@ -120,9 +131,7 @@ class RunLock:
         if owner.get("job") and owner.get("job") == _job_id() and int(owner.get("restarts") or 0) < _restarts():
             return (f"it belongs to an earlier run of this job ({owner['job']}, restart "
                     f"{int(owner.get('restarts') or 0)}; this is restart {_restarts()})")
-        if age > self.stale_s:
-            return f"its heartbeat is {age:.0f} s old (stale after {self.stale_s:.0f} s)"
-        return None
+        return self._still(owner)
 
     def _mtime(self) -> float:
         try:
@@ -140,13 +149,14 @@ class RunLock:
         self.held = True
         return True
 
-    def acquire(self, on_wait: Optional[Callable[[str], None]] = None,
-                within_s: Optional[float] = None) -> Optional[str]:
+    def acquire(self, on_wait: Optional[Callable[[str], None]] = None, within_s: Optional[float] = None,
+                stop: Optional[Callable[[], str]] = None) -> Optional[str]:
         """Take the lock; returns the reason when a stale lock was taken over. Raises
-        RunFolderBusy naming the live owner. A lock held elsewhere with a young heartbeat is
-        watched first (`on_wait` gets one line saying whom for and how long at most). With
-        `within_s`, LockPending is raised when that much time passed waiting; the next call
-        goes on with the same watch."""
+        RunFolderBusy naming the live owner. A lock held elsewhere is watched first (`on_wait`
+        gets one line saying whom for and how long at most). With `within_s`, LockPending is
+        raised when that much time passed waiting; the next call goes on with the same watch.
+        `stop` is asked at every poll of a wait: a non-empty answer (say, a signal's name) ends
+        the wait with LockWaitStopped, the lock left as it is."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         give_up = None if within_s is None else time.monotonic() + within_s
         lost_races = 0
@@ -157,7 +167,7 @@ class RunLock:
             owner = self._read()
             if owner is None:
                 continue  # released in between
-            reason = self.why_stale(owner) or self._still_for_stale_s(owner)
+            reason = self.why_stale(owner)
             if reason is not None:
                 if self._take_over(owner):
                     self._watch = None
@@ -170,7 +180,11 @@ class RunLock:
             if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
                 raise RunFolderBusy(self._busy(owner))  # a live process here
             self._wait_on(owner, on_wait)
-            pause = min(1.0, self.stale_s / 10)
+            asked = stop() if stop is not None else ""
+            if asked:
+                self._watch = None
+                raise LockWaitStopped(asked)
+            pause = self.poll_s
             if give_up is not None:
                 pause = min(pause, give_up - time.monotonic())
                 if pause <= 0:
@@ -196,7 +210,7 @@ class RunLock:
         if self._watch is None:
             self._watch = (beat, now)
             if on_wait is not None:
-                most = min(self.stale_s, max(0.0, self.stale_s - self._age(owner))) + min(1.0, self.stale_s / 10)
+                most = min(self.stale_s, max(self.confirm_s, self.stale_s - self._age(owner))) + self.poll_s
                 on_wait(f"{self.path.parent} is locked by pid {owner.get('pid')} on {owner.get('host')} (job "
                         f"{owner.get('job')}, heartbeat {self._age(owner):.0f} s ago): waiting at most {most:.0f} s; "
                         f"taken over if its heartbeat stays still, refused if it moves")
@@ -205,15 +219,20 @@ class RunLock:
             self._watch = None
             raise RunFolderBusy(self._busy(owner, f", and it moved while this job waited {waited:.0f} s"))
 
-    def _still_for_stale_s(self, owner: Dict[str, Any]) -> Optional[str]:
-        """A watched lock whose heartbeat stayed still for stale_s by this host's clock (the
-        owner's clock may differ)."""
+    def _still(self, owner: Dict[str, Any]) -> Optional[str]:
+        """A watched lock whose heartbeat stood still for stale_s by this host's clock (the
+        owner's clock may run ahead), or for confirm_s once it is older than stale_s (the
+        owner's clock, or the file server's, may run slow: a live owner refreshes meanwhile)."""
         if self._watch is None or self._watch[0] != self._beat(owner):
             return None
-        still = time.monotonic() - self._watch[1]
-        if still <= self.stale_s:
-            return None
-        return f"its heartbeat stayed still for {still:.0f} s while this job waited (stale after {self.stale_s:.0f} s)"
+        still, age = time.monotonic() - self._watch[1], self._age(owner)
+        if still > self.stale_s:
+            return (f"its heartbeat stayed still for {still:.0f} s while this job waited (stale after "
+                    f"{self.stale_s:.0f} s)")
+        if age > self.stale_s and still > self.confirm_s:
+            return (f"its heartbeat is {age:.0f} s old (stale after {self.stale_s:.0f} s) and stayed still for "
+                    f"{still:.0f} s while this job waited")
+        return None
 
     def _take_over(self, seen: Dict[str, Any]) -> bool:
         mutex = self.path.parent / TAKEOVER

@@ -161,10 +161,20 @@ MAX_LABEL = 48  # characters of a legend label; longer ones are numbered (the re
 LEGEND_INSIDE = 4  # more lines than this: the legend goes below the panel
 
 
+CAPACITY = "params_m"  # the x of the capacity panel: the backbone's size
+
+
 def _one_to_one(runs: Sequence[RunRecord], a: str, b: str) -> bool:
     """Each value of `a` goes with one value of `b` and back (the backbone's name and its size)."""
     pairs = {(repr(r.values.get(a)), repr(r.values.get(b))) for r in runs}
     return len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs})
+
+
+def _names_the_x(runs: Sequence[RunRecord], key: str, x_key: str) -> bool:
+    """On the capacity panel, a backbone setting (model.*) that goes one to one with the
+    backbone's size says the same as the x (its name, checkpoint, image size); any other
+    setting that happens to pair with the x (an lr each backbone ran at only) still splits."""
+    return x_key == CAPACITY and key.startswith("model.") and _one_to_one(runs, key, x_key)
 
 
 def _short_key(key: str, others: Sequence[str]) -> str:
@@ -213,16 +223,17 @@ def series_labels(series: Sequence[Tuple[str, Dict[str, Any]]]) -> Tuple[List[st
 def plot_series(records: Sequence[RunRecord], x_key: str, fixed_key: str) -> tuple:
     """Per line: (x, mean, std) at the largest value of `fixed_key` the line has, that value, and
     the line's settings in full. A line is a method, split further by any setting its runs differ
-    in (apart from the seed, the x and the fixed key, and a setting that goes one to one with the
-    x, such as the backbone's name on the capacity axis): runs that differ in, say, the learning
-    rate are never averaged. Lines are labelled by series_labels."""
+    in (apart from the seed, the x and the fixed key, and on the capacity axis a backbone setting
+    that goes one to one with the backbone's size, such as its name): runs that differ in, say,
+    the learning rate are never averaged, even where each learning rate ran at one x only.
+    Lines are labelled by series_labels."""
     done = [r for r in records if r.status == "finished" and r.metric is not None
             and r.values.get(x_key) is not None]
     lines: List[Tuple[str, Dict[str, Any], List[RunRecord]]] = []
     for method in sorted({r.values["method"] for r in done}):
         mine = [r for r in done if r.values["method"] == method]
         varying = [k for k in _differing(mine, [x_key, fixed_key])
-                   if k not in (x_key, fixed_key, "method") and not _one_to_one(mine, k, x_key)]
+                   if k not in (x_key, fixed_key, "method") and not _names_the_x(mine, k, x_key)]
         for variant in sorted({tuple(repr(r.values.get(k)) for k in varying) for r in mine}):
             runs = [r for r in mine if tuple(repr(r.values.get(k)) for k in varying) == variant]
             lines.append((method, {k: runs[0].values.get(k) for k in varying}, runs))
@@ -263,8 +274,8 @@ def plot(records: Sequence[RunRecord], out: Path, metric: Optional[str] = None) 
     import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    panels = [(axes[0], "params_m", "data.fraction", "backbone parameters (M)", "data fraction"),
-              (axes[1], "data.fraction", "params_m", "training data fraction", "backbone params (M)")]
+    panels = [(axes[0], CAPACITY, "data.fraction", "backbone parameters (M)", "data fraction"),
+              (axes[1], "data.fraction", CAPACITY, "training data fraction", "backbone params (M)")]
     legend: List[Tuple[str, str, str]] = []
     for ax, x_key, fixed_key, xlabel, fixed_label in panels:
         xs = set()

@@ -14,7 +14,9 @@ task, `signal_delay_s` before the end):
    the run folder, and a run whose results.json says "finished" is not trained again.
 
 A signal that arrives before `train()` installs its handler reaches submitit's handler
-directly: rank 0 requeues at once, nothing is lost but start-up time.
+directly: rank 0 requeues at once, nothing is lost but start-up time. One that arrives while
+`train()` waits for another job's lock on the run folder ends the wait: "interrupted" without
+the folder claimed, requeued by step 2 just the same.
 
 `scancel` (and `spt cancel`) sends SIGTERM instead: the engine saves and returns
 "interrupted" just the same, but the job then ends without a requeue. The run folder keeps
