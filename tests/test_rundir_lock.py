@@ -344,18 +344,26 @@ def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None) -> 
         out.put((rank, repr(exc), time.monotonic() - start, said.getvalue()))
 
 
-def _claim_two_ranks(tmp_path: Path, stop_after_s=None) -> list:
+def _fork_two_ranks(root: str, stop_after_s, out) -> None:
     from spt_dist.engine.claim import claim_run_dir  # imported once here, not in each forked rank
 
     ctx = mp.get_context("fork")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_rank, args=(rank, str(tmp_path), out, claim_run_dir, stop_after_s))
-             for rank in range(2)]
+    procs = [ctx.Process(target=_claim_rank, args=(rank, root, out, claim_run_dir, stop_after_s)) for rank in range(2)]
     for p in procs:
         p.start()
-    got = sorted(out.get(timeout=120) for _ in procs)
     for p in procs:
         p.join()
+
+
+def _claim_two_ranks(tmp_path: Path, stop_after_s=None) -> list:
+    """The two ranks are forked from a fresh (spawned) process: a test process may hold a default
+    process group already (a run trained in-process), which a fork would inherit."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    parent = ctx.Process(target=_fork_two_ranks, args=(str(tmp_path), stop_after_s, out))
+    parent.start()
+    got = sorted(out.get(timeout=120) for _ in range(2))
+    parent.join()
     return got
 
 
