@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -103,6 +104,25 @@ def test_a_frozen_rank_ends_the_job_naming_it_3_of_3(tmp_path, assets):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def test_a_heartbeat_that_cannot_be_written_does_not_stop_the_lock_refresh(tmp_path):
+    """The rank's own heartbeat write fails (its folder replaced by a file): the run folder's
+    lock is still refreshed, so no other job ever takes a live run's folder for abandoned."""
+    lock = RunLock(tmp_path, stale_s=60, refresh_s=0.2)
+    lock.acquire()
+    dog = Watchdog(tmp_path, 0, 1, "tok", timeout_s=6, lock=lock, interval=0.2, on_dead=lambda rank: None)
+    dog.start()
+    try:
+        time.sleep(0.5)
+        shutil.rmtree(tmp_path / ".heartbeat")
+        (tmp_path / ".heartbeat").write_text("not a folder")  # every beat now fails with an OSError
+        first = json.loads((tmp_path / "lock.json").read_text())["heartbeat"]
+        time.sleep(1.5)
+        assert json.loads((tmp_path / "lock.json").read_text())["heartbeat"] > first
+    finally:
+        dog.stop()
+        lock.release()
 
 
 def test_watchdog_keeps_a_peers_last_good_heartbeat(tmp_path):

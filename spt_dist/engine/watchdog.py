@@ -110,6 +110,9 @@ class Watchdog:
         while not self._stop.wait(self.interval):
             try:
                 self._beat()
+            except OSError:
+                pass  # a slow or full disk: the peers' judgement is what counts
+            try:  # apart from the beat: a failed beat must not leave the lock to look abandoned
                 if self.lock is not None:
                     self.lock.refresh()
             except LockLost as exc:
@@ -118,7 +121,7 @@ class Watchdog:
                 self.on_dead(-1)
                 return
             except OSError:
-                pass  # a slow or full disk: the peers' judgement is what counts
+                pass  # the lock's next refresh tries again; other jobs wait lock_stale_s before taking it
             self._check_peers()
 
     def _check_peers(self) -> None:
