@@ -206,3 +206,18 @@ def test_a_setting_that_happens_to_pair_with_the_x_still_splits_the_lines(tmp_pa
     assert series == {"vpt lr=0.01": [(micro, 45.0, pytest.approx(7.071, abs=1e-3))],
                       "vpt lr=0.1": [(tiny, 70.0, 0.0)]}
     assert settings == {"vpt lr=0.01": "optim.lr=0.01", "vpt lr=0.1": "optim.lr=0.1"}
+
+
+def test_a_model_setting_that_is_not_the_backbones_name_splits_the_capacity_lines(tmp_path):
+    """tiny with pool=token and micro with pool=mean: the pool pairs one to one with the size but
+    changes what is trained, so the capacity panel draws two lines, each labelled by its pool."""
+    from spt_dist.study.report import plot_series
+
+    for i, (backbone, pool, top1) in enumerate([("vit_tiny_p7_28", "token", 70.0), ("vit_micro_p4_16", "mean", 40.0)]):
+        run = tmp_path / f"run{i}"
+        run.mkdir()
+        (run / "config.yaml").write_text(f"model:\n  name: {backbone}\n  pool: {pool}\nmethod:\n  name: vpt\n")
+        (run / "results.json").write_text(json.dumps({"status": "finished", "top1": top1}))
+    series, _, settings = plot_series(collect(str(tmp_path)), "params_m", "data.fraction")
+    assert sorted(settings.values()) == ["model.pool=mean", "model.pool=token"], settings
+    assert len(series) == 2 and all(len(points) == 1 for points in series.values())

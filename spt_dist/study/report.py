@@ -170,11 +170,17 @@ def _one_to_one(runs: Sequence[RunRecord], a: str, b: str) -> bool:
     return len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs})
 
 
+# What names a backbone (its weights and input), as its size on the capacity panel's x does; a
+# model setting that changes what is trained (pool, head init, ...) is not among them.
+BACKBONE_IDENTITY = ("model.name", "model.checkpoint", "model.checkpoint_format", "model.img_size",
+                     "model.in_chans", "model.mean", "model.std")
+
+
 def _names_the_x(runs: Sequence[RunRecord], key: str, x_key: str) -> bool:
-    """On the capacity panel, a backbone setting (model.*) that goes one to one with the
-    backbone's size says the same as the x (its name, checkpoint, image size); any other
-    setting that happens to pair with the x (an lr each backbone ran at only) still splits."""
-    return x_key == CAPACITY and key.startswith("model.") and _one_to_one(runs, key, x_key)
+    """On the capacity panel, a setting that names the backbone (BACKBONE_IDENTITY) and goes one
+    to one with its size says the same as the x; any other setting that happens to pair with
+    the x (an lr each backbone ran at only, a pool mode) still splits."""
+    return x_key == CAPACITY and key in BACKBONE_IDENTITY and _one_to_one(runs, key, x_key)
 
 
 def _short_key(key: str, others: Sequence[str]) -> str:
