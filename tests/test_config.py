@@ -157,6 +157,26 @@ def test_cli_show_prints_resolved_config_and_rejects_bad(capsys):
     assert "method.pool" in capsys.readouterr().err
 
 
+def test_cli_show_reads_a_run_folders_config_and_survives_a_closed_pipe(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from spt_dist.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(to_yaml(load_config(DEMO, ["method.prompt_length=33"])))
+    assert main(["config", "show", str(run)]) == 0
+    assert "prompt_length: 33" in capsys.readouterr().out
+    assert main(["config", "show", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder without config.yaml: not a run folder" in capsys.readouterr().err
+    # output piped into a reader that is gone (`| head -1` once it has its line): no traceback, exit 0
+    proc = subprocess.run(["bash", "-c", f"'{sys.executable}' -m spt_dist.cli config show '{run}' | true; "
+                           "echo ${PIPESTATUS[0]}"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout == "0\n" and "Error" not in proc.stderr, proc.stderr
+
+
 def test_every_shipped_sweep_expands_to_valid_runs():
     from spt_dist.config.sweep import expand, load_sweep_file
 

@@ -75,6 +75,8 @@ def test_shape_choice_keeps_the_global_batch_or_names_what_would():
     assert run_shape(cfg, 4, held) == Shape(4, 4, 1)
     assert run_shape(cfg, 2, Shape(3, 8, 1).as_dict()) == Shape(2, 6, 2)  # not 12 x 1: B never grows past 8
     assert run_shape(cfg, 2, held) == Shape(2, 8, 1)
+    # the config's micro-batch is the preference, not the last shape's: 4 x 4 -> 1 rank is 8 x 2 again
+    assert run_shape(cfg, 1, Shape(4, 4, 1).as_dict()) == Shape(1, 8, 2)
     assert run_shape(cfg, 1, Shape(2, 8, 2).as_dict()) == Shape(1, 8, 4)  # same micro-batch, more accumulation
     with pytest.raises(CheckpointMismatchError, match=r"global batch of 16 .* cannot be split over 3 rank\(s\); "
                                                       r"world sizes that keep it: 1, 2, 4, 8, 16"):
@@ -212,8 +214,9 @@ def test_a_zero2_run_moves_from_1_rank_to_2_and_back_with_the_uninterrupted_resu
     moved = tmp_path / "runs" / "moved"
     saved = sorted((moved / "checkpoints").glob("step_*"))
     assert saved and all((p / "optimizer_full.pt").is_file() for p in saved)
-    # 3 ranks cannot carry the global batch of 16: refused by `spt train` before any step
-    refused = _spt_train(config, 3, "run.name=moved", *common)
+    # 3 ranks cannot carry the global batch of 16: refused by `spt train` before any step (given
+    # the run folder, which takes launch.* overrides)
+    refused = _spt_train(moved, 3, "launch.elastic=true")
     assert [rc for rc, _ in refused] == [2, 2, 2], refused
     assert "global batch of 16 (1 ranks x 8 x 2 accumulation steps) cannot be split over 3 rank(s); world sizes " \
            "that keep it: 1, 2, 4, 8, 16" in refused[0][1]
@@ -226,3 +229,12 @@ def test_a_zero2_run_moves_from_1_rank_to_2_and_back_with_the_uninterrupted_resu
     assert results["status"] == "finished" and results["world_sizes"] == [1, 2, 1] and results["zero_stage"] == 2
     assert results["global_batch"] == 16 and results["step"] == 16
     _same_as_reference(moved, reference)
+
+
+def test_a_run_folder_takes_launch_overrides_only(tmp_path, capsys):
+    from spt_dist.cli import main as spt
+
+    (tmp_path / "config.yaml").write_text("optim: {lr: 0.1}\n")
+    assert spt(["train", str(tmp_path), "launch.elastic=true", "optim.lr=0.5"]) == 2
+    assert f"{tmp_path} is a run folder: it resumes with its own config.yaml; overrides (optim.lr=0.5) are not " \
+           "allowed, except launch.* settings" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from .errors import ConfigError
@@ -28,7 +29,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def _show(args: argparse.Namespace) -> int:
     if args.world_size is not None and not args.protocol:
         raise ConfigError("--world-size judges a run against a protocol: give it with --protocol NAME")
-    cfg = load_config(args.config, args.overrides, check_files=args.check_files)
+    config = args.config
+    if Path(config).is_dir():  # a run folder: its resolved config
+        if not (Path(config) / "config.yaml").is_file():
+            raise ConfigError(f"{config} is a folder without config.yaml: not a run folder")
+        config = str(Path(config) / "config.yaml")
+    cfg = load_config(config, args.overrides, check_files=args.check_files)
     if args.protocol:
         from .protocol import BY_BACKBONE, departure_table
 

@@ -25,12 +25,15 @@ def _load(config: str, overrides):
 
     folder = Path(config)
     if folder.is_dir():
-        if overrides:
-            raise ConfigError(f"{folder} is a run folder: it resumes with its own config.yaml; "
-                              f"overrides ({' '.join(overrides)}) are not allowed")
+        # launch settings are not part of a run's identity (e.g. launch.elastic=true to continue
+        # on another world size); anything else would train another run in this folder
+        other = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("launch.")]
+        if other:
+            raise ConfigError(f"{folder} is a run folder: it resumes with its own config.yaml; overrides "
+                              f"({' '.join(other)}) are not allowed, except launch.* settings")
         if not (folder / "config.yaml").is_file():
             raise ConfigError(f"{folder} is a folder without config.yaml: not a run folder")
-        return load_config(str(folder / "config.yaml")), str(folder)
+        return load_config(str(folder / "config.yaml"), list(overrides)), str(folder)
     return load_config(config, overrides, check_files=True), None
 
 

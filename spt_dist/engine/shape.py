@@ -4,10 +4,10 @@ The global batch G = W x B x A is part of a run's identity. A run starts on the 
 finds with the config's B and A, or, with data.global_batch set, with the shape of that G chosen
 by the rule below (so one config trains one G whatever the first allocation); every checkpoint
 records the shape. A resumed run on another world size W' (launch.elastic=true) keeps G by
-choosing B' and A' with W' x B' x A' = G: the same B if G / (W' x B) is whole (more or fewer
-accumulation steps), else the same A if that micro-batch is no larger than B, else the largest
-B' below B that divides (a micro-batch never grows past B, so a step needs no more memory than
-the config's). Its optimizer steps then see the same samples (data/order.py: step s is the same
+choosing B' and A' with W' x B' x A' = G, B and A being the config's: the same B if
+G / (W' x B) is whole (more or fewer accumulation steps), else the same A if that micro-batch is
+no larger than B, else the largest B' below B that divides (a micro-batch never grows past the
+config's B, so a step needs no more memory than the config's). Its optimizer steps then see the same samples (data/order.py: step s is the same
 slice of the epoch's permutation for every shape), so the result equals an uninterrupted run's
 up to the order of floating-point sums. With ZeRO stage 0 the optimizer state is the same on
 every rank and loads on any world size; ZeRO 1-3 partition it by rank (ZeRO 3 the parameters
@@ -84,7 +84,7 @@ def run_shape(cfg: Config, world_size: int, held: Optional[Dict[str, Any]]) -> S
         raise CheckpointMismatchError(
             f"the run's checkpoints were written by {old.world_size} rank(s) and this job has {world_size}; "
             f"set launch.elastic=true to continue it on {world_size} (the global batch of {old.global_batch} is "
-            f"kept), or run it on {old.world_size} rank(s)")
+            f"kept; e.g. `spt train RUN_DIR launch.elastic=true`), or run it on {old.world_size} rank(s)")
     if cfg.distributed.zero_stage > 0 and not held.get("full_optimizer"):
         raise CheckpointMismatchError(
             f"config key 'distributed.zero_stage' = {cfg.distributed.zero_stage}: the checkpoint holds the optimizer "
@@ -94,7 +94,9 @@ def run_shape(cfg: Config, world_size: int, held: Optional[Dict[str, Any]]) -> S
     if cfg.data.shuffle != "exact":
         raise CheckpointMismatchError("config key 'data.shuffle' = 'stream': a run continues on another world size "
                                       "only with data.shuffle=exact, whose order does not depend on the ranks")
-    shape = _splits(old.global_batch, world_size, old.batch_size, old.grad_accum)
+    # the config's micro-batch and accumulation are the preference (and B's cap), not the last
+    # shape's: a run moved 2 x 64 -> 4 x 32 -> 1 rank trains 64 x 2 again, not 32 x 4
+    shape = _splits(old.global_batch, world_size, cfg.data.batch_size, cfg.optim.grad_accum)
     if shape is None:
         raise CheckpointMismatchError(
             f"the run's global batch of {old.global_batch} ({old.world_size} ranks x {old.batch_size} x "
