@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -175,10 +174,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _private_store() -> str:
+    """A file store of this process's own (removed at exit): a single process needs no port, and
+    a free port picked, closed and bound again can be taken in between (EADDRINUSE when many runs
+    start on one node at once)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder, owner = tempfile.mkdtemp(prefix="spt-store-"), os.getpid()
+    # only by this process: a forked child that exits through sys.exit runs atexit handlers too
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, True))
+    return f"file://{folder}/store"
 
 
 def _slurm_master() -> str:
@@ -196,7 +203,7 @@ def _slurm_master() -> str:
 def _export_env() -> Optional[str]:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whichever launcher started us.
 
-    Returns the init_method for a plain single process, which gets a private TCP store
+    Returns the init_method for a plain single process, which gets a private file store
     instead of MASTER_* variables: those would leak into every process it starts (a
     submitted job, a subprocess) and point them at this process's port.
     """
@@ -211,7 +218,7 @@ def _export_env() -> Optional[str]:
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 12000))
     env.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it
     if "RANK" not in env:
-        return f"tcp://127.0.0.1:{_free_port()}"
+        return _private_store()
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     return None
 
