@@ -272,6 +272,23 @@ def test_spent_attempts_end_in_one_actionable_line(tmp_path):
         TrainTask(cfg, "test_study_rendezvous:_bad_train")()
 
 
+def test_retries_never_tear_down_a_process_group_an_earlier_run_of_this_process_made(tmp_path):
+    """An in-process run's group (which DeepSpeed's cached groups refer to) outlives another
+    task's failed start-up attempts in the same process; a half-made group of the attempts'
+    own is still left between attempts (the tests above)."""
+    import torch.distributed as dist
+
+    from spt_dist.config import load_config
+    from spt_dist.distributed import init_distributed
+
+    init_distributed("gloo", 10, deepspeed=False)  # idempotent: an earlier test's group may be here
+    world = dist.group.WORLD
+    cfg = load_config(None, [f"run.out_dir={tmp_path}", "run.name=r"])
+    with pytest.raises(StartupError):
+        TrainTask(cfg, "test_study_rendezvous:_always_taken")()
+    assert dist.is_initialized() and dist.group.WORLD is world
+
+
 _TRIES: list = []
 
 

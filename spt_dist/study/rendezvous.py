@@ -244,8 +244,18 @@ def gave_up(exc: BaseException, ports) -> StartupError:
         f"recurs on this node of a SLURM cluster, keep jobs off it (--sbatch exclude={host})")
 
 
+def process_group_exists() -> bool:
+    if "torch.distributed" not in sys.modules:
+        return False  # nothing made one
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def reset_process_group() -> None:
-    """Leave a half-made process group before the next attempt."""
+    """Leave a half-made process group before the next attempt (the caller never calls it on a
+    group that existed before its first attempt: an earlier run's in this process, which
+    DeepSpeed's cached groups still refer to)."""
     if "torch.distributed" not in sys.modules:
         return  # nothing made one
     try:

@@ -37,7 +37,7 @@ from submitit.core.job_environment import SignalHandler
 from spt_dist.config.schema import Config
 from spt_dist.rundir import finished_results, run_dir_for
 
-from .rendezvous import ATTEMPTS, gave_up, is_transient, job_port, reset_process_group
+from .rendezvous import ATTEMPTS, gave_up, is_transient, job_port, process_group_exists, reset_process_group
 
 TRAIN_FN = "spt_dist.engine.train:train"
 PACK_FN = "spt_dist.engine.pack:train_pack"
@@ -103,6 +103,7 @@ class TrainTask:
         env = submitit.JobEnvironment() if submitted else None
         metrics = Path(run_dir) / "metrics.jsonl"
         ports, attempt = [], 0
+        joined_before = process_group_exists()  # an earlier run's in this process: never torn down here
         while True:
             before = metrics.stat().st_size if metrics.exists() else -1
             try:
@@ -120,7 +121,8 @@ class TrainTask:
                     raise gave_up(exc, ports) from exc
                 print(f"spt: start-up failed ({type(exc).__name__}: {exc}); attempt {attempt + 1} of {ATTEMPTS}",
                       file=sys.stderr, flush=True)
-                reset_process_group()
+                if not joined_before:
+                    reset_process_group()
 
     def _requeue(self, handler: Callable[[int, Any], None]) -> None:
         """After the engine saved: rank 0 requeues (or raises when out of requeues)."""
