@@ -52,7 +52,9 @@ def test_batcher_batches_waits_and_answers_each_request_alone():
         pending = [asyncio.ensure_future(b.submit(i)) for i in (200, 201)]
         await asyncio.sleep(0)
         await b.stop()  # what is queued is still answered
-        return results, alone, waited, [p.result() for p in pending]
+        # answered by the stop; each submit task still needs a turn of the loop to return it
+        late = await asyncio.wait_for(asyncio.gather(*pending), timeout=5)
+        return results, alone, waited, late
 
     results, alone, waited, late = asyncio.run(main())
     for i, r in enumerate(results):
