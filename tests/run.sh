@@ -21,11 +21,11 @@ cleanup() { if [ "$started_slurm" = 1 ]; then bash launch/slurm_down.sh || true;
 trap cleanup EXIT
 
 # Two test processes (SPT_TEST_WORKERS=0: one): many tests wait on subprocesses, sleeps and the
-# SLURM scheduler, so two share the 2 cores well. Tests marked with one xdist_group run in one
-# process (they share an expensive module fixture).
+# SLURM scheduler, so two share the 2 cores well. Each test file runs in one process, so a
+# module's expensive fixture (a reference run, a trained pack) is built once.
 workers=${SPT_TEST_WORKERS:-2}
 if [ "$workers" = 0 ]; then
   .venv/bin/python -m pytest tests "$@"
 else
-  .venv/bin/python -m pytest tests -n "$workers" --dist loadgroup "$@"
+  .venv/bin/python -m pytest tests -n "$workers" --dist loadfile "$@"
 fi

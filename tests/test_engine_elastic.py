@@ -173,7 +173,6 @@ def _same_as_reference(moved: Path, reference: Path) -> None:
     assert losses(moved)[-16:] == pytest.approx(losses(reference), rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.xdist_group("elastic")
 @pytest.mark.parametrize("zero", [0, 3], ids=["zero0", "zero3"])
 def test_a_run_moves_from_2_ranks_to_1_and_back_with_the_uninterrupted_result(tmp_path, assets, reference, zero):
     """ZeRO 0: the optimizer state is the same on every rank. ZeRO 3 partitions the trainable
@@ -201,7 +200,6 @@ def _spt_train(config: Path, nproc: int, *overrides: str) -> list:
     return [(p.wait(timeout=300), p.stderr.read()) for p in procs]
 
 
-@pytest.mark.xdist_group("elastic")
 def test_a_zero2_run_moves_from_1_rank_to_2_and_back_with_the_uninterrupted_result(tmp_path, assets, reference):
     """ZeRO 2 partitions the AdamW moments and fp32 master weights by rank: the elastic run's
     checkpoints hold them whole as well, and the new ranks re-partition them
