@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from spt_dist.io import write_text_atomic
-from spt_dist.rundir.lock import LockLost, LockWaitStopped, RunFolderBusy, RunLock, process_start
+from spt_dist.rundir.lock import (TAKEOVER, LockLost, LockPending, LockWaitStopped, RunFolderBusy, RunLock,
+                                  process_start)
 
 
 def _race(folder: str, start: float, out, stale_s: float = 120.0) -> None:
@@ -226,6 +227,66 @@ def test_a_stop_ends_the_wait_without_taking_the_lock(tmp_path):
         RunLock(tmp_path, stale_s=60).acquire(stop=lambda: asked.append(1) or ("SIGUSR2" if len(asked) > 2 else ""))
     assert len(asked) == 3 and 1.5 < time.monotonic() - start < 4  # one poll a second
     assert json.loads((tmp_path / "lock.json").read_text())["token"] == "x"
+
+
+def test_a_stop_during_the_sleep_before_a_takeover_ends_the_wait_without_taking_the_lock(tmp_path):
+    """A dead job's old lock elsewhere is judged stale 2 s into the wait (poll 1 s, confirm 2 s); the
+    stop that arrives 1.5 s in, during the sleep before that poll, ends the wait first."""
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99,
+                                                    "heartbeat": time.time() - 30}))
+    lock = RunLock(tmp_path, stale_s=15, refresh_s=0.5)
+    start = time.monotonic()
+    with pytest.raises(LockWaitStopped, match="^SIGUSR2$"):
+        lock.acquire(stop=lambda: "SIGUSR2" if time.monotonic() - start > 1.5 else "")
+    assert not lock.held and json.loads((tmp_path / "lock.json").read_text())["token"] == "x"
+
+
+def _stale_lock_and_takeover_file(folder: Path, taker: dict, mtime: float) -> None:
+    """A dead job's lock on another host, and another job's takeover file whose mtime (the file
+    server's clock) is `mtime`."""
+    (folder / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99,
+                                                  "heartbeat": time.time() - 300}))
+    (folder / TAKEOVER).write_text(json.dumps(taker))
+    os.utime(folder / TAKEOVER, (mtime, mtime))
+
+
+def test_a_live_takers_takeover_file_is_left_alone_however_old_its_mtime(tmp_path):
+    """The taker is a live process here, its file 40 s old by a file server's slow clock: the
+    waiter keeps out of the takeover (LockPending, the file and the old lock as they were)."""
+    taker = {"token": "t", "host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid())}
+    _stale_lock_and_takeover_file(tmp_path, taker, time.time() - 40)
+    lock = RunLock(tmp_path, stale_s=3, refresh_s=0.5)
+    with pytest.raises(LockPending):
+        lock.acquire(within_s=3)
+    assert json.loads((tmp_path / TAKEOVER).read_text()) == taker and not lock.held
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == "x"
+
+
+def test_a_takeover_file_left_elsewhere_is_removed_once_it_stood_still_while_watched(tmp_path):
+    """The taker on another host died mid-takeover; its file's mtime lies a minute ahead (the file
+    server's clock): it is removed after standing unchanged for confirm_s on this host's clock."""
+    _stale_lock_and_takeover_file(tmp_path, {"token": "t", "host": "node-18", "pid": 5}, time.time() + 60)
+    lock = RunLock(tmp_path, stale_s=3, refresh_s=0.5)  # poll 0.3 s, confirm 1.3 s
+    start = time.monotonic()
+    reason = lock.acquire()
+    waited = time.monotonic() - start
+    assert re.fullmatch(r"its heartbeat is 30\d s old \(stale after 3 s\) and stayed still for \d s while this job "
+                        r"waited", reason), reason
+    assert 2 * lock.confirm_s <= waited < 2 * lock.confirm_s + 2, waited  # the lock's watch, then the file's
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == lock.token
+    assert not (tmp_path / TAKEOVER).exists()
+
+
+def test_a_takeover_file_of_a_dead_taker_here_is_removed_at_once(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    _stale_lock_and_takeover_file(tmp_path, {"token": "t", "host": socket.gethostname(), "pid": int(dead)},
+                                  time.time())
+    lock = RunLock(tmp_path, stale_s=3, refresh_s=0.5)
+    start = time.monotonic()
+    assert lock.acquire() is not None
+    assert time.monotonic() - start < lock.confirm_s + 1  # the lock's watch only
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == lock.token
 
 
 def test_an_earlier_run_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch):
