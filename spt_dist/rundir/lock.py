@@ -99,6 +99,53 @@ def _alive(pid: int, started: Optional[int]) -> bool:
     return started is None or now is None or now == started
 
 
+LIVE, DEAD, WATCH = "live", "dead", "watch"
+
+
+def first_look(owner: Dict[str, Any]) -> Tuple[str, str]:
+    """What one look at a lock's owner tells, before any watching: (LIVE, "") for a live process
+    on this host (never taken over, however old its heartbeat), (DEAD, why) for a gone process on
+    this host or an earlier run of this SLURM job (taken over at once), else (WATCH, ""): an
+    owner elsewhere, judged by its heartbeat."""
+    pid = owner.get("pid")
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int):
+        if _alive(pid, owner.get("pid_start")):
+            return LIVE, ""
+        return DEAD, f"its owner, pid {pid} on this host, is gone"
+    if owner.get("job") and owner.get("job") == _job_id() and int(owner.get("restarts") or 0) < _restarts():
+        return DEAD, (f"it belongs to an earlier run of this job ({owner['job']}, restart "
+                      f"{int(owner.get('restarts') or 0)}; this is restart {_restarts()})")
+    return WATCH, ""
+
+
+def heartbeat_age(owner: Dict[str, Any], path: Path) -> float:
+    """How old the owner's heartbeat is by this host's clock (a lock without one: its file time)."""
+    beat = owner.get("heartbeat")
+    if not beat:
+        try:
+            beat = path.stat().st_mtime
+        except OSError:
+            return 0.0
+    return time.time() - float(beat)
+
+
+def held_at_a_look(run_dir: Path, stale_s: float) -> bool:
+    """Whether a job holds `run_dir`'s lock, judged at one look by the rule a waiting job starts
+    from: a live process here holds it, a dead one does not; an owner elsewhere holds it while
+    its heartbeat is younger than `stale_s` by this host's clock (an older one is what a waiting
+    job would watch: whether its job still runs is for the caller to find out otherwise). A lock
+    file being written (unreadable for a moment) is not counted."""
+    path = Path(run_dir) / LOCK
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(owner, dict):
+        return False
+    kind, _ = first_look(owner)
+    return kind == LIVE or (kind == WATCH and heartbeat_age(owner, path) < stale_s)
+
+
 class RunLock:
     def __init__(self, run_dir: Path, stale_s: float = 120.0, refresh_s: float = LOCK_REFRESH_MAX_S) -> None:
         """`refresh_s`: the longest interval between two refreshes of a live owner."""
@@ -129,21 +176,12 @@ class RunLock:
         """Why the lock `owner` describes may be taken over now, or None while it is live or
         still being watched (an owner elsewhere: judged by how long its heartbeat stood still
         while this lock watched it)."""
-        pid = owner.get("pid")
-        if owner.get("host") == socket.gethostname() and isinstance(pid, int):
-            if _alive(pid, owner.get("pid_start")):
-                return None  # a live process here: never taken over, however old its heartbeat
-            return f"its owner, pid {pid} on this host, is gone"
-        if owner.get("job") and owner.get("job") == _job_id() and int(owner.get("restarts") or 0) < _restarts():
-            return (f"it belongs to an earlier run of this job ({owner['job']}, restart "
-                    f"{int(owner.get('restarts') or 0)}; this is restart {_restarts()})")
+        kind, why = first_look(owner)
+        if kind == LIVE:
+            return None
+        if kind == DEAD:
+            return why
         return self._still(owner)
-
-    def _mtime(self) -> float:
-        try:
-            return self.path.stat().st_mtime
-        except OSError:
-            return time.time()
 
     def _create(self) -> bool:
         try:
@@ -222,7 +260,7 @@ class RunLock:
         return owner.get("token"), owner.get("heartbeat")
 
     def _age(self, owner: Dict[str, Any]) -> float:
-        return time.time() - float(owner.get("heartbeat") or self._mtime())
+        return heartbeat_age(owner, self.path)
 
     def _busy(self, owner: Dict[str, Any], moved: str = "") -> str:
         return (f"{self.path.parent} is being trained by another job (pid {owner.get('pid')} on "
@@ -307,9 +345,9 @@ class RunLock:
         except ValueError:
             taker = {}
         taker = taker if isinstance(taker, dict) else {}
-        pid = taker.get("pid")
-        if taker.get("host") == socket.gethostname() and isinstance(pid, int):
-            left = not _alive(pid, taker.get("pid_start"))
+        kind, _ = first_look(taker)
+        if kind != WATCH:
+            left = kind == DEAD
         else:
             now = time.monotonic()
             if self._mutex_watch is None or self._mutex_watch[0] != seen:
