@@ -62,10 +62,13 @@ def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock, within_s: Optional
     return CLAIMED, ""
 
 
-def not_claimed(run_dir: Path, signal: str) -> Dict[str, Any]:
-    """The results of a run whose job was stopped by `signal` while it waited for the run
-    folder's lock (status interrupted, like any stop before the end; nothing was trained)."""
-    return {"status": "interrupted", "signal": signal, "claimed": False, "run_dir": str(run_dir)}
+def not_claimed(run_dir: Path, signal: str, claimed: bool = False, note: str = "") -> Dict[str, Any]:
+    """The results of a run whose job was stopped by `signal` while it waited for a run folder's
+    lock (status interrupted, like any stop before the end; nothing was trained). A pack member
+    says which: `claimed` true for one whose folder was claimed (config.yaml written) and let go
+    when the stop ended the wait on a later member's lock, and `note` what happened to it."""
+    out = {"status": "interrupted", "signal": signal, "claimed": claimed, "run_dir": str(run_dir)}
+    return {**out, "note": note} if note else out
 
 
 def _checkpoint_clash(cfg: Config, run_dir: Path) -> Optional[str]:
