@@ -370,9 +370,10 @@ def test_refresh_notices_a_takeover(tmp_path):
     assert json.loads((tmp_path / "lock.json").read_text())["token"] == "someone else"  # not ours to remove
 
 
-def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None) -> None:
+def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None, stop_ranks=(0, 1)) -> None:
     """One of two gloo ranks whose collective timeout (2 s) is shorter than rank 0's wait (~11 s);
-    with `stop_after_s`, a SIGTERM is taken to have arrived that long after the wait began."""
+    with `stop_after_s`, a SIGTERM is taken to have arrived on `stop_ranks` that long after the
+    wait began."""
     import io
     from contextlib import redirect_stderr
     from datetime import timedelta
@@ -394,8 +395,8 @@ def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None) -> 
                                                    "heartbeat": time.time() - 11}))
     said = io.StringIO()
     start = time.monotonic()
-    stop = (lambda: "") if stop_after_s is None else (lambda: "SIGTERM" if time.monotonic() - start > stop_after_s
-                                                      else "")
+    stop = (lambda: "") if stop_after_s is None or rank not in stop_ranks else (
+        lambda: "SIGTERM" if time.monotonic() - start > stop_after_s else "")
     try:
         with redirect_stderr(said), claim_run_dir(cfg, run, DistInfo(rank, 2, 0, torch.device("cpu"), "gloo",
                                                                      Comm(rank, 2)), stop):
@@ -405,23 +406,24 @@ def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None) -> 
         out.put((rank, repr(exc), time.monotonic() - start, said.getvalue()))
 
 
-def _fork_two_ranks(root: str, stop_after_s, out) -> None:
+def _fork_two_ranks(root: str, stop_after_s, stop_ranks, out) -> None:
     from spt_dist.engine.claim import claim_run_dir  # imported once here, not in each forked rank
 
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_claim_rank, args=(rank, root, out, claim_run_dir, stop_after_s)) for rank in range(2)]
+    procs = [ctx.Process(target=_claim_rank, args=(rank, root, out, claim_run_dir, stop_after_s,
+                                                                        stop_ranks)) for rank in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join()
 
 
-def _claim_two_ranks(tmp_path: Path, stop_after_s=None) -> list:
+def _claim_two_ranks(tmp_path: Path, stop_after_s=None, stop_ranks=(0, 1)) -> list:
     """The two ranks are forked from a fresh (spawned) process: a test process may hold a default
     process group already (a run trained in-process), which a fork would inherit."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    parent = ctx.Process(target=_fork_two_ranks, args=(str(tmp_path), stop_after_s, out))
+    parent = ctx.Process(target=_fork_two_ranks, args=(str(tmp_path), stop_after_s, stop_ranks, out))
     parent.start()
     got = sorted(out.get(timeout=120) for _ in range(2))
     parent.join()
@@ -444,10 +446,12 @@ def test_a_multi_rank_job_waits_for_the_lock_longer_than_its_collective_timeout(
     assert got[1][3] == "" and not (run / "lock.json").exists()
 
 
-def test_a_stop_during_a_multi_rank_wait_ends_it_on_every_rank(tmp_path):
-    """Rank 0's stop arrives 1 s into the wait: every rank raises LockWaitStopped at once (rank 1
-    learns it in its broadcast), the other job's lock left as it is."""
-    got = _claim_two_ranks(tmp_path, stop_after_s=1.0)
+@pytest.mark.parametrize("stop_ranks", [(0, 1), (1,)], ids=["every-rank", "rank-1-alone"])
+def test_a_stop_during_a_multi_rank_wait_ends_it_on_every_rank(tmp_path, stop_ranks):
+    """A stop arrives 1 s into the wait, on every rank or on rank 1 alone: every rank raises
+    LockWaitStopped within a poll or two (the ranks exchange their stop flags once a poll), the
+    other job's lock left as it is."""
+    got = _claim_two_ranks(tmp_path, stop_after_s=1.0, stop_ranks=stop_ranks)
     assert [what for _, what, _, _ in got] == ["LockWaitStopped('SIGTERM')"] * 2, got
     assert all(waited < 4 for _, _, waited, _ in got), got
     run = tmp_path / "run"
