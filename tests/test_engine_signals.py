@@ -81,3 +81,42 @@ def test_a_signal_while_waiting_for_another_jobs_lock_stops_before_training(tmp_
     assert f"spt: SIGUSR2 arrived while this job waited for the lock of {run_dir}: stopped before training" in stderr
     assert json.loads((run_dir / "lock.json").read_text()) == held
     assert [p.name for p in run_dir.iterdir()] == ["lock.json"]
+
+
+def test_a_signal_while_a_pack_waits_for_a_members_lock_says_per_member_what_happened(tmp_path, assets):
+    """Member 0's folder is claimed (config.yaml written), member 1's is locked on another host:
+    SIGUSR2 during that wait lets member 0 go and each member's results say what happened."""
+    from spt_dist.config.pack import load_pack
+    from spt_dist.rundir import run_dir_for
+
+    out = tmp_path / "runs"
+    cfg = write_config(tmp_path / "cfg.yaml", assets, out, epochs=1, every=1000)
+    (tmp_path / "pack.yaml").write_text("members:\n  - [optim.lr=0.01]\n  - [optim.lr=0.03]\n")
+    overrides = ["run.lock_stale_s=60"]
+    first, second = [run_dir_for(m.cfg) for m in load_pack(str(cfg), str(tmp_path / "pack.yaml"), overrides)]
+    second.mkdir(parents=True)
+    held = {"token": "other", "host": "node-17", "pid": 99, "job": "1", "heartbeat": time.time()}
+    (second / "lock.json").write_text(json.dumps(held))
+    proc = subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "train", str(cfg), "--pack", str(tmp_path / "pack.yaml"),
+                             "--no-progress", *overrides], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        while not said or "is locked by pid 99 on node-17" not in said[-1]:
+            said.append(proc.stderr.readline())
+            assert said[-1], "".join(said)  # it ended before it waited
+        proc.send_signal(signal.SIGUSR2)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, stderr
+    results = json.loads(stdout)
+    assert [(r["status"], r["signal"], r["claimed"], r["run_dir"]) for r in results] == [
+        ("interrupted", "SIGUSR2", True, str(first)), ("interrupted", "SIGUSR2", False, str(second))]
+    assert results[0]["note"] == ("claimed, then let go: SIGUSR2 ended the wait for the lock of pack member 1's run "
+                                  "folder; nothing trained")
+    assert results[1]["note"] == "SIGUSR2 ended the wait for this run folder's lock; nothing trained"
+    assert (first / "config.yaml").is_file() and not (first / "lock.json").exists()  # claimed, then let go
+    assert json.loads((second / "lock.json").read_text()) == held
+    assert [p.name for p in second.iterdir()] == ["lock.json"]

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from spt_dist.io import write_text_atomic
-from spt_dist.rundir.lock import LockLost, LockWaitStopped, RunFolderBusy, RunLock, process_start
+from spt_dist.rundir.lock import (TAKEOVER, LockLost, LockPending, LockWaitStopped, RunFolderBusy, RunLock,
+                                  process_start)
 
 
 def _race(folder: str, start: float, out, stale_s: float = 120.0) -> None:
@@ -228,6 +229,66 @@ def test_a_stop_ends_the_wait_without_taking_the_lock(tmp_path):
     assert json.loads((tmp_path / "lock.json").read_text())["token"] == "x"
 
 
+def test_a_stop_during_the_sleep_before_a_takeover_ends_the_wait_without_taking_the_lock(tmp_path):
+    """A dead job's old lock elsewhere is judged stale 2 s into the wait (poll 1 s, confirm 2 s); the
+    stop that arrives 1.5 s in, during the sleep before that poll, ends the wait first."""
+    (tmp_path / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99,
+                                                    "heartbeat": time.time() - 30}))
+    lock = RunLock(tmp_path, stale_s=15, refresh_s=0.5)
+    start = time.monotonic()
+    with pytest.raises(LockWaitStopped, match="^SIGUSR2$"):
+        lock.acquire(stop=lambda: "SIGUSR2" if time.monotonic() - start > 1.5 else "")
+    assert not lock.held and json.loads((tmp_path / "lock.json").read_text())["token"] == "x"
+
+
+def _stale_lock_and_takeover_file(folder: Path, taker: dict, mtime: float) -> None:
+    """A dead job's lock on another host, and another job's takeover file whose mtime (the file
+    server's clock) is `mtime`."""
+    (folder / "lock.json").write_text(json.dumps({"token": "x", "host": "node-17", "pid": 99,
+                                                  "heartbeat": time.time() - 300}))
+    (folder / TAKEOVER).write_text(json.dumps(taker))
+    os.utime(folder / TAKEOVER, (mtime, mtime))
+
+
+def test_a_live_takers_takeover_file_is_left_alone_however_old_its_mtime(tmp_path):
+    """The taker is a live process here, its file 40 s old by a file server's slow clock: the
+    waiter keeps out of the takeover (LockPending, the file and the old lock as they were)."""
+    taker = {"token": "t", "host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid())}
+    _stale_lock_and_takeover_file(tmp_path, taker, time.time() - 40)
+    lock = RunLock(tmp_path, stale_s=3, refresh_s=0.5)
+    with pytest.raises(LockPending):
+        lock.acquire(within_s=3)
+    assert json.loads((tmp_path / TAKEOVER).read_text()) == taker and not lock.held
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == "x"
+
+
+def test_a_takeover_file_left_elsewhere_is_removed_once_it_stood_still_while_watched(tmp_path):
+    """The taker on another host died mid-takeover; its file's mtime lies a minute ahead (the file
+    server's clock): it is removed after standing unchanged for confirm_s on this host's clock."""
+    _stale_lock_and_takeover_file(tmp_path, {"token": "t", "host": "node-18", "pid": 5}, time.time() + 60)
+    lock = RunLock(tmp_path, stale_s=3, refresh_s=0.5)  # poll 0.3 s, confirm 1.3 s
+    start = time.monotonic()
+    reason = lock.acquire()
+    waited = time.monotonic() - start
+    assert re.fullmatch(r"its heartbeat is 30\d s old \(stale after 3 s\) and stayed still for \d s while this job "
+                        r"waited", reason), reason
+    assert 2 * lock.confirm_s <= waited < 2 * lock.confirm_s + 2, waited  # the lock's watch, then the file's
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == lock.token
+    assert not (tmp_path / TAKEOVER).exists()
+
+
+def test_a_takeover_file_of_a_dead_taker_here_is_removed_at_once(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    _stale_lock_and_takeover_file(tmp_path, {"token": "t", "host": socket.gethostname(), "pid": int(dead)},
+                                  time.time())
+    lock = RunLock(tmp_path, stale_s=3, refresh_s=0.5)
+    start = time.monotonic()
+    assert lock.acquire() is not None
+    assert time.monotonic() - start < lock.confirm_s + 1  # the lock's watch only
+    assert json.loads((tmp_path / "lock.json").read_text())["token"] == lock.token
+
+
 def test_an_earlier_run_of_the_same_slurm_job_is_taken_over(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued once
@@ -309,9 +370,10 @@ def test_refresh_notices_a_takeover(tmp_path):
     assert json.loads((tmp_path / "lock.json").read_text())["token"] == "someone else"  # not ours to remove
 
 
-def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None) -> None:
+def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None, stop_ranks=(0, 1)) -> None:
     """One of two gloo ranks whose collective timeout (2 s) is shorter than rank 0's wait (~11 s);
-    with `stop_after_s`, a SIGTERM is taken to have arrived that long after the wait began."""
+    with `stop_after_s`, a SIGTERM is taken to have arrived on `stop_ranks` that long after the
+    wait began."""
     import io
     from contextlib import redirect_stderr
     from datetime import timedelta
@@ -333,8 +395,8 @@ def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None) -> 
                                                    "heartbeat": time.time() - 11}))
     said = io.StringIO()
     start = time.monotonic()
-    stop = (lambda: "") if stop_after_s is None else (lambda: "SIGTERM" if time.monotonic() - start > stop_after_s
-                                                      else "")
+    stop = (lambda: "") if stop_after_s is None or rank not in stop_ranks else (
+        lambda: "SIGTERM" if time.monotonic() - start > stop_after_s else "")
     try:
         with redirect_stderr(said), claim_run_dir(cfg, run, DistInfo(rank, 2, 0, torch.device("cpu"), "gloo",
                                                                      Comm(rank, 2)), stop):
@@ -344,23 +406,24 @@ def _claim_rank(rank: int, root: str, out, claim_run_dir, stop_after_s=None) -> 
         out.put((rank, repr(exc), time.monotonic() - start, said.getvalue()))
 
 
-def _fork_two_ranks(root: str, stop_after_s, out) -> None:
+def _fork_two_ranks(root: str, stop_after_s, stop_ranks, out) -> None:
     from spt_dist.engine.claim import claim_run_dir  # imported once here, not in each forked rank
 
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_claim_rank, args=(rank, root, out, claim_run_dir, stop_after_s)) for rank in range(2)]
+    procs = [ctx.Process(target=_claim_rank, args=(rank, root, out, claim_run_dir, stop_after_s,
+                                                                        stop_ranks)) for rank in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join()
 
 
-def _claim_two_ranks(tmp_path: Path, stop_after_s=None) -> list:
+def _claim_two_ranks(tmp_path: Path, stop_after_s=None, stop_ranks=(0, 1)) -> list:
     """The two ranks are forked from a fresh (spawned) process: a test process may hold a default
     process group already (a run trained in-process), which a fork would inherit."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    parent = ctx.Process(target=_fork_two_ranks, args=(str(tmp_path), stop_after_s, out))
+    parent = ctx.Process(target=_fork_two_ranks, args=(str(tmp_path), stop_after_s, stop_ranks, out))
     parent.start()
     got = sorted(out.get(timeout=120) for _ in range(2))
     parent.join()
@@ -383,10 +446,12 @@ def test_a_multi_rank_job_waits_for_the_lock_longer_than_its_collective_timeout(
     assert got[1][3] == "" and not (run / "lock.json").exists()
 
 
-def test_a_stop_during_a_multi_rank_wait_ends_it_on_every_rank(tmp_path):
-    """Rank 0's stop arrives 1 s into the wait: every rank raises LockWaitStopped at once (rank 1
-    learns it in its broadcast), the other job's lock left as it is."""
-    got = _claim_two_ranks(tmp_path, stop_after_s=1.0)
+@pytest.mark.parametrize("stop_ranks", [(0, 1), (1,)], ids=["every-rank", "rank-1-alone"])
+def test_a_stop_during_a_multi_rank_wait_ends_it_on_every_rank(tmp_path, stop_ranks):
+    """A stop arrives 1 s into the wait, on every rank or on rank 1 alone: every rank raises
+    LockWaitStopped within a poll or two (the ranks exchange their stop flags once a poll), the
+    other job's lock left as it is."""
+    got = _claim_two_ranks(tmp_path, stop_after_s=1.0, stop_ranks=stop_ranks)
     assert [what for _, what, _, _ in got] == ["LockWaitStopped('SIGTERM')"] * 2, got
     assert all(waited < 4 for _, _, waited, _ in got), got
     run = tmp_path / "run"

@@ -3,10 +3,11 @@
 Rank 0 takes the folder's lock (spt_dist.rundir.lock), then checks that the folder holds this
 run or none (config_clash) and writes config.yaml with the latest launch settings. Rank 0
 decides and tells everyone, so all ranks raise together instead of waiting. While rank 0 waits
-on a lock that may be a dead job's (up to run.lock_stale_s), it tells the other ranks so every
-third of distributed.timeout_s, so their broadcast never times out. A stop signal during that
-wait (`stop`: its name once one arrived) ends it on every rank with LockWaitStopped, the folder
-not claimed and nothing written to it; `not_claimed` is what train() returns then. Once the
+on a lock that may be a dead job's (up to run.lock_stale_s), the ranks exchange its state and
+every rank's stop flag once a poll (a second at most, and at most a third of
+distributed.timeout_s, so no collective times out). A stop signal during that wait (`stop`: its
+name once one arrived, on any rank) ends it on every rank with LockWaitStopped, the folder not
+claimed and nothing written to it; `not_claimed` is what train() returns then. Once the
 folder is claimed every rank starts its watchdog (heartbeats, lock refresh on rank 0) until
 the claim ends.
 """
@@ -47,8 +48,7 @@ def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock, within_s: Optional
     except LockPending:
         return WAITING, ""
     except LockWaitStopped as exc:
-        _say(f"{exc} arrived while this job waited for the lock of {run_dir}: stopped before training, the lock "
-             f"left to its owner")
+        _say_stopped(run_dir, str(exc))
         return STOPPED, str(exc)
     except RunFolderBusy as exc:
         return BUSY, str(exc)
@@ -62,10 +62,18 @@ def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock, within_s: Optional
     return CLAIMED, ""
 
 
-def not_claimed(run_dir: Path, signal: str) -> Dict[str, Any]:
-    """The results of a run whose job was stopped by `signal` while it waited for the run
-    folder's lock (status interrupted, like any stop before the end; nothing was trained)."""
-    return {"status": "interrupted", "signal": signal, "claimed": False, "run_dir": str(run_dir)}
+def _say_stopped(run_dir: Path, signal: str) -> None:
+    _say(f"{signal} arrived while this job waited for the lock of {run_dir}: stopped before training, the lock "
+         f"left to its owner")
+
+
+def not_claimed(run_dir: Path, signal: str, claimed: bool = False, note: str = "") -> Dict[str, Any]:
+    """The results of a run whose job was stopped by `signal` while it waited for a run folder's
+    lock (status interrupted, like any stop before the end; nothing was trained). A pack member
+    says which: `claimed` true for one whose folder was claimed (config.yaml written) and let go
+    when the stop ended the wait on a later member's lock, and `note` what happened to it."""
+    out = {"status": "interrupted", "signal": signal, "claimed": claimed, "run_dir": str(run_dir)}
+    return {**out, "note": note} if note else out
 
 
 def _checkpoint_clash(cfg: Config, run_dir: Path) -> Optional[str]:
@@ -84,11 +92,20 @@ def _checkpoint_clash(cfg: Config, run_dir: Path) -> Optional[str]:
 def claim_run_dir(cfg: Config, run_dir: Path, dist: DistInfo,
                   stop: Callable[[], str] = lambda: "") -> Iterator[Watchdog]:
     lock = RunLock(run_dir, stale_s=cfg.run.lock_stale_s)
-    within_s = cfg.distributed.timeout_s / 3 if dist.world_size > 1 else None
+    within_s = min(1.0, cfg.distributed.timeout_s / 3) if dist.world_size > 1 else None  # a poll
     kind, why = WAITING, ""
     while kind == WAITING:
         told = _claim_on_main(cfg, run_dir, lock, within_s, stop) if dist.is_main else None
-        kind, why = dist.comm.broadcast_object(told)
+        if dist.world_size == 1:
+            kind, why = told
+            break
+        every = dist.comm.all_gather_object((told, stop()))  # rank 0's state, every rank's stop flag
+        kind, why = every[0][0]
+        asked = next((flag for _, flag in every if flag), "")
+        if kind == WAITING and asked:  # a stop on another rank than 0
+            if dist.is_main:
+                _say_stopped(run_dir, asked)
+            kind, why = STOPPED, asked
     if kind == STOPPED:
         raise LockWaitStopped(why)
     if kind != CLAIMED:

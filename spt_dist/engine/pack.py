@@ -73,13 +73,34 @@ def train_pack(cfgs: Sequence[Config], max_steps: Optional[int] = None) -> List[
         stop = StopFlag().install()
         try:
             trained = _train([cfgs[i] for i in todo], [dirs[i] for i in todo], len(cfgs), max_steps, stop, t0)
-        except LockWaitStopped as exc:  # no member claimed (those claimed before it are let go)
-            trained = [not_claimed(dirs[i], str(exc)) for i in todo]
+        except _StoppedAtMember as exc:  # the members claimed before it were let go
+            trained = [_stopped_member(dirs[i], str(exc), i, todo[exc.member]) for i in todo]
         finally:
             stop.restore()
         for i, r in zip(todo, trained):
             done[i] = r
     return done
+
+
+class _StoppedAtMember(LockWaitStopped):
+    """A stop ended the wait on the lock of the `member`-th run folder of those being trained."""
+
+    def __init__(self, signal: str, member: int) -> None:
+        super().__init__(signal)
+        self.member = member
+
+
+def _stopped_member(run_dir: Path, signal: str, member: int, at: int) -> Dict[str, Any]:
+    """What a stop during the wait on pack member `at`'s lock did to member `member` (indices in
+    the pack): nothing was trained."""
+    if member < at:
+        return not_claimed(run_dir, signal, claimed=True, note=(
+            f"claimed, then let go: {signal} ended the wait for the lock of pack member {at}'s run folder; "
+            f"nothing trained"))
+    if member == at:
+        return not_claimed(run_dir, signal, note=f"{signal} ended the wait for this run folder's lock; nothing trained")
+    return not_claimed(run_dir, signal, note=(
+        f"not claimed: {signal} ended the wait for the lock of pack member {at}'s run folder first; nothing trained"))
 
 
 def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Optional[int], stop: StopFlag,
@@ -92,8 +113,12 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
         dist.comm.agreed(preflight_run, cfg, dist, d)
     dist.comm.agreed(_pack_memory, lead, len(cfgs))
     with contextlib.ExitStack() as claims:
-        dogs = [claims.enter_context(claim_run_dir(c, d, dist, lambda: stop.signal_name))
-                for c, d in zip(cfgs, dirs)]
+        dogs: List["Watchdog"] = []
+        for c, d in zip(cfgs, dirs):
+            try:
+                dogs.append(claims.enter_context(claim_run_dir(c, d, dist, lambda: stop.signal_name)))
+            except LockWaitStopped as exc:
+                raise _StoppedAtMember(str(exc), len(dogs)) from exc
         logs = [claims.enter_context(MetricsLog(d, dist.is_main, dist.comm.agreed(start_trackers, c, d, dist.is_main)))
                 for c, d in zip(cfgs, dirs)]
         ckpts = [Checkpointer(d / "checkpoints", c.run.keep_checkpoints, c.run.checkpoint_every, dist, {}, to_yaml(c))

@@ -12,9 +12,13 @@ watching its heartbeat, since its clock, or the file server's, may differ from t
 the heartbeat moves it is a live job and is refused; it is taken over once it stood still for
 `stale_s`, or sooner, once it is older than `stale_s` by this host's clock and stood still for
 two refresh intervals and a poll (a live owner whose clock runs slow refreshes meanwhile).
-Takeovers are serialised by a second O_EXCL file and happen only when the lock is still the one
-judged stale (token and heartbeat), so two jobs that find the same stale lock cannot both win
-(the loser sees the winner's new lock and is refused). An owner whose lock was taken over (it
+Takeovers are serialised by a second O_EXCL file, `.lock.takeover`, and happen only when the lock
+is still the one judged stale (token and heartbeat), so two jobs that find the same stale lock
+cannot both win (the loser sees the winner's new lock and is refused). The takeover file names
+its taker as the lock does; one left by a taker that died mid-takeover is removed by the next
+job when the taker is a dead process on this host, or (a taker elsewhere) once the file stood
+unchanged for two refresh intervals and a poll while that job watched it: never by comparing
+its mtime (the file server's clock) with this host's clock. An owner whose lock was taken over (it
 was frozen longer than `stale_s`) learns it at its next refresh; a lock file that cannot be read
 for a moment (a takeover being written) is judged at the next refresh.
 """
@@ -95,6 +99,53 @@ def _alive(pid: int, started: Optional[int]) -> bool:
     return started is None or now is None or now == started
 
 
+LIVE, DEAD, WATCH = "live", "dead", "watch"
+
+
+def first_look(owner: Dict[str, Any]) -> Tuple[str, str]:
+    """What one look at a lock's owner tells, before any watching: (LIVE, "") for a live process
+    on this host (never taken over, however old its heartbeat), (DEAD, why) for a gone process on
+    this host or an earlier run of this SLURM job (taken over at once), else (WATCH, ""): an
+    owner elsewhere, judged by its heartbeat."""
+    pid = owner.get("pid")
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int):
+        if _alive(pid, owner.get("pid_start")):
+            return LIVE, ""
+        return DEAD, f"its owner, pid {pid} on this host, is gone"
+    if owner.get("job") and owner.get("job") == _job_id() and int(owner.get("restarts") or 0) < _restarts():
+        return DEAD, (f"it belongs to an earlier run of this job ({owner['job']}, restart "
+                      f"{int(owner.get('restarts') or 0)}; this is restart {_restarts()})")
+    return WATCH, ""
+
+
+def heartbeat_age(owner: Dict[str, Any], path: Path) -> float:
+    """How old the owner's heartbeat is by this host's clock (a lock without one: its file time)."""
+    beat = owner.get("heartbeat")
+    if not beat:
+        try:
+            beat = path.stat().st_mtime
+        except OSError:
+            return 0.0
+    return time.time() - float(beat)
+
+
+def held_at_a_look(run_dir: Path, stale_s: float) -> bool:
+    """Whether a job holds `run_dir`'s lock, judged at one look by the rule a waiting job starts
+    from: a live process here holds it, a dead one does not; an owner elsewhere holds it while
+    its heartbeat is younger than `stale_s` by this host's clock (an older one is what a waiting
+    job would watch: whether its job still runs is for the caller to find out otherwise). A lock
+    file being written (unreadable for a moment) is not counted."""
+    path = Path(run_dir) / LOCK
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(owner, dict):
+        return False
+    kind, _ = first_look(owner)
+    return kind == LIVE or (kind == WATCH and heartbeat_age(owner, path) < stale_s)
+
+
 class RunLock:
     def __init__(self, run_dir: Path, stale_s: float = 120.0, refresh_s: float = LOCK_REFRESH_MAX_S) -> None:
         """`refresh_s`: the longest interval between two refreshes of a live owner."""
@@ -105,6 +156,8 @@ class RunLock:
         self.token = uuid.uuid4().hex
         self.held = False
         self._watch: Optional[Tuple[Tuple[Any, ...], float]] = None  # a watched owner's beat, and since when
+        self._mutex_watch: Optional[Tuple[Tuple[Any, ...], float]] = None  # another's takeover file, and since when
+        self._lost_since: Optional[float] = None  # when this job began losing takeover races
 
     def _owner(self) -> Dict[str, Any]:
         return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
@@ -123,21 +176,12 @@ class RunLock:
         """Why the lock `owner` describes may be taken over now, or None while it is live or
         still being watched (an owner elsewhere: judged by how long its heartbeat stood still
         while this lock watched it)."""
-        pid = owner.get("pid")
-        if owner.get("host") == socket.gethostname() and isinstance(pid, int):
-            if _alive(pid, owner.get("pid_start")):
-                return None  # a live process here: never taken over, however old its heartbeat
-            return f"its owner, pid {pid} on this host, is gone"
-        if owner.get("job") and owner.get("job") == _job_id() and int(owner.get("restarts") or 0) < _restarts():
-            return (f"it belongs to an earlier run of this job ({owner['job']}, restart "
-                    f"{int(owner.get('restarts') or 0)}; this is restart {_restarts()})")
+        kind, why = first_look(owner)
+        if kind == LIVE:
+            return None
+        if kind == DEAD:
+            return why
         return self._still(owner)
-
-    def _mtime(self) -> float:
-        try:
-            return self.path.stat().st_mtime
-        except OSError:
-            return time.time()
 
     def _create(self) -> bool:
         try:
@@ -155,35 +199,33 @@ class RunLock:
         RunFolderBusy naming the live owner. A lock held elsewhere is watched first (`on_wait`
         gets one line saying whom for and how long at most). With `within_s`, LockPending is
         raised when that much time passed waiting; the next call goes on with the same watch.
-        `stop` is asked at every poll of a wait: a non-empty answer (say, a signal's name) ends
-        the wait with LockWaitStopped, the lock left as it is."""
+        `stop` is asked before every poll of a wait and before any takeover: a non-empty answer
+        (say, a signal's name) ends the wait with LockWaitStopped, the lock left as it is (a stop
+        never ends in a taken lock; only a free lock found at a wait's first look is taken)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         give_up = None if within_s is None else time.monotonic() + within_s
-        lost_races = 0
+        first = True
         while True:
+            if not first or self._watch is not None:  # a wait goes on (this call's, or a call before)
+                self._stop_asked(stop)
+            first = False
             if self._create():
-                self._watch = None
+                self._forget()
                 return None
             owner = self._read()
             if owner is None:
                 continue  # released in between
             reason = self.why_stale(owner)
             if reason is not None:
+                self._stop_asked(stop)
                 if self._take_over(owner):
-                    self._watch = None
+                    self._forget()
                     return reason
-                lost_races += 1
-                if lost_races >= 50:
-                    raise RunFolderBusy(f"{self.path}: could not take the lock (another job keeps taking it)")
-                time.sleep(0.1)
+                self._lost_race(give_up)
                 continue
             if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
                 raise RunFolderBusy(self._busy(owner))  # a live process here
             self._wait_on(owner, on_wait)
-            asked = stop() if stop is not None else ""
-            if asked:
-                self._watch = None
-                raise LockWaitStopped(asked)
             pause = self.poll_s
             if give_up is not None:
                 pause = min(pause, give_up - time.monotonic())
@@ -191,12 +233,34 @@ class RunLock:
                     raise LockPending(str(self.path))
             time.sleep(pause)
 
+    def _stop_asked(self, stop: Optional[Callable[[], str]]) -> None:
+        asked = stop() if stop is not None else ""
+        if asked:
+            self._forget()
+            raise LockWaitStopped(asked)
+
+    def _forget(self) -> None:
+        self._watch = self._mutex_watch = self._lost_since = None
+
+    def _lost_race(self, give_up: Optional[float]) -> None:
+        """Another job's takeover file stands: retried shortly, for as long as a file left by a
+        dead taker takes to be judged so, and a few seconds more."""
+        now = time.monotonic()
+        if self._lost_since is None:
+            self._lost_since = now
+        if now - self._lost_since > self.confirm_s + 5:
+            self._forget()
+            raise RunFolderBusy(f"{self.path}: could not take the lock (another job keeps taking it)")
+        if give_up is not None and now >= give_up:
+            raise LockPending(str(self.path))
+        time.sleep(0.1)
+
     @staticmethod
     def _beat(owner: Dict[str, Any]) -> Tuple[Any, ...]:
         return owner.get("token"), owner.get("heartbeat")
 
     def _age(self, owner: Dict[str, Any]) -> float:
-        return time.time() - float(owner.get("heartbeat") or self._mtime())
+        return heartbeat_age(owner, self.path)
 
     def _busy(self, owner: Dict[str, Any], moved: str = "") -> str:
         return (f"{self.path.parent} is being trained by another job (pid {owner.get('pid')} on "
@@ -239,20 +303,59 @@ class RunLock:
         try:
             fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                if time.time() - mutex.stat().st_mtime > 30:  # a taker that died mid-takeover
-                    mutex.unlink()
-            except FileNotFoundError:
-                pass
+            self._clear_left_mutex(mutex)
             return False
-        os.close(fd)
+        self._mutex_watch = None
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._owner(), f)  # who takes over: judged like a lock's owner should it die here
         try:
             now = self._read()
-            if now is not None and self._beat(now) == self._beat(seen):
+            if now is not None and self._beat(now) == self._beat(seen) and self._holds_mutex(mutex):
                 self.path.unlink(missing_ok=True)  # still the lock judged stale: nobody took it meanwhile
             return self._create()
         finally:
+            if self._holds_mutex(mutex):
+                mutex.unlink(missing_ok=True)
+
+    def _holds_mutex(self, mutex: Path) -> bool:
+        try:
+            return json.loads(mutex.read_text()).get("token") == self.token
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    @staticmethod
+    def _look(mutex: Path) -> Optional[Tuple[Any, ...]]:
+        """A takeover file as it is now (inode, mtime, size, content), or None when gone."""
+        try:
+            st = mutex.stat()
+            return st.st_ino, st.st_mtime_ns, st.st_size, mutex.read_text()
+        except FileNotFoundError:
+            return None
+
+    def _clear_left_mutex(self, mutex: Path) -> None:
+        """Remove another job's takeover file when its taker left it: a dead process on this
+        host, or (a taker elsewhere, or one that died before writing its name) a file that
+        stood unchanged for confirm_s while this job watched it on this host's clock."""
+        seen = self._look(mutex)
+        if seen is None:
+            self._mutex_watch = None
+            return
+        try:
+            taker = json.loads(seen[3])
+        except ValueError:
+            taker = {}
+        taker = taker if isinstance(taker, dict) else {}
+        kind, _ = first_look(taker)
+        if kind != WATCH:
+            left = kind == DEAD
+        else:
+            now = time.monotonic()
+            if self._mutex_watch is None or self._mutex_watch[0] != seen:
+                self._mutex_watch = (seen, now)
+            left = now - self._mutex_watch[1] > self.confirm_s
+        if left and self._look(mutex) == seen:
             mutex.unlink(missing_ok=True)
+            self._mutex_watch = None
 
     def refresh(self) -> None:
         """Renew the heartbeat; LockLost when someone else holds the lock now."""

@@ -1,7 +1,8 @@
 """Where each run of a study stands, from files only: its run folder and the study's ledger.
 
 - done: results.json says finished;
-- running: its lock's heartbeat is fresh, or its last submitted job is queued or running
+- running: a job holds its lock (spt_dist.rundir.lock.held_at_a_look, with the run's
+  run.lock_stale_s from its config.yaml, else the default), or its last submitted job is queued or running
   (SLURM: sacct's state, else squeue's, a job neither holds having ended; UNKNOWN, where
   neither can be asked, counts as running);
 - failed: its last job ended without finished results (`error` holds the job's traceback or
@@ -15,13 +16,14 @@ folder's lock makes the second job stop at once while the first trains.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from spt_dist.config import ConfigError, load_config
+from spt_dist.config.schema import RunConfig
 from spt_dist.rundir import read_results
-from spt_dist.rundir.lock import LOCK
+from spt_dist.rundir.lock import LOCK, held_at_a_look
 
 from .status import ENDED, job_status
 
@@ -61,19 +63,22 @@ def record(out_dir: Path, entries: List[dict]) -> None:
         f.flush()
 
 
-def _lock_fresh(run_dir: Path, stale_s: float = 120.0) -> bool:
-    try:
-        beat = json.loads((run_dir / LOCK).read_text()).get("heartbeat", 0)
-    except (OSError, ValueError):
-        return False
-    return time.time() - float(beat) < stale_s
+def lock_stale_s(run_dir: Path) -> float:
+    """The run's run.lock_stale_s: from its config.yaml, else the schema's default."""
+    path = Path(run_dir) / "config.yaml"
+    if path.is_file():
+        try:
+            return float(load_config(str(path)).run.lock_stale_s)
+        except ConfigError:
+            pass  # unreadable: the training job itself says why
+    return float(RunConfig().lock_stale_s)
 
 
 def run_state(run_dir: Path, submissions: List[dict]) -> RunState:
     res = read_results(run_dir)
     if res and res.get("status") == "finished":
         return RunState("done", len(submissions))
-    if _lock_fresh(run_dir):
+    if (Path(run_dir) / LOCK).is_file() and held_at_a_look(run_dir, lock_stale_s(run_dir)):
         return RunState("running", len(submissions), job=submissions[-1]["job_id"] if submissions else None)
     if not submissions:
         return RunState("pending")

@@ -92,7 +92,7 @@ class TrainTask:
         results = self._train_with_retries(run_dir, executor in ("slurm", "local"))
         # Only SLURM's SIGUSR2 (time limit or preemption) asks for a requeue; SIGTERM is a cancel.
         if self._preempted(results) and requeue is not None:
-            self._requeue(requeue)
+            self._requeue(requeue, self._waited_on(results))
         return results
 
     def _train_with_retries(self, run_dir: Path, submitted: bool) -> Dict[str, Any]:
@@ -124,11 +124,19 @@ class TrainTask:
                 if not joined_before:
                     reset_process_group()
 
-    def _requeue(self, handler: Callable[[int, Any], None]) -> None:
-        """After the engine saved: rank 0 requeues (or raises when out of requeues)."""
+    @staticmethod
+    def _waited_on(results: Any) -> Optional[str]:
+        """The run folder whose lock the job waited for when a stop ended it before training
+        (engine/claim.py not_claimed), else None."""
+        return results.get("run_dir") if results.get("claimed") is False else None
+
+    def _requeue(self, handler: Callable[[int, Any], None], waited_on: Optional[str] = None) -> None:
+        """After the engine saved (or stopped while it waited for the lock of `waited_on`, before
+        training): rank 0 requeues (or raises when out of requeues)."""
         rank = submitit.JobEnvironment().global_rank
         if rank == 0:
-            print(f"run interrupted and checkpointed in {run_dir_for(self.cfg)}; requeueing", flush=True)
+            print(f"run stopped while waiting for the lock of {waited_on}, nothing trained; requeueing" if waited_on
+                  else f"run interrupted and checkpointed in {run_dir_for(self.cfg)}; requeueing", flush=True)
             handler(submitit.JobEnvironment._usr_sig(), None)  # exits, or raises UncompletedJobError
             return
         # Exit code 0 and no result file: the step is not killed early (KillOnBadExit) and the
@@ -159,6 +167,10 @@ class PackTask(TrainTask):
     @staticmethod
     def _preempted(results: Any) -> bool:
         return any(TrainTask._preempted(r) for r in results)
+
+    @staticmethod
+    def _waited_on(results: Any) -> Optional[str]:
+        return next((w for w in map(TrainTask._waited_on, results) if w), None)  # the first not claimed
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(PackTask(self.cfgs, self.train_fn))
