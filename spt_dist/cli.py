@@ -49,9 +49,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SptError as exc:  # the user's to fix: one line, no traceback
         print(f"spt: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into `head` and the like, which stopped reading
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        return 0
+    except BrokenPipeError:
+        if _stdout_gone():  # this command's output, piped into `head` and the like, which stopped reading
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 0
+        raise  # another pipe (a worker, a subprocess): a failure like any other
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader has gone (poll reports an error or hang-up)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 if __name__ == "__main__":

@@ -174,20 +174,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _private_store() -> str:
-    """A file store of this process's own (removed at exit): a single process needs no port, and
-    a free port picked, closed and bound again can be taken in between (EADDRINUSE when many runs
-    start on one node at once)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    folder, owner = tempfile.mkdtemp(prefix="spt-store-"), os.getpid()
-    # only by this process: a forked child that exits through sys.exit runs atexit handlers too
-    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, True))
-    return f"file://{folder}/store"
-
-
 def _slurm_master() -> str:
     nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodes:
@@ -200,12 +186,14 @@ def _slurm_master() -> str:
         return nodes.split(",")[0]
 
 
-def _export_env() -> Optional[str]:
+def _export_env() -> bool:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whichever launcher started us.
 
-    Returns the init_method for a plain single process, which gets a private file store
-    instead of MASTER_* variables: those would leak into every process it starts (a
-    submitted job, a subprocess) and point them at this process's port.
+    Returns whether this is a plain single process, which gets an in-memory store of its own
+    instead of MASTER_* variables (those would leak into every process it starts, a submitted
+    job or a subprocess, and point them at this process's port) and instead of a port picked,
+    closed and bound again (another process can take it in between: EADDRINUSE when many runs
+    start on one node at once) or a file store (flock, which some network file systems lack).
     """
     env = os.environ
     if "RANK" not in env and "SLURM_PROCID" in env:
@@ -218,9 +206,9 @@ def _export_env() -> Optional[str]:
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 12000))
     env.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it
     if "RANK" not in env:
-        return _private_store()
+        return True
     env.setdefault("MASTER_ADDR", "127.0.0.1")
-    return None
+    return False
 
 
 def import_deepspeed() -> Any:
@@ -286,8 +274,8 @@ def init_distributed(backend: str = "auto", timeout_s: int = 300, deepspeed: boo
     _default_timeout(timeout)
     if not tdist.is_initialized():
         try:
-            tdist.init_process_group(backend=backend, rank=rank, world_size=world, init_method=single,
-                                     timeout=timeout)
+            store = {"store": tdist.HashStore()} if single else {}
+            tdist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout, **store)
         except (RuntimeError, OSError) as exc:  # torch's DistNetworkError / DistStoreError, a refused connection
             raise RendezvousError(f"{type(exc).__name__}: {exc}") from exc
     if deepspeed:

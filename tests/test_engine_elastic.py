@@ -83,6 +83,9 @@ def test_shape_choice_keeps_the_global_batch_or_names_what_would():
         run_shape(cfg, 3, held)
     with pytest.raises(CheckpointMismatchError, match="set launch.elastic=true"):
         run_shape(_cfg(), 1, held)
+    with pytest.raises(CheckpointMismatchError, match=r"ZeRO-2 optimizer state is saved only in 2 per-rank partitions: "
+                                                      r"continue it on 2 rank\(s\) with launch.elastic=true once"):
+        run_shape(_cfg("distributed.zero_stage=2"), 1, held)
     zero2 = _cfg("launch.elastic=true", "distributed.zero_stage=2")
     with pytest.raises(CheckpointMismatchError, match="distributed.zero_stage.*only in 2 per-rank partitions"):
         run_shape(zero2, 1, held)  # saved without the whole optimizer state

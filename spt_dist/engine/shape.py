@@ -81,10 +81,15 @@ def run_shape(cfg: Config, world_size: int, held: Optional[Dict[str, Any]]) -> S
     if old.world_size == world_size:
         return old
     if not cfg.launch.elastic:
+        partitioned = cfg.distributed.zero_stage > 0 and not held.get("full_optimizer")
+        how = (f"set launch.elastic=true to continue it on {world_size} (the global batch of {old.global_batch} is "
+               f"kept; e.g. `spt train RUN_DIR launch.elastic=true`)") if not partitioned else (
+               f"its ZeRO-{cfg.distributed.zero_stage} optimizer state is saved only in {old.world_size} per-rank "
+               f"partitions: continue it on {old.world_size} rank(s) with launch.elastic=true once (`spt train RUN_DIR "
+               f"launch.elastic=true`; its next checkpoint holds the state whole), then it moves to any world size")
         raise CheckpointMismatchError(
-            f"the run's checkpoints were written by {old.world_size} rank(s) and this job has {world_size}; "
-            f"set launch.elastic=true to continue it on {world_size} (the global batch of {old.global_batch} is "
-            f"kept; e.g. `spt train RUN_DIR launch.elastic=true`), or run it on {old.world_size} rank(s)")
+            f"the run's checkpoints were written by {old.world_size} rank(s) and this job has {world_size}; {how}, "
+            f"or run it on {old.world_size} rank(s)")
     if cfg.distributed.zero_stage > 0 and not held.get("full_optimizer"):
         raise CheckpointMismatchError(
             f"config key 'distributed.zero_stage' = {cfg.distributed.zero_stage}: the checkpoint holds the optimizer "
