@@ -45,8 +45,14 @@ def write_config(path: Path, assets: Dict[str, Path], out: Path, epochs: int = 2
     return path
 
 
+# A rendezvous an in-process run or task of this test process left in os.environ (submitit's
+# export sets them) must not reach the processes a test starts: they would join its port.
+RENDEZVOUS_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def env() -> Dict[str, str]:
-    e = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
+    e = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_ENV}
+    e.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
     e.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     return e
 
