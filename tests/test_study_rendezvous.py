@@ -331,7 +331,10 @@ def _submitit_task(monkeypatch, tmp_path, tasks: int = 1, rank: int = 0, job_id:
                         "SUBMITIT_LOCAL_GLOBALID": str(rank), "SUBMITIT_LOCAL_LOCALID": str(rank)}.items():
         monkeypatch.setenv(name, value)
     for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)  # restored (removed) after the test
+        # set, then deleted: monkeypatch records a variable only when it is there, and the task
+        # exports these into os.environ; so they are removed again after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 def _cfg(tmp_path, *more):
