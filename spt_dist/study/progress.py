@@ -89,6 +89,11 @@ def run_state(run_dir: Path, submissions: List[dict]) -> RunState:
         return RunState("failed", len(submissions), f"job folder unreadable ({exc})", last["job_id"])
     if st.state in ALIVE:
         return RunState("running", len(submissions), job=last["job_id"])
+    # The job ended: read the results again, since they may have been written (and the lock let
+    # go, and the job ended) after the first read above: a finished run is never judged failed.
+    res = read_results(run_dir)
+    if res and res.get("status") == "finished":
+        return RunState("done", len(submissions))
     if st.errors:
         return RunState("failed", len(submissions), st.errors[-1], last["job_id"])
     if res and res.get("status") == "interrupted":
