@@ -165,7 +165,9 @@ def test_the_other_ranks_follow_rank_0_to_its_next_attempt(tmp_path):
 
     from torch.distributed import TCPStore
 
-    got, errors, intruder = {}, [], socket.socket()
+    # The stores are kept until both threads are done: a thread's return would otherwise close
+    # its store, and rank 0's server could go while rank 1 still reads from it.
+    got, errors, stores, intruder = {}, [], [], socket.socket()
 
     def rank0() -> None:
         try:
@@ -178,6 +180,7 @@ def test_the_other_ranks_follow_rank_0_to_its_next_attempt(tmp_path):
                 got["bind"] = str(exc)
             port, attempt = agree_port(tmp_path, "77", 8077, 1, 0, timeout_s=30)
             store = TCPStore("127.0.0.1", port, 2, True, timeout=timedelta(seconds=20))
+            stores.append(store)
             store.set("from0", "x")
             got[0] = (port, attempt, store.get("from1"))
         except Exception as exc:  # reported below
@@ -187,6 +190,7 @@ def test_the_other_ranks_follow_rank_0_to_its_next_attempt(tmp_path):
         try:
             port, attempt = agree_port(tmp_path, "77", 8077, 0, 1, timeout_s=30, host="127.0.0.1")
             store = TCPStore("127.0.0.1", port, 2, False, timeout=timedelta(seconds=20))
+            stores.append(store)
             store.set("from1", "y")
             got[1] = (port, attempt, store.get("from0"))
         except Exception as exc:  # reported below
