@@ -41,3 +41,30 @@ def test_an_owner_here_counts_by_its_process_not_its_heartbeat(tmp_path):
     _locked(tmp_path / "live", host=socket.gethostname(), pid=os.getpid(), pid_start=process_start(os.getpid()),
             heartbeat=time.time() - 3600)
     assert run_state(tmp_path / "live", []).state == "running"  # an hour-old heartbeat, its process alive
+
+
+@pytest.mark.parametrize("recorded, state", [(300, "running"), (150, "pending")])
+def test_a_lock_that_records_its_runs_stale_s_is_judged_by_it_without_reading_the_config(tmp_path, recorded,
+                                                                                          state, monkeypatch):
+    """The lock records the run's lock_stale_s (RunLock writes it): a driver pass judges the
+    200 s old heartbeat by it and never reads config.yaml (here one that says otherwise)."""
+    from spt_dist.study import progress
+
+    assert json.loads(_taken(tmp_path / "own", 42.0))["stale_s"] == 42.0
+    run = tmp_path / "run"
+    _locked(run, host="node-17", pid=99, heartbeat=time.time() - 200, stale_s=recorded)
+    (run / "config.yaml").write_text(to_yaml(load_config(overrides=["run.lock_stale_s=1000"])))
+    monkeypatch.setattr(progress, "lock_stale_s", lambda _: pytest.fail("read the config"))
+    assert run_state(run, []).state == state
+
+
+def _taken(run_dir, stale_s: float) -> str:
+    from spt_dist.rundir.lock import RunLock
+
+    run_dir.mkdir(parents=True)
+    lock = RunLock(run_dir, stale_s=stale_s)
+    lock.acquire()
+    try:
+        return (run_dir / "lock.json").read_text()
+    finally:
+        lock.release()

@@ -1,7 +1,7 @@
 """`lock.json`: one job at a time trains a run folder.
 
 The lock file names its owner (host, pid and the pid's start time, job id and restart count,
-a random token) and carries a heartbeat that the owner refreshes every few seconds (at most
+a random token, the run's `stale_s`, which `spt status` judges it by) and carries a heartbeat that the owner refreshes every few seconds (at most
 LOCK_REFRESH_MAX_S apart). It is created with O_EXCL, so of two jobs starting on one folder at
 the same moment exactly one gets it. An owner that is a live process on this host (the same
 pid, started at the same moment: a reused pid is not mistaken for it) is never taken over. A
@@ -30,7 +30,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from spt_dist.config.schema import LOCK_REFRESH_MAX_S
 from spt_dist.errors import SptError
@@ -129,12 +129,14 @@ def heartbeat_age(owner: Dict[str, Any], path: Path) -> float:
     return time.time() - float(beat)
 
 
-def held_at_a_look(run_dir: Path, stale_s: float) -> bool:
+def held_at_a_look(run_dir: Path, stale_s: Union[float, Callable[[], float]]) -> bool:
     """Whether a job holds `run_dir`'s lock, judged at one look by the rule a waiting job starts
     from: a live process here holds it, a dead one does not; an owner elsewhere holds it while
     its heartbeat is younger than `stale_s` by this host's clock (an older one is what a waiting
-    job would watch: whether its job still runs is for the caller to find out otherwise). A lock
-    file being written (unreadable for a moment) is not counted."""
+    job would watch: whether its job still runs is for the caller to find out otherwise).
+    `stale_s` is the one the lock records (its run's), else the one given; a callable is asked
+    only for a lock that records none. A lock file being written (unreadable for a moment) is
+    not counted."""
     path = Path(run_dir) / LOCK
     try:
         owner = json.loads(path.read_text())
@@ -143,7 +145,14 @@ def held_at_a_look(run_dir: Path, stale_s: float) -> bool:
     if not isinstance(owner, dict):
         return False
     kind, _ = first_look(owner)
-    return kind == LIVE or (kind == WATCH and heartbeat_age(owner, path) < stale_s)
+    if kind != WATCH:
+        return kind == LIVE
+    recorded = owner.get("stale_s")
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and recorded > 0:
+        limit = float(recorded)
+    else:
+        limit = float(stale_s() if callable(stale_s) else stale_s)
+    return heartbeat_age(owner, path) < limit
 
 
 class RunLock:
@@ -162,7 +171,7 @@ class RunLock:
     def _owner(self) -> Dict[str, Any]:
         return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
                 "pid_start": process_start(os.getpid()), "job": _job_id(), "restarts": _restarts(),
-                "started": time.time(), "heartbeat": time.time()}
+                "started": time.time(), "heartbeat": time.time(), "stale_s": self.stale_s}
 
     def _read(self) -> Optional[Dict[str, Any]]:
         try:

@@ -2,7 +2,7 @@
 
 - done: results.json says finished;
 - running: a job holds its lock (spt_dist.rundir.lock.held_at_a_look, with the run's
-  run.lock_stale_s from its config.yaml, else the default), or its last submitted job is queued or running
+  run.lock_stale_s the lock records, else its config.yaml's, else the default), or its last submitted job is queued or running
   (SLURM: sacct's state, else squeue's, a job neither holds having ended; UNKNOWN, where
   neither can be asked, counts as running);
 - failed: its last job ended without finished results (`error` holds the job's traceback or
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from spt_dist.config import ConfigError, load_config
+from omegaconf import OmegaConf
+
 from spt_dist.config.schema import RunConfig
 from spt_dist.rundir import read_results
 from spt_dist.rundir.lock import LOCK, held_at_a_look
@@ -64,13 +65,15 @@ def record(out_dir: Path, entries: List[dict]) -> None:
 
 
 def lock_stale_s(run_dir: Path) -> float:
-    """The run's run.lock_stale_s: from its config.yaml, else the schema's default."""
-    path = Path(run_dir) / "config.yaml"
-    if path.is_file():
-        try:
-            return float(load_config(str(path)).run.lock_stale_s)
-        except ConfigError:
-            pass  # unreadable: the training job itself says why
+    """The run's run.lock_stale_s for a lock that does not record it: the one key read from its
+    config.yaml (the resolved config the run wrote, validated when it started), else the schema's
+    default."""
+    try:
+        value = OmegaConf.select(OmegaConf.load(Path(run_dir) / "config.yaml"), "run.lock_stale_s")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    except Exception:  # noqa: BLE001 - absent, unreadable or not YAML: the training job says why
+        pass
     return float(RunConfig().lock_stale_s)
 
 
@@ -78,7 +81,7 @@ def run_state(run_dir: Path, submissions: List[dict]) -> RunState:
     res = read_results(run_dir)
     if res and res.get("status") == "finished":
         return RunState("done", len(submissions))
-    if (Path(run_dir) / LOCK).is_file() and held_at_a_look(run_dir, lock_stale_s(run_dir)):
+    if (Path(run_dir) / LOCK).is_file() and held_at_a_look(run_dir, lambda: lock_stale_s(run_dir)):
         return RunState("running", len(submissions), job=submissions[-1]["job_id"] if submissions else None)
     if not submissions:
         return RunState("pending")
