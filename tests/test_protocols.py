@@ -1,11 +1,12 @@
 """The protocol presets resolve to the official recipes (tables written here, one row per setting,
 each with the line of the official code it comes from), the two data stages switch with one
 key, and `spt config show --protocol` lists exactly the departures."""
+import json
 from pathlib import Path
 
 import pytest
 
-from spt_dist.config import ConfigError, load_config
+from spt_dist.config import ConfigError, load_config, to_yaml
 from spt_dist.config.load import CONFIG_ROOT
 from spt_dist.config.protocol import ALWAYS, EXEMPT, GRIDS, departures, protocol_names, recipe_keys, treatment
 
@@ -380,6 +381,28 @@ def test_cli_show_protocol(capsys):
     with pytest.raises(SystemExit):
         main(["config", "show", _path("spt_vtab"), "--protocol", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_cli_show_protocol_judges_a_run_folder_on_the_world_size_it_trained_on(tmp_path: Path, capsys):
+    """A run folder is judged on the world size its results.json records (one launched with
+    torchrun on 8 ranks: its launch section says 1), --world-size still wins, and a folder
+    without results is judged on its launch settings."""
+    from spt_dist.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(to_yaml(load_config(_path("vpt_vtab"), ["data.batch_size=16"])))
+
+    def show(*extra):
+        assert main(["config", "show", str(run), "--protocol", "vpt_vtab", *extra]) == 0
+        return capsys.readouterr().out.splitlines()[-1]
+
+    assert "on 1 rank (launch.nodes x launch.tasks_per_node)" in show()
+    (run / "results.json").write_text(json.dumps({"status": "interrupted", "world_size": 8, "world_sizes": [8]}))
+    assert show().startswith("1 setting(s) depart from protocol vpt_vtab on 8 ranks (run/results.json)")
+    assert "on 2 ranks (--world-size)" in show("--world-size", "2")
+    (run / "results.json").write_text("{cut")
+    assert "on 1 rank (launch.nodes x launch.tasks_per_node)" in show()
 
 
 def test_cli_show_protocol_reads_the_weights_format_under_auto(tmp_path: Path, capsys):

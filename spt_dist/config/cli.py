@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -29,10 +30,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def _show(args: argparse.Namespace) -> int:
     if args.world_size is not None and not args.protocol:
         raise ConfigError("--world-size judges a run against a protocol: give it with --protocol NAME")
-    config = args.config
-    if Path(config).is_dir():  # a run folder: its resolved config
+    config, world, world_source = args.config, args.world_size, "--world-size"
+    if Path(config).is_dir():  # a run folder: its resolved config, judged on the world size it trained on
         if not (Path(config) / "config.yaml").is_file():
             raise ConfigError(f"{config} is a folder without config.yaml: not a run folder")
+        if world is None:
+            world, world_source = _trained_world_size(Path(config))
         config = str(Path(config) / "config.yaml")
     cfg = load_config(config, args.overrides, check_files=args.check_files)
     if args.protocol:
@@ -41,10 +44,23 @@ def _show(args: argparse.Namespace) -> int:
         detected = unread = None
         if args.protocol in BY_BACKBONE and cfg.model.checkpoint_format == "auto" and _FORMAT_READER:
             detected, unread = _FORMAT_READER[0](cfg)
-        print(departure_table(cfg, args.protocol, args.world_size, detected, unread), end="")
+        print(departure_table(cfg, args.protocol, world, detected, unread, world_source), end="")
     else:
         print(to_yaml(cfg), end="")
     return 0
+
+
+def _trained_world_size(run_dir: Path) -> Tuple[Optional[int], str]:
+    """The world size a run folder's results.json says it trained on last (an elastic run keeps
+    its global batch on every one), with where it came from; (None, "") before any results."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+        world = results.get("world_size") if isinstance(results, dict) else None
+    except (OSError, ValueError):
+        return None, ""
+    if isinstance(world, int) and not isinstance(world, bool) and world >= 1:
+        return world, f"{run_dir.name}/results.json"
+    return None, ""
 
 
 def _ranks(text: str) -> int:

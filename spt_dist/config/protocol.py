@@ -374,13 +374,15 @@ def _show(value: Any) -> str:
 
 
 def departure_table(cfg: Config, name: str, world_size: Optional[int] = None,
-                    detected_format: Optional[str] = None, unread: Optional[str] = None) -> str:
+                    detected_format: Optional[str] = None, unread: Optional[str] = None,
+                    world_source: str = "--world-size") -> str:
     """Side-by-side text table of `departures` (a line saying so when there are none), naming
-    the world size it judged and where it came from (--world-size, or the launch settings) and,
+    the world size it judged and where it came from (`world_source` for a given `world_size`:
+    --world-size, or a run folder's results; else the launch settings) and,
     for a protocol with BY_BACKBONE rules, the backbone recipe and where its format came from
     (`detected_format`, `unread`: see backbone_format)."""
     world = launch_world_size(cfg) if world_size is None else world_size
-    source = "--world-size" if world_size is not None else LAUNCH_WORLD
+    source = world_source if world_size is not None else LAUNCH_WORLD
     fmt, fmt_source = backbone_format(cfg, detected_format, unread)
     rows = departures(cfg, name, world, fmt)
     where = protocol_path(name).relative_to(CONFIG_ROOT.parent)
