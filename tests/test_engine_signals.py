@@ -1,9 +1,10 @@
 """SIGUSR2 / SIGTERM outside the training loop: while the job waits for another job's lock it
-stops at once without taking it; during setup the run stops cleanly at its first step boundary;
+stops at once without taking it (a submitted job is requeued and waits again); during setup the run stops cleanly at its first step boundary;
 during the final writes it is noted and the run finishes."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -120,3 +121,57 @@ def test_a_signal_while_a_pack_waits_for_a_members_lock_says_per_member_what_hap
     assert (first / "config.yaml").is_file() and not (first / "lock.json").exists()  # claimed, then let go
     assert json.loads((second / "lock.json").read_text()) == held
     assert [p.name for p in second.iterdir()] == ["lock.json"]
+
+
+def test_a_submitted_job_stopped_while_waiting_for_a_lock_is_requeued_and_then_trains(tmp_path, assets,
+                                                                                       monkeypatch):
+    """A submitit job (the local executor's requeue cycle, as SLURM's) waits for a lock held on
+    another host; SIGUSR2 to its task ends the wait, rank 0 says so and requeues, the requeued
+    task waits again, and once the other job's lock is gone it trains the run to the end."""
+    from spt_dist.config import load_config
+    from spt_dist.study.executor import make_executor
+    from spt_dist.study.task import TrainTask
+
+    for k, v in env().items():
+        monkeypatch.setenv(k, v)
+    for k in set(os.environ) - set(env()):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    out = tmp_path / "runs"
+    cfg = load_config(str(write_config(tmp_path / "cfg.yaml", assets, out, epochs=1, every=1000)),
+                      ["run.name=held", "run.lock_stale_s=600", "run.progress=false", "launch.cluster=local",
+                       f"launch.folder={tmp_path / 'jobs'}", "launch.tasks_per_node=1", "launch.timeout_min=10",
+                       "data.batch_size=16"])
+    run_dir = out / "held"
+    run_dir.mkdir(parents=True)
+    (run_dir / "lock.json").write_text(json.dumps({"token": "other", "host": "node-17", "pid": 99, "job": "1",
+                                                   "heartbeat": time.time()}))
+    job = make_executor(cfg.launch).submit(TrainTask(cfg))
+    waited = "is locked by pid 99 on node-17"
+
+    def until(seen, timeout_s: float = 120) -> None:
+        deadline = time.time() + timeout_s
+        while not seen() and time.time() < deadline:
+            assert not job.done(), (job.stdout() or "") + (job.stderr() or "")
+            time.sleep(0.2)
+        assert seen(), (job.stdout() or "") + (job.stderr() or "")
+
+    try:
+        until(lambda: waited in (job.stderr() or ""))
+        tasks = subprocess.run(["pgrep", "-P", str(job.job_id)], capture_output=True, text=True).stdout.split()
+        assert len(tasks) == 1, tasks
+        os.kill(int(tasks[0]), signal.SIGUSR2)
+        until(lambda: (job.stderr() or "").count(waited) == 2)  # the requeued task waits again
+        assert json.loads((run_dir / "lock.json").read_text())["host"] == "node-17"  # never taken
+        (run_dir / "lock.json").unlink()  # the other job ends
+        deadline = time.time() + 180
+        while not job.done() and time.time() < deadline:
+            time.sleep(0.5)
+        result = job.result()
+    finally:
+        job.cancel(check=False)
+    said = job.stdout() or ""
+    assert f"run stopped while waiting for the lock of {run_dir}, nothing trained; requeueing" in said, said
+    assert result["status"] == "finished" and result["step"] == 8, result
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["resumed_from"] for e in events if e["event"] == "start"] == [None]  # nothing trained before
