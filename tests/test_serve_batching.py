@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from spt_dist.serve.batcher import DynamicBatcher
+from spt_dist.serve.batcher import DynamicBatcher, ShuttingDown
 from spt_dist.serve.schedule import scheduled, take_batch
 
 
@@ -62,6 +62,35 @@ def test_batcher_batches_waits_and_answers_each_request_alone():
     assert alone == 1000 and 0.04 <= waited < 5 and late == [2000, 2010]
     assert [len(s) for s in seen[:3]] == [4, 4, 2]
     assert seen[0] == [0, 2, 4, 6] and seen[1] == [1, 3, 5, 7]  # one prompt length (key) per batch
+
+
+def test_stop_answers_the_batch_the_model_runs_and_refuses_later_requests():
+    """stop() while a batch is on the model thread (taken from the queue: nothing is queued)
+    waits for it and answers it; a request submitted once the stop began gets ShuttingDown."""
+    import threading
+
+    running = threading.Event()
+
+    def run(payloads):
+        running.set()
+        time.sleep(0.3)
+        return [p * 10 for p in payloads]
+
+    async def main():
+        b = DynamicBatcher(run, max_batch_size=2, max_wait_s=0.0)
+        b.start()
+        inflight = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
+        while not running.is_set():
+            await asyncio.sleep(0.001)
+        assert b.queued == 0
+        stopping = asyncio.ensure_future(b.stop())
+        await asyncio.sleep(0.01)
+        with pytest.raises(ShuttingDown):
+            await b.submit(3)
+        await asyncio.wait_for(stopping, timeout=5)
+        return await asyncio.wait_for(asyncio.gather(*inflight), timeout=5)
+
+    assert asyncio.run(main()) == [10, 20]
 
 
 def test_batcher_refuses_bad_settings():

@@ -42,6 +42,8 @@ class DynamicBatcher:
         self.run_batch, self.max_batch_size, self.max_wait_s = run_batch, max_batch_size, max_wait_s
         self.key = None if key is None else (lambda item: key(item.payload))
         self._pending: List[Pending] = []
+        self._running: List[Pending] = []  # the batch on the model thread now
+        self._closing = False
         self._wake: Optional[asyncio.Event] = None
         self._full: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
@@ -57,7 +59,7 @@ class DynamicBatcher:
 
     async def submit(self, payload: Any) -> Any:
         """The payload's result (raises its exception); call from the event loop."""
-        if self._task is None or self._task.done():
+        if self._task is None or self._task.done() or self._closing:
             raise ShuttingDown("the server is shutting down")
         item = Pending(payload, future=asyncio.get_running_loop().create_future())
         self._pending.append(item)
@@ -67,18 +69,22 @@ class DynamicBatcher:
         return await item.future
 
     async def stop(self) -> None:
-        """Answer what is queued, then stop the loop and the model thread."""
+        """Answer what is queued and what the model runs now (requests submitted from here on
+        get ShuttingDown), then stop the loop and the model thread."""
+        self._closing = True
         if self._task is not None:
-            while self._pending:
+            while (self._pending or self._running) and not self._task.done():
                 await asyncio.sleep(0.001)
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for item in self._pending:  # only what arrived during the last instants
-            item.future.set_exception(ShuttingDown("the server is shutting down"))
+        for item in self._pending + self._running:  # only if the loop itself ended early
+            if not item.future.done():
+                item.future.set_exception(ShuttingDown("the server is shutting down"))
         self._pending.clear()
+        self._running = []
         self._model.shutdown(wait=True)
 
     async def _loop(self) -> None:
@@ -95,6 +101,7 @@ class DynamicBatcher:
                 except asyncio.TimeoutError:
                     pass
             batch, self._pending = take_batch(self._pending, self.max_batch_size, self.key)
+            self._running = batch
             if len(self._pending) < self.max_batch_size:
                 self._full.clear()
             if not self._pending:
@@ -110,3 +117,4 @@ class DynamicBatcher:
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
+            self._running = []
