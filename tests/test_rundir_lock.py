@@ -458,3 +458,16 @@ def test_a_stop_during_a_multi_rank_wait_ends_it_on_every_rank(tmp_path, stop_ra
     assert got[0][3].splitlines()[1] == (f"spt: SIGTERM arrived while this job waited for the lock of {run}: stopped "
                                          f"before training, the lock left to its owner"), got
     assert json.loads((run / "lock.json").read_text())["token"] == "x" and sorted(os.listdir(run)) == ["lock.json"]
+
+
+def test_the_refusal_names_a_job_only_for_an_owner_a_scheduler_started(tmp_path):
+    """A live owner here started by hand (no job id) is named by pid and host alone, one a
+    scheduler started by its job id as well."""
+    for job, named in ((None, f"(pid {os.getpid()} on {socket.gethostname()}, heartbeat "),
+                       ("4242", f"(pid {os.getpid()} on {socket.gethostname()}, job 4242, heartbeat ")):
+        (tmp_path / "lock.json").write_text(json.dumps({
+            "token": "other", "host": socket.gethostname(), "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()), "job": job, "heartbeat": time.time()}))
+        with pytest.raises(RunFolderBusy) as info:
+            RunLock(tmp_path).acquire()
+        assert named in str(info.value) and "None" not in str(info.value), str(info.value)

@@ -92,8 +92,8 @@ def _check_combinations(cfg: Config) -> None:
     if cfg.model.pool == "mean_with_prompts":
         _require(m.prompt_length > 0, "model.pool", "mean_with_prompts needs prompts (method.prompt_length > 0)")
     _require(o.warmup_epochs <= o.epochs, "optim.warmup_epochs",
-             f"must not exceed optim.epochs={o.epochs} (got {o.warmup_epochs}; the default is the papers' 10 "
-             f"of 100 epochs: set optim.warmup_epochs with a shorter optim.epochs)")
+             f"must not exceed optim.epochs={o.epochs} (got {o.warmup_epochs}): lower optim.warmup_epochs or "
+             f"raise optim.epochs (the protocols warm up 10 of 100 epochs; a shorter run needs its own warmup)")
     _require(o.min_lr <= o.lr, "optim.min_lr", f"must not exceed optim.lr={o.lr}")
     la = cfg.launch
     # The pre-timeout signal must leave the job time to train before it asks to be requeued.

@@ -271,9 +271,14 @@ class RunLock:
     def _age(self, owner: Dict[str, Any]) -> float:
         return heartbeat_age(owner, self.path)
 
+    @staticmethod
+    def _job(owner: Dict[str, Any]) -> str:
+        """"job J, " for an owner started by a scheduler; nothing for one started by hand."""
+        return f"job {owner['job']}, " if owner.get("job") else ""
+
     def _busy(self, owner: Dict[str, Any], moved: str = "") -> str:
         return (f"{self.path.parent} is being trained by another job (pid {owner.get('pid')} on "
-                f"{owner.get('host')}, job {owner.get('job')}, heartbeat {self._age(owner):.0f} s ago{moved}); "
+                f"{owner.get('host')}, {self._job(owner)}heartbeat {self._age(owner):.0f} s ago{moved}); "
                 f"wait for it to end, or cancel it; a lock whose heartbeat stops is taken over after "
                 f"{self.stale_s:.0f} s")
 
@@ -284,8 +289,8 @@ class RunLock:
             self._watch = (beat, now)
             if on_wait is not None:
                 most = min(self.stale_s, max(self.confirm_s, self.stale_s - self._age(owner))) + self.poll_s
-                on_wait(f"{self.path.parent} is locked by pid {owner.get('pid')} on {owner.get('host')} (job "
-                        f"{owner.get('job')}, heartbeat {self._age(owner):.0f} s ago): waiting at most {most:.0f} s; "
+                on_wait(f"{self.path.parent} is locked by pid {owner.get('pid')} on {owner.get('host')} "
+                        f"({self._job(owner)}heartbeat {self._age(owner):.0f} s ago): waiting at most {most:.0f} s; "
                         f"taken over if its heartbeat stays still, refused if it moves")
         elif self._watch[0] != beat:
             waited = now - self._watch[1]
