@@ -143,6 +143,18 @@ def test_stream_mode_on_class_pure_shards_is_refused_before_training(class_pure)
     assert exact.mixing.ratio == pytest.approx(1.0, abs=0.05)
 
 
+def test_a_short_plan_on_class_pure_shards_is_warned_about_not_passed_silently(class_pure):
+    """Fewer than 16 planned batches are too few to stop a run on; a low ratio is still said."""
+    batch = len(class_pure.split("train").labels()) // 8  # 8 batches
+    cfg = DataConfig(batch_size=batch, shuffle="stream", shuffle_buffer=1, stream_shards=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = TrainData(cfg, class_pure, 8, MEAN, STD, 0, 1, seed=0)
+    said = [str(w.message) for w in caught if "ordered by class" in str(w.message)]
+    assert data.mixing.batches == 8 and data.mixing.ratio < 0.9
+    assert len(said) == 1 and "only 8 planned batches, fewer than the 16 a run is stopped on" in said[0]
+
+
 def test_stream_reads_several_shards_at_once(class_pure):
     """`data.stream_shards=k` interleaves k shards per worker: on class-pure shards a batch then
     spans more shards' classes than when shards are read one at a time, as the check plans."""

@@ -70,23 +70,25 @@ def mixing_report(data: Any) -> MixingReport:
     return MixingReport(mean_distinct(batches), uniform, len(batches))
 
 
-MIN_BATCHES = 16  # fewer planned batches: the mean is too noisy to judge
+MIN_BATCHES = 16  # fewer planned batches: the mean is too noisy to stop a run on, only to warn
 
 
 def check_mixing(report: MixingReport, cfg: "DataConfig") -> None:
     """Stream mode, per data.mixing_check: error (default), warn, or ignore, when the ratio is
-    below data.min_mixing. The exact shuffle is uniform by construction: reported, not checked."""
-    if cfg.shuffle == "exact" or cfg.mixing_check == "ignore" or report.batches < MIN_BATCHES \
-            or report.ratio >= cfg.min_mixing:
+    below data.min_mixing; a plan of fewer than MIN_BATCHES batches is only warned about. The
+    exact shuffle is uniform by construction: reported, not checked."""
+    if cfg.shuffle == "exact" or cfg.mixing_check == "ignore" or report.ratio >= cfg.min_mixing:
         return
     msg = (f"data.shuffle={cfg.shuffle}: the planned batches hold {report.planned:.2f} distinct classes on "
            f"average against {report.uniform:.2f} for a uniform shuffle (ratio {report.ratio:.2f} < "
            f"data.min_mixing={cfg.min_mixing}): the shards are ordered by class and the stream cannot mix "
            f"them. Use data.shuffle=exact (random access, the default), or rebuild the shards with "
-           f"`spt shards build` (it permutes every split), or raise data.stream_shards / data.shuffle_buffer; "
-           f"data.mixing_check=warn trains anyway")
-    if cfg.mixing_check == "error":
-        raise DataError(msg)
+           f"`spt shards build` (it permutes every split), or raise data.stream_shards / data.shuffle_buffer")
+    if cfg.mixing_check == "error" and report.batches >= MIN_BATCHES:
+        raise DataError(msg + "; data.mixing_check=warn trains anyway")
+    if report.batches < MIN_BATCHES:
+        msg += (f" (only {report.batches} planned batches, fewer than the {MIN_BATCHES} a run is stopped on: "
+                f"training anyway)")
     import warnings
 
     warnings.warn(msg)
