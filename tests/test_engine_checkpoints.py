@@ -169,8 +169,8 @@ def test_mismatched_checkpoint_is_refused(tmp_path, assets):
     man_path.write_text(json.dumps(man))
     with pytest.raises(CheckpointMismatchError, match="weights_hash"):
         train(cfg)
-    # A different prompt shape under the same run folder is refused before anything trains.
-    with pytest.raises(Exception, match="different config"):
+    # A different prompt shape under the same run folder is refused before anything trains, naming it.
+    with pytest.raises(Exception, match=r"different config .*the folder's -> this one's: method\.prompt_length \d+ -> 5\)"):
         train(_cfg(tmp_path, assets, "method.prompt_length=5"))
 
 

@@ -13,9 +13,10 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from spt_dist.config import Config
+from spt_dist.config.dotted import flatten
 from spt_dist.config.load import dump_yaml
 
 # Run settings that name, place or show a run, never change its numbers.
@@ -29,7 +30,8 @@ NEUTRAL_RUN = {"out_dir": "", "name": "", "progress": True, "log_every": 1, "loc
 NEUTRAL_KEYS = ("data.cache_mb", "method.feature_cache", "data.duplicate_images")
 
 
-def config_hash(cfg: Config) -> str:
+def _identity_tree(cfg: Config) -> Dict[str, Any]:
+    """The settings that decide a run's numbers, as the nested tree config_hash hashes."""
     run = dataclasses.replace(cfg.run, **{k: v for k, v in NEUTRAL_RUN.items() if hasattr(cfg.run, k)})
     data = cfg.data
     if data.shuffle == "exact":  # the exact shuffle's order does not depend on the DataLoader workers
@@ -40,7 +42,19 @@ def config_hash(cfg: Config) -> str:
         tree[section].pop(key, None)
     if not cfg.data.global_batch:  # the default: runs named before the key existed keep their hash
         tree["data"].pop("global_batch", None)
-    return hashlib.sha256(dump_yaml(tree).encode()).hexdigest()[:8]
+    return tree
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha256(dump_yaml(_identity_tree(cfg)).encode()).hexdigest()[:8]
+
+
+def differing_settings(held: Config, cfg: Config, most: int = 5) -> str:
+    """"key held -> this, ..." for the settings that decide the numbers and differ (at most `most`)."""
+    a, b = flatten(_identity_tree(held)), flatten(_identity_tree(cfg))
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    shown = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:most])
+    return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
 def default_run_name(cfg: Config) -> str:
@@ -67,6 +81,6 @@ def config_clash(cfg: Config, run_dir: Path) -> Optional[str]:
         return f"{path} cannot be read back ({exc})"
     if config_hash(held) == config_hash(cfg):
         return None
-    return (f"{run_dir} already holds a run with a different config ({path}); resume it with "
-            f"`spt train {run_dir}` or choose another run.name")
+    return (f"{run_dir} already holds a run with a different config ({path}; the folder's -> this one's: "
+            f"{differing_settings(held, cfg)}); resume it with `spt train {run_dir}` or choose another run.name")
 
