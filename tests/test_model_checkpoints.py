@@ -233,6 +233,13 @@ def test_pickled_code_is_refused(tmp_path):
         build_backbone(NAME, checkpoint=tmp_path / "odd.pth")
 
 
+def test_a_file_that_is_no_weights_file_is_named_as_such(tmp_path):
+    """Text under a .pth name is not called a pickle of unsafe objects: it is no checkpoint."""
+    (tmp_path / "notes.pth").write_text("# my notes\n")
+    with pytest.raises(CheckpointError, match=r"notes\.pth: not a weights file \(neither a PyTorch checkpoint"):
+        build_backbone(NAME, checkpoint=tmp_path / "notes.pth")
+
+
 def test_weights_hash_is_deterministic_and_sensitive():
     src = _source()
     h = weights_hash(src)

@@ -67,9 +67,22 @@ class Checkpoint:
         return self.fmt == "mae" or ("fc_norm.weight" in self.state and "norm.weight" not in self.state)
 
 
+def _looks_like_torch_save(path: str) -> bool:
+    """torch.save writes a zip archive (since 1.6) or, before, a pickle (protocol 2+: 0x80 first)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True  # torch.load names the error
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def _torch_load(path: str) -> object:
     # weights_only: a checkpoint is data, not code. MAE's training checkpoints also pickle
     # their argparse.Namespace, which is allowed explicitly.
+    if not _looks_like_torch_save(path):
+        raise CheckpointError(f"{path}: not a weights file (neither a PyTorch checkpoint, a zip archive or a "
+                              f"pickle, nor .safetensors or .npz by its name)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             try:
