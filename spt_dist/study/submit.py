@@ -6,8 +6,10 @@ Every job folder (`launch.folder/<job id>/`) gets a `job.json` next to submitit'
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,13 +32,20 @@ class SubmitError(SptError):
 
 @contextlib.contextmanager
 def _refused_as_error(cluster: str):
-    """A refused submission is the user's to fix: one line naming what sbatch said."""
+    """A refused submission is the user's to fix: one line naming what sbatch said (submitit
+    prints sbatch's stderr itself before it raises: held back here, passed on unless refused)."""
+    held, refused = io.StringIO(), False
     try:
-        yield
+        with contextlib.redirect_stderr(held):
+            yield
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
+        refused = True
         said = getattr(exc, "stderr", None) or str(exc)
         said = "; ".join(line.strip() for line in str(said).splitlines() if line.strip())
         raise SubmitError(f"submission to {cluster} failed, nothing submitted: {said}") from None
+    finally:
+        if not refused:
+            sys.stderr.write(held.getvalue())
 
 
 @dataclass
