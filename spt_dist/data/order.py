@@ -67,7 +67,7 @@ def _fills_windows(num_samples: int, batch_size: int, grad_accum: int) -> bool:
     return batches_per_epoch(num_samples, 1, batch_size, False) % grad_accum == 0
 
 
-def kept_last_sizes(num_samples: int, batch_size: int, grad_accum: int) -> List[int]:
+def _kept_last_sizes(num_samples: int, batch_size: int, grad_accum: int) -> List[int]:
     """The nearest batch sizes below and above `batch_size` whose drop_last=false epoch is whole
     accumulation windows (none above N / (A - 1): fewer than A micro-batches)."""
     below = range(batch_size - 1, 0, -1)
@@ -85,7 +85,7 @@ def kept_last_problem(num_samples: int, batch_size: int, grad_accum: int) -> Opt
     if per_epoch % grad_accum == 0:
         return None
     accums = ", ".join(str(a) for a in range(1, per_epoch + 1) if per_epoch % a == 0)
-    sizes = " or ".join(map(str, kept_last_sizes(num_samples, batch_size, grad_accum)))
+    sizes = " or ".join(map(str, _kept_last_sizes(num_samples, batch_size, grad_accum)))
     return (f"config key 'optim.grad_accum' = {grad_accum} with data.drop_last=false: an epoch of {num_samples} "
             f"samples has ceil({num_samples} / data.batch_size {batch_size}) = {per_epoch} micro-batches (the last "
             f"one short), not a multiple of {grad_accum}, so an optimizer step would take batches of two epochs; "

@@ -6,11 +6,11 @@ and class-ordered shards would hold two or three classes each. Which samples are
 split is the split seed's alone (`source.split_seed`: the source's carve-out and the
 `max_per_class` caps), so a reshuffle changes the shard order, never a split's members or
 keys. The same source and seeds give the same bytes. Shards are encoded in worker processes,
-one shard per task, so the output does not depend on the worker count. Each tar is written to a temporary name and renamed when
-complete: an interrupted build never leaves a truncated shard under a final name. A
-rebuild into an existing folder first removes its index.json, so a rebuild that fails
-half-way leaves a folder without an index (refused by readers), never an old index over
-new tars.
+one shard per task, so the output does not depend on the worker count. Each tar is written to
+a temporary name and renamed when complete: an interrupted build never leaves a truncated
+shard under a final name. A rebuild into an existing folder first removes its index.json,
+so a rebuild that fails half-way leaves a folder without an index (refused by readers),
+never an old index over new tars.
 """
 from __future__ import annotations
 
