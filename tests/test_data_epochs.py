@@ -107,6 +107,46 @@ def test_kept_last_batch_needs_a_single_rank(index, tmp_path):
     assert preflight.check_accumulation(load_config(None), 41, 1) == 1
 
 
+def _windows(data, epochs, accum):
+    """(epoch, batch) of every micro-batch per optimizer step, by the engine's rule (train.py:
+    a step after every `accum`-th micro-batch, counted across epochs), and those left unstepped."""
+    steps, window, seen = [], [], 0
+    for epoch in range(epochs):
+        for b, _ in enumerate(data.planned_keys(epoch)):
+            window.append((epoch, b))
+            seen += 1
+            if seen % accum == 0:
+                steps.append(window)
+                window = []
+    return steps, window
+
+
+def test_kept_last_batch_with_accumulation_fills_whole_windows_or_is_refused(index):
+    from spt_dist.config import ConfigError, load_config
+    from spt_dist.engine import preflight
+
+    # 41 samples at batch 8: 6 micro-batches an epoch, the last one short.
+    for accum in (2, 3, 6):
+        data = TrainData(DataConfig(batch_size=8, num_workers=0, drop_last=False), index, 10, MEAN, STD, 0, 1,
+                         seed=0, grad_accum=accum)
+        steps, left = _windows(data, 3, accum)
+        assert left == [] and len(steps) == 3 * 6 // accum
+        assert all(len({e for e, _ in w}) == 1 for w in steps)  # no step takes batches of two epochs
+        preflight.check_accumulation(load_config(None, ["data.drop_last=false", "data.batch_size=8",
+                                                        f"optim.grad_accum={accum}"]), 41, 1)
+    # 4 does not divide 6; batch 11 gives 4 micro-batches, no batch size below 8 a multiple of 4.
+    message = (r"config key 'optim.grad_accum' = 4 with data.drop_last=false: .* ceil\(41 / data.batch_size 8\) = 6 "
+               r"micro-batches .* allowed: data.drop_last=true, optim.grad_accum 1, 2, 3, 6 \(divisors of 6\), "
+               r"or data.batch_size 11 with optim.grad_accum 4$")
+    with pytest.raises(DataError, match=message):
+        TrainData(DataConfig(batch_size=8, num_workers=0, drop_last=False), index, 10, MEAN, STD, 0, 1, seed=0,
+                  grad_accum=4)
+    cfg = load_config(None, ["data.drop_last=false", "data.batch_size=8", "optim.grad_accum=4"])
+    with pytest.raises(ConfigError, match=message):
+        preflight.check_run(cfg, 1, None, 41)  # on the login node: index.json's count, before any step
+    preflight.check_accumulation(load_config(None, ["data.batch_size=8", "optim.grad_accum=4"]), 41, 1)  # drop_last
+
+
 def test_batches_are_float_images_and_int_labels(index):
     images, labels, keys = next(iter(_data(index).epoch(0)))
     assert images.shape == (4, 3, 10, 10) and images.dtype == torch.float32

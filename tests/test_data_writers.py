@@ -1,9 +1,11 @@
 """Shard writers on tiny real data: folder tree, VTAB lists, FGVC JSON, digits, Fashion-MNIST."""
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from pathlib import Path
+from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 from spt_dist.cli import main as spt
 from spt_dist.config.schema import DataConfig
 from spt_dist.data import DataError, EvalData, ShardIndex, write_shards
+from spt_dist.data.index import self_hash
 from spt_dist.data.sources import digits_source, fmnist_source, folder_source
 from spt_dist.data.sources.builtin import FMNIST_DIR
 
@@ -52,6 +55,74 @@ def test_folder_tree_deterministic_split(tmp_path):
     # Keys name source positions (class by class); the split was permuted before sharding.
     assert index.split("train").keys() != sorted(index.split("train").keys())
     assert index.source["shuffle_seed"] == 0
+
+
+def _noise_tree(root: Path, per_class: int) -> Dict[str, str]:
+    """Class folders of distinct noise JPEGs; sha256 of each file's bytes -> its path."""
+    rng, files = np.random.default_rng(0), {}
+    for name in ("cat", "dog", "eel"):
+        for i in range(per_class):
+            path = root / name / f"{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path, format="JPEG")
+            files[hashlib.sha256(path.read_bytes()).hexdigest()] = str(path.relative_to(root))
+    return files
+
+
+def _members(out: Path, files: Dict[str, str]) -> Dict[str, List[str]]:
+    """split -> source file of every image in its tars, in shard order, read from the tars alone."""
+    found: Dict[str, List[str]] = {}
+    for tar_path in sorted(out.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".jpg"):
+                    digest = hashlib.sha256(tar.extractfile(m).read()).hexdigest()
+                    found.setdefault(tar_path.name.split("-")[0], []).append(files[digest])
+    return found
+
+
+def test_a_reshuffle_keeps_every_split_and_its_keys(tmp_path):
+    files = _noise_tree(tmp_path / "src", per_class=10)
+    assert len(files) == 30  # distinct images: each names its file
+
+    def build(name: str, *options: str) -> Path:
+        assert spt(["shards", "build", "folder", str(tmp_path / "src"), "--out", str(tmp_path / name), "--val-fraction",
+                    "0.2", "--test-fraction", "0.2", "--shard-size", "4", "--workers", "1", "--max-per-class", "5",
+                    "--no-progress", *options]) == 0
+        return tmp_path / name
+
+    a, b = _members(build("a"), files), _members(build("b", "--seed", "1"), files)
+    assert {s: sorted(v) for s, v in a.items()} == {s: sorted(v) for s, v in b.items()}  # the same files per split
+    assert all(len(set(v)) == len(v) for v in a.values()) and sum(map(len, a.values())) == 6 + 6 + 5 * 3
+    assert a["train"] != b["train"]  # shard order: the permutation is --seed's
+    ia, ib = ShardIndex.load(tmp_path / "a"), ShardIndex.load(tmp_path / "b")
+    assert all(sorted(ia.split(s).keys()) == sorted(ib.split(s).keys()) for s in ia.splits)  # keys too
+    assert ia.content_hash != ib.content_hash  # other tars
+    assert (ia.source["split_seed"], ia.source["shuffle_seed"], ib.source["split_seed"], ib.source["shuffle_seed"]) \
+        == (0, 0, 0, 1)
+    c = _members(build("c", "--split-seed", "1"), files)
+    assert sorted(c["test"]) != sorted(a["test"])  # the membership is --split-seed's
+    assert ShardIndex.load(tmp_path / "c").source["split_seed"] == 1
+
+
+def test_an_index_written_before_split_seeds_loads(tmp_path, capsys):
+    _tree(tmp_path / "src")
+    write_shards(folder_source(str(tmp_path / "src")), str(tmp_path / "out"), progress=False)
+    path = tmp_path / "out" / "index.json"
+    raw = json.loads(path.read_text())
+    del raw["source"]["split_seed"]
+    raw["source"]["seed"] = 0  # what the sources recorded then
+    raw["index_hash"] = self_hash(raw)
+    path.write_text(json.dumps(raw))
+    assert "split_seed" not in ShardIndex.load(tmp_path / "out").source
+    assert spt(["shards", "info", str(tmp_path / "out")]) == 0 and "folder, 2 classes" in capsys.readouterr().out
+
+
+def test_a_source_and_caps_on_other_split_seeds_are_refused(tmp_path):
+    _tree(tmp_path / "src")
+    with pytest.raises(DataError, match="split seed 1 but the shards were asked for split seed 2"):
+        write_shards(folder_source(str(tmp_path / "src"), split_seed=1), str(tmp_path / "out"), split_seed=2,
+                     progress=False)
 
 
 def test_folder_tree_with_split_folders_and_bad_image(tmp_path):

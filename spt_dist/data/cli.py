@@ -25,14 +25,14 @@ def _source(args: argparse.Namespace):
     from . import sources
 
     if args.source == "folder":
-        return sources.folder_source(args.root, args.val_fraction, args.test_fraction, args.seed)
+        return sources.folder_source(args.root, args.val_fraction, args.test_fraction, args.split_seed)
     if args.source == "vtab":
         return sources.vtab_source(args.root, args.image_root)
     if args.source == "fgvc":
         return sources.fgvc_source(args.root, args.image_root)
     if args.source == "fmnist":
-        return sources.fmnist_source(args.classes, args.val_fraction, args.seed, args.fmnist_dir)
-    return sources.digits_source(args.classes, args.val_fraction, args.test_fraction, args.seed)
+        return sources.fmnist_source(args.classes, args.val_fraction, args.split_seed, args.fmnist_dir)
+    return sources.digits_source(args.classes, args.val_fraction, args.test_fraction, args.split_seed)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -40,7 +40,7 @@ def _build(args: argparse.Namespace) -> int:
 
     index = write_shards(_source(args), args.out, shard_size=args.shard_size, workers=args.workers,
                          skip_bad=args.skip_bad, max_per_class=args.max_per_class, seed=args.seed,
-                         progress=_progress(args))
+                         split_seed=args.split_seed, progress=_progress(args))
     _print_info(index)
     return 0
 
@@ -148,7 +148,11 @@ def _common(p: argparse.ArgumentParser, splits: bool) -> None:
     p.add_argument("--max-per-class", type=int, default=0, help="cap samples per class in every split (0 = all)")
     p.add_argument("--skip-bad", action="store_true", help="skip images that cannot be decoded (listed)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the splits, caps and the permutation of every split before sharding")
+                   help="seed of the permutation of every split before sharding: the shard order only, never "
+                        "which samples are in a split or their keys")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of which samples are in which split: the per-class val/test carve-out and "
+                        "--max-per-class (recorded in index.json as source.split_seed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a terminal)")
     if splits:
         p.add_argument("--val-fraction", type=float, default=0.1, help="per-class share carved out as val")

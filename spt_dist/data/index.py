@@ -2,7 +2,7 @@
 
 Format (version 2)::
 
-    {"format": 2, "source": {"kind": "fmnist", "shuffle_seed": 0, ...},
+    {"format": 2, "source": {"kind": "fmnist", "split_seed": 0, "shuffle_seed": 0, ...},
      "classes": ["sandal", ...], "content_hash": "<sha256>", "index_hash": "<sha256>",
      "splits": {"train": {"num_samples": 900, "class_counts": {"0": 180, ...}, "shards": [
          {"name": "train-000000.tar", "num_samples": 512, "sha256": "...", "size": 1234,

@@ -35,7 +35,7 @@ from .fraction import select_fraction
 from .index import DataError, ShardIndex
 from .mixing import MixingReport, check_mixing, mixing_report
 from .order import (Draw, Loc, batches_per_epoch, by_key, deal, draw_name, drawn_batches, eval_batches, exact_batches,
-                    locations, mix, pad_batch, stream_order, stream_parts)
+                    kept_last_problem, locations, mix, pad_batch, stream_order, stream_parts)
 from .cache import DecodedCache, Fresh, Offers
 from .reader import BadSampleError, RawSample, SampleReader, decode_sample, read_segment
 from .transforms import ImageTransform, build_transform
@@ -228,6 +228,9 @@ class TrainData:
                             f"(data.fraction={data_cfg.fraction}) but world_size {world_size} x "
                             f"data.batch_size {data_cfg.batch_size} = {need} are needed for one batch per rank; "
                             f"lower data.batch_size or use fewer ranks")
+        problem = None if data_cfg.drop_last else kept_last_problem(self.num_samples, data_cfg.batch_size, grad_accum)
+        if problem:
+            raise DataError(problem)
         self.grad_accum = grad_accum
         self.batches_per_epoch = batches_per_epoch(self.num_samples, world_size, data_cfg.batch_size,
                                                    data_cfg.drop_last, grad_accum)

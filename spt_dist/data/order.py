@@ -6,7 +6,8 @@ every rank. Global batch g is permutation[g*W*B : (g+1)*W*B] (W ranks, B per-ran
 rank r takes its r-th B-slice, so a batch is a uniform draw from the whole split whatever
 the order of the source or the layout of the shards. The remainder (fewer than W*B samples,
 different ones every epoch) is dropped: every rank has the same number of full batches.
-With data.drop_last=false (one rank only) it is the epoch's last, short batch instead.
+With data.drop_last=false (one rank only) it is the epoch's last, short batch instead, and the
+epoch's ceil(N/B) batches must be whole accumulation windows (`kept_last_problem`).
 
 Training, `data.shuffle=stream` (for data too large to read at random): the split's shards
 are shuffled with a shared (seed, epoch) seed, laid end to end, rotated by a shared random
@@ -52,12 +53,44 @@ def batches_per_epoch(num_samples: int, world_size: int, batch_size: int, drop_l
                       grad_accum: int = 1) -> int:
     """Training micro-batches per rank and epoch: every optimizer step's W*B*A samples (A
     micro-batches of W*B), so an accumulation window never spans two epochs and an epoch is the
-    same optimizer steps on every shape with that global batch; plus, with drop_last false (one
-    rank), the remainder as short batches."""
+    same optimizer steps on every shape with that global batch. With drop_last false (one rank)
+    every sample instead, ceil(N / B) micro-batches, the last one short; the windows stay inside
+    the epoch only when that count is a multiple of A, which `kept_last_problem` requires before
+    training (TrainData, and the engine's preflight on the login node)."""
     if not drop_last:
         full, rest = divmod(num_samples, world_size * batch_size)
         return full + int(bool(rest))
     return (num_samples // (world_size * batch_size * grad_accum)) * grad_accum
+
+
+def _fills_windows(num_samples: int, batch_size: int, grad_accum: int) -> bool:
+    return batches_per_epoch(num_samples, 1, batch_size, False) % grad_accum == 0
+
+
+def _kept_last_sizes(num_samples: int, batch_size: int, grad_accum: int) -> List[int]:
+    """The nearest batch sizes below and above `batch_size` whose drop_last=false epoch is whole
+    accumulation windows (none above N / (A - 1): fewer than A micro-batches)."""
+    below = range(batch_size - 1, 0, -1)
+    above = range(batch_size + 1, num_samples // max(1, grad_accum - 1) + 1)
+    found = (next((b for b in sizes if _fills_windows(num_samples, b, grad_accum)), None) for sizes in (below, above))
+    return [b for b in found if b is not None]
+
+
+def kept_last_problem(num_samples: int, batch_size: int, grad_accum: int) -> Optional[str]:
+    """Why data.drop_last=false (one rank) cannot accumulate `grad_accum` micro-batches of
+    `batch_size` over an epoch of `num_samples`, or None. The engine counts accumulation windows
+    across epochs (as DeepSpeed counts its micro-steps), so an epoch that is not whole windows
+    would have a step take batches of two epochs and leave the run's last micro-batches unstepped."""
+    per_epoch = batches_per_epoch(num_samples, 1, batch_size, False)
+    if per_epoch % grad_accum == 0:
+        return None
+    accums = ", ".join(str(a) for a in range(1, per_epoch + 1) if per_epoch % a == 0)
+    sizes = " or ".join(map(str, _kept_last_sizes(num_samples, batch_size, grad_accum)))
+    return (f"config key 'optim.grad_accum' = {grad_accum} with data.drop_last=false: an epoch of {num_samples} "
+            f"samples has ceil({num_samples} / data.batch_size {batch_size}) = {per_epoch} micro-batches (the last "
+            f"one short), not a multiple of {grad_accum}, so an optimizer step would take batches of two epochs; "
+            f"allowed: data.drop_last=true, optim.grad_accum {accums} (divisors of {per_epoch})"
+            + (f", or data.batch_size {sizes} with optim.grad_accum {grad_accum}" if sizes else ""))
 
 
 def deal(batches: Sequence[T], skip: int, num_workers: int) -> List[List[T]]:

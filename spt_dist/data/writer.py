@@ -2,13 +2,15 @@
 
 Every split is permuted with a seeded permutation (the seed is recorded in the index as
 `source.shuffle_seed`) before it is cut into shards: sources list images class by class,
-and class-ordered shards would hold two or three classes each. The same source and seed
-give the same bytes. Shards are encoded in worker processes, one shard per task, so the output does not
-depend on the worker count. Each tar is written to a temporary name and renamed when
-complete: an interrupted build never leaves a truncated shard under a final name. A
-rebuild into an existing folder first removes its index.json, so a rebuild that fails
-half-way leaves a folder without an index (refused by readers), never an old index over
-new tars.
+and class-ordered shards would hold two or three classes each. Which samples are in which
+split is the split seed's alone (`source.split_seed`: the source's carve-out and the
+`max_per_class` caps), so a reshuffle changes the shard order, never a split's members or
+keys. The same source and seeds give the same bytes. Shards are encoded in worker processes,
+one shard per task, so the output does not depend on the worker count. Each tar is written to
+a temporary name and renamed when complete: an interrupted build never leaves a truncated
+shard under a final name. A rebuild into an existing folder first removes its index.json,
+so a rebuild that fails half-way leaves a folder without an index (refused by readers),
+never an old index over new tars.
 """
 from __future__ import annotations
 
@@ -100,20 +102,34 @@ def permuted(samples: List[Sample], seed: int, split: str) -> List[Sample]:
     return [samples[i] for i in order]
 
 
+def membership_seed(source: Source, split_seed: Optional[int]) -> int:
+    """The seed of the splits' members: the source's carve-out seed, which the caps use too."""
+    carved = source.args.get("split_seed")
+    if split_seed is None:
+        return 0 if carved is None else int(carved)
+    if carved is not None and carved != split_seed:
+        raise DataError(f"the {source.kind} source carved its splits with split seed {carved} but the shards were "
+                        f"asked for split seed {split_seed}; give both the same")
+    return split_seed
+
+
 def write_shards(source: Source, out_dir: str, shard_size: int = 1000, workers: int = 1,
                  skip_bad: bool = False, max_per_class: int = 0, seed: int = 0,
                  progress: bool = True, log: Callable[[str], None] = print,
-                 shuffle: bool = True) -> ShardIndex:
+                 shuffle: bool = True, split_seed: Optional[int] = None) -> ShardIndex:
     """Write every split of `source` into `out_dir`; returns the saved index.
 
-    `seed` drives caps (`max_per_class`) and the per-split permutation; `shuffle=False`
-    keeps the source's order (class-ordered shards, as foreign shards may be: for tests).
+    `seed` drives the per-split permutation only; `split_seed` the caps (`max_per_class`):
+    by default the seed the source carved its splits with (0 for a source that carves none).
+    `shuffle=False` keeps the source's order (class-ordered shards, as foreign shards may be:
+    for tests).
     """
     if shard_size < 1:
         raise DataError(f"shard size must be at least 1, got {shard_size}")
     check_labels(source)
+    split_seed = membership_seed(source, split_seed)
     if max_per_class:
-        source.splits = {s: cap_per_class(v, max_per_class, seed) for s, v in source.splits.items()}
+        source.splits = {s: cap_per_class(v, max_per_class, split_seed) for s, v in source.splits.items()}
     if shuffle:
         source.splits = {s: permuted(v, seed, s) for s, v in source.splits.items()}
     out = Path(out_dir)
@@ -141,7 +157,7 @@ def write_shards(source: Source, out_dir: str, shard_size: int = 1000, workers: 
     if empty:
         raise DataError(f"split '{empty[0]}' has no readable images left")
     args = dict(source.args, shard_size=shard_size, max_per_class=max_per_class, skipped=len(bad),
-                shuffle_seed=seed if shuffle else None)
+                split_seed=split_seed, shuffle_seed=seed if shuffle else None)
     index = ShardIndex(out, source.classes, splits, {"kind": source.kind, **args})
     index.save()
     return index

@@ -150,6 +150,7 @@ def build_member(cfg: Config, shared: SharedParts, dist: DistInfo, resuming: boo
     global_batch = cfg.data.batch_size * cfg.optim.grad_accum * dist.world_size
     peak_lr, final_lr = effective_lr(cfg.optim, global_batch)
     optimizer = build_optimizer(param_groups(model.named_parameters(), cfg.optim), cfg.optim, peak_lr)
+    # whole: an epoch is whole accumulation windows (data/order.py; drop_last=false: kept_last_problem)
     steps_per_epoch = shared.train_data.batches_per_epoch / cfg.optim.grad_accum
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, peak_lr, final_lr)
     counts = model.param_counts()  # before ZeRO-3 partitions the tensors (numel 0 afterwards)

@@ -13,7 +13,7 @@ ConfigError naming the key, the value and what would work:
   stage, precision), and the merged config accepted by DeepSpeed's own config parser
   (DeepSpeedConfig: its typed sections reject a wrong type, an unknown key or value);
 - optim.grad_accum against the micro-batches an epoch has per rank (from index.json, counted
-  as the data stage counts them: data.drop_last);
+  as the data stage counts them: data.drop_last), which with data.drop_last=false it must divide;
 - data.drop_last=false against the world size (one rank only);
 - the memory one training step needs against what the machine has (an absurd prompt
   length or image size never reaches a step it cannot finish).
@@ -160,14 +160,15 @@ def _deepspeed_rejects(merged: str) -> Optional[str]:
 
 
 def check_accumulation(cfg: Config, num_samples: int, world_size: int) -> int:
-    """Micro-batches per epoch per rank; optim.grad_accum must not exceed them."""
+    """Micro-batches per epoch per rank; optim.grad_accum must not exceed them, and with
+    data.drop_last=false must divide them (an accumulation window never spans two epochs)."""
     need = world_size * cfg.data.batch_size
     if num_samples < need:
         raise ConfigError(f"config key 'data.batch_size' = {cfg.data.batch_size}: the training split has "
                           f"{num_samples} samples (data.fraction={cfg.data.fraction}) but {world_size} rank(s) x "
                           f"{cfg.data.batch_size} = {need} are needed for one batch per rank; allowed: at most "
                           f"{max(1, num_samples // world_size)}")
-    from spt_dist.data.order import batches_per_epoch
+    from spt_dist.data.order import batches_per_epoch, kept_last_problem
 
     per_epoch = batches_per_epoch(num_samples, world_size, cfg.data.batch_size, cfg.data.drop_last)  # A = 1
     if cfg.optim.grad_accum > per_epoch:
@@ -175,6 +176,9 @@ def check_accumulation(cfg: Config, num_samples: int, world_size: int) -> int:
                           f"{per_epoch} micro-batch(es) per rank ({num_samples} samples / ({world_size} ranks x "
                           f"{cfg.data.batch_size}), data.drop_last={cfg.data.drop_last}), so no optimizer step "
                           f"would ever happen; allowed: at most {per_epoch}")
+    problem = None if cfg.data.drop_last else kept_last_problem(num_samples, cfg.data.batch_size, cfg.optim.grad_accum)
+    if problem:
+        raise ConfigError(problem)
     return per_epoch
 
 

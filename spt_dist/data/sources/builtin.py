@@ -50,22 +50,24 @@ def _ids(prefix: str, n: int) -> List[str]:
     return [f"{prefix}{i}" for i in range(n)]
 
 
-def fmnist_source(classes: Optional[Sequence[int]] = None, val_fraction: float = 0.1, seed: int = 0,
+def fmnist_source(classes: Optional[Sequence[int]] = None, val_fraction: float = 0.1, split_seed: int = 0,
                   fmnist_dir: str = FMNIST_DIR) -> Source:
-    """train (minus a seeded per-class val carve-out), val, test (the official 10k test set)."""
+    """train (minus a per-class val carve-out seeded by `split_seed`), val, test (the official 10k
+    test set)."""
     check_fractions(val_fraction=val_fraction)
     chosen = _pick_classes(classes, FMNIST_CLASSES)
     d = Path(fmnist_dir)
     train = _subset(read_idx(d / "train-images-idx3-ubyte.gz"), read_idx(d / "train-labels-idx1-ubyte.gz"), chosen)
     test = _subset(read_idx(d / "t10k-images-idx3-ubyte.gz"), read_idx(d / "t10k-labels-idx1-ubyte.gz"), chosen)
-    val, train = carve(train, _ids("train", len(train)), [val_fraction], seed)
+    val, train = carve(train, _ids("train", len(train)), [val_fraction], split_seed)
     return Source("fmnist", [FMNIST_CLASSES[c] for c in chosen], _keyed({"train": train, "val": val, "test": test}),
-                  {"classes": chosen, "val_fraction": val_fraction, "seed": seed})
+                  {"classes": chosen, "val_fraction": val_fraction, "split_seed": split_seed})
 
 
 def digits_source(classes: Optional[Sequence[int]] = None, val_fraction: float = 0.1,
-                  test_fraction: float = 0.2, seed: int = 0) -> Source:
-    """scikit-learn's 1,797 8x8 digits (values 0..16, scaled to 0..255), split per class."""
+                  test_fraction: float = 0.2, split_seed: int = 0) -> Source:
+    """scikit-learn's 1,797 8x8 digits (values 0..16, scaled to 0..255), split per class (seeded
+    by `split_seed`)."""
     from sklearn.datasets import load_digits
 
     check_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
@@ -73,6 +75,7 @@ def digits_source(classes: Optional[Sequence[int]] = None, val_fraction: float =
     d = load_digits()
     images = np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     items = _subset(images, d.target, chosen)
-    test, val, train = carve(items, _ids("digit", len(items)), [test_fraction, val_fraction], seed)
+    test, val, train = carve(items, _ids("digit", len(items)), [test_fraction, val_fraction], split_seed)
     return Source("digits", [DIGITS_CLASSES[c] for c in chosen], _keyed({"train": train, "val": val, "test": test}),
-                  {"classes": chosen, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed})
+                  {"classes": chosen, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                   "split_seed": split_seed})

@@ -45,9 +45,9 @@ def _trees(base: Path) -> Dict[str, Path]:
 
 
 def folder_source(root: str, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                  seed: int = 0) -> Source:
+                  split_seed: int = 0) -> Source:
     """Split folders are used when every top-level folder is one (see `_trees`); otherwise a
-    seeded per-class split is made. Dot-files are skipped."""
+    per-class split seeded by `split_seed` is made. Dot-files are skipped."""
     check_fractions(val_fraction=val_fraction, test_fraction=test_fraction)
     base = Path(root)
     if not base.is_dir():
@@ -65,9 +65,9 @@ def folder_source(root: str, val_fraction: float = 0.1, test_fraction: float = 0
     if "" in listed:
         items = listed.pop("")
         ids = [str(Path(p).relative_to(base)) for _, p in items]
-        test, val, train = carve(items, ids, [test_fraction, val_fraction], seed)
+        test, val, train = carve(items, ids, [test_fraction, val_fraction], split_seed)
         listed = {"train": train, "val": val, "test": test}
     splits = {s: make_keys(s, items) for s, items in listed.items() if items}
     return Source("folder", classes, splits, {"root": str(base.resolve()), "val_fraction": val_fraction,
-                                              "test_fraction": test_fraction, "seed": seed,
+                                              "test_fraction": test_fraction, "split_seed": split_seed,
                                               "split_folders": "" not in trees})
