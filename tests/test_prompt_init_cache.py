@@ -136,6 +136,15 @@ def test_init_images_are_drawn_from_the_training_fraction(shards, tmp_path):
     assert select_init_keys(cfg, index) == index.split("train").keys()
 
 
+def test_more_init_images_than_training_images_is_said(shards, tmp_path, capsys):
+    cfg, index, model, _ = _setup(shards, tmp_path, "method.init_images=1000")
+    result = initialize_prompts(model, cfg, index, ONE, "cpu")
+    n = index.split("train").num_samples
+    assert result.images == n < 1000
+    assert (f"spt: method.init_images=1000 is more than the run's {n} training images: the prototypes come "
+            f"from all {n}") in capsys.readouterr().err
+
+
 def test_init_images_drawn_with_replacement(shards, tmp_path):
     from spt_dist.prompt_init import select_init_draws, select_init_keys
 

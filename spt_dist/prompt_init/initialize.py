@@ -213,6 +213,9 @@ def initialize_prompts(model: torch.nn.Module, cfg: Config, index: "ShardIndex",
         return draws, plan, inputs if inputs is not None else input_spec(cfg)
 
     draws, plan, inputs = comm.agreed(prepare, kind=PromptInitError)
+    if comm.rank == 0 and not m.init_replacement and m.init_images > len(draws):
+        print(f"spt: method.init_images={m.init_images} is more than the run's {len(draws)} training images: "
+              f"the prototypes come from all {len(draws)}", file=sys.stderr, flush=True)
 
     # Cache: rank 0 hashes the weights, looks up and reads; everyone receives the same answer.
     fields, found = comm.agreed(_lookup, model, backbone_hash, cfg, index, draws, plan, inputs,
