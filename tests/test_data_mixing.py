@@ -212,7 +212,8 @@ def test_shards_info_reports_classes_per_shard(class_pure, capsys):
 
 
 def test_spt_train_refuses_unmixed_stream_before_any_step(digits_tree, tmp_path, capsys):
-    """Through the command: exit 2, one `spt: error:` line naming the fix, and no step taken."""
+    """Through the command: exit 2, one `spt: error:` line naming the fix, before the run folder is
+    made; `spt submit` refuses it on the login node."""
     from engine_helpers import make_assets, write_config
 
     shards = write_shards(folder_source(str(digits_tree / "tree"), 0.1, 0.1), str(tmp_path / "pure"), shard_size=50,
@@ -223,6 +224,13 @@ def test_spt_train_refuses_unmixed_stream_before_any_step(digits_tree, tmp_path,
     assert spt(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("spt: error: ") and err.count("\n") == 1 and "data.shuffle=exact" in err, err
-    metrics = tmp_path / "runs" / "pure" / "metrics.jsonl"
-    events = [json.loads(line)["event"] for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    assert "step" not in events
+    # refused before the run folder is claimed: the fix it names, tried under the same run.name,
+    # is not then refused as another config
+    assert not (tmp_path / "runs" / "pure").exists()
+    # and on the login node, before a job is queued
+    from spt_dist.config import ConfigError
+    from spt_dist.study.submit import prepare
+
+    with pytest.raises(ConfigError, match="ratio 0\\.\\d+ < data.min_mixing=0.9"):
+        prepare(str(config), ["run.name=pure", "data.shuffle=stream", "launch.cluster=local"])
+    assert not (tmp_path / "runs" / "pure").exists()

@@ -15,6 +15,9 @@ ConfigError naming the key, the value and what would work:
 - optim.grad_accum against the micro-batches an epoch has per rank (from index.json, counted
   as the data stage counts them: data.drop_last), which with data.drop_last=false it must divide;
 - data.drop_last=false against the world size (one rank only);
+- data.shuffle=stream: the mixing check (data/mixing.py) of the reader's plan, from index.json
+  (imports the data stage, and torch with it, only in stream mode), so that class-ordered
+  shards are refused before a job is queued or a run folder claimed;
 - the memory one training step needs against what the machine has (an absurd prompt
   length or image size never reaches a step it cannot finish).
 """
@@ -229,7 +232,29 @@ def check_run(cfg: Config, world_size: int, available_memory: Optional[int] = No
     check_deepspeed_json(cfg, world_size)
     if num_samples is not None:
         check_accumulation(cfg, num_samples, world_size)
+        check_stream_mixing(cfg, world_size)
     check_step_memory(cfg, available_memory)
+
+
+def check_stream_mixing(cfg: Config, world_size: int) -> None:
+    """Stream mode under data.mixing_check=error: the plan TrainData would check, checked now
+    (rank 0's TrainData; the plan is every rank's). Its warnings are left to the run itself."""
+    d = cfg.data
+    if d.shuffle != "stream" or d.mixing_check != "error":
+        return
+    import warnings
+
+    from spt_dist.data import DataError, TrainData
+
+    img_size = cfg.model.img_size or backbone_spec(cfg.model.name).img_size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # the normalisation does not enter the plan: any stands in for the backbone's
+            TrainData(d, load_index(d.root), img_size, (0.5,) * 3, (0.5,) * 3, 0, world_size, seed=cfg.run.seed,
+                      grad_accum=cfg.optim.grad_accum)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_index(root: str):
