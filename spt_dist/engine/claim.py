@@ -54,6 +54,12 @@ def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock, within_s: Optional
         return BUSY, str(exc)
     if taken_over:
         _say(f"took over the lock of {run_dir}: {taken_over}")
+    return _check_and_write(cfg, run_dir, lock)
+
+
+def _check_and_write(cfg: Config, run_dir: Path, lock: RunLock) -> Tuple[str, str]:
+    """Rank 0, holding the lock: (CLASH, why) when the folder holds another run (the lock let
+    go), else config.yaml written and (CLAIMED, "")."""
     clash = config_clash(cfg, run_dir) or _checkpoint_clash(cfg, run_dir)
     if clash is not None:
         lock.release()
@@ -92,6 +98,23 @@ def _checkpoint_clash(cfg: Config, run_dir: Path) -> Optional[str]:
 def claim_run_dir(cfg: Config, run_dir: Path, dist: DistInfo,
                   stop: Callable[[], str] = lambda: "") -> Iterator[Watchdog]:
     lock = RunLock(run_dir, stale_s=cfg.run.lock_stale_s)
+    dog: Optional[Watchdog] = None
+    try:  # from the first attempt on: whatever fails once rank 0 holds the lock lets it go
+        _await_claim(cfg, run_dir, dist, lock, stop)
+        token = dist.comm.broadcast_object(uuid.uuid4().hex if dist.is_main else None)
+        dog = Watchdog(run_dir, dist.rank, dist.world_size, token, cfg.distributed.timeout_s,
+                       lock=lock if dist.is_main else None).start()
+        yield dog
+    finally:
+        if dog is not None:
+            dog.stop()
+        if dist.is_main:
+            lock.release()
+
+
+def _await_claim(cfg: Config, run_dir: Path, dist: DistInfo, lock: RunLock, stop: Callable[[], str]) -> None:
+    """Returns once rank 0 holds the lock and config.yaml is written; raises the same error on
+    every rank otherwise."""
     within_s = min(1.0, cfg.distributed.timeout_s / 3) if dist.world_size > 1 else None  # a poll
     kind, why = WAITING, ""
     while kind == WAITING:
@@ -110,12 +133,3 @@ def claim_run_dir(cfg: Config, run_dir: Path, dist: DistInfo,
         raise LockWaitStopped(why)
     if kind != CLAIMED:
         raise (RunFolderBusy if kind == BUSY else ConfigError)(why)
-    token = dist.comm.broadcast_object(uuid.uuid4().hex if dist.is_main else None)
-    dog = Watchdog(run_dir, dist.rank, dist.world_size, token, cfg.distributed.timeout_s,
-                   lock=lock if dist.is_main else None).start()
-    try:
-        yield dog
-    finally:
-        dog.stop()
-        if dist.is_main:
-            lock.release()
