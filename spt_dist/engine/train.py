@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from spt_dist.config import Config, to_yaml
-from spt_dist.distributed import DistInfo, init_distributed
+from spt_dist.distributed import DistInfo, init_distributed, launched_world_size
 from spt_dist.io import write_json_atomic
 from spt_dist.model.weights_check import log_weights_check
 from spt_dist.rundir import finished_results, run_dir_for
@@ -31,7 +31,7 @@ from spt_dist.rundir.metrics import MetricsLog
 from . import preflight
 from .assemble import RunParts, build_parts, full_prompts, full_trainable_state
 from .checkpoint import Checkpointer, CheckpointMismatchError, TrainRng, folder_bytes, held_shape
-from .claim import claim_run_dir, not_claimed
+from .claim import RunFinished, claim_run_dir, not_claimed
 from .ds_engine import check_frozen_untouched, check_optimizer_state, dtype_name, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack, pack_metadata
@@ -56,10 +56,14 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     the job waits for another job's lock on the run folder ends the wait (status interrupted,
     `claimed` false, nothing written to the folder), one during the rest of setup stops the run
     at its first step boundary, one after the last step is noted and the run finishes.
+
+    A finished run is read back, not trained again: by a one-rank job before it starts, by
+    rank 0 for every rank once it holds the folder's lock (a job of several ranks, whose ranks
+    must not decide apart, and a job that waited while another finished the run).
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
-    done = finished_results(cfg, run_dir)
+    done = finished_results(cfg, run_dir) if launched_world_size() == 1 else None
     if done is not None:
         return done
     stop = StopFlag().install()
@@ -67,6 +71,8 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
         return _train(cfg, run_dir, max_steps, stop, t0)
     except LockWaitStopped as exc:
         return not_claimed(run_dir, str(exc))
+    except RunFinished as exc:
+        return exc.results
     finally:
         stop.restore()
 
