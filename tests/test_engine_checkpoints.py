@@ -336,3 +336,19 @@ def test_prompt_dropout_on_a_gpu_draws_from_the_runs_own_cuda_stream(cuda_genera
     again = TrainRng()
     set_rng_state(added_rank_rng(saved, 1), again)
     assert torch.equal(draw(again), added_first)  # derived from the checkpoint: the same every time
+
+
+def test_a_run_whose_results_were_lost_after_the_last_step_is_not_evaluated_again(tmp_path, assets):
+    """The last step is a checkpoint step (8 of 8, checkpoint_every=4): the final checkpoint still
+    holds the state after the last evaluation, so a run folder whose results.json was lost (a
+    kill during the final writes) resumes past it: no second val or test, the same results."""
+    cfg = _cfg(tmp_path, assets, every=4)
+    done = train(cfg)
+    run = tmp_path / "runs" / "r"
+    meta = json.loads((run / "checkpoints" / "step_00000008" / "meta.json").read_text())["state"]
+    assert (meta["epoch"], meta["batch"], meta["test_top1"]) == (1, 0, done["top1"])
+    (run / "results.json").unlink()
+    again = train(cfg)
+    assert {k: v for k, v in again.items() if k != "wall_s"} == {k: v for k, v in done.items() if k != "wall_s"}
+    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events if e["event"] in ("val", "test")] == [("val", 8), ("test", 8)]

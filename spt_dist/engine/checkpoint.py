@@ -212,6 +212,11 @@ def _nvme_offload(engine: Any) -> Optional[str]:
     return None
 
 
+def _position(state: Dict[str, Any]) -> Tuple[int, int, int]:
+    """(step, epoch, batch) of a TrainState's state_dict."""
+    return int(state["step"]), int(state["epoch"]), int(state["batch"])
+
+
 class Checkpointer:
     """Save / find / load the trainable state of a DeepSpeed engine in `root`, and decide when.
 
@@ -226,7 +231,7 @@ class Checkpointer:
         # The run's shape (engine/shape.py), recorded in every checkpoint; full_optimizer: the
         # ZeRO 1-3 optimizer state is saved whole too (engine/zero_state.py).
         self.shape: Dict[str, Any] = {}
-        self.saved_step = -1
+        self.saved: Tuple[int, int, int] = (-1, -1, -1)  # the position (step, epoch, batch) saved or loaded last
         self.lost: List[str] = []  # checkpoints found corrupt when looking for the newest
 
     def _steps(self) -> List[Tuple[int, Path]]:
@@ -239,12 +244,16 @@ class Checkpointer:
         return steps[-1][1] if steps else None
 
     def maybe_save(self, engine: Any, state: "TrainState", rng: TrainRng, last: bool = False) -> bool:
-        """Save when `last` (a stop or the end) or every `every` steps, never twice for a step.
-        Collective: every rank calls it at the same point."""
-        if state.step == self.saved_step or not (last or state.step % self.every == 0) or state.step == 0:
+        """Save when `last` (a stop or the end) or every `every` steps, never twice for one
+        position: the end of the last epoch saves again a step saved before its evaluation, so
+        that the step's folder holds the final state. Collective: every rank calls it at the
+        same point."""
+        held = state.state_dict()
+        if _position(held) == self.saved or not (last or state.step % self.every == 0) or state.step == 0:
             return False
-        self.save(engine, state.step, {"state": state.state_dict(), "identity": self.identity,
-                                       "shape": self.shape, "config": self.config_yaml}, rng)
+        self.save(engine, state.step, {"state": held, "identity": self.identity, "shape": self.shape,
+                                       "config": self.config_yaml}, rng)
+        self.saved = _position(held)
         return True
 
     def save(self, engine: Any, step: int, meta: Dict[str, Any], train_rng: Optional[TrainRng] = None) -> Path:
@@ -317,7 +326,6 @@ class Checkpointer:
             for _, old in self._steps()[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         comm.barrier()
-        self.saved_step = step
         return final
 
     def newest_valid(self) -> Optional[Path]:
@@ -392,5 +400,5 @@ class Checkpointer:
             borrowed = torch.load(path / f"rng_rank{self.dist.rank % max(1, saved)}.pt", weights_only=True)
             rng = added_rank_rng(borrowed, self.dist.rank)
         set_rng_state(rng, train_rng)
-        self.saved_step = int(meta["state"]["step"])
+        self.saved = _position(meta["state"])
         return meta
