@@ -352,3 +352,40 @@ def test_a_run_whose_results_were_lost_after_the_last_step_is_not_evaluated_agai
     assert {k: v for k, v in again.items() if k != "wall_s"} == {k: v for k, v in done.items() if k != "wall_s"}
     events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"]) for e in events if e["event"] in ("val", "test")] == [("val", 8), ("test", 8)]
+    assert [(e["event"], e["step"]) for e in events if e["event"] == "end"] == [("end", 8)]  # the re-entry's
+
+
+class _Killed(Exception):
+    """Stands in for a kill at a chosen point (the files are what a kill leaves)."""
+
+
+def test_a_resumed_run_cuts_metrics_back_to_its_checkpoint_and_never_glues_a_record(tmp_path, assets,
+                                                                                     monkeypatch):
+    """A line left partial by a full disk (in a fresh folder, then after a kill) never swallows
+    the next record, and the records a killed run wrote past its checkpoint (steps 5 and 6 after
+    the checkpoint at 4) are dropped before the resumed run writes them again."""
+    import spt_dist.engine.train as engine_train
+
+    cfg = _cfg(tmp_path, assets, every=4)
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"event": "tra')  # a fresh folder with a partial line
+    original = engine_train.log_step
+
+    def killed_after_step_6(cfg, parts, state, *rest):
+        original(cfg, parts, state, *rest)
+        if state.step == 6:
+            raise _Killed()
+
+    monkeypatch.setattr(engine_train, "log_step", killed_after_step_6)
+    with pytest.raises(_Killed):
+        train(cfg)
+    monkeypatch.setattr(engine_train, "log_step", original)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"event": "train", "st')  # the disk filled mid-record
+    assert train(cfg)["step"] == 8
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # every line whole
+    assert [e["step"] for e in events if e["event"] == "train"] == list(range(1, 9))
+    starts = [e for e in events if e["event"] == "start"]
+    assert starts[0]["resumed_from"] is None and starts[1]["resumed_from"].endswith("step_00000004")
+    assert [e["event"] for e in events].count("end") == 1

@@ -204,7 +204,7 @@ def end_of_epoch(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState
             evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep, dist.comm)
         state.test_top1, state.test_bad_samples = test["top1"], test["bad_samples"]
         log.log("test", state.step, epoch=epoch + 1, **test)
-    _log_alignment(parts, state.step, log)
+    _log_alignment(parts, state.step, log, epoch + 1)
     state.epoch, state.batch = epoch + 1, 0
 
 
@@ -218,6 +218,8 @@ def verify_reads(cfg: Config, parts: RunParts) -> None:
 
 def log_start(log: MetricsLog, parts: RunParts, dist: DistInfo, state: TrainState, resume_from: Optional[Path],
                ckpt: Checkpointer) -> None:
+    if resume_from is not None:
+        log.resume_at(state.step, state.epoch)  # the records the killed segment wrote past the checkpoint go
     log.log("start", state.step, resumed_from=str(resume_from) if resume_from else None,
             world_size=dist.world_size, **parts.counts, **parts.train_data.mixing.as_dict())
     if ckpt.lost:
@@ -228,21 +230,21 @@ def log_start(log: MetricsLog, parts: RunParts, dist: DistInfo, state: TrainStat
         log.log("prompt_init", state.step, strategy=pi.strategy, seconds=pi.seconds, images=pi.images,
                 cache_hit=pi.cache_hit)
     if resume_from is None:
-        _log_alignment(parts, 0, log)
+        _log_alignment(parts, 0, log, 0)
     if dist.is_main:
         from spt_dist.data import write_selected_keys
 
         write_selected_keys(log.run_dir, parts.train_data.selected_keys)
 
 
-def _log_alignment(parts: RunParts, step: int, log: MetricsLog) -> None:
-    """Prompt-to-prototype alignment (SPT's analysis); every rank joins the gather."""
+def _log_alignment(parts: RunParts, step: int, log: MetricsLog, epoch: int) -> None:
+    """Prompt-to-prototype alignment (SPT's analysis) after `epoch` epochs; every rank joins the gather."""
     init = parts.prompt_init
     if init is None or init.reference is None:
         return
     from spt_dist.prompt_init import alignment_metrics
 
-    log.log("alignment", step, **alignment_metrics(full_prompts(parts.model), init.reference))
+    log.log("alignment", step, epoch=epoch, **alignment_metrics(full_prompts(parts.model), init.reference))
 
 
 def optimizer_bytes(cfg: Config, parts: RunParts, dist: DistInfo) -> Dict[str, int]:
