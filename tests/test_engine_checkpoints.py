@@ -389,3 +389,31 @@ def test_a_resumed_run_cuts_metrics_back_to_its_checkpoint_and_never_glues_a_rec
     starts = [e for e in events if e["event"] == "start"]
     assert starts[0]["resumed_from"] is None and starts[1]["resumed_from"].endswith("step_00000004")
     assert [e["event"] for e in events].count("end") == 1
+
+
+def test_a_read_error_while_verifying_is_raised_and_the_checkpoint_kept(tmp_path, monkeypatch):
+    """An I/O error reading a checkpoint (EIO: cannot be made on a real disk here, so injected) is
+    not evidence of corruption: a clear error, the folder left as it is and used once reads work;
+    a file truly missing still moves the folder aside."""
+    import errno
+
+    import spt_dist.engine.checkpoint as checkpoint
+    from engine_helpers import FileWritingEngine
+    from spt_dist.distributed import single_process
+
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", 2, 1, single_process(), {}, "")
+    for step in (1, 2):
+        ckpt.save(FileWritingEngine(), step, {"step": step})
+
+    def unreadable(path):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(checkpoint, "file_sha256", unreadable)
+    with pytest.raises(OSError, match="Input/output error.*left in place, not taken for corrupt") as raised:
+        ckpt.newest_valid()
+    assert type(raised.value).__name__ == "CheckpointReadError"  # an SptError: one line, on every rank
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+    assert ckpt.newest_valid() == tmp_path / "checkpoints" / "step_00000002" and not ckpt.lost
+    (tmp_path / "checkpoints" / "step_00000002" / "ds" / "state" / "model_states.pt").unlink()
+    assert ckpt.newest_valid() == tmp_path / "checkpoints" / "step_00000001" and ckpt.lost == ["step_00000002"]

@@ -30,7 +30,7 @@ import torch
 from spt_dist.distributed import DistInfo
 from spt_dist.io import DiskFullError, file_sha256, is_disk_full
 
-from .errors import CheckpointMismatchError
+from .errors import CheckpointMismatchError, CheckpointReadError
 
 if TYPE_CHECKING:
     from spt_dist.config import Config
@@ -156,19 +156,33 @@ def set_rng_state(state: Dict[str, Any], train_rng: Optional[TrainRng] = None) -
 
 
 def verify(folder: Path) -> Optional[str]:
-    """None if every file the manifest lists is there with its size and hash; else why not."""
+    """None if every file the manifest lists is there with its size and hash; else why not.
+    Only content is evidence: a read that fails for another reason than a missing file is a
+    CheckpointReadError (the folder is not corrupt for it)."""
+    try:
+        return _mismatch(folder)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        return f"missing file {exc.filename}"
+    except OSError as exc:
+        raise CheckpointReadError(
+            f"could not read {exc.filename or folder} while verifying checkpoint {folder} ({exc.strerror or exc}); "
+            f"it is left in place, not taken for corrupt: run again once the file system answers") from exc
+
+
+def _mismatch(folder: Path) -> Optional[str]:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-        for rel, (size, digest) in manifest["files"].items():
-            path = folder / rel
-            if not path.is_file():
-                return f"missing file {rel}"
-            if path.stat().st_size != size:
-                return f"{rel} has {path.stat().st_size} bytes, the manifest says {size}"
-            if file_sha256(path) != digest:
-                return f"{rel} does not match its sha256"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        files = list(manifest["files"].items())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"unreadable manifest ({exc})"
+    for rel, (size, digest) in files:
+        path = folder / rel
+        if not path.is_file():
+            return f"missing file {rel}"
+        if path.stat().st_size != size:
+            return f"{rel} has {path.stat().st_size} bytes, the manifest says {size}"
+        if file_sha256(path) != digest:
+            return f"{rel} does not match its sha256"
     return None
 
 
@@ -331,24 +345,28 @@ class Checkpointer:
     def newest_valid(self) -> Optional[Path]:
         """Rank 0 checks manifests newest first, moves bad ones aside and reports them; all
         ranks get its choice. `lost` names the corrupt ones."""
-        chosen = -1
-        if self.dist.is_main:
-            for step, path in reversed(self._steps()):
-                problem = verify(path)
-                if problem is None:
-                    chosen = step
-                    break
-                aside = path.with_name(CORRUPT + path.name)
-                shutil.rmtree(aside, ignore_errors=True)  # an older copy of the same step
-                os.replace(path, aside)
-                self.lost.append(path.name)
-                print(f"spt: checkpoint {path} is corrupt or incomplete ({problem}); moved to {aside.name}",
-                      file=sys.stderr, flush=True)
-            if self.lost and chosen < 0:
-                print(f"spt: no valid checkpoint is left in {self.root} ({len(self.lost)} corrupt, kept as "
-                      f"{CORRUPT}*): the run starts again from step 0", file=sys.stderr, flush=True)
+        # a read error on rank 0 (CheckpointReadError) is raised on every rank
+        chosen = self.dist.comm.agreed(self._newest_valid_on_main if self.dist.is_main else lambda: -1)
         chosen = self.dist.comm.broadcast_int(chosen)
         return None if chosen < 0 else self.root / f"{PREFIX}{chosen:08d}"
+
+    def _newest_valid_on_main(self) -> int:
+        chosen = -1
+        for step, path in reversed(self._steps()):
+            problem = verify(path)
+            if problem is None:
+                chosen = step
+                break
+            aside = path.with_name(CORRUPT + path.name)
+            shutil.rmtree(aside, ignore_errors=True)  # an older copy of the same step
+            os.replace(path, aside)
+            self.lost.append(path.name)
+            print(f"spt: checkpoint {path} is corrupt or incomplete ({problem}); moved to {aside.name}",
+                  file=sys.stderr, flush=True)
+        if self.lost and chosen < 0:
+            print(f"spt: no valid checkpoint is left in {self.root} ({len(self.lost)} corrupt, kept as "
+                  f"{CORRUPT}*): the run starts again from step 0", file=sys.stderr, flush=True)
+        return chosen
 
     def load(self, engine: Any, path: Path, train_rng: Optional[TrainRng] = None) -> Dict[str, Any]:
         """Refuse a checkpoint of something else, then restore engine state and RNG; returns meta.

@@ -188,7 +188,8 @@ def _common_resume(ckpts: List[Checkpointer], dist: DistInfo) -> List[Optional[P
         return newest
     common = min(int(p.name[len(PREFIX):]) if p is not None else -1 for p in newest)
     paths = [c.root / f"{PREFIX}{common:08d}" for c in ckpts]
-    ok = common >= 0 and all(p == n or verify(p) is None for p, n in zip(paths, newest)) if dist.is_main else None
+    ok = dist.comm.agreed(lambda: dist.is_main and common >= 0 and  # a read error: raised on every rank
+                          all(p == n or verify(p) is None for p, n in zip(paths, newest)))
     if dist.comm.broadcast_object(ok):
         if dist.is_main:  # saves of some members past the common step: aside, or rotation counts them
             for c in ckpts:
