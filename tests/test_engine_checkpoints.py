@@ -338,25 +338,38 @@ def test_prompt_dropout_on_a_gpu_draws_from_the_runs_own_cuda_stream(cuda_genera
     assert torch.equal(draw(again), added_first)  # derived from the checkpoint: the same every time
 
 
-def test_a_run_whose_results_were_lost_after_the_last_step_is_not_evaluated_again(tmp_path, assets):
+class _Killed(Exception):
+    """Stands in for a kill at a chosen point (the files are what a kill leaves)."""
+
+
+def test_a_run_whose_results_were_lost_after_the_last_step_is_not_evaluated_again(tmp_path, assets, monkeypatch):
     """The last step is a checkpoint step (8 of 8, checkpoint_every=4): the final checkpoint still
-    holds the state after the last evaluation, so a run folder whose results.json was lost (a
-    kill during the final writes) resumes past it: no second val or test, the same results."""
+    holds the state after the last evaluation. A kill while results.json is written leaves the
+    end event without results; the run is re-entered past the end: no second val or test, one
+    end event (the re-entry's), the same results."""
+    import spt_dist.engine.train as engine_train
+
     cfg = _cfg(tmp_path, assets, every=4)
-    done = train(cfg)
     run = tmp_path / "runs" / "r"
+
+    def killed(path, obj):
+        raise _Killed(obj)
+
+    monkeypatch.setattr(engine_train, "write_json_atomic", killed)
+    with pytest.raises(_Killed) as kill:
+        train(cfg)
+    monkeypatch.undo()
+    done = kill.value.args[0]
+    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "end" and not (run / "results.json").exists()
     meta = json.loads((run / "checkpoints" / "step_00000008" / "meta.json").read_text())["state"]
     assert (meta["epoch"], meta["batch"], meta["test_top1"]) == (1, 0, done["top1"])
-    (run / "results.json").unlink()
     again = train(cfg)
     assert {k: v for k, v in again.items() if k != "wall_s"} == {k: v for k, v in done.items() if k != "wall_s"}
     events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"]) for e in events if e["event"] in ("val", "test")] == [("val", 8), ("test", 8)]
     assert [(e["event"], e["step"]) for e in events if e["event"] == "end"] == [("end", 8)]  # the re-entry's
-
-
-class _Killed(Exception):
-    """Stands in for a kill at a chosen point (the files are what a kill leaves)."""
+    assert json.loads((run / "results.json").read_text())["wall_s"] == events[-1]["wall_s"]
 
 
 def test_a_resumed_run_cuts_metrics_back_to_its_checkpoint_and_never_glues_a_record(tmp_path, assets,

@@ -306,8 +306,10 @@ def finish_run(cfg: Config, run_dir: Path, parts: RunParts, dist: DistInfo, stat
     results = _results(cfg, parts, dist, state, status, extra)
     results["wall_s"] = round(wall_before + time.perf_counter() - t0, 3)
     if dist.is_main:
-        write_json_atomic(run_dir / "results.json", results)
+        # end first: a kill between the two leaves an end without results.json (the run is re-entered
+        # and finishes, metrics.jsonl cut back), never a finished results.json without its end
         log.log("end", state.step, **{k: v for k, v in results.items() if k != "step"})
+        write_json_atomic(run_dir / "results.json", results)
         log.close(status)
         def pct(v: Optional[float]) -> str:
             return "-" if v is None else f"{v:.2f}"
