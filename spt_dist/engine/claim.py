@@ -148,6 +148,7 @@ def _await_claim(cfg: Config, run_dir: Path, dist: DistInfo, lock: RunLock, stop
     if kind == STOPPED:
         raise LockWaitStopped(why)
     if kind == FINISHED:
+        dist.comm.barrier()  # as a run's end (train.finish_run): the ranks leave together
         raise RunFinished(why)
     if kind != CLAIMED:
         raise (RunFolderBusy if kind == BUSY else ConfigError)(why)
