@@ -186,6 +186,15 @@ def _slurm_master() -> str:
         return nodes.split(",")[0]
 
 
+def launched_world_size() -> int:
+    """The number of ranks the launcher started this job with (1 without a launcher), read from
+    the environment before any rendezvous: what init_distributed will join."""
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env:
+        return int(env.get("SLURM_NTASKS", "1"))
+    return int(env.get("WORLD_SIZE", "1")) if "RANK" in env else 1
+
+
 def _export_env() -> bool:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whichever launcher started us.
 

@@ -140,6 +140,14 @@ def corrupt_images(index: Any, split: str, keys: set) -> None:
     index.save()
 
 
+class FileWritingEngine:
+    """What Checkpointer.save asks of DeepSpeed's engine: it writes a file into the step folder."""
+
+    def save_checkpoint(self, save_dir, tag, save_latest, exclude_frozen_parameters):
+        Path(save_dir, tag).mkdir(parents=True, exist_ok=True)
+        Path(save_dir, tag, "model_states.pt").write_bytes(b"\0" * 4096)
+
+
 def fill_disk(filler) -> None:
     """Write zeros through an already open, unbuffered file until its file system refuses, then
     close it (no buffered bytes are left for close to fail on)."""

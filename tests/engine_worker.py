@@ -4,7 +4,9 @@
 
 MODE: matrix (every ZeRO stage x precision), resume (an uninterrupted run next to a cut and
 resumed one, compared tensor by tensor), signal (one process; a signal raised at a chosen
-moment of setup or of the final writes). Rank 0 writes OUT/MODE.json.
+moment of setup or of the final writes), finished_meanwhile (rank 1 puts a finished run's
+results.json back, as another job finishing it would, while rank 0 has already started
+train()). Rank 0 writes OUT/MODE.json.
 """
 from __future__ import annotations
 
@@ -41,6 +43,18 @@ def _worker(mode: str, out: Path, config: Path, extra: List[str]) -> None:
     elif mode == "run":  # one train() call: max_steps (0 = to the end), then overrides
         stop_at, overrides = int(extra[0]), extra[1:]
         report = train(load_config(str(config), overrides), max_steps=stop_at or None)
+    elif mode == "finished_meanwhile":  # extra: the hidden results.json, then overrides
+        import time
+
+        hidden, overrides, started = Path(extra[0]), extra[1:], out / "rank0_started"
+        if os.environ["RANK"] == "0":
+            started.write_text("")
+        else:
+            while not started.exists():
+                time.sleep(0.05)
+            time.sleep(2)  # rank 0 is past the start of train(), waiting for this rank to meet
+            hidden.rename(hidden.with_name("results.json"))
+        report = train(load_config(str(config), overrides))
     elif mode == "resume":
         stop_at = int(extra[0])
         overrides = extra[1:]

@@ -336,3 +336,97 @@ def test_prompt_dropout_on_a_gpu_draws_from_the_runs_own_cuda_stream(cuda_genera
     again = TrainRng()
     set_rng_state(added_rank_rng(saved, 1), again)
     assert torch.equal(draw(again), added_first)  # derived from the checkpoint: the same every time
+
+
+class _Killed(Exception):
+    """Stands in for a kill at a chosen point (the files are what a kill leaves)."""
+
+
+def test_a_run_whose_results_were_lost_after_the_last_step_is_not_evaluated_again(tmp_path, assets, monkeypatch):
+    """The last step is a checkpoint step (8 of 8, checkpoint_every=4): the final checkpoint still
+    holds the state after the last evaluation. A kill while results.json is written leaves the
+    end event without results; the run is re-entered past the end: no second val or test, one
+    end event (the re-entry's), the same results."""
+    import spt_dist.engine.train as engine_train
+
+    cfg = _cfg(tmp_path, assets, every=4)
+    run = tmp_path / "runs" / "r"
+
+    def killed(path, obj):
+        raise _Killed(obj)
+
+    monkeypatch.setattr(engine_train, "write_json_atomic", killed)
+    with pytest.raises(_Killed) as kill:
+        train(cfg)
+    monkeypatch.undo()
+    done = kill.value.args[0]
+    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "end" and not (run / "results.json").exists()
+    meta = json.loads((run / "checkpoints" / "step_00000008" / "meta.json").read_text())["state"]
+    assert (meta["epoch"], meta["batch"], meta["test_top1"]) == (1, 0, done["top1"])
+    again = train(cfg)
+    assert {k: v for k, v in again.items() if k != "wall_s"} == {k: v for k, v in done.items() if k != "wall_s"}
+    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events if e["event"] in ("val", "test")] == [("val", 8), ("test", 8)]
+    assert [(e["event"], e["step"]) for e in events if e["event"] == "end"] == [("end", 8)]  # the re-entry's
+    assert json.loads((run / "results.json").read_text())["wall_s"] == events[-1]["wall_s"]
+
+
+def test_a_resumed_run_cuts_metrics_back_to_its_checkpoint_and_never_glues_a_record(tmp_path, assets,
+                                                                                     monkeypatch):
+    """A line left partial by a full disk (in a fresh folder, then after a kill) never swallows
+    the next record, and the records a killed run wrote past its checkpoint (steps 5 and 6 after
+    the checkpoint at 4) are dropped before the resumed run writes them again."""
+    import spt_dist.engine.train as engine_train
+
+    cfg = _cfg(tmp_path, assets, every=4)
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"event": "tra')  # a fresh folder with a partial line
+    original = engine_train.log_step
+
+    def killed_after_step_6(cfg, parts, state, *rest):
+        original(cfg, parts, state, *rest)
+        if state.step == 6:
+            raise _Killed()
+
+    monkeypatch.setattr(engine_train, "log_step", killed_after_step_6)
+    with pytest.raises(_Killed):
+        train(cfg)
+    monkeypatch.setattr(engine_train, "log_step", original)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"event": "train", "st')  # the disk filled mid-record
+    assert train(cfg)["step"] == 8
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # every line whole
+    assert [e["step"] for e in events if e["event"] == "train"] == list(range(1, 9))
+    starts = [e for e in events if e["event"] == "start"]
+    assert starts[0]["resumed_from"] is None and starts[1]["resumed_from"].endswith("step_00000004")
+    assert [e["event"] for e in events].count("end") == 1
+
+
+def test_a_read_error_while_verifying_is_raised_and_the_checkpoint_kept(tmp_path, monkeypatch):
+    """An I/O error reading a checkpoint (EIO: cannot be made on a real disk here, so injected) is
+    not evidence of corruption: a clear error, the folder left as it is and used once reads work;
+    a file truly missing still moves the folder aside."""
+    import errno
+
+    import spt_dist.engine.checkpoint as checkpoint
+    from engine_helpers import FileWritingEngine
+    from spt_dist.distributed import single_process
+
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", 2, 1, single_process(), {}, "")
+    for step in (1, 2):
+        ckpt.save(FileWritingEngine(), step, {"step": step})
+
+    def unreadable(path):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(checkpoint, "file_sha256", unreadable)
+    with pytest.raises(OSError, match="Input/output error.*left in place, not taken for corrupt") as raised:
+        ckpt.newest_valid()
+    assert type(raised.value).__name__ == "CheckpointReadError"  # an SptError: one line, on every rank
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+    assert ckpt.newest_valid() == tmp_path / "checkpoints" / "step_00000002" and not ckpt.lost
+    (tmp_path / "checkpoints" / "step_00000002" / "ds" / "state" / "model_states.pt").unlink()
+    assert ckpt.newest_valid() == tmp_path / "checkpoints" / "step_00000001" and ckpt.lost == ["step_00000002"]

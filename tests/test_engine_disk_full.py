@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_helpers import PYTHON, ROOT, env, fill_disk, make_assets, wait_for_step, write_config
+from engine_helpers import PYTHON, ROOT, FileWritingEngine, env, fill_disk, make_assets, wait_for_step, write_config
 
 
 @pytest.fixture
@@ -46,14 +46,6 @@ def test_disk_full_is_named_and_the_run_resumes(tmp_path, tiny_fs):
     assert '"status": "finished"' in resumed.stdout
 
 
-class _Engine:
-    """What Checkpointer.save asks of DeepSpeed's engine: it writes a file into the step folder."""
-
-    def save_checkpoint(self, save_dir, tag, save_latest, exclude_frozen_parameters):
-        Path(save_dir, tag).mkdir(parents=True, exist_ok=True)
-        Path(save_dir, tag, "model_states.pt").write_bytes(b"\0" * 4096)
-
-
 @pytest.mark.parametrize("when", ["full before the save", "full during the save"])
 def test_a_checkpoint_on_a_full_disk_is_named_and_leaves_no_step_folder(tmp_path, tmpfs, when):
     from spt_dist.distributed import single_process
@@ -62,11 +54,11 @@ def test_a_checkpoint_on_a_full_disk_is_named_and_leaves_no_step_folder(tmp_path
 
     fs = tmpfs("1m")
     ckpt = Checkpointer(fs / "checkpoints", 2, 1, single_process(), {}, "")
-    ckpt.save(_Engine(), 1, {"step": 1})  # room: saved whole
+    ckpt.save(FileWritingEngine(), 1, {"step": 1})  # room: saved whole
     filler = open(fs / "filler", "wb", buffering=0)
     if when == "full during the save":
         (fs / "checkpoints" / ".tmp_step_00000002" / "ds").mkdir(parents=True)  # the folder fits, the file not
     fill_disk(filler)
     with pytest.raises(DiskFullError, match=f"^no space left on {fs / 'checkpoints'} while saving checkpoint step 2"):
-        ckpt.save(_Engine(), 2, {"step": 2})
+        ckpt.save(FileWritingEngine(), 2, {"step": 2})
     assert sorted(p.name for p in (fs / "checkpoints").iterdir()) == ["step_00000001"]

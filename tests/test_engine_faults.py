@@ -166,17 +166,37 @@ def test_watchdog_keeps_a_peers_last_good_heartbeat(tmp_path):
         dog.stop()
 
 
-def _reference_pack(tmp_path_factory, assets) -> dict:
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, assets) -> Path:
+    """A 2-rank run trained to the end (left as it is: tests copy it)."""
     root = tmp_path_factory.mktemp("reference")
     config = _config(root, assets, epochs=2)
     proc = _launch(config, "run.name=full")
     assert proc.wait(timeout=300) == 0, proc.stdout.read()[-3000:]
-    return load_file(str(root / "runs" / "full" / "prompt_pack.safetensors"))
+    return root / "runs" / "full"
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, assets):
-    return _reference_pack(tmp_path_factory, assets)
+def reference(reference_run) -> dict:
+    return load_file(str(reference_run / "prompt_pack.safetensors"))
+
+
+def test_a_run_finished_while_the_ranks_start_is_read_back_by_every_rank(tmp_path, reference_run):
+    """Rank 0 starts train() on a run whose results.json is not there yet; rank 1 starts once it
+    is (another job finished the run in between). The ranks decide together: both read the run
+    back as finished (before, rank 1 returned alone and rank 0 waited for it at the rendezvous)."""
+    run = tmp_path / "runs" / "full"
+    shutil.copytree(reference_run, run)
+    written = {name: (run / name).read_bytes() for name in ("results.json", "metrics.jsonl")}
+    (run / "results.json").rename(run / "results.hidden")
+    proc = subprocess.run(torchrun([str(ROOT / "tests" / "engine_worker.py"), "finished_meanwhile", str(tmp_path),
+                                    str(run / "config.yaml"), str(run / "results.hidden"),
+                                    f"run.out_dir={tmp_path / 'runs'}"]),
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "finished_meanwhile.json").read_text())
+    assert report == json.loads(written["results.json"])
+    assert {name: (run / name).read_bytes() for name in written} == written  # neither trained nor evaluated again
 
 
 @pytest.mark.parametrize("how", ["sigint-to-torchrun", "sigusr2-to-torchruns-group"])

@@ -112,3 +112,14 @@ def test_a_finished_run_without_config_yaml_never_answers_for_another_config(tmp
     assert finished_results(ours, run)["status"] == "finished"
     with pytest.raises(ConfigError):
         finished_results(other, run)
+
+
+def test_a_claim_that_fails_once_the_lock_is_taken_lets_the_lock_go(tmp_path, assets):
+    """config.yaml cannot be written (a folder stands in its place): the error is the run's, and
+    no lock.json is left behind to hold off the next job."""
+    config = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=1)
+    run = tmp_path / "runs" / "lk"
+    (run / "config.yaml").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        train(load_config(str(config), ["run.name=lk"]))
+    assert not (run / "lock.json").exists()

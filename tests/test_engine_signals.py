@@ -51,6 +51,33 @@ def test_sigterm_during_the_final_writes_is_noted_and_the_run_finishes(tmp_path,
     assert (run_dir / "prompt_pack.safetensors").is_file()
     assert "SIGTERM arrived after the last step" in err
     assert report["resumed"] == first  # read back, not rerun
+    _finished_while_waiting_for_the_lock(run_dir, first)
+
+
+def _finished_while_waiting_for_the_lock(run_dir: Path, results: dict) -> None:
+    """A job started on the run while another job holds its lock, finishing it (results.json
+    not there yet): once the lock is let go, the run is read back as finished, not re-entered
+    (no second evaluation, export or results.json)."""
+    written = {name: (run_dir / name).read_bytes() for name in ("results.json", "metrics.jsonl")}
+    (run_dir / "results.json").rename(run_dir / "results.later")
+    (run_dir / "lock.json").write_text(json.dumps({"token": "other", "host": "node-17", "pid": 99, "job": "1",
+                                                   "heartbeat": time.time()}))
+    proc = subprocess.Popen([PYTHON, "-m", "spt_dist.cli", "train", str(run_dir)], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        while not said or "is locked by pid 99 on node-17" not in said[-1]:
+            said.append(proc.stderr.readline())
+            assert said[-1], "".join(said)  # it ended before it waited
+        (run_dir / "results.later").rename(run_dir / "results.json")  # the other job finishes
+        (run_dir / "lock.json").unlink()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and json.loads(stdout) == results, stderr
+    assert {name: (run_dir / name).read_bytes() for name in written} == written
+    assert not (run_dir / "lock.json").exists()
 
 
 def test_a_signal_while_waiting_for_another_jobs_lock_stops_before_training(tmp_path, assets):

@@ -30,7 +30,7 @@ import torch
 from spt_dist.distributed import DistInfo
 from spt_dist.io import DiskFullError, file_sha256, is_disk_full
 
-from .errors import CheckpointMismatchError
+from .errors import CheckpointMismatchError, CheckpointReadError
 
 if TYPE_CHECKING:
     from spt_dist.config import Config
@@ -156,19 +156,33 @@ def set_rng_state(state: Dict[str, Any], train_rng: Optional[TrainRng] = None) -
 
 
 def verify(folder: Path) -> Optional[str]:
-    """None if every file the manifest lists is there with its size and hash; else why not."""
+    """None if every file the manifest lists is there with its size and hash; else why not.
+    Only content is evidence: a read that fails for another reason than a missing file is a
+    CheckpointReadError (the folder is not corrupt for it)."""
+    try:
+        return _mismatch(folder)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        return f"missing file {exc.filename}"
+    except OSError as exc:
+        raise CheckpointReadError(
+            f"could not read {exc.filename or folder} while verifying checkpoint {folder} ({exc.strerror or exc}); "
+            f"it is left in place, not taken for corrupt: run again once the file system answers") from exc
+
+
+def _mismatch(folder: Path) -> Optional[str]:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-        for rel, (size, digest) in manifest["files"].items():
-            path = folder / rel
-            if not path.is_file():
-                return f"missing file {rel}"
-            if path.stat().st_size != size:
-                return f"{rel} has {path.stat().st_size} bytes, the manifest says {size}"
-            if file_sha256(path) != digest:
-                return f"{rel} does not match its sha256"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        files = list(manifest["files"].items())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"unreadable manifest ({exc})"
+    for rel, (size, digest) in files:
+        path = folder / rel
+        if not path.is_file():
+            return f"missing file {rel}"
+        if path.stat().st_size != size:
+            return f"{rel} has {path.stat().st_size} bytes, the manifest says {size}"
+        if file_sha256(path) != digest:
+            return f"{rel} does not match its sha256"
     return None
 
 
@@ -212,6 +226,11 @@ def _nvme_offload(engine: Any) -> Optional[str]:
     return None
 
 
+def _position(state: Dict[str, Any]) -> Tuple[int, int, int]:
+    """(step, epoch, batch) of a TrainState's state_dict."""
+    return int(state["step"]), int(state["epoch"]), int(state["batch"])
+
+
 class Checkpointer:
     """Save / find / load the trainable state of a DeepSpeed engine in `root`, and decide when.
 
@@ -226,7 +245,7 @@ class Checkpointer:
         # The run's shape (engine/shape.py), recorded in every checkpoint; full_optimizer: the
         # ZeRO 1-3 optimizer state is saved whole too (engine/zero_state.py).
         self.shape: Dict[str, Any] = {}
-        self.saved_step = -1
+        self.saved: Tuple[int, int, int] = (-1, -1, -1)  # the position (step, epoch, batch) saved or loaded last
         self.lost: List[str] = []  # checkpoints found corrupt when looking for the newest
 
     def _steps(self) -> List[Tuple[int, Path]]:
@@ -239,12 +258,16 @@ class Checkpointer:
         return steps[-1][1] if steps else None
 
     def maybe_save(self, engine: Any, state: "TrainState", rng: TrainRng, last: bool = False) -> bool:
-        """Save when `last` (a stop or the end) or every `every` steps, never twice for a step.
-        Collective: every rank calls it at the same point."""
-        if state.step == self.saved_step or not (last or state.step % self.every == 0) or state.step == 0:
+        """Save when `last` (a stop or the end) or every `every` steps, never twice for one
+        position: the end of the last epoch saves again a step saved before its evaluation, so
+        that the step's folder holds the final state. Collective: every rank calls it at the
+        same point."""
+        held = state.state_dict()
+        if _position(held) == self.saved or not (last or state.step % self.every == 0) or state.step == 0:
             return False
-        self.save(engine, state.step, {"state": state.state_dict(), "identity": self.identity,
-                                       "shape": self.shape, "config": self.config_yaml}, rng)
+        self.save(engine, state.step, {"state": held, "identity": self.identity, "shape": self.shape,
+                                       "config": self.config_yaml}, rng)
+        self.saved = _position(held)
         return True
 
     def save(self, engine: Any, step: int, meta: Dict[str, Any], train_rng: Optional[TrainRng] = None) -> Path:
@@ -317,30 +340,33 @@ class Checkpointer:
             for _, old in self._steps()[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         comm.barrier()
-        self.saved_step = step
         return final
 
     def newest_valid(self) -> Optional[Path]:
         """Rank 0 checks manifests newest first, moves bad ones aside and reports them; all
         ranks get its choice. `lost` names the corrupt ones."""
-        chosen = -1
-        if self.dist.is_main:
-            for step, path in reversed(self._steps()):
-                problem = verify(path)
-                if problem is None:
-                    chosen = step
-                    break
-                aside = path.with_name(CORRUPT + path.name)
-                shutil.rmtree(aside, ignore_errors=True)  # an older copy of the same step
-                os.replace(path, aside)
-                self.lost.append(path.name)
-                print(f"spt: checkpoint {path} is corrupt or incomplete ({problem}); moved to {aside.name}",
-                      file=sys.stderr, flush=True)
-            if self.lost and chosen < 0:
-                print(f"spt: no valid checkpoint is left in {self.root} ({len(self.lost)} corrupt, kept as "
-                      f"{CORRUPT}*): the run starts again from step 0", file=sys.stderr, flush=True)
+        # a read error on rank 0 (CheckpointReadError) is raised on every rank
+        chosen = self.dist.comm.agreed(self._newest_valid_on_main if self.dist.is_main else lambda: -1)
         chosen = self.dist.comm.broadcast_int(chosen)
         return None if chosen < 0 else self.root / f"{PREFIX}{chosen:08d}"
+
+    def _newest_valid_on_main(self) -> int:
+        chosen = -1
+        for step, path in reversed(self._steps()):
+            problem = verify(path)
+            if problem is None:
+                chosen = step
+                break
+            aside = path.with_name(CORRUPT + path.name)
+            shutil.rmtree(aside, ignore_errors=True)  # an older copy of the same step
+            os.replace(path, aside)
+            self.lost.append(path.name)
+            print(f"spt: checkpoint {path} is corrupt or incomplete ({problem}); moved to {aside.name}",
+                  file=sys.stderr, flush=True)
+        if self.lost and chosen < 0:
+            print(f"spt: no valid checkpoint is left in {self.root} ({len(self.lost)} corrupt, kept as "
+                  f"{CORRUPT}*): the run starts again from step 0", file=sys.stderr, flush=True)
+        return chosen
 
     def load(self, engine: Any, path: Path, train_rng: Optional[TrainRng] = None) -> Dict[str, Any]:
         """Refuse a checkpoint of something else, then restore engine state and RNG; returns meta.
@@ -392,5 +418,5 @@ class Checkpointer:
             borrowed = torch.load(path / f"rng_rank{self.dist.rank % max(1, saved)}.pt", weights_only=True)
             rng = added_rank_rng(borrowed, self.dist.rank)
         set_rng_state(rng, train_rng)
-        self.saved_step = int(meta["state"]["step"])
+        self.saved = _position(meta["state"])
         return meta

@@ -1,7 +1,9 @@
 """A job claims its run folder before it trains, and lets go when it stops.
 
 Rank 0 takes the folder's lock (spt_dist.rundir.lock), then checks that the folder holds this
-run or none (config_clash) and writes config.yaml with the latest launch settings. Rank 0
+run or none (config_clash), and whether that run is finished (then RunFinished on every rank,
+with results.json as rank 0 read it: the job this one waited for may have finished it), and
+writes config.yaml with the latest launch settings. Rank 0
 decides and tells everyone, so all ranks raise together instead of waiting. While rank 0 waits
 on a lock that may be a dead job's (up to run.lock_stale_s), the ranks exchange its state and
 every rank's stop flag once a poll (a second at most, and at most a third of
@@ -22,15 +24,24 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 from spt_dist.config import Config, ConfigError, to_yaml
 from spt_dist.distributed import DistInfo
 from spt_dist.io import write_text_atomic
-from spt_dist.rundir import RunFolderBusy, RunLock, config_clash, config_hash
+from spt_dist.rundir import RunFolderBusy, RunLock, config_clash, config_hash, finished_results
 from spt_dist.rundir.files import checkpoint_config_hash
 from spt_dist.rundir.lock import LockPending, LockWaitStopped
 
 from .watchdog import Watchdog
 
 
-# What rank 0 tells every rank: (kind, text); kinds:
-CLAIMED, WAITING, BUSY, CLASH, STOPPED = "claimed", "waiting", "busy", "clash", "stopped"
+# What rank 0 tells every rank: (kind, text); kinds (FINISHED: the text is the run's results):
+CLAIMED, WAITING, BUSY, CLASH, STOPPED, FINISHED = "claimed", "waiting", "busy", "clash", "stopped", "finished"
+
+
+class RunFinished(Exception):
+    """The folder holds this run, finished (found once rank 0 held its lock: another job may
+    have finished it while this one waited); `results`: its results.json, the same on every rank."""
+
+    def __init__(self, results: Dict[str, Any]) -> None:
+        super().__init__(f"finished: {results.get('run_dir', '')}")
+        self.results = results
 
 
 def _say(line: str) -> None:
@@ -38,10 +49,10 @@ def _say(line: str) -> None:
 
 
 def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock, within_s: Optional[float],
-                   stop: Callable[[], str]) -> Tuple[str, str]:
+                   stop: Callable[[], str]) -> Tuple[str, Any]:
     """Rank 0: (CLAIMED, "") when the folder is ours now, (WAITING, "") while a lock held
-    elsewhere is watched, (STOPPED, the signal) when a stop ended the wait, else (BUSY or
-    CLASH, why not)."""
+    elsewhere is watched, (STOPPED, the signal) when a stop ended the wait, (FINISHED, its
+    results) when the run is finished, else (BUSY or CLASH, why not)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         taken_over = lock.acquire(on_wait=_say, within_s=within_s, stop=stop)
@@ -54,10 +65,21 @@ def _claim_on_main(cfg: Config, run_dir: Path, lock: RunLock, within_s: Optional
         return BUSY, str(exc)
     if taken_over:
         _say(f"took over the lock of {run_dir}: {taken_over}")
-    clash = config_clash(cfg, run_dir) or _checkpoint_clash(cfg, run_dir)
-    if clash is not None:
+    return _check_and_write(cfg, run_dir, lock)
+
+
+def _check_and_write(cfg: Config, run_dir: Path, lock: RunLock) -> Tuple[str, Any]:
+    """Rank 0, holding the lock: (CLASH, why) when the folder holds another run, (FINISHED, its
+    results) when it holds this run finished (the lock let go in both cases), else config.yaml
+    written and (CLAIMED, "")."""
+    try:
+        done = finished_results(cfg, run_dir)  # a finished run of another config is a ConfigError
+        clash = None if done else config_clash(cfg, run_dir) or _checkpoint_clash(cfg, run_dir)
+    except ConfigError as exc:
+        done, clash = None, str(exc)
+    if done is not None or clash is not None:
         lock.release()
-        return CLASH, clash
+        return (FINISHED, done) if done is not None else (CLASH, clash)
     write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
     return CLAIMED, ""
 
@@ -92,6 +114,23 @@ def _checkpoint_clash(cfg: Config, run_dir: Path) -> Optional[str]:
 def claim_run_dir(cfg: Config, run_dir: Path, dist: DistInfo,
                   stop: Callable[[], str] = lambda: "") -> Iterator[Watchdog]:
     lock = RunLock(run_dir, stale_s=cfg.run.lock_stale_s)
+    dog: Optional[Watchdog] = None
+    try:  # from the first attempt on: whatever fails once rank 0 holds the lock lets it go
+        _await_claim(cfg, run_dir, dist, lock, stop)
+        token = dist.comm.broadcast_object(uuid.uuid4().hex if dist.is_main else None)
+        dog = Watchdog(run_dir, dist.rank, dist.world_size, token, cfg.distributed.timeout_s,
+                       lock=lock if dist.is_main else None).start()
+        yield dog
+    finally:
+        if dog is not None:
+            dog.stop()
+        if dist.is_main:
+            lock.release()
+
+
+def _await_claim(cfg: Config, run_dir: Path, dist: DistInfo, lock: RunLock, stop: Callable[[], str]) -> None:
+    """Returns once rank 0 holds the lock and config.yaml is written; raises the same error on
+    every rank otherwise (RunFinished with rank 0's reading of results.json for a finished run)."""
     within_s = min(1.0, cfg.distributed.timeout_s / 3) if dist.world_size > 1 else None  # a poll
     kind, why = WAITING, ""
     while kind == WAITING:
@@ -108,14 +147,8 @@ def claim_run_dir(cfg: Config, run_dir: Path, dist: DistInfo,
             kind, why = STOPPED, asked
     if kind == STOPPED:
         raise LockWaitStopped(why)
+    if kind == FINISHED:
+        dist.comm.barrier()  # as a run's end (train.finish_run): the ranks leave together
+        raise RunFinished(why)
     if kind != CLAIMED:
         raise (RunFolderBusy if kind == BUSY else ConfigError)(why)
-    token = dist.comm.broadcast_object(uuid.uuid4().hex if dist.is_main else None)
-    dog = Watchdog(run_dir, dist.rank, dist.world_size, token, cfg.distributed.timeout_s,
-                   lock=lock if dist.is_main else None).start()
-    try:
-        yield dog
-    finally:
-        dog.stop()
-        if dist.is_main:
-            lock.release()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 from tqdm import tqdm
 
 from spt_dist.config import Config, ConfigError, to_yaml
-from spt_dist.distributed import DistInfo, init_distributed
+from spt_dist.distributed import DistInfo, init_distributed, launched_world_size
 from spt_dist.model.weights_check import log_weights_check
 from spt_dist.rundir import finished_results, run_dir_for
 from spt_dist.rundir.lock import LockWaitStopped
@@ -41,7 +41,7 @@ from spt_dist.rundir.metrics import MetricsLog
 from . import preflight
 from .assemble import RunParts, build_member, build_shared
 from .checkpoint import PREFIX, Checkpointer, TrainRng, held_shape, verify
-from .claim import claim_run_dir, not_claimed
+from .claim import RunFinished, claim_run_dir, not_claimed
 from .evaluate import evaluate_many
 from .pack_step import pack_logits, pack_train_step
 from .shape import Shape, run_shape, shaped
@@ -58,8 +58,9 @@ if TYPE_CHECKING:
 def train_pack(cfgs: Sequence[Config], max_steps: Optional[int] = None) -> List[Dict[str, Any]]:
     """Train every member (validated as a pack by config.pack.check_pack); their results, in order.
 
-    Members already finished are read back and left out of the pack; `max_steps` stops the pack
-    like a preemption (every member checkpointed, status interrupted).
+    Members already finished are read back and left out of the pack (by a one-rank job before
+    it starts, and by rank 0 for every rank once it holds the member's lock); `max_steps` stops
+    the pack like a preemption (every member checkpointed, status interrupted).
     """
     t0 = time.perf_counter()
     dirs = [run_dir_for(c) for c in cfgs]
@@ -67,7 +68,8 @@ def train_pack(cfgs: Sequence[Config], max_steps: Optional[int] = None) -> List[
         if d in dirs[:i]:
             raise ConfigError(f"pack members {dirs.index(d)} and {i} are the same run ({d}); give them different "
                               f"settings or leave run.name empty so that each gets its own folder")
-    done = [finished_results(c, d) for c, d in zip(cfgs, dirs)]
+    alone = launched_world_size() == 1  # ranks of a larger job decide together, under the locks
+    done = [finished_results(c, d) if alone else None for c, d in zip(cfgs, dirs)]
     todo = [i for i, r in enumerate(done) if r is None]
     if todo:
         stop = StopFlag().install()
@@ -114,44 +116,61 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
     dist.comm.agreed(_pack_memory, lead, len(cfgs))
     with contextlib.ExitStack() as claims:
         dogs: List["Watchdog"] = []
-        for c, d in zip(cfgs, dirs):
+        done: Dict[int, Dict[str, Any]] = {}  # members found finished once their lock was held
+        for i, (c, d) in enumerate(zip(cfgs, dirs)):
             try:
                 dogs.append(claims.enter_context(claim_run_dir(c, d, dist, lambda: stop.signal_name)))
+            except RunFinished as exc:
+                done[i] = exc.results
             except LockWaitStopped as exc:
-                raise _StoppedAtMember(str(exc), len(dogs)) from exc
-        logs = [claims.enter_context(MetricsLog(d, dist.is_main, dist.comm.agreed(start_trackers, c, d, dist.is_main)))
-                for c, d in zip(cfgs, dirs)]
-        ckpts = [Checkpointer(d / "checkpoints", c.run.keep_checkpoints, c.run.checkpoint_every, dist, {}, to_yaml(c))
-                 for c, d in zip(cfgs, dirs)]
-        resume = _common_resume(ckpts, dist)
-        held = held_shape(lead, resume[0])
-        shape = dist.comm.agreed(run_shape, lead, dist.world_size, held)
-        shared = build_shared(shaped(lead, shape), dist, shape)
-        members, rngs, states = [], [], []
-        for cfg, ckpt, path in zip(cfgs, ckpts, resume):
-            parts = build_member(cfg, shared, dist, resuming=path is not None, shape=shape)
-            rng, state = TrainRng(), TrainState()  # the stream a lone run starts its loop with
-            ckpt.identity, ckpt.shape = parts.identity, shape.as_dict()
-            if path is not None:
-                state = TrainState.from_state_dict(ckpt.load(parts.engine, path, rng)["state"])
-                state.reshape(Shape.of(held), shape)
-            state.note_world_size(dist.world_size)
-            members.append(parts)
-            rngs.append(rng)
-            states.append(state)
-        dist.comm.agreed(verify_reads, lead, members[0])
-        for cfg, parts, state, path, ckpt, log in zip(cfgs, members, states, resume, ckpts, logs):
-            log_start(log, parts, dist, state, path, ckpt)
-            log_weights_check(cfg, log, state.step, parts.weights_read)
-        walls = [s.wall_s for s in states]
-        for dog in dogs:
-            dog.phase = "train"
-        shaped_cfgs = [shaped(c, shape) for c in cfgs]
-        status, stopped = _loop(shaped_cfgs, members, dist, states, ckpts, rngs, stop, logs, max_steps, t0, dogs)
-        for dog in dogs:
-            dog.phase = "finish"
-        return [finish_run(c, d, p, dist, s, ck, log, status, stopped, stop, t0, w, {"pack_size": pack_size})
-                for c, d, p, s, ck, log, w in zip(cfgs, dirs, members, states, ckpts, logs, walls)]
+                raise _StoppedAtMember(str(exc), i) from exc
+        todo = [i for i in range(len(cfgs)) if i not in done]
+        if todo:
+            trained = _train_claimed([cfgs[i] for i in todo], [dirs[i] for i in todo], dogs, claims, dist,
+                                     pack_size, max_steps, stop, t0)
+            done.update(zip(todo, trained))
+        return [done[i] for i in range(len(cfgs))]
+
+
+def _train_claimed(cfgs: List[Config], dirs: List[Path], dogs: List["Watchdog"], claims: contextlib.ExitStack,
+                   dist: DistInfo, pack_size: int, max_steps: Optional[int], stop: StopFlag,
+                   t0: float) -> List[Dict[str, Any]]:
+    """The members whose folders are claimed (`dogs`: their watchdogs), trained as one pack;
+    their metric logs join `claims`."""
+    lead = cfgs[0]
+    logs = [claims.enter_context(MetricsLog(d, dist.is_main, dist.comm.agreed(start_trackers, c, d, dist.is_main)))
+            for c, d in zip(cfgs, dirs)]
+    ckpts = [Checkpointer(d / "checkpoints", c.run.keep_checkpoints, c.run.checkpoint_every, dist, {}, to_yaml(c))
+             for c, d in zip(cfgs, dirs)]
+    resume = _common_resume(ckpts, dist)
+    held = held_shape(lead, resume[0])
+    shape = dist.comm.agreed(run_shape, lead, dist.world_size, held)
+    shared = build_shared(shaped(lead, shape), dist, shape)
+    members, rngs, states = [], [], []
+    for cfg, ckpt, path in zip(cfgs, ckpts, resume):
+        parts = build_member(cfg, shared, dist, resuming=path is not None, shape=shape)
+        rng, state = TrainRng(), TrainState()  # the stream a lone run starts its loop with
+        ckpt.identity, ckpt.shape = parts.identity, shape.as_dict()
+        if path is not None:
+            state = TrainState.from_state_dict(ckpt.load(parts.engine, path, rng)["state"])
+            state.reshape(Shape.of(held), shape)
+        state.note_world_size(dist.world_size)
+        members.append(parts)
+        rngs.append(rng)
+        states.append(state)
+    dist.comm.agreed(verify_reads, lead, members[0])
+    for cfg, parts, state, path, ckpt, log in zip(cfgs, members, states, resume, ckpts, logs):
+        log_start(log, parts, dist, state, path, ckpt)
+        log_weights_check(cfg, log, state.step, parts.weights_read)
+    walls = [s.wall_s for s in states]
+    for dog in dogs:
+        dog.phase = "train"
+    shaped_cfgs = [shaped(c, shape) for c in cfgs]
+    status, stopped = _loop(shaped_cfgs, members, dist, states, ckpts, rngs, stop, logs, max_steps, t0, dogs)
+    for dog in dogs:
+        dog.phase = "finish"
+    return [finish_run(c, d, p, dist, s, ck, log, status, stopped, stop, t0, w, {"pack_size": pack_size})
+            for c, d, p, s, ck, log, w in zip(cfgs, dirs, members, states, ckpts, logs, walls)]
 
 
 def _pack_memory(cfg: Config, size: int) -> None:
@@ -169,7 +188,8 @@ def _common_resume(ckpts: List[Checkpointer], dist: DistInfo) -> List[Optional[P
         return newest
     common = min(int(p.name[len(PREFIX):]) if p is not None else -1 for p in newest)
     paths = [c.root / f"{PREFIX}{common:08d}" for c in ckpts]
-    ok = common >= 0 and all(p == n or verify(p) is None for p, n in zip(paths, newest)) if dist.is_main else None
+    ok = dist.comm.agreed(lambda: dist.is_main and common >= 0 and  # a read error: raised on every rank
+                          all(p == n or verify(p) is None for p, n in zip(paths, newest)))
     if dist.comm.broadcast_object(ok):
         if dist.is_main:  # saves of some members past the common step: aside, or rotation counts them
             for c in ckpts:

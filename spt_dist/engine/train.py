@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from spt_dist.config import Config, to_yaml
-from spt_dist.distributed import DistInfo, init_distributed
+from spt_dist.distributed import DistInfo, init_distributed, launched_world_size
 from spt_dist.io import write_json_atomic
 from spt_dist.model.weights_check import log_weights_check
 from spt_dist.rundir import finished_results, run_dir_for
@@ -31,7 +31,7 @@ from spt_dist.rundir.metrics import MetricsLog
 from . import preflight
 from .assemble import RunParts, build_parts, full_prompts, full_trainable_state
 from .checkpoint import Checkpointer, CheckpointMismatchError, TrainRng, folder_bytes, held_shape
-from .claim import claim_run_dir, not_claimed
+from .claim import RunFinished, claim_run_dir, not_claimed
 from .ds_engine import check_frozen_untouched, check_optimizer_state, dtype_name, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack, pack_metadata
@@ -56,10 +56,14 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     the job waits for another job's lock on the run folder ends the wait (status interrupted,
     `claimed` false, nothing written to the folder), one during the rest of setup stops the run
     at its first step boundary, one after the last step is noted and the run finishes.
+
+    A finished run is read back, not trained again: by a one-rank job before it starts, by
+    rank 0 for every rank once it holds the folder's lock (a job of several ranks, whose ranks
+    must not decide apart, and a job that waited while another finished the run).
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
-    done = finished_results(cfg, run_dir)
+    done = finished_results(cfg, run_dir) if launched_world_size() == 1 else None
     if done is not None:
         return done
     stop = StopFlag().install()
@@ -67,6 +71,8 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
         return _train(cfg, run_dir, max_steps, stop, t0)
     except LockWaitStopped as exc:
         return not_claimed(run_dir, str(exc))
+    except RunFinished as exc:
+        return exc.results
     finally:
         stop.restore()
 
@@ -198,7 +204,7 @@ def end_of_epoch(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState
             evaluate(parts.engine, parts.test_data, parts.engine.device, parts.dtype, lockstep, dist.comm)
         state.test_top1, state.test_bad_samples = test["top1"], test["bad_samples"]
         log.log("test", state.step, epoch=epoch + 1, **test)
-    _log_alignment(parts, state.step, log)
+    _log_alignment(parts, state.step, log, epoch + 1)
     state.epoch, state.batch = epoch + 1, 0
 
 
@@ -212,6 +218,8 @@ def verify_reads(cfg: Config, parts: RunParts) -> None:
 
 def log_start(log: MetricsLog, parts: RunParts, dist: DistInfo, state: TrainState, resume_from: Optional[Path],
                ckpt: Checkpointer) -> None:
+    if resume_from is not None:
+        log.resume_at(state.step, state.epoch)  # the records the killed segment wrote past the checkpoint go
     log.log("start", state.step, resumed_from=str(resume_from) if resume_from else None,
             world_size=dist.world_size, **parts.counts, **parts.train_data.mixing.as_dict())
     if ckpt.lost:
@@ -222,21 +230,21 @@ def log_start(log: MetricsLog, parts: RunParts, dist: DistInfo, state: TrainStat
         log.log("prompt_init", state.step, strategy=pi.strategy, seconds=pi.seconds, images=pi.images,
                 cache_hit=pi.cache_hit)
     if resume_from is None:
-        _log_alignment(parts, 0, log)
+        _log_alignment(parts, 0, log, 0)
     if dist.is_main:
         from spt_dist.data import write_selected_keys
 
         write_selected_keys(log.run_dir, parts.train_data.selected_keys)
 
 
-def _log_alignment(parts: RunParts, step: int, log: MetricsLog) -> None:
-    """Prompt-to-prototype alignment (SPT's analysis); every rank joins the gather."""
+def _log_alignment(parts: RunParts, step: int, log: MetricsLog, epoch: int) -> None:
+    """Prompt-to-prototype alignment (SPT's analysis) after `epoch` epochs; every rank joins the gather."""
     init = parts.prompt_init
     if init is None or init.reference is None:
         return
     from spt_dist.prompt_init import alignment_metrics
 
-    log.log("alignment", step, **alignment_metrics(full_prompts(parts.model), init.reference))
+    log.log("alignment", step, epoch=epoch, **alignment_metrics(full_prompts(parts.model), init.reference))
 
 
 def optimizer_bytes(cfg: Config, parts: RunParts, dist: DistInfo) -> Dict[str, int]:
@@ -298,8 +306,10 @@ def finish_run(cfg: Config, run_dir: Path, parts: RunParts, dist: DistInfo, stat
     results = _results(cfg, parts, dist, state, status, extra)
     results["wall_s"] = round(wall_before + time.perf_counter() - t0, 3)
     if dist.is_main:
-        write_json_atomic(run_dir / "results.json", results)
+        # end first: a kill between the two leaves an end without results.json (the run is re-entered
+        # and finishes, metrics.jsonl cut back), never a finished results.json without its end
         log.log("end", state.step, **{k: v for k, v in results.items() if k != "step"})
+        write_json_atomic(run_dir / "results.json", results)
         log.close(status)
         def pct(v: Optional[float]) -> str:
             return "-" if v is None else f"{v:.2f}"

@@ -1,6 +1,10 @@
 """metrics.jsonl (one JSON object per event, appended, flushed) and the run's trackers.
 
-Only rank 0 writes. Tools read metrics.jsonl, never the console output or a tracker; the
+Only rank 0 writes. Every line is one whole record: a line left partial (a full disk, a kill
+mid-write) is dropped when the log is opened again, before anything is appended. A resumed run
+first cuts the log back to its checkpoint (`resume_at`): the records it writes again (every
+step past the checkpoint's, the evaluation of an epoch the checkpoint has not finished, a
+finished `end` whose results.json was lost) are dropped, so each step's records appear once. Tools read metrics.jsonl, never the console output or a tracker; the
 trackers (run.loggers, see loggers.py) get every numeric value as `<event>/<key>` at the
 event's step. A tracker that fails mid-run is switched off with one warning and never ends
 the run: metrics.jsonl still holds every value.
@@ -9,19 +13,65 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-from spt_dist.io import DiskFullError
+from spt_dist.io import DiskFullError, write_text_atomic
+
+EPOCH_END = ("val", "test", "alignment")  # logged at the end of an epoch, with the epochs done
+
+
+def _record(line: str) -> Optional[Dict[str, Any]]:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
+
+
+def replayed(record: Dict[str, Any], step: int, epochs_done: int) -> bool:
+    """Whether a run resumed at `step` with `epochs_done` epochs evaluated writes `record` again."""
+    if record["step"] != step:
+        return record["step"] > step
+    if record.get("event") == "end":
+        return record.get("status") == "finished"  # the re-entered run ends (and writes its results) again
+    return record.get("event") in EPOCH_END and record.get("epoch", 0) > epochs_done
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line without its newline, so that the next record starts a line of its own."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        os.truncate(path, data.rfind(b"\n") + 1)
 
 
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool, trackers: Sequence[Any] = ()) -> None:
         self.run_dir, self.enabled = Path(run_dir), enabled
-        self._file = open(self.run_dir / "metrics.jsonl", "a") if enabled else None
+        self.path = self.run_dir / "metrics.jsonl"
+        if enabled:
+            _drop_partial_line(self.path)
+        self._file = open(self.path, "a") if enabled else None
         self._trackers = list(trackers) if enabled else []
+
+    def resume_at(self, step: int, epochs_done: int) -> None:
+        """Cut the log back to a checkpoint at `step` with `epochs_done` epochs evaluated: the
+        records of the segment that ran past it (and were lost with it) are dropped; so are
+        lines that are not a whole record."""
+        if not self.enabled:
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if (r := _record(line)) is not None and not replayed(r, step, epochs_done)]
+        if kept == lines:
+            return
+        self._file.close()
+        write_text_atomic(self.path, "".join(kept))
+        self._file = open(self.path, "a")
 
     def log(self, event: str, step: int, **values: Any) -> None:
         if not self.enabled:
