@@ -430,3 +430,35 @@ def test_a_read_error_while_verifying_is_raised_and_the_checkpoint_kept(tmp_path
     assert ckpt.newest_valid() == tmp_path / "checkpoints" / "step_00000002" and not ckpt.lost
     (tmp_path / "checkpoints" / "step_00000002" / "ds" / "state" / "model_states.pt").unlink()
     assert ckpt.newest_valid() == tmp_path / "checkpoints" / "step_00000001" and ckpt.lost == ["step_00000002"]
+
+
+def test_a_kill_during_the_final_evaluation_loses_no_training(tmp_path, assets, monkeypatch):
+    """8 steps, checkpoint_every=3: the last periodic checkpoint is step 6. A job killed while the
+    final test split is evaluated (a scheduler's kill after a stop it could not vote on yet)
+    leaves step 8's checkpoint, written before the evaluation; the re-entered run trains no step,
+    only evaluates, and ends with the uninterrupted run's results."""
+    import spt_dist.engine.train as engine_train
+
+    (tmp_path / "whole").mkdir()
+    whole = train(_cfg(tmp_path / "whole", assets))
+    cfg = _cfg(tmp_path, assets)
+    run = tmp_path / "runs" / "r"
+    original = engine_train.evaluate
+
+    def killed_at_the_test_split(engine, data, *rest, **kw):
+        if data.split_name == "test":
+            raise _Killed()
+        return original(engine, data, *rest, **kw)
+
+    monkeypatch.setattr(engine_train, "evaluate", killed_at_the_test_split)
+    with pytest.raises(_Killed):
+        train(cfg)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000006", "step_00000008"]
+    again = train(cfg)
+    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "start"]
+    assert starts[-1]["resumed_from"].endswith("step_00000008")
+    assert [e["step"] for e in events if e["event"] == "train"] == list(range(1, 9))  # none trained again
+    keep = ("status", "step", "top1", "best_val_top1")
+    assert {k: again.get(k) for k in keep} == {k: whole.get(k) for k in keep} and again["status"] == "finished"

@@ -274,6 +274,9 @@ def _loop(cfgs: List[Config], members: List[RunParts], dist: DistInfo, states: L
                     return "interrupted", agreed.stop
                 if any([ck.maybe_save(e, s, r) for ck, e, s, r in zip(ckpts, engines, states, rngs)]):
                     t_step = time.perf_counter()  # checkpoint time is not training throughput
+            if states[0].epoch + 1 == cfgs[0].optim.epochs:  # kept before the final evaluation (train._loop)
+                for engine, s, rng, ckpt in zip(engines, states, rngs, ckpts):
+                    ckpt.maybe_save(engine, s, rng, last=True)
             scores = _pack_scores(members, rngs, dist)
             for g, (cfg, parts, s, log) in enumerate(zip(cfgs, members, states, logs)):
                 end_of_epoch(cfg, parts, dist, s, log, score=lambda split, g=g: scores(split)[g])

@@ -162,6 +162,12 @@ def _loop(cfg: Config, parts: RunParts, dist: DistInfo, state: TrainState, ckpt:
                     return "interrupted", agreed.stop
                 if ckpt.maybe_save(engine, state, rng):
                     t_step = time.perf_counter()  # checkpoint time is not training throughput
+            if state.epoch + 1 == cfg.optim.epochs:
+                # The last step is kept before the final evaluation: a stop is voted on only at step
+                # boundaries, so a signal during a long evaluation waits for its end, and the
+                # scheduler's kill after its grace period (SLURM's KillWait) would lose every step since
+                # the last periodic checkpoint. A run re-entered from this one only evaluates.
+                ckpt.maybe_save(engine, state, rng, last=True)
             end_of_epoch(cfg, parts, dist, state, log)
             t_step = time.perf_counter()
         state.wall_s = wall_before + time.perf_counter() - t0
