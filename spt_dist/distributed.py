@@ -16,7 +16,7 @@ import random
 import subprocess
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, List, Optional, Type, TypeVar
+from typing import Any, Callable, List, Optional, Tuple, Type, TypeVar
 
 import numpy as np
 import torch
@@ -90,6 +90,25 @@ class Comm:
                 raise failure  # this rank's own input error, with its type
             raise err from failure
         return result  # type: ignore[return-value]
+
+    def on_main(self, fn: Callable[..., T], *args: Any, same: Tuple[Type[Exception], ...] = ()) -> Optional[T]:
+        """Run fn on rank 0 only (its result there, None elsewhere) and agree on the outcome, so
+        that no rank waits in a later collective for a rank 0 that failed alone: rank 0 raises
+        its own exception, every other rank the same type when it is one of `same` (a full disk
+        is DiskFullError, exit code 2, on every rank), else SptError naming it. A barrier too."""
+        result, failure = None, None
+        if self.rank == 0:
+            try:
+                result = fn(*args)
+            except Exception as exc:  # told to every rank, re-raised below
+                failure = exc
+        told = self.broadcast_object(None if failure is None else (type(failure).__name__, str(failure)))
+        if failure is not None:
+            raise failure
+        if told is not None:
+            kind = next((k for k in same if k.__name__ == told[0]), None)
+            raise kind(told[1]) if kind else SptError(f"rank 0 failed: {told[0]}: {told[1]}")
+        return result
 
     # -- collectives -------------------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -62,3 +62,45 @@ def test_a_checkpoint_on_a_full_disk_is_named_and_leaves_no_step_folder(tmp_path
     with pytest.raises(DiskFullError, match=f"^no space left on {fs / 'checkpoints'} while saving checkpoint step 2"):
         ckpt.save(FileWritingEngine(), 2, {"step": 2})
     assert sorted(p.name for p in (fs / "checkpoints").iterdir()) == ["step_00000001"]
+
+
+RANK0_FULL = """
+import errno, os, sys
+where = sys.argv[1]
+if os.environ["RANK"] == "0":  # the disk fills under rank 0's own write (no tmpfs can fill for one rank)
+    if where == "manifest":
+        import spt_dist.engine.checkpoint as C
+        original = C._write_json
+        def write(path, obj):
+            if path.name == "manifest.json" and obj.get("step") == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return original(path, obj)
+        C._write_json = write
+    else:
+        import spt_dist.engine.train as T
+        from spt_dist.io import DiskFullError
+        def write(path, obj):
+            raise DiskFullError(f"no space left on {path.parent} while writing {path.name}")
+        T.write_json_atomic = write
+from spt_dist.cli import main
+sys.exit(main(["train", *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.parametrize("where", ["manifest"])  # "results": the same Comm.on_main, not run here for time
+def test_a_full_disk_under_a_rank_0_write_ends_every_rank_with_exit_2(tmp_path, where):
+    """The checkpoint's manifest (and results.json) are rank 0's to write; the disk filling under
+    it is said on every rank (exit 2 each), no rank left waiting in a collective for it."""
+    from engine_helpers import torchrun
+
+    assets = make_assets(tmp_path / "assets")
+    config = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=1, every=2)
+    (tmp_path / "worker.py").write_text(RANK0_FULL)
+    proc = subprocess.run(torchrun([str(tmp_path / "worker.py"), where, str(config), "run.name=r",
+                                    "data.batch_size=16", "distributed.timeout_s=600"]),
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    said = [line for line in proc.stderr.splitlines() if "error on rank" in line]
+    assert sorted(said) == [f"spt train: error on rank {r}: no space left on {tmp_path / 'runs' / 'r'}"
+                            f"{'/checkpoints while saving checkpoint step 2' if where == 'manifest' else ' while writing results.json'}"
+                            for r in (0, 1)], proc.stderr[-4000:]
+    assert proc.stderr.count("exitcode  : 2") == 2, proc.stderr[-4000:]

@@ -324,23 +324,26 @@ class Checkpointer:
                 if self.dist.is_main:
                     shutil.rmtree(tmp, ignore_errors=True)
                 raise
-        if self.dist.is_main:
-            try:
-                _write_json(tmp / "meta.json", meta)
-                files = {str(p.relative_to(tmp)): [p.stat().st_size, file_sha256(p)] for p in _files(tmp)}
-                _write_json(tmp / "manifest.json", {"step": step, "files": files})
-            except OSError as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if is_disk_full(exc):
-                    raise DiskFullError(f"no space left on {self.root} while saving checkpoint step {step}") from None
-                raise
-            if final.exists():  # the same step saved again (e.g. stop right after a periodic save)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for _, old in self._steps()[:-self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-        comm.barrier()
+        comm.on_main(self._publish, tmp, final, step, meta, same=(DiskFullError,))  # rank 0 fails not alone
         return final
+
+    def _publish(self, tmp: Path, final: Path, step: int, meta: Dict[str, Any]) -> None:
+        """Rank 0, every rank's files written: meta.json and the manifest last, then the rename
+        and the rotation."""
+        try:
+            _write_json(tmp / "meta.json", meta)
+            files = {str(p.relative_to(tmp)): [p.stat().st_size, file_sha256(p)] for p in _files(tmp)}
+            _write_json(tmp / "manifest.json", {"step": step, "files": files})
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(exc):
+                raise DiskFullError(f"no space left on {self.root} while saving checkpoint step {step}") from None
+            raise
+        if final.exists():  # the same step saved again (e.g. stop right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in self._steps()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def newest_valid(self) -> Optional[Path]:
         """Rank 0 checks manifests newest first, moves bad ones aside and reports them; all

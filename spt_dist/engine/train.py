@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from spt_dist.config import Config, to_yaml
 from spt_dist.distributed import DistInfo, init_distributed, launched_world_size
-from spt_dist.io import write_json_atomic
+from spt_dist.io import DiskFullError, write_json_atomic
 from spt_dist.model.weights_check import log_weights_check
 from spt_dist.rundir import finished_results, run_dir_for
 from spt_dist.rundir.lock import LockWaitStopped
@@ -303,28 +303,34 @@ def finish_run(cfg: Config, run_dir: Path, parts: RunParts, dist: DistInfo, stat
     extra = _resource_report(cfg, parts, dist, ckpt, stepped=state.step > 0)
     extra.update(more or {})
     extra.update(train_s=round(state.train_s, 3), signal=stopped, samples_per_s=state.samples_per_s(parts.global_batch))
-    if status == "finished":
-        trainable = full_trainable_state(parts.model)  # collective under ZeRO
-        if dist.is_main:
-            meta = pack_metadata(cfg, parts.identity["weights_hash"], parts.model.pool, parts.index.classes,
-                                 parts.inputs, parts.dtype)
-            export_prompt_pack(run_dir / "prompt_pack.safetensors", trainable, meta)
+    trainable = full_trainable_state(parts.model) if status == "finished" else None  # collective under ZeRO
     results = _results(cfg, parts, dist, state, status, extra)
     results["wall_s"] = round(wall_before + time.perf_counter() - t0, 3)
-    if dist.is_main:
-        # end first: a kill between the two leaves an end without results.json (the run is re-entered
-        # and finishes, metrics.jsonl cut back), never a finished results.json without its end
-        log.log("end", state.step, **{k: v for k, v in results.items() if k != "step"})
-        write_json_atomic(run_dir / "results.json", results)
-        log.close(status)
-        def pct(v: Optional[float]) -> str:
-            return "-" if v is None else f"{v:.2f}"
-
-        print(f"spt: run {run_dir} {status}: top1={pct(results['top1'])} val_top1={pct(results['val_top1'])} "
-              f"step={state.step}" + ("" if status == "finished" else f"; continue it with `spt train {run_dir}`"),
-              file=sys.stderr, flush=True)
-        if stop.requested and status == "finished":
-            print(f"spt: {stop.signal_name} arrived after the last step; the run finished anyway",
-                  file=sys.stderr, flush=True)
-    dist.comm.barrier()
+    # rank 0 writes; a failure there (a full disk) is raised on every rank, none left waiting
+    dist.comm.on_main(_publish_results, cfg, run_dir, parts, results, trainable, log, status, stop,
+                      same=(DiskFullError,))
     return results
+
+
+def _publish_results(cfg: Config, run_dir: Path, parts: RunParts, results: Dict[str, Any],
+                     trainable: Optional[Dict[str, Any]], log: MetricsLog, status: str, stop: StopFlag) -> None:
+    """Rank 0: the prompt pack (a finished run), the end event, results.json, the closing lines."""
+    if trainable is not None:
+        meta = pack_metadata(cfg, parts.identity["weights_hash"], parts.model.pool, parts.index.classes,
+                             parts.inputs, parts.dtype)
+        export_prompt_pack(run_dir / "prompt_pack.safetensors", trainable, meta)
+    # end first: a kill between the two leaves an end without results.json (the run is re-entered
+    # and finishes, metrics.jsonl cut back), never a finished results.json without its end
+    log.log("end", results["step"], **{k: v for k, v in results.items() if k != "step"})
+    write_json_atomic(run_dir / "results.json", results)
+    log.close(status)
+
+    def pct(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    print(f"spt: run {run_dir} {status}: top1={pct(results['top1'])} val_top1={pct(results['val_top1'])} "
+          f"step={results['step']}" + ("" if status == "finished" else f"; continue it with `spt train {run_dir}`"),
+          file=sys.stderr, flush=True)
+    if stop.requested and status == "finished":
+        print(f"spt: {stop.signal_name} arrived after the last step; the run finished anyway",
+              file=sys.stderr, flush=True)
