@@ -104,7 +104,8 @@ def test_report_and_status_of_a_study_folder_read_results_only(finished, capsys)
     md = (report / "study.md").read_text()
     assert f"- {skip}: 2 of 3 final runs finished" in md
     tie = "linear__backbone-vit_micro_p4_16__data.fraction-1: 2 search points tie at 49.9 (they differ in " \
-          "optim.weight_decay, which changed nothing)"
+          "optim.weight_decay, which gave the same value here: a saturated metric, or a setting that does not " \
+          "matter at this size)"
     assert tie in md and "optim.lr=0.01;optim.weight_decay=0.0" in md  # the first in grid order
     fits = {(f["error_vs"], f["method"], f["at"]): f for f in _csv(report / "fits.csv")}
     assert len(fits) == 2 + 2  # over samples per backbone, over parameters per training-set size

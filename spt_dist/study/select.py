@@ -66,7 +66,8 @@ def _warnings(cell: Cell, candidates: List[Dict[str, Any]], best: Dict[str, Any]
     if len(tied) > 1:
         differ = sorted({k for c in tied for k in c["point"] if c["point"][k] != best["point"][k]})
         out.append(f"{cell.key}: {len(tied)} search points tie at {best['value']} (they differ in "
-                   f"{', '.join(differ)}, which changed nothing); the first in grid order was taken")
+                   f"{', '.join(differ)}, which gave the same value here: a saturated metric, or a setting that does "
+                   f"not matter at this size); the first in grid order was taken")
     return out
 
 
