@@ -6,7 +6,8 @@ MODE: matrix (every ZeRO stage x precision), resume (an uninterrupted run next t
 resumed one, compared tensor by tensor), signal (one process; a signal raised at a chosen
 moment of setup or of the final writes), finished_meanwhile (rank 1 puts a finished run's
 results.json back, as another job finishing it would, while rank 0 has already started
-train()). Rank 0 writes OUT/MODE.json.
+train()), finished_unchecked (train() on a finished run with the input checks made to fail).
+Rank 0 writes OUT/MODE.json.
 """
 from __future__ import annotations
 
@@ -55,6 +56,14 @@ def _worker(mode: str, out: Path, config: Path, extra: List[str]) -> None:
             time.sleep(2)  # rank 0 is past the start of train(), waiting for this rank to meet
             hidden.rename(hidden.with_name("results.json"))
         report = train(load_config(str(config), overrides))
+    elif mode == "finished_unchecked":  # a finished run read back before its inputs are checked
+        import spt_dist.engine.train as engine_train
+
+        def refuse(*_):
+            raise AssertionError("a finished run's inputs were checked again (a moved weights file would fail it)")
+
+        engine_train.preflight_run = refuse
+        report = train(load_config(str(config), extra))
     elif mode == "resume":
         stop_at = int(extra[0])
         overrides = extra[1:]

@@ -462,3 +462,68 @@ def test_a_kill_during_the_final_evaluation_loses_no_training(tmp_path, assets, 
     assert [e["step"] for e in events if e["event"] == "train"] == list(range(1, 9))  # none trained again
     keep = ("status", "step", "top1", "best_val_top1")
     assert {k: again.get(k) for k in keep} == {k: whole.get(k) for k in keep} and again["status"] == "finished"
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_without_its_old_records(tmp_path, assets,
+                                                                                       monkeypatch):
+    """No checkpoint to resume from (killed at step 2, checkpoint_every=100): the run starts
+    again from step 0 and metrics.jsonl holds each step's record once, and one initial
+    alignment, the killed attempt's start kept as history."""
+    import spt_dist.engine.train as engine_train
+
+    cfg = _cfg(tmp_path, assets, "method.track_alignment=true", every=100)
+    run = tmp_path / "runs" / "r"
+    original = engine_train.log_step
+
+    def killed_at_step_2(cfg, parts, state, *rest):
+        original(cfg, parts, state, *rest)
+        if state.step == 2:
+            raise _Killed()
+
+    monkeypatch.setattr(engine_train, "log_step", killed_at_step_2)
+    with pytest.raises(_Killed):
+        train(cfg)
+    monkeypatch.undo()
+    assert not list((run / "checkpoints").glob("step_*"))
+    assert train(cfg)["status"] == "finished"
+    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "train"] == list(range(1, 9))
+    assert [e["resumed_from"] for e in events if e["event"] == "start"] == [None, None]
+    assert len([e for e in events if e["event"] == "alignment" and e["step"] == 0]) == 1
+
+
+@pytest.mark.parametrize("files", [{"a.pt": [5]}, {"a.pt": None}, [], "x"])
+def test_a_manifest_of_another_shape_is_corrupt_not_an_error(tmp_path, files):
+    from spt_dist.engine.checkpoint import verify
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"step": 1, "files": files}))
+    assert verify(tmp_path).startswith("unreadable manifest (")
+
+
+def test_a_kill_while_a_step_is_saved_again_keeps_that_step(tmp_path, monkeypatch):
+    """Saving step 2 again (after the final evaluation) puts the old folder aside until the new
+    one is in place: a kill in between leaves the aside folder, which the next run puts back."""
+    import os as os_module
+
+    import spt_dist.engine.checkpoint as checkpoint
+    from spt_dist.distributed import single_process
+
+    from engine_helpers import FileWritingEngine
+
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", 2, 1, single_process(), {}, "")
+    ckpt.save(FileWritingEngine(), 2, {"step": 2})
+    original = os_module.replace
+
+    def killed_after_the_old_went_aside(src, dst):
+        original(src, dst)
+        if Path(dst).name.startswith(checkpoint.REPLACED):
+            raise _Killed()
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_after_the_old_went_aside)
+    with pytest.raises(_Killed):
+        ckpt.save(FileWritingEngine(), 2, {"step": 2, "again": True})
+    monkeypatch.undo()
+    assert not (tmp_path / "checkpoints" / "step_00000002").exists()
+    again = checkpoint.Checkpointer(tmp_path / "checkpoints", 2, 1, single_process(), {}, "")
+    assert again.newest_valid() == tmp_path / "checkpoints" / "step_00000002" and not again.lost
+    assert json.loads((tmp_path / "checkpoints" / "step_00000002" / "meta.json").read_text()) == {"step": 2}

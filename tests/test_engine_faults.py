@@ -197,6 +197,12 @@ def test_a_run_finished_while_the_ranks_start_is_read_back_by_every_rank(tmp_pat
     report = json.loads((tmp_path / "finished_meanwhile.json").read_text())
     assert report == json.loads(written["results.json"])
     assert {name: (run / name).read_bytes() for name in written} == written  # neither trained nor evaluated again
+    # Read back before the run's inputs are checked (a finished run needs none of them).
+    proc = subprocess.run(torchrun([str(ROOT / "tests" / "engine_worker.py"), "finished_unchecked", str(tmp_path),
+                                    str(run / "config.yaml"), f"run.out_dir={tmp_path / 'runs'}"]),
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((tmp_path / "finished_unchecked.json").read_text()) == report
 
 
 @pytest.mark.parametrize("how", ["sigint-to-torchrun", "sigusr2-to-torchruns-group"])

@@ -123,3 +123,23 @@ def test_a_claim_that_fails_once_the_lock_is_taken_lets_the_lock_go(tmp_path, as
     with pytest.raises(IsADirectoryError):
         train(load_config(str(config), ["run.name=lk"]))
     assert not (run / "lock.json").exists()
+
+
+def test_a_claim_failing_on_rank_0_ends_every_rank_at_once(tmp_path, assets):
+    """Two ranks, config.yaml unwritable: rank 1 is told rank 0's error (it waited in the claim's
+    exchange for the collective timeout, 600 s here), and the lock is let go."""
+    from engine_helpers import torchrun
+
+    config = write_config(tmp_path / "cfg.yaml", assets, tmp_path / "runs", epochs=1)
+    run = tmp_path / "runs" / "lk"
+    (run / "config.yaml").mkdir(parents=True)
+    started = time.monotonic()
+    proc = subprocess.run(torchrun(["-m", "spt_dist.cli", "train", str(config), "run.name=lk",
+                                    "distributed.timeout_s=600"]), cwd=ROOT, env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and time.monotonic() - started < 120, proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if "error on rank" in line]
+    assert len(said) == 2 and all("IsADirectoryError" in line or "Is a directory" in line for line in said), \
+        proc.stderr[-3000:]
+    assert "error on rank 1: rank 0: IsADirectoryError" in proc.stderr, proc.stderr[-3000:]
+    assert not (run / "lock.json").exists()

@@ -90,6 +90,23 @@ def test_accumulation_counts_per_world_size(config):
         preflight.check_accumulation(cfg, 20, 2)
 
 
+def test_kept_last_batch_refusals_name_what_works(config):
+    """drop_last=false: 41 samples at 8 are 6 micro-batches (the last short); an accumulation
+    above 6 is refused naming the divisors (4 and 5 would be refused too); a shape that
+    data.global_batch derived is refused naming data.global_batch, not keys the user never set."""
+    cfg = load_config(str(config), ["data.batch_size=8", "optim.grad_accum=7", "data.drop_last=false"])
+    with pytest.raises(ConfigError, match=r"allowed: 1, 2, 3, 6 \(divisors of 6: data.drop_last=false\)"):
+        preflight.check_accumulation(cfg, 41, 1)
+    from spt_dist.engine.shape import first_shape, shaped
+
+    cfg = load_config(str(config), ["data.global_batch=32", "data.batch_size=8", "data.drop_last=false"])
+    shape = first_shape(cfg, 1)
+    assert (shape.batch_size, shape.grad_accum) == (8, 4)  # 6 micro-batches: not whole windows of 4
+    with pytest.raises(ConfigError, match=r"^config key 'data.global_batch' = 32 with data.drop_last=false: it "
+                                          r"trains 8 x 4 .*allowed: data.drop_last=true, or a data.global_batch"):
+        preflight.check_accumulation(shaped(cfg, shape), 41, 1)
+
+
 def test_step_memory_estimate_grows_with_tokens(config):
     small = preflight.step_bytes(load_config(str(config)))
     longer = preflight.step_bytes(load_config(str(config), ["method.prompt_length=400"]))

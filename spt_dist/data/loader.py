@@ -228,7 +228,8 @@ class TrainData:
                             f"(data.fraction={data_cfg.fraction}) but world_size {world_size} x "
                             f"data.batch_size {data_cfg.batch_size} = {need} are needed for one batch per rank; "
                             f"lower data.batch_size or use fewer ranks")
-        problem = None if data_cfg.drop_last else kept_last_problem(self.num_samples, data_cfg.batch_size, grad_accum)
+        problem = None if data_cfg.drop_last else kept_last_problem(self.num_samples, data_cfg.batch_size, grad_accum,
+                                                                          data_cfg.global_batch)
         if problem:
             raise DataError(problem)
         self.grad_accum = grad_accum

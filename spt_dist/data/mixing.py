@@ -86,7 +86,7 @@ def check_mixing(report: MixingReport, cfg: "DataConfig") -> None:
            f"`spt shards build` (it permutes every split), or raise data.stream_shards / data.shuffle_buffer")
     if cfg.mixing_check == "error" and report.batches >= MIN_BATCHES:
         raise DataError(msg + "; data.mixing_check=warn trains anyway")
-    if report.batches < MIN_BATCHES:
+    if report.batches < MIN_BATCHES and cfg.mixing_check == "error":
         msg += (f" (only {report.batches} planned batches, fewer than the {MIN_BATCHES} a run is stopped on: "
                 f"training anyway)")
     import warnings

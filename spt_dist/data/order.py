@@ -76,15 +76,29 @@ def _kept_last_sizes(num_samples: int, batch_size: int, grad_accum: int) -> List
     return [b for b in found if b is not None]
 
 
-def kept_last_problem(num_samples: int, batch_size: int, grad_accum: int) -> Optional[str]:
+def kept_last_divisors(per_epoch: int) -> str:
+    """The accumulations a drop_last=false epoch of `per_epoch` micro-batches is whole windows of."""
+    return ", ".join(str(a) for a in range(1, per_epoch + 1) if per_epoch % a == 0)
+
+
+def kept_last_problem(num_samples: int, batch_size: int, grad_accum: int, global_batch: int = 0) -> Optional[str]:
     """Why data.drop_last=false (one rank) cannot accumulate `grad_accum` micro-batches of
     `batch_size` over an epoch of `num_samples`, or None. The engine counts accumulation windows
     across epochs (as DeepSpeed counts its micro-steps), so an epoch that is not whole windows
-    would have a step take batches of two epochs and leave the run's last micro-batches unstepped."""
+    would have a step take batches of two epochs and leave the run's last micro-batches unstepped.
+    `global_batch`: data.global_batch, when it set the micro-batch and accumulation (the message
+    then names it, since the two keys it derived are not the user's to change)."""
     per_epoch = batches_per_epoch(num_samples, 1, batch_size, False)
     if per_epoch % grad_accum == 0:
         return None
-    accums = ", ".join(str(a) for a in range(1, per_epoch + 1) if per_epoch % a == 0)
+    if global_batch:
+        return (f"config key 'data.global_batch' = {global_batch} with data.drop_last=false: it trains "
+                f"{batch_size} x {grad_accum} (micro-batch x accumulation), and an epoch of {num_samples} samples "
+                f"has ceil({num_samples} / {batch_size}) = {per_epoch} micro-batches (the last one short), not a "
+                f"multiple of {grad_accum}, so an optimizer step would take batches of two epochs; allowed: "
+                f"data.drop_last=true, or a data.global_batch (or data.batch_size) whose epoch is whole "
+                f"accumulation windows")
+    accums = kept_last_divisors(per_epoch)
     sizes = " or ".join(map(str, _kept_last_sizes(num_samples, batch_size, grad_accum)))
     return (f"config key 'optim.grad_accum' = {grad_accum} with data.drop_last=false: an epoch of {num_samples} "
             f"samples has ceil({num_samples} / data.batch_size {batch_size}) = {per_epoch} micro-batches (the last "

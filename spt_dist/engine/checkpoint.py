@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 TAG = "state"
 PREFIX = "step_"
 CORRUPT = ".corrupt_"
+REPLACED = ".replaced_"  # a step folder kept aside while the same step is saved again
 
 
 def _files(folder: Path) -> List[Path]:
@@ -172,10 +173,10 @@ def verify(folder: Path) -> Optional[str]:
 def _mismatch(folder: Path) -> Optional[str]:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-        files = list(manifest["files"].items())
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        files = [(str(rel), int(size), str(digest)) for rel, (size, digest) in manifest["files"].items()]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, or entries of another shape
         return f"unreadable manifest ({exc})"
-    for rel, (size, digest) in files:
+    for rel, size, digest in files:
         path = folder / rel
         if not path.is_file():
             return f"missing file {rel}"
@@ -339,9 +340,14 @@ class Checkpointer:
             if is_disk_full(exc):
                 raise DiskFullError(f"no space left on {self.root} while saving checkpoint step {step}") from None
             raise
-        if final.exists():  # the same step saved again (e.g. stop right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if final.exists():  # the same step saved again (its state before the final evaluation, then after)
+            replaced = final.with_name(REPLACED + final.name)  # kept until the new one is in place:
+            shutil.rmtree(replaced, ignore_errors=True)  # a kill in between leaves it, put back on resume
+            os.replace(final, replaced)
+            os.replace(tmp, final)
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
         for _, old in self._steps()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -354,6 +360,7 @@ class Checkpointer:
         return None if chosen < 0 else self.root / f"{PREFIX}{chosen:08d}"
 
     def _newest_valid_on_main(self) -> int:
+        self._put_back_replaced()
         chosen = -1
         for step, path in reversed(self._steps()):
             problem = verify(path)
@@ -370,6 +377,18 @@ class Checkpointer:
             print(f"spt: no valid checkpoint is left in {self.root} ({len(self.lost)} corrupt, kept as "
                   f"{CORRUPT}*): the run starts again from step 0", file=sys.stderr, flush=True)
         return chosen
+
+    def _put_back_replaced(self) -> None:
+        """A step folder a kill left aside while the same step was saved again, the new one not
+        yet in place: it is that step's checkpoint still."""
+        if not self.root.is_dir():
+            return
+        for replaced in self.root.glob(f"{REPLACED}{PREFIX}*"):
+            final = replaced.with_name(replaced.name[len(REPLACED):])
+            if final.exists():
+                shutil.rmtree(replaced, ignore_errors=True)  # the new one made it
+            else:
+                os.replace(replaced, final)
 
     def load(self, engine: Any, path: Path, train_rng: Optional[TrainRng] = None) -> Dict[str, Any]:
         """Refuse a checkpoint of something else, then restore engine state and RNG; returns meta.

@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from spt_dist.config import Config, ConfigError, to_yaml
 from spt_dist.distributed import DistInfo
-from spt_dist.io import write_text_atomic
+from spt_dist.errors import SptError
+from spt_dist.io import DiskFullError, write_text_atomic
 from spt_dist.rundir import RunFolderBusy, RunLock, config_clash, config_hash, finished_results
 from spt_dist.rundir.files import checkpoint_config_hash
 from spt_dist.rundir.lock import LockPending, LockWaitStopped
@@ -33,6 +34,7 @@ from .watchdog import Watchdog
 
 # What rank 0 tells every rank: (kind, text); kinds (FINISHED: the text is the run's results):
 CLAIMED, WAITING, BUSY, CLASH, STOPPED, FINISHED = "claimed", "waiting", "busy", "clash", "stopped", "finished"
+FAILED = "failed"  # rank 0's claim raised (the text: its type's name and message)
 
 
 class RunFinished(Exception):
@@ -132,12 +134,17 @@ def _await_claim(cfg: Config, run_dir: Path, dist: DistInfo, lock: RunLock, stop
     """Returns once rank 0 holds the lock and config.yaml is written; raises the same error on
     every rank otherwise (RunFinished with rank 0's reading of results.json for a finished run)."""
     within_s = min(1.0, cfg.distributed.timeout_s / 3) if dist.world_size > 1 else None  # a poll
-    kind, why = WAITING, ""
+    kind, why, failure = WAITING, "", None
     while kind == WAITING:
-        told = _claim_on_main(cfg, run_dir, lock, within_s, stop) if dist.is_main else None
         if dist.world_size == 1:
-            kind, why = told
+            kind, why = _claim_on_main(cfg, run_dir, lock, within_s, stop)
             break
+        told = None
+        if dist.is_main:
+            try:
+                told = _claim_on_main(cfg, run_dir, lock, within_s, stop)
+            except Exception as exc:  # config.yaml not written (a full disk...): told to every rank below
+                failure, told = exc, (FAILED, (type(exc).__name__, str(exc)))
         every = dist.comm.all_gather_object((told, stop()))  # rank 0's state, every rank's stop flag
         kind, why = every[0][0]
         asked = next((flag for _, flag in every if flag), "")
@@ -145,6 +152,10 @@ def _await_claim(cfg: Config, run_dir: Path, dist: DistInfo, lock: RunLock, stop
             if dist.is_main:
                 _say_stopped(run_dir, asked)
             kind, why = STOPPED, asked
+    if kind == FAILED:  # rank 0 raises its own error, the others its kind (DiskFullError: exit 2) or SptError
+        if failure is not None:
+            raise failure
+        raise DiskFullError(why[1]) if why[0] == DiskFullError.__name__ else SptError(f"rank 0: {why[0]}: {why[1]}")
     if kind == STOPPED:
         raise LockWaitStopped(why)
     if kind == FINISHED:

@@ -281,9 +281,12 @@ def _loop(cfgs: List[Config], members: List[RunParts], dist: DistInfo, states: L
             for g, (cfg, parts, s, log) in enumerate(zip(cfgs, members, states, logs)):
                 end_of_epoch(cfg, parts, dist, s, log, score=lambda split, g=g: scores(split)[g])
             t_step = time.perf_counter()
-        for s, wall, engine, rng, ckpt in zip(states, walls, engines, rngs, ckpts):
+        for s, wall in zip(states, walls):
             s.wall_s = wall + time.perf_counter() - t0
-            ckpt.maybe_save(engine, s, rng, last=True)  # every member folder holds its final state
+        # The last step's checkpoint, written before the final evaluation, stays each member's last:
+        # re-saved after it one member after another, a kill in between would leave the members at
+        # two positions of one step, which the common resume lines up by step and cannot tell apart
+        # (a member finished unevaluated). A member whose results.json is lost evaluates again.
         return "finished", None
     finally:
         bar.close()

@@ -171,15 +171,18 @@ def check_accumulation(cfg: Config, num_samples: int, world_size: int) -> int:
                           f"{num_samples} samples (data.fraction={cfg.data.fraction}) but {world_size} rank(s) x "
                           f"{cfg.data.batch_size} = {need} are needed for one batch per rank; allowed: at most "
                           f"{max(1, num_samples // world_size)}")
-    from spt_dist.data.order import batches_per_epoch, kept_last_problem
+    from spt_dist.data.order import batches_per_epoch, kept_last_divisors, kept_last_problem
 
     per_epoch = batches_per_epoch(num_samples, world_size, cfg.data.batch_size, cfg.data.drop_last)  # A = 1
     if cfg.optim.grad_accum > per_epoch:
+        allowed = f"at most {per_epoch}" if cfg.data.drop_last else \
+            f"{kept_last_divisors(per_epoch)} (divisors of {per_epoch}: data.drop_last=false)"
         raise ConfigError(f"config key 'optim.grad_accum' = {cfg.optim.grad_accum}: an epoch has only "
                           f"{per_epoch} micro-batch(es) per rank ({num_samples} samples / ({world_size} ranks x "
                           f"{cfg.data.batch_size}), data.drop_last={cfg.data.drop_last}), so no optimizer step "
-                          f"would ever happen; allowed: at most {per_epoch}")
-    problem = None if cfg.data.drop_last else kept_last_problem(num_samples, cfg.data.batch_size, cfg.optim.grad_accum)
+                          f"would ever happen; allowed: {allowed}")
+    problem = None if cfg.data.drop_last else kept_last_problem(num_samples, cfg.data.batch_size, cfg.optim.grad_accum,
+                                                                cfg.data.global_batch)
     if problem:
         raise ConfigError(problem)
     return per_epoch

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 import torch
 from tqdm import tqdm
 
-from spt_dist.config import Config, to_yaml
+from spt_dist.config import Config, ConfigError, to_yaml
 from spt_dist.distributed import DistInfo, init_distributed, launched_world_size
 from spt_dist.io import DiskFullError, write_json_atomic
 from spt_dist.model.weights_check import log_weights_check
@@ -58,8 +58,10 @@ def train(cfg: Config, run_dir: Optional[str] = None, max_steps: Optional[int] =
     at its first step boundary, one after the last step is noted and the run finishes.
 
     A finished run is read back, not trained again: by a one-rank job before it starts, by
-    rank 0 for every rank once it holds the folder's lock (a job of several ranks, whose ranks
-    must not decide apart, and a job that waited while another finished the run).
+    rank 0 for every rank right after the rendezvous (a job of several ranks, whose ranks must
+    not decide apart; before any check of the run's inputs, which a finished run no longer
+    needs), and again once it holds the folder's lock (a job that waited while another
+    finished the run).
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
@@ -88,6 +90,12 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
     if launched():
         follow_parent()
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
+    if dist.world_size > 1:  # rank 0 reads a finished run back for every rank, before any check of its inputs
+        done = dist.comm.broadcast_object(dist.comm.agreed(lambda: finished_results(cfg, run_dir) if dist.is_main
+                                                           else None, kind=ConfigError))
+        if done is not None:
+            dist.comm.barrier()  # as a run's end: the ranks leave together
+            raise RunFinished(done)
     dist.comm.agreed(preflight_run, cfg, dist, run_dir)
     with claim_run_dir(cfg, run_dir, dist, lambda: stop.signal_name) as watchdog, \
             MetricsLog(run_dir, dist.is_main, dist.comm.agreed(start_trackers, cfg, run_dir, dist.is_main)) as log:
@@ -224,8 +232,8 @@ def verify_reads(cfg: Config, parts: RunParts) -> None:
 
 def log_start(log: MetricsLog, parts: RunParts, dist: DistInfo, state: TrainState, resume_from: Optional[Path],
                ckpt: Checkpointer) -> None:
-    if resume_from is not None:
-        log.resume_at(state.step, state.epoch)  # the records the killed segment wrote past the checkpoint go
+    # the records a killed segment wrote past the checkpoint (or, without one, past the start) go
+    log.resume_at(state.step, state.epoch, fresh=resume_from is None)
     log.log("start", state.step, resumed_from=str(resume_from) if resume_from else None,
             world_size=dist.world_size, **parts.counts, **parts.train_data.mixing.as_dict())
     if ckpt.lost:

@@ -32,10 +32,13 @@ def _record(line: str) -> Optional[Dict[str, Any]]:
     return record if isinstance(record, dict) and "step" in record else None
 
 
-def replayed(record: Dict[str, Any], step: int, epochs_done: int) -> bool:
-    """Whether a run resumed at `step` with `epochs_done` epochs evaluated writes `record` again."""
+def replayed(record: Dict[str, Any], step: int, epochs_done: int, fresh: bool = False) -> bool:
+    """Whether a run resumed at `step` with `epochs_done` epochs evaluated writes `record` again;
+    `fresh`: a start from step 0 with no checkpoint, which logs the initial alignment again."""
     if record["step"] != step:
         return record["step"] > step
+    if fresh and record.get("event") == "alignment":
+        return True
     if record.get("event") == "end":
         return record.get("status") == "finished"  # the re-entered run ends (and writes its results) again
     return record.get("event") in EPOCH_END and record.get("epoch", 0) > epochs_done
@@ -59,14 +62,16 @@ class MetricsLog:
         self._file = open(self.path, "a") if enabled else None
         self._trackers = list(trackers) if enabled else []
 
-    def resume_at(self, step: int, epochs_done: int) -> None:
-        """Cut the log back to a checkpoint at `step` with `epochs_done` epochs evaluated: the
-        records of the segment that ran past it (and were lost with it) are dropped; so are
-        lines that are not a whole record."""
+    def resume_at(self, step: int, epochs_done: int, fresh: bool = False) -> None:
+        """Cut the log back to a checkpoint at `step` with `epochs_done` epochs evaluated (`fresh`:
+        to the start, no checkpoint: a run killed before its first one, or whose checkpoints were
+        all corrupt): the records of the segment that ran past it (and were lost with it) are
+        dropped; so are lines that are not a whole record."""
         if not self.enabled:
             return
         lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if (r := _record(line)) is not None and not replayed(r, step, epochs_done)]
+        kept = [line for line in lines
+                if (r := _record(line)) is not None and not replayed(r, step, epochs_done, fresh)]
         if kept == lines:
             return
         self._file.close()

@@ -57,6 +57,11 @@ def _preemption_handler() -> Optional[Callable[[int, Any], None]]:
     return None
 
 
+def _tasks(executor: str) -> int:
+    """The number of tasks of the submitit job this process runs in (1 outside one)."""
+    return submitit.JobEnvironment().num_tasks if executor in ("slurm", "local") else 1
+
+
 class TrainTask:
     """Callable submitted to submitit: `TrainTask(cfg)()` trains the run `cfg` describes."""
 
@@ -77,10 +82,13 @@ class TrainTask:
 
     def __call__(self) -> Any:
         run_dir = run_dir_for(self.cfg)
-        done = self._finished()
+        executor = os.environ.get("SUBMITIT_EXECUTOR", "")
+        # Read back here by a job of one task only: the tasks of a larger one would each read
+        # results.json on their own and could decide apart (one returning while the others wait
+        # in the rendezvous); train() reads it back for all of them after the rendezvous.
+        done = self._finished() if _tasks(executor) == 1 else None
         if done is not None:
             return done
-        executor = os.environ.get("SUBMITIT_EXECUTOR", "")
         if executor in ("slurm", "local"):
             # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch.distributed (and DeepSpeed).
             # The job inherits the submitting shell's environment: drop any of these left there
