@@ -75,8 +75,9 @@ def train_pack(cfgs: Sequence[Config], max_steps: Optional[int] = None) -> List[
         stop = StopFlag().install()
         try:
             trained = _train([cfgs[i] for i in todo], [dirs[i] for i in todo], len(cfgs), max_steps, stop, t0)
-        except _StoppedAtMember as exc:  # the members claimed before it were let go
-            trained = [_stopped_member(dirs[i], str(exc), i, todo[exc.member]) for i in todo]
+        except _StoppedAtMember as exc:  # the members claimed before it were let go; finished ones read back
+            trained = [exc.finished.get(k) or _stopped_member(dirs[i], str(exc), i, todo[exc.member])
+                       for k, i in enumerate(todo)]
         finally:
             stop.restore()
         for i, r in zip(todo, trained):
@@ -85,11 +86,13 @@ def train_pack(cfgs: Sequence[Config], max_steps: Optional[int] = None) -> List[
 
 
 class _StoppedAtMember(LockWaitStopped):
-    """A stop ended the wait on the lock of the `member`-th run folder of those being trained."""
+    """A stop ended the wait on the lock of the `member`-th run folder of those being trained;
+    `finished`: the members before it read back as finished (by the same indices)."""
 
-    def __init__(self, signal: str, member: int) -> None:
+    def __init__(self, signal: str, member: int, finished: Optional[Dict[int, Dict[str, Any]]] = None) -> None:
         super().__init__(signal)
         self.member = member
+        self.finished = dict(finished or {})  # members before it found finished under their lock: their results
 
 
 def _stopped_member(run_dir: Path, signal: str, member: int, at: int) -> Dict[str, Any]:
@@ -123,7 +126,7 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
             except RunFinished as exc:
                 done[i] = exc.results
             except LockWaitStopped as exc:
-                raise _StoppedAtMember(str(exc), i) from exc
+                raise _StoppedAtMember(str(exc), i, done) from exc
         todo = [i for i in range(len(cfgs)) if i not in done]
         if todo:
             trained = _train_claimed([cfgs[i] for i in todo], [dirs[i] for i in todo], dogs, claims, dist,
