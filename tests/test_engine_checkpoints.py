@@ -342,6 +342,23 @@ class _Killed(Exception):
     """Stands in for a kill at a chosen point (the files are what a kill leaves)."""
 
 
+def _train_killed_after_step(cfg, step: int, monkeypatch) -> None:
+    """train(cfg), killed once step `step`'s train record is written."""
+    import spt_dist.engine.train as engine_train
+
+    original = engine_train.log_step
+
+    def killed(cfg, parts, state, *rest):
+        original(cfg, parts, state, *rest)
+        if state.step == step:
+            raise _Killed()
+
+    monkeypatch.setattr(engine_train, "log_step", killed)
+    with pytest.raises(_Killed):
+        train(cfg)
+    monkeypatch.setattr(engine_train, "log_step", original)
+
+
 def test_a_run_whose_results_were_lost_after_the_last_step_is_not_evaluated_again(tmp_path, assets, monkeypatch):
     """The last step is a checkpoint step (8 of 8, checkpoint_every=4): the final checkpoint still
     holds the state after the last evaluation. A kill while results.json is written leaves the
@@ -377,23 +394,11 @@ def test_a_resumed_run_cuts_metrics_back_to_its_checkpoint_and_never_glues_a_rec
     """A line left partial by a full disk (in a fresh folder, then after a kill) never swallows
     the next record, and the records a killed run wrote past its checkpoint (steps 5 and 6 after
     the checkpoint at 4) are dropped before the resumed run writes them again."""
-    import spt_dist.engine.train as engine_train
-
     cfg = _cfg(tmp_path, assets, every=4)
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"event": "tra')  # a fresh folder with a partial line
-    original = engine_train.log_step
-
-    def killed_after_step_6(cfg, parts, state, *rest):
-        original(cfg, parts, state, *rest)
-        if state.step == 6:
-            raise _Killed()
-
-    monkeypatch.setattr(engine_train, "log_step", killed_after_step_6)
-    with pytest.raises(_Killed):
-        train(cfg)
-    monkeypatch.setattr(engine_train, "log_step", original)
+    _train_killed_after_step(cfg, 6, monkeypatch)
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"event": "train", "st')  # the disk filled mid-record
     assert train(cfg)["step"] == 8
@@ -469,21 +474,9 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_without_its_old_r
     """No checkpoint to resume from (killed at step 2, checkpoint_every=100): the run starts
     again from step 0 and metrics.jsonl holds each step's record once, and one initial
     alignment, the killed attempt's start kept as history."""
-    import spt_dist.engine.train as engine_train
-
     cfg = _cfg(tmp_path, assets, "method.track_alignment=true", every=100)
     run = tmp_path / "runs" / "r"
-    original = engine_train.log_step
-
-    def killed_at_step_2(cfg, parts, state, *rest):
-        original(cfg, parts, state, *rest)
-        if state.step == 2:
-            raise _Killed()
-
-    monkeypatch.setattr(engine_train, "log_step", killed_at_step_2)
-    with pytest.raises(_Killed):
-        train(cfg)
-    monkeypatch.undo()
+    _train_killed_after_step(cfg, 2, monkeypatch)
     assert not list((run / "checkpoints").glob("step_*"))
     assert train(cfg)["status"] == "finished"
     events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
