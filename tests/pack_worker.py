@@ -73,6 +73,14 @@ def ranks(out: Path, config: str, pack_file: str) -> None:
     cfgs = [m.cfg for m in load_pack(config, pack_file, ["run.progress=false"])]
     report = {"pack": train_pack([_at(c, out / "pack") for c in cfgs]),
               "alone": [train(_at(c, out / "alone")) for c in cfgs], "vs_alone": []}
+    # Finished: read back by rank 0 for every rank before any input check (made to fail here).
+    import spt_dist.engine.pack as engine_pack
+
+    def refuse(*_):
+        raise AssertionError("a finished member's inputs were checked again")
+
+    engine_pack.preflight_run = refuse
+    report["again"] = train_pack([_at(c, out / "pack") for c in cfgs])
     if dist.get_rank() == 0:
         for cfg in cfgs:
             a = load_file(str(run_dir_for(_at(cfg, out / "pack")) / "prompt_pack.safetensors"))

@@ -29,3 +29,4 @@ def test_a_pack_on_two_ranks_trains_each_member_as_it_trains_alone(tmp_path):
         assert packed["status"] == alone["status"] == "finished" and packed["step"] == alone["step"] == 16
         for name, (diff, scale) in diffs.items():
             assert diff <= TOLERANCE * max(1.0, scale), (name, diff)
+    assert report["again"] == report["pack"]  # the finished pack read back, its inputs not checked again

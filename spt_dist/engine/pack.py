@@ -114,13 +114,18 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
         follow_parent()
     lead = cfgs[0]
     dist = init_distributed(lead.distributed.backend, lead.distributed.timeout_s)
-    for cfg, d in zip(cfgs, dirs):
-        dist.comm.agreed(preflight_run, cfg, dist, d)
+    # members found finished: by rank 0 for every rank right after the rendezvous (before their
+    # inputs are checked, which they no longer need), then once their lock is held
+    done: Dict[int, Dict[str, Any]] = _read_back_finished(cfgs, dirs, dist) if dist.world_size > 1 else {}
+    for i, (cfg, d) in enumerate(zip(cfgs, dirs)):
+        if i not in done:
+            dist.comm.agreed(preflight_run, cfg, dist, d)
     dist.comm.agreed(_pack_memory, lead, len(cfgs))
     with contextlib.ExitStack() as claims:
         dogs: List["Watchdog"] = []
-        done: Dict[int, Dict[str, Any]] = {}  # members found finished once their lock was held
         for i, (c, d) in enumerate(zip(cfgs, dirs)):
+            if i in done:
+                continue
             try:
                 dogs.append(claims.enter_context(claim_run_dir(c, d, dist, lambda: stop.signal_name)))
             except RunFinished as exc:
@@ -132,7 +137,16 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
             trained = _train_claimed([cfgs[i] for i in todo], [dirs[i] for i in todo], dogs, claims, dist,
                                      pack_size, max_steps, stop, t0)
             done.update(zip(todo, trained))
+        else:
+            dist.comm.barrier()  # every member read back: the ranks leave together, as a run's end
         return [done[i] for i in range(len(cfgs))]
+
+
+def _read_back_finished(cfgs: List[Config], dirs: List[Path], dist: DistInfo) -> Dict[int, Dict[str, Any]]:
+    """The members whose folders hold them finished, as rank 0 reads them, on every rank."""
+    found = dist.comm.broadcast_object(dist.comm.agreed(
+        lambda: [finished_results(c, d) for c, d in zip(cfgs, dirs)] if dist.is_main else None, kind=ConfigError))
+    return {i: r for i, r in enumerate(found) if r is not None}
 
 
 def _train_claimed(cfgs: List[Config], dirs: List[Path], dogs: List["Watchdog"], claims: contextlib.ExitStack,
