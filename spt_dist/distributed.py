@@ -106,8 +106,7 @@ class Comm:
         if failure is not None:
             raise failure
         if told is not None:
-            kind = next((k for k in same if k.__name__ == told[0]), None)
-            raise kind(told[1]) if kind else SptError(f"rank 0 failed: {told[0]}: {told[1]}")
+            raise told_failure(told, same)
         return result
 
     # -- collectives -------------------------------------------------------------------------
@@ -185,6 +184,13 @@ class DistInfo:
 def single_process(device: str | torch.device = "cpu") -> DistInfo:
     """A one-rank job without any process group."""
     return DistInfo(0, 1, 0, torch.device(device), "none")
+
+
+def told_failure(told: Tuple[str, str], same: Tuple[Type[Exception], ...] = ()) -> Exception:
+    """What a rank raises for rank 0's failure, told as (its type's name, its message): that type
+    when it is one of `same` (DiskFullError: exit code 2 on every rank), else SptError naming it."""
+    kind = next((k for k in same if k.__name__ == told[0]), None)
+    return kind(told[1]) if kind else SptError(f"rank 0 failed: {told[0]}: {told[1]}")
 
 
 def seed_everything(seed: int) -> None:

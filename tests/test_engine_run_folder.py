@@ -141,5 +141,5 @@ def test_a_claim_failing_on_rank_0_ends_every_rank_at_once(tmp_path, assets):
     said = [line for line in proc.stderr.splitlines() if "error on rank" in line]
     assert len(said) == 2 and all("IsADirectoryError" in line or "Is a directory" in line for line in said), \
         proc.stderr[-3000:]
-    assert "error on rank 1: rank 0: IsADirectoryError" in proc.stderr, proc.stderr[-3000:]
+    assert "error on rank 1: rank 0 failed: IsADirectoryError" in proc.stderr, proc.stderr[-3000:]
     assert not (run / "lock.json").exists()

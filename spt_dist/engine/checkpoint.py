@@ -263,8 +263,10 @@ class Checkpointer:
         position: the end of the last epoch saves again a step saved before its evaluation, so
         that the step's folder holds the final state. Collective: every rank calls it at the
         same point."""
-        held = state.state_dict()
-        if _position(held) == self.saved or not (last or state.step % self.every == 0) or state.step == 0:
+        if not (last or state.step % self.every == 0) or state.step == 0:
+            return False
+        held = state.state_dict()  # only when a save is due: not on every step
+        if _position(held) == self.saved:
             return False
         self.save(engine, state.step, {"state": held, "identity": self.identity, "shape": self.shape,
                                        "config": self.config_yaml}, rng)

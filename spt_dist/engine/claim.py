@@ -19,11 +19,10 @@ import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 from spt_dist.config import Config, ConfigError, to_yaml
-from spt_dist.distributed import DistInfo
-from spt_dist.errors import SptError
+from spt_dist.distributed import DistInfo, told_failure
 from spt_dist.io import DiskFullError, write_text_atomic
 from spt_dist.rundir import RunFolderBusy, RunLock, config_clash, config_hash, finished_results
 from spt_dist.rundir.files import checkpoint_config_hash
@@ -44,6 +43,14 @@ class RunFinished(Exception):
     def __init__(self, results: Dict[str, Any]) -> None:
         super().__init__(f"finished: {results.get('run_dir', '')}")
         self.results = results
+
+
+def read_back_finished(cfgs: Sequence[Config], dirs: Sequence[Path], dist: DistInfo) -> Dict[int, Dict[str, Any]]:
+    """Which of these runs their folders hold finished (index -> results.json), as rank 0 reads
+    them, on every rank: the ranks of one job never decide apart (a collective)."""
+    found = dist.comm.broadcast_object(dist.comm.agreed(
+        lambda: [finished_results(c, d) for c, d in zip(cfgs, dirs)] if dist.is_main else None, kind=ConfigError))
+    return {i: r for i, r in enumerate(found) if r is not None}
 
 
 def _say(line: str) -> None:
@@ -155,7 +162,7 @@ def _await_claim(cfg: Config, run_dir: Path, dist: DistInfo, lock: RunLock, stop
     if kind == FAILED:  # rank 0 raises its own error, the others its kind (DiskFullError: exit 2) or SptError
         if failure is not None:
             raise failure
-        raise DiskFullError(why[1]) if why[0] == DiskFullError.__name__ else SptError(f"rank 0: {why[0]}: {why[1]}")
+        raise told_failure(why, (DiskFullError,))
     if kind == STOPPED:
         raise LockWaitStopped(why)
     if kind == FINISHED:

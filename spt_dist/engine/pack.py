@@ -41,7 +41,7 @@ from spt_dist.rundir.metrics import MetricsLog
 from . import preflight
 from .assemble import RunParts, build_member, build_shared
 from .checkpoint import PREFIX, Checkpointer, TrainRng, held_shape, verify
-from .claim import RunFinished, claim_run_dir, not_claimed
+from .claim import RunFinished, claim_run_dir, not_claimed, read_back_finished
 from .evaluate import evaluate_many
 from .pack_step import pack_logits, pack_train_step
 from .shape import Shape, run_shape, shaped
@@ -116,7 +116,7 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
     dist = init_distributed(lead.distributed.backend, lead.distributed.timeout_s)
     # members found finished: by rank 0 for every rank right after the rendezvous (before their
     # inputs are checked, which they no longer need), then once their lock is held
-    done: Dict[int, Dict[str, Any]] = _read_back_finished(cfgs, dirs, dist) if dist.world_size > 1 else {}
+    done: Dict[int, Dict[str, Any]] = read_back_finished(cfgs, dirs, dist) if dist.world_size > 1 else {}
     for i, (cfg, d) in enumerate(zip(cfgs, dirs)):
         if i not in done:
             dist.comm.agreed(preflight_run, cfg, dist, d)
@@ -140,13 +140,6 @@ def _train(cfgs: List[Config], dirs: List[Path], pack_size: int, max_steps: Opti
         else:
             dist.comm.barrier()  # every member read back: the ranks leave together, as a run's end
         return [done[i] for i in range(len(cfgs))]
-
-
-def _read_back_finished(cfgs: List[Config], dirs: List[Path], dist: DistInfo) -> Dict[int, Dict[str, Any]]:
-    """The members whose folders hold them finished, as rank 0 reads them, on every rank."""
-    found = dist.comm.broadcast_object(dist.comm.agreed(
-        lambda: [finished_results(c, d) for c, d in zip(cfgs, dirs)] if dist.is_main else None, kind=ConfigError))
-    return {i: r for i, r in enumerate(found) if r is not None}
 
 
 def _train_claimed(cfgs: List[Config], dirs: List[Path], dogs: List["Watchdog"], claims: contextlib.ExitStack,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 import torch
 from tqdm import tqdm
 
-from spt_dist.config import Config, ConfigError, to_yaml
+from spt_dist.config import Config, to_yaml
 from spt_dist.distributed import DistInfo, init_distributed, launched_world_size
 from spt_dist.io import DiskFullError, write_json_atomic
 from spt_dist.model.weights_check import log_weights_check
@@ -31,7 +31,7 @@ from spt_dist.rundir.metrics import MetricsLog
 from . import preflight
 from .assemble import RunParts, build_parts, full_prompts, full_trainable_state
 from .checkpoint import Checkpointer, CheckpointMismatchError, TrainRng, folder_bytes, held_shape
-from .claim import RunFinished, claim_run_dir, not_claimed
+from .claim import RunFinished, claim_run_dir, not_claimed, read_back_finished
 from .ds_engine import check_frozen_untouched, check_optimizer_state, dtype_name, optimizer_state_bytes
 from .evaluate import evaluate
 from .export import export_prompt_pack, pack_metadata
@@ -91,11 +91,10 @@ def _train(cfg: Config, run_dir: Path, max_steps: Optional[int], stop: StopFlag,
         follow_parent()
     dist = init_distributed(cfg.distributed.backend, cfg.distributed.timeout_s)
     if dist.world_size > 1:  # rank 0 reads a finished run back for every rank, before any check of its inputs
-        done = dist.comm.broadcast_object(dist.comm.agreed(lambda: finished_results(cfg, run_dir) if dist.is_main
-                                                           else None, kind=ConfigError))
-        if done is not None:
+        done = read_back_finished([cfg], [run_dir], dist)
+        if done:
             dist.comm.barrier()  # as a run's end: the ranks leave together
-            raise RunFinished(done)
+            raise RunFinished(done[0])
     dist.comm.agreed(preflight_run, cfg, dist, run_dir)
     with claim_run_dir(cfg, run_dir, dist, lambda: stop.signal_name) as watchdog, \
             MetricsLog(run_dir, dist.is_main, dist.comm.agreed(start_trackers, cfg, run_dir, dist.is_main)) as log:

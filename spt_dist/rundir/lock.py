@@ -1,8 +1,8 @@
 """`lock.json`: one job at a time trains a run folder.
 
 The lock file names its owner (host, pid and the pid's start time, job id and restart count,
-a random token, the run's `stale_s`, which `spt status` judges it by) and carries a heartbeat that the owner refreshes every few seconds (at most
-LOCK_REFRESH_MAX_S apart). It is created with O_EXCL, so of two jobs starting on one folder at
+a random token, the run's `stale_s`, which `spt status` judges it by) and carries a heartbeat
+that the owner refreshes every few seconds (at most LOCK_REFRESH_MAX_S apart). It is created with O_EXCL, so of two jobs starting on one folder at
 the same moment exactly one gets it. An owner that is a live process on this host (the same
 pid, started at the same moment: a reused pid is not mistaken for it) is never taken over. A
 lock is taken over at once when its owner is a dead process on this host, or when it belongs to
@@ -129,6 +129,12 @@ def heartbeat_age(owner: Dict[str, Any], path: Path) -> float:
     return time.time() - float(beat)
 
 
+def seconds(value: Any) -> Optional[float]:
+    """`value` as a positive number of seconds (a lock's or a config's stale_s), else None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else None
+
+
 def held_at_a_look(run_dir: Path, stale_s: Union[float, Callable[[], float]]) -> bool:
     """Whether a job holds `run_dir`'s lock, judged at one look by the rule a waiting job starts
     from: a live process here holds it, a dead one does not; an owner elsewhere holds it while
@@ -147,11 +153,7 @@ def held_at_a_look(run_dir: Path, stale_s: Union[float, Callable[[], float]]) ->
     kind, _ = first_look(owner)
     if kind != WATCH:
         return kind == LIVE
-    recorded = owner.get("stale_s")
-    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and recorded > 0:
-        limit = float(recorded)
-    else:
-        limit = float(stale_s() if callable(stale_s) else stale_s)
+    limit = seconds(owner.get("stale_s")) or float(stale_s() if callable(stale_s) else stale_s)
     return heartbeat_age(owner, path) < limit
 
 

@@ -4,9 +4,9 @@ Only rank 0 writes. Every line is one whole record: a line left partial (a full 
 mid-write) is dropped when the log is opened again, before anything is appended. A resumed run
 first cuts the log back to its checkpoint (`resume_at`): the records it writes again (every
 step past the checkpoint's, the evaluation of an epoch the checkpoint has not finished, a
-finished `end` whose results.json was lost) are dropped, so each step's records appear once. Tools read metrics.jsonl, never the console output or a tracker; the
-trackers (run.loggers, see loggers.py) get every numeric value as `<event>/<key>` at the
-event's step. A tracker that fails mid-run is switched off with one warning and never ends
+finished `end` whose results.json was lost) are dropped, so each step's records appear once.
+Tools read metrics.jsonl, never the console output or a tracker; the trackers (run.loggers,
+see loggers.py) get every numeric value as `<event>/<key>` at the event's step. A tracker that fails mid-run is switched off with one warning and never ends
 the run: metrics.jsonl still holds every value.
 """
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 - done: results.json says finished;
 - running: a job holds its lock (spt_dist.rundir.lock.held_at_a_look, with the run's
-  run.lock_stale_s the lock records, else its config.yaml's, else the default), or its last submitted job is queued or running
-  (SLURM: sacct's state, else squeue's, a job neither holds having ended; UNKNOWN, where
-  neither can be asked, counts as running);
+  run.lock_stale_s the lock records, else its config.yaml's, else the default), or its last
+  submitted job is queued or running (SLURM: sacct's state, else squeue's, a job neither holds
+  having ended; UNKNOWN, where neither can be asked, counts as running);
 - failed: its last job ended without finished results (`error` holds the job's traceback or
   the end of its log), `attempts` counting the submissions;
 - pending: never submitted, or interrupted and not running (it resumes from its checkpoint).
@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from spt_dist.config.schema import RunConfig
 from spt_dist.rundir import read_results
-from spt_dist.rundir.lock import LOCK, held_at_a_look
+from spt_dist.rundir.lock import LOCK, held_at_a_look, seconds
 
 from .status import ENDED, job_status
 
@@ -69,9 +69,9 @@ def lock_stale_s(run_dir: Path) -> float:
     config.yaml (the resolved config the run wrote, validated when it started), else the schema's
     default."""
     try:
-        value = OmegaConf.select(OmegaConf.load(Path(run_dir) / "config.yaml"), "run.lock_stale_s")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value)
+        value = seconds(OmegaConf.select(OmegaConf.load(Path(run_dir) / "config.yaml"), "run.lock_stale_s"))
+        if value is not None:
+            return value
     except Exception:  # noqa: BLE001 - absent, unreadable or not YAML: the training job says why
         pass
     return float(RunConfig().lock_stale_s)
